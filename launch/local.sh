@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Runs the Swallow recipe (or the trainer) on this machine, on whatever devices JAX finds.
+#
+#   launch/local.sh --config=configs/demo.py --workdir=runs/demo
+#   launch/local.sh --module=swallow_jax.train --config=configs/tiny_cpt.py --workdir=runs/tiny
+#   launch/local.sh --dry-run --config=configs/llama3_swallow_8b.py --workdir=runs/8b
+#
+# Options (before the pass-through flags):
+#   --module=M      python module to run (default swallow_jax.recipe)
+#   --python=PATH   interpreter (default .venv/bin/python if present, else python3)
+#   --cpu-devices=N fake N CPU devices (XLA_FLAGS) to exercise sharding without accelerators
+#   --dry-run       print the exact command and exit
+# Every other argument is passed to the module unchanged; --config and --workdir are required.
+set -euo pipefail
+
+# Prints a command so that pasting it into bash runs exactly it.
+print_cmd() {
+  local a out=()
+  for a in "$@"; do
+    if [[ "$a" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then out+=("$a"); else out+=("${a@Q}"); fi
+  done
+  echo "${out[*]}"
+}
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+module="swallow_jax.recipe"
+python=""
+cpu_devices=""
+dry_run=0
+args=()
+for arg in "$@"; do
+  case "$arg" in
+    --module=*) module="${arg#*=}" ;;
+    --python=*) python="${arg#*=}" ;;
+    --cpu-devices=*) cpu_devices="${arg#*=}" ;;
+    --dry-run) dry_run=1 ;;
+    -h|--help) awk 'NR>1 && /^#/ {sub(/^# ?/, ""); print; next} NR>1 {exit}' "$0"; exit 0 ;;
+    *) args+=("$arg") ;;
+  esac
+done
+if [[ -z "$python" ]]; then
+  if [[ -x "$repo/.venv/bin/python" ]]; then python="$repo/.venv/bin/python"; else python="python3"; fi
+fi
+have() { local a; for a in "${args[@]+"${args[@]}"}"; do [[ "$a" == "$1"* ]] && return 0; done; return 1; }
+have --config= || { echo "local.sh: --config=FILE is required" >&2; exit 2; }
+have --workdir= || { echo "local.sh: --workdir=DIR is required" >&2; exit 2; }
+if [[ -n "$cpu_devices" && ! "$cpu_devices" =~ ^[1-9][0-9]*$ ]]; then
+  echo "local.sh: --cpu-devices must be a positive integer, got '$cpu_devices'" >&2; exit 2
+fi
+
+env_prefix=()
+if [[ -n "$cpu_devices" ]]; then
+  env_prefix=(env "JAX_PLATFORMS=cpu" "XLA_FLAGS=--xla_force_host_platform_device_count=$cpu_devices")
+fi
+cmd=("${env_prefix[@]+"${env_prefix[@]}"}" "$python" -m "$module" "${args[@]}")
+
+if (( dry_run )); then
+  print_cmd cd "$repo"
+  print_cmd "${cmd[@]}"
+  exit 0
+fi
+cd "$repo"
+exec "${cmd[@]}"

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Runs the recipe (or the trainer) on a Cloud TPU VM slice: create it, copy this repository to
+# every worker, install, and start the same command on all workers at once (JAX finds the other
+# hosts of the slice by itself). Needs gcloud, authenticated, with a default project or --project.
+#
+#   launch/tpu_vm.sh --name=swallow --zone=us-east5-a --accelerator=v5p-128 -- \
+#       --config=configs/llama3_swallow_8b.py --workdir=/mnt/runs/8b --stages=cpt
+#   launch/tpu_vm.sh --dry-run --name=swallow --zone=us-east5-a --accelerator=v5p-128 -- ...
+#
+# Options (everything after -- goes to the python module):
+#   --name=N --zone=Z --accelerator=TYPE   required (TYPE e.g. v5p-128, v4-32, v5litepod-16)
+#   --project=P                            gcloud project (default: gcloud's)
+#   --version=V                            TPU VM image (default v2-alpha-tpuv5 for v5p, else
+#                                          tpu-ubuntu2204-base)
+#   --spot                                 create a Spot (preemptible) slice; the trainer saves on
+#                                          SIGTERM and resumes when started again
+#   --steps=LIST                           comma list of create,copy,setup,run,delete
+#                                          (default create,copy,setup,run)
+#   --module=M                             default swallow_jax.recipe
+#   --detach                               run under nohup, logging to ~/swallow_run.log
+#   --dry-run                              print the exact commands and exit
+# The workdir must be visible to all workers (a Filestore/NFS or GCS-FUSE mount).
+set -euo pipefail
+
+# Prints a command so that pasting it into bash runs exactly it.
+print_cmd() {
+  local a out=()
+  for a in "$@"; do
+    if [[ "$a" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then out+=("$a"); else out+=("${a@Q}"); fi
+  done
+  echo "${out[*]}"
+}
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+name="" zone="" accelerator="" project="" version="" spot=0 detach=0 dry_run=0
+steps="create,copy,setup,run"
+module="swallow_jax.recipe"
+args=()
+while (( $# )); do
+  case "$1" in
+    --name=*) name="${1#*=}" ;;
+    --zone=*) zone="${1#*=}" ;;
+    --accelerator=*) accelerator="${1#*=}" ;;
+    --project=*) project="${1#*=}" ;;
+    --version=*) version="${1#*=}" ;;
+    --spot) spot=1 ;;
+    --steps=*) steps="${1#*=}" ;;
+    --module=*) module="${1#*=}" ;;
+    --detach) detach=1 ;;
+    --dry-run) dry_run=1 ;;
+    -h|--help) awk 'NR>1 && /^#/ {sub(/^# ?/, ""); print; next} NR>1 {exit}' "$0"; exit 0 ;;
+    --) shift; args=("$@"); break ;;
+    *) echo "tpu_vm.sh: unknown option '$1' (module flags go after --)" >&2; exit 2 ;;
+  esac
+  shift
+done
+for required in name zone accelerator; do
+  [[ -n "${!required}" ]] || { echo "tpu_vm.sh: --$required is required" >&2; exit 2; }
+done
+IFS=',' read -r -a step_list <<< "$steps"
+for s in "${step_list[@]}"; do
+  case "$s" in create|copy|setup|run|delete) ;; *)
+    echo "tpu_vm.sh: unknown step '$s' (create,copy,setup,run,delete)" >&2; exit 2 ;;
+  esac
+done
+if [[ " ${step_list[*]} " == *" run "* ]] && (( ${#args[@]} == 0 )); then
+  echo "tpu_vm.sh: the run step needs module flags after -- (e.g. --config=... --workdir=...)" >&2
+  exit 2
+fi
+if [[ -z "$version" ]]; then
+  if [[ "$accelerator" == v5p-* ]]; then version="v2-alpha-tpuv5"; else version="tpu-ubuntu2204-base"; fi
+fi
+
+where=(--zone="$zone")
+[[ -n "$project" ]] && where+=(--project="$project")
+tarball="/tmp/swallow_jax-$name.tgz"
+python_cmd="$(print_cmd .venv/bin/python -m "$module" "${args[@]+"${args[@]}"}")"
+remote_cmd="cd ~/swallow_jax && $python_cmd"
+(( detach )) && remote_cmd="cd ~/swallow_jax && nohup $python_cmd > ~/swallow_run.log 2>&1 &"
+setup_cmd='mkdir -p ~/swallow_jax && tar -xzf ~/swallow_jax.tgz -C ~/swallow_jax && cd ~/swallow_jax && python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt "jax[tpu]"'
+
+run() {
+  if (( dry_run )); then print_cmd "$@"; else "$@"; fi
+}
+for s in "${step_list[@]}"; do
+  case "$s" in
+    create)
+      create=(gcloud compute tpus tpu-vm create "$name" "${where[@]}"
+              --accelerator-type="$accelerator" --version="$version")
+      (( spot )) && create+=(--spot)
+      run "${create[@]}" ;;
+    copy)
+      run tar -czf "$tarball" --exclude=.venv --exclude=.git --exclude=runs --exclude=__pycache__ -C "$repo" .
+      run gcloud compute tpus tpu-vm scp "$tarball" "$name:~/swallow_jax.tgz" "${where[@]}" --worker=all ;;
+    setup)
+      run gcloud compute tpus tpu-vm ssh "$name" "${where[@]}" --worker=all --command="$setup_cmd" ;;
+    run)
+      run gcloud compute tpus tpu-vm ssh "$name" "${where[@]}" --worker=all --command="$remote_cmd" ;;
+    delete)
+      run gcloud compute tpus tpu-vm delete "$name" "${where[@]}" --quiet ;;
+  esac
+done

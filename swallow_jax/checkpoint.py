@@ -1,0 +1,119 @@
+"""Orbax checkpoints of the train state and the data-iterator state, saved together.
+
+Layout: DIR/checkpoints/<step>/{state, data}/  ('state' = StandardSave of the train-state dict,
+'data' = the Grain iterator state, one file per process). Orbax writes each step into a temporary
+directory and renames it when complete, so a killed save never looks like a checkpoint. A
+finalized checkpoint that cannot be read (e.g. truncated files) is moved to
+DIR/checkpoints_unreadable/ with a warning, and the previous one is used.
+
+Resume restores everything; `load_params` (init_from) takes only the parameters from a checkpoint.
+Restoring onto another mesh works: pass abstract arrays (ShapeDtypeStruct) carrying the new shardings.
+"""
+
+from collections.abc import Mapping
+import logging
+import shutil
+import time
+from typing import Any
+
+from etils import epath
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+def make_manager(directory: str | epath.Path, ckpt_cfg: Mapping[str, Any]) -> ocp.CheckpointManager:
+  """CheckpointManager keeping the newest `keep` steps; saving is asynchronous by default."""
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=int(ckpt_cfg.get("keep", 3)) or None,
+      enable_async_checkpointing=bool(ckpt_cfg.get("async_save", True)),
+      cleanup_tmp_directories=True, create=True)
+  return ocp.CheckpointManager(epath.Path(directory), options=options,
+                               item_names=("state", "data"))
+
+
+class SavePolicy:
+  """Save every `every_steps` steps and whenever `every_minutes` passed since the last save."""
+
+  def __init__(self, ckpt_cfg: Mapping[str, Any]):
+    self.every_steps = int(ckpt_cfg.get("every_steps", 0))
+    self.every_seconds = 60.0 * float(ckpt_cfg.get("every_minutes", 0))
+    self.last_save = time.monotonic()
+
+  def due(self, step: int) -> bool:
+    if self.every_steps and step % self.every_steps == 0:
+      return True
+    return bool(self.every_seconds) and time.monotonic() - self.last_save >= self.every_seconds
+
+  def saved(self) -> None:
+    self.last_save = time.monotonic()
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iter: Any = None) -> None:
+  """Starts saving `state` (and the iterator position) as `step`; returns once arrays are copied."""
+  items = {"state": ocp.args.StandardSave(state)}
+  if data_iter is not None:
+    items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+  mngr.save(step, args=ocp.args.Composite(**items), force=True)
+
+
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any,
+                   data_iter: Any = None) -> tuple[int, Any] | None:
+  """Restores the newest readable checkpoint into `abstract_state`'s shapes/shardings.
+
+  Sets `data_iter` to the saved position. Returns (step, state), or None when there is no
+  checkpoint. Unreadable checkpoints are moved aside with a warning; if none is readable, raises.
+  """
+  steps = sorted(mngr.all_steps(), reverse=True)
+  if not steps:
+    return None
+  for step in steps:
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    try:
+      restored = mngr.restore(step, args=ocp.args.Composite(**items))
+      return step, restored["state"]
+    except Exception as e:  # Orbax raises many types for damaged files. pylint: disable=broad-except
+      _set_aside(mngr, step, e)
+  raise RuntimeError(f"no readable checkpoint in {mngr.directory} (tried steps {steps}); "
+                     "see the warnings above, or start a new workdir")
+
+
+def _set_aside(mngr: ocp.CheckpointManager, step: int, error: Exception) -> None:
+  src = epath.Path(mngr.directory) / str(step)
+  dst = epath.Path(mngr.directory).parent / "checkpoints_unreadable" / f"{step}-{int(time.time())}"
+  logging.warning("checkpoint %s is unreadable (%s: %s); moving it to %s and trying the "
+                  "previous one", src, type(error).__name__, str(error).splitlines()[0][:300], dst)
+  if jax.process_index() == 0:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(src), str(dst))
+  ocp.multihost.sync_global_processes(f"swallow_jax_set_aside_{step}")
+  mngr.reload()
+
+
+def resolve(path: str | epath.Path) -> epath.Path:
+  """A step directory from: a step dir, a checkpoints dir or a workdir (-> its newest step)."""
+  path = epath.Path(path)
+  if (path / "state").exists():
+    return path
+  for root in (path, path / "checkpoints"):
+    if root.is_dir():
+      steps = [int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / "state").exists()]
+      if steps:
+        return root / str(max(steps))
+  raise FileNotFoundError(f"no Orbax checkpoint at {path} (expected <step>/state/ inside it, "
+                          "its checkpoints/ folder, or the step directory itself)")
+
+
+def load_params(path: str | epath.Path, abstract_params: Any) -> Any:
+  """Parameters only (no optimizer state) from a train checkpoint, onto the given shardings."""
+  step_dir = resolve(path)
+  restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_params)
+  with ocp.PyTreeCheckpointer() as ckptr:
+    restored = ckptr.restore(
+        step_dir / "state",
+        args=ocp.args.PyTreeRestore(item={"params": abstract_params},
+                                    restore_args={"params": restore_args}, partial_restore=True))
+  logging.info("loaded parameters from %s", step_dir)
+  return restored["params"]

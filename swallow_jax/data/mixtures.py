@@ -1,0 +1,58 @@
+"""Published continual-pretraining mixtures as data: lists of source dicts.
+
+Each function takes the root directory under which every source was preprocessed
+(``ROOT/<name>``, see the README) and returns ``[dict(name, path, weight, filter)]``
+for ``config.data.sources``. Weights are relative shares of tokens (the published
+percentages add up to 100.1%; Grain normalises them).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+# Cosmopedia is preprocessed with --path-field=subset so each record knows its
+# subset directory (data/<subset>/*.parquet); Swallow left out the web samples.
+COSMOPEDIA_FILTER = "subset not in [web_samples_v1, web_samples_v2]"
+
+
+def _sources(root: str, table: list[tuple[str, float, str | None]]) -> list[dict[str, Any]]:
+  return [dict(name=name, path=os.path.join(root, name), weight=weight, filter=flt)
+          for name, weight, flt in table]
+
+
+def llama3_swallow_8b(root: str) -> list[dict[str, Any]]:
+  """Llama 3 Swallow 8B (v0.1) continual pretraining mixture (model card, 2024-07)."""
+  return _sources(root, [
+      ("swallow_corpus", 0.808, None),     # Swallow Corpus (Japanese web)
+      ("ja_wikipedia", 0.017, None),
+      ("laboro_paracorpus", 0.009, None),  # English-Japanese parallel corpus
+      ("en_wikipedia", 0.021, None),
+      ("refinedweb", 0.021, None),
+      ("cosmopedia", 0.051, COSMOPEDIA_FILTER),
+      ("algebraic_stack", 0.037, None),
+      ("openwebmath", 0.037, None),
+  ])
+
+
+def llama31_swallow_8b(root: str) -> list[dict[str, Any]]:
+  """Llama 3.1 Swallow 8B continual pretraining mixture -- WEIGHTS UNCONFIRMED.
+
+  The Llama 3.1 Swallow model cards name the corpora (about 200B tokens: Swallow
+  Corpus Version 2, Japanese and English Wikipedia, Laboro ParaCorpus, DCLM
+  (dclm-baseline-1.0), Cosmopedia, and code and math data) but we could not find
+  per-source percentages. Until they are confirmed, the weights below carry over the
+  Llama 3 Swallow 8B shares by role (Japanese web, wikis, parallel text, English web,
+  synthetic textbooks, code, math), with DCLM in RefinedWeb's place and The Stack v2
+  in AlgebraicStack's. Replace them when the numbers are known.
+  """
+  return _sources(root, [
+      ("swallow_corpus_v2", 0.808, None),
+      ("ja_wikipedia", 0.017, None),
+      ("laboro_paracorpus", 0.009, None),
+      ("en_wikipedia", 0.021, None),
+      ("dclm_baseline", 0.021, None),
+      ("cosmopedia", 0.051, COSMOPEDIA_FILTER),
+      ("the_stack_v2", 0.037, None),
+      ("openwebmath", 0.037, None),
+  ])

@@ -1,0 +1,124 @@
+"""The on-disk format of a preprocessed dataset: ArrayRecord shards + manifest.json.
+
+A dataset directory holds ``data-00000.array_record``, ``data-00001.array_record``, ...
+and ``manifest.json`` (counts, tokenizer identity, inputs with sha256; see
+`swallow_jax.preprocess`). Each ArrayRecord record is one document::
+
+    uint32 little-endian  H             length of the metadata header
+    H bytes               header        compact UTF-8 JSON object of kept fields ("{}" -> H=0)
+    4*N bytes             tokens        uint32 little-endian token ids
+    N bytes               loss_mask     uint8, only in chat datasets (manifest format "chat")
+
+Text documents are ``[bos] + encode(text) + [eos]``; chat documents are
+`swallow_jax.data.chat.encode_chat` ids with their loss mask. Shards are written with
+``group_size:1`` so Grain can read records at random.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+FORMATS = ("text", "chat")
+# group_size:1 is what grain.sources.ArrayRecordDataSource needs for random access.
+WRITER_OPTIONS = "group_size:1,zstd:1"
+
+_HEADER = struct.Struct("<I")
+
+
+def encode_record(tokens, loss_mask=None, meta: Mapping[str, Any] | None = None) -> bytes:
+  """Serializes one document (see the module docstring)."""
+  header = json.dumps(dict(meta), ensure_ascii=False, sort_keys=True,
+                      separators=(",", ":")).encode() if meta else b""
+  parts = [_HEADER.pack(len(header)), header, np.asarray(tokens, "<u4").tobytes()]
+  if loss_mask is not None:
+    if len(loss_mask) != len(tokens):
+      raise ValueError(f"loss_mask has {len(loss_mask)} entries for {len(tokens)} tokens")
+    parts.append(np.asarray(loss_mask, np.uint8).tobytes())
+  return b"".join(parts)
+
+
+def read_meta(record: bytes) -> dict[str, Any]:
+  """The metadata header of a record ({} when none was stored)."""
+  (size,) = _HEADER.unpack_from(record)
+  return json.loads(record[4:4 + size]) if size else {}
+
+
+def decode_record(record: bytes, fmt: str) -> tuple[np.ndarray, np.ndarray | None]:
+  """(tokens int32[N], loss_mask int32[N] or None for text) of a record."""
+  (size,) = _HEADER.unpack_from(record)
+  body = memoryview(record)[4 + size:]
+  if fmt == "text":
+    return np.frombuffer(body, "<u4").astype(np.int32), None
+  n = len(body) // 5
+  tokens = np.frombuffer(body[:4 * n], "<u4").astype(np.int32)
+  return tokens, np.frombuffer(body[4 * n:], np.uint8).astype(np.int32)
+
+
+def shard_name(index: int) -> str:
+  return f"data-{index:05d}.array_record"
+
+
+class ShardWriter:
+  """Writes records into numbered shards of at most `records_per_shard` records."""
+
+  def __init__(self, directory: str, records_per_shard: int):
+    from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+    if records_per_shard < 1:
+      raise ValueError(f"records_per_shard must be >= 1, got {records_per_shard}")
+    self._module = array_record_module
+    self._dir = directory
+    self._per_shard = records_per_shard
+    self._writer = None
+    self.shards: list[dict[str, Any]] = []  # {"file", "documents", "tokens"}
+
+  def write(self, record: bytes, num_tokens: int) -> None:
+    if self._writer is None or self.shards[-1]["documents"] == self._per_shard:
+      self._close_current()
+      name = shard_name(len(self.shards))
+      self._writer = self._module.ArrayRecordWriter(
+          os.path.join(self._dir, name), WRITER_OPTIONS)
+      self.shards.append({"file": name, "documents": 0, "tokens": 0})
+    self._writer.write(record)
+    self.shards[-1]["documents"] += 1
+    self.shards[-1]["tokens"] += int(num_tokens)
+
+  def _close_current(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
+
+  def close(self) -> list[dict[str, Any]]:
+    self._close_current()
+    return self.shards
+
+
+def write_manifest(directory: str, manifest: Mapping[str, Any]) -> None:
+  with open(os.path.join(directory, MANIFEST), "w", encoding="utf-8") as f:
+    json.dump(manifest, f, indent=2, ensure_ascii=False, sort_keys=True)
+    f.write("\n")
+
+
+def read_manifest(directory: str) -> dict[str, Any]:
+  """Loads and checks ``DIR/manifest.json``; ValueError naming the problem."""
+  path = os.path.join(directory, MANIFEST)
+  if not os.path.exists(path):
+    raise ValueError(f"{directory}: no {MANIFEST}; is it a preprocessed dataset "
+                     "(python -m swallow_jax.preprocess)?")
+  with open(path, encoding="utf-8") as f:
+    manifest = json.load(f)
+  if manifest.get("format_version") != FORMAT_VERSION:
+    raise ValueError(f"{path}: format_version {manifest.get('format_version')!r}, "
+                     f"this code reads {FORMAT_VERSION}")
+  return manifest
+
+
+def shard_paths(directory: str, manifest: Mapping[str, Any]) -> list[str]:
+  return [os.path.join(directory, s["file"]) for s in manifest["shards"]]

@@ -1,0 +1,180 @@
+"""Writes the demo's raw corpus, chat data and evaluation tasks as files.
+
+Layout under `out_dir`:
+  raw/{ja_web,ja_wiki,en_web,en_wiki,parallel,math}.jsonl   {"text", "lang", ...} per line
+  raw/{en_dialogues,ja_dialogues}.jsonl                     {"messages": [...]} per line
+  tasks/<task>.jsonl                                         swallow_jax.evaluate task files
+  world.json                                                 the facts, for reading reports
+  manifest.json                                              arguments, per-file line counts
+
+Everything is a pure function of (seed, scale): the same arguments write byte-identical files.
+Each file draws from its own random stream, so changing one source's size never changes another.
+"""
+
+import dataclasses
+import json
+import os
+import random
+from typing import Any
+
+from swallow_jax.demo import text
+from swallow_jax.demo.world import World, make_world
+
+TEXT_SOURCES = ("ja_web", "ja_wiki", "en_web", "en_wiki", "parallel", "math")
+CHAT_SOURCES = ("en_dialogues", "ja_dialogues")
+# Lines per file at scale=1.
+_SIZES = {"ja_web": 1200, "ja_wiki": 300, "en_web": 1200, "en_wiki": 300, "parallel": 600,
+          "math": 800, "en_dialogues": 500, "ja_dialogues": 500}
+_EVAL_SIZE = 40        # scored examples per task at scale=1 (at least 8)
+_FEWSHOT = 3
+_MATH_JA_SHARE = 0.3   # the math source is mostly English, as OpenWebMath is
+_FAQ_SHARE = 0.15      # share of web documents that are FAQ pages
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoPaths:
+  root: str
+  raw: dict[str, str]     # source name -> JSONL path (text and chat sources)
+  tasks: dict[str, str]   # task name -> task file
+
+  def task_files(self, *names: str) -> list[str]:
+    return [self.tasks[n] for n in (names or self.tasks)]
+
+
+def _web(world: World, rng: random.Random, lang: str, asked) -> dict[str, Any]:
+  if rng.random() < _FAQ_SHARE:
+    return {"text": text.faq_page(world, rng, lang, asked), "lang": lang, "kind": "faq"}
+  return {"text": text.web_post(world, rng, lang), "lang": lang, "kind": "post"}
+
+
+def _parallel(world: World, rng: random.Random) -> dict[str, Any]:
+  """1-4 aligned pairs; one translation direction per document, pairs separated by a blank line."""
+  pairs = [text.parallel_pair(world, rng) for _ in range(rng.randint(1, 4))]
+  ja_first = rng.random() < 0.5
+  body = "\n\n".join(f"{ja}\n{en}" if ja_first else f"{en}\n{ja}" for ja, en in pairs)
+  return {"text": body, "lang": "ja-en" if ja_first else "en-ja",
+          "ja": [p[0] for p in pairs], "en": [p[1] for p in pairs]}
+
+
+def _math(world: World, rng: random.Random) -> dict[str, Any]:
+  lang = "ja" if rng.random() < _MATH_JA_SHARE else "en"
+  return {"text": text.math_text(world, rng, lang), "lang": lang}
+
+
+def _records(name: str, world: World, rng: random.Random, n: int, asked) -> list[dict[str, Any]]:
+  make = {
+      "ja_web": lambda: _web(world, rng, "ja", asked),
+      "en_web": lambda: _web(world, rng, "en", asked),
+      "ja_wiki": lambda: {"text": text.wiki_article(world, rng, "ja"), "lang": "ja"},
+      "en_wiki": lambda: {"text": text.wiki_article(world, rng, "en"), "lang": "en"},
+      "parallel": lambda: _parallel(world, rng),
+      "math": lambda: _math(world, rng),
+      "en_dialogues": lambda: {"messages": text.dialogue(world, rng, "en", asked)},
+      "ja_dialogues": lambda: {"messages": text.dialogue(world, rng, "ja", asked)},
+  }[name]
+  return [make() for _ in range(n)]
+
+
+def _qa_example(world: World, fact, lang: str) -> dict[str, Any]:
+  """Answer aliases: the short answer and the bare value ("12300人", "12300")."""
+  q, a = text.question(world, *fact, lang)
+  bare = text.answer_value(world, *fact, lang)
+  return {"question": q, "answer": [a] if bare == a else [a, bare]}
+
+
+def _mc_example(world: World, fact, lang: str, rng: random.Random) -> dict[str, Any]:
+  """The question with the true short answer and three answers of the same kind about others."""
+  kind, idx = fact
+  q, a = text.question(world, kind, idx, lang)
+  others = sorted({text.question(world, kind, j, lang)[1] for _, j in text.all_facts(world)
+                   if _ == kind and j != idx} - {a})
+  choices = rng.sample(others, min(3, len(others))) + [a]
+  rng.shuffle(choices)
+  return {"question": q, "choices": choices, "answer": choices.index(a)}
+
+
+def _tasks(world: World, seed: int, n: int, asked, held_out) -> dict[str, tuple[dict, list]]:
+  """task name -> (header, examples). Scored questions are about held-out facts only.
+
+  Prompt templates follow the corpus's own layouts (FAQ pages, math solutions, parallel pairs),
+  so a model is tested on formats its pretraining could have shown it.
+  """
+  out = {}
+  for lang in ("ja", "en"):
+    rng = random.Random(f"tasks-{seed}-{lang}")
+    eval_facts = rng.sample(held_out, min(n, len(held_out)))
+    demo_facts = rng.sample(asked, _FEWSHOT)
+    qa_template = "質問: {question}\n回答:" if lang == "ja" else "Question: {question}\nAnswer:"
+    out[f"{lang}_qa"] = (
+        {"task": f"{lang}_qa", "type": "qa", "lang": lang, "num_fewshot": _FEWSHOT,
+         "template": qa_template, "target_delimiter": " ", "max_new_tokens": 16,
+         "fewshot": [_qa_example(world, f, lang) for f in demo_facts]},
+        [_qa_example(world, f, lang) for f in eval_facts])
+    out[f"{lang}_mc"] = (
+        {"task": f"{lang}_mc", "type": "multiple_choice", "lang": lang, "num_fewshot": 0,
+         "template": qa_template, "target_delimiter": " "},
+        [_mc_example(world, f, lang, rng) for f in eval_facts])
+    math_rng = random.Random(f"tasks-math-{seed}-{lang}")
+    problems = [text.math_problem(world, math_rng, lang) for _ in range(n + _FEWSHOT)]
+    as_example = lambda p: {"question": p[0], "answer": p[2], "solution": p[1]}
+    out[f"{lang}_math"] = (
+        {"task": f"{lang}_math", "type": "math", "lang": lang, "num_fewshot": _FEWSHOT,
+         "template": "問題: {question}\n解答:" if lang == "ja" else "Question: {question}\nSolution:",
+         "target_delimiter": " ", "max_new_tokens": 32, "stop": ["\n"],
+         "fewshot": [as_example(p) for p in problems[:_FEWSHOT]]},
+        [as_example(p) for p in problems[_FEWSHOT:]])
+    # Translation INTO `lang`, in the parallel corpus's layout (source line, then target line).
+    tr_rng = random.Random(f"tasks-translation-{seed}-{lang}")
+    pairs = [text.parallel_pair(world, tr_rng) for _ in range(n + _FEWSHOT)]
+    src, tgt = (1, 0) if lang == "ja" else (0, 1)
+    as_pair = lambda p: {"source": p[src], "target": p[tgt]}
+    name = "en_ja_translation" if lang == "ja" else "ja_en_translation"
+    out[name] = (
+        {"task": name, "type": "translation", "lang": lang, "num_fewshot": _FEWSHOT,
+         "template": "{source}\n", "target_delimiter": "", "max_new_tokens": 48,
+         "fewshot": [as_pair(p) for p in pairs[:_FEWSHOT]]},
+        [as_pair(p) for p in pairs[_FEWSHOT:]])
+    ppl_rng = random.Random(f"tasks-ppl-{seed}-{lang}")
+    docs = [text.web_post(world, ppl_rng, lang) if i % 2 else text.wiki_article(world, ppl_rng, lang)
+            for i in range(n)]
+    out[f"{lang}_ppl"] = ({"task": f"{lang}_ppl", "type": "perplexity", "lang": lang},
+                          [{"text": d, "lang": lang} for d in docs])
+  return out
+
+
+def _write_jsonl(path: str, rows: list[dict[str, Any]]) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(row, ensure_ascii=False) + "\n")
+  os.replace(tmp, path)
+
+
+def build_demo_data(out_dir: str, seed: int = 0, scale: float = 1.0) -> DemoPaths:
+  """Writes the demo corpus, chat data and tasks under `out_dir` (see the module docstring)."""
+  if scale <= 0:
+    raise ValueError(f"scale must be positive, got {scale}")
+  world = make_world(seed)
+  asked, held_out = text.split_facts(world, seed)
+  raw_dir, task_dir = os.path.join(out_dir, "raw"), os.path.join(out_dir, "tasks")
+  os.makedirs(raw_dir, exist_ok=True)
+  os.makedirs(task_dir, exist_ok=True)
+  counts, raw = {}, {}
+  for name in TEXT_SOURCES + CHAT_SOURCES:
+    n = max(4, round(_SIZES[name] * scale))
+    rows = _records(name, world, random.Random(f"{name}-{seed}"), n, asked)
+    raw[name] = os.path.join(raw_dir, f"{name}.jsonl")
+    _write_jsonl(raw[name], rows)
+    counts[name] = len(rows)
+  tasks = {}
+  for name, (header, examples) in _tasks(world, seed, max(8, round(_EVAL_SIZE * scale)),
+                                         asked, held_out).items():
+    tasks[name] = os.path.join(task_dir, f"{name}.jsonl")
+    _write_jsonl(tasks[name], [header] + examples)
+    counts[f"tasks/{name}"] = len(examples)
+  with open(os.path.join(out_dir, "world.json"), "w", encoding="utf-8") as f:
+    json.dump(dataclasses.asdict(world), f, ensure_ascii=False, indent=1)
+  with open(os.path.join(out_dir, "manifest.json"), "w", encoding="utf-8") as f:
+    json.dump({"seed": seed, "scale": scale, "lines": counts,
+               "facts": {"asked": len(asked), "held_out": len(held_out)}}, f, indent=1)
+  return DemoPaths(root=out_dir, raw=raw, tasks=tasks)

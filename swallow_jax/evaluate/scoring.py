@@ -1,0 +1,88 @@
+"""Scorers for generated answers: exact match, character F1, numeric match, BLEU.
+
+Normalisation (`normalize_answer`), used by exact match and character F1:
+  1. Unicode NFKC (full-width letters and digits become ASCII, half-width katakana become full-width),
+  2. lower case,
+  3. drop every whitespace character and every punctuation character (Unicode categories P*:
+     ASCII punctuation, 、。「」・！？ ...).
+Japanese has no word spaces, so F1 is over characters (the JSQuAD / NIILC convention of the Swallow
+evaluation), as a multiset: F1 = 2PR / (P + R) with P = common / len(pred), R = common / len(gold).
+"""
+
+from collections import Counter
+from collections.abc import Sequence
+import decimal
+import re
+import unicodedata
+
+import sacrebleu
+
+# Numbers as MGSM answers write them: optional sign, thousands separators, decimals.
+_NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?|[-+]?\.\d+")
+
+
+def normalize_answer(text: str) -> str:
+  text = unicodedata.normalize("NFKC", text).lower()
+  return "".join(c for c in text
+                 if not c.isspace() and not unicodedata.category(c).startswith("P"))
+
+
+def exact_match(prediction: str, golds: str | Sequence[str]) -> float:
+  """1.0 if the normalised prediction equals any normalised gold answer."""
+  golds = [golds] if isinstance(golds, str) else golds
+  pred = normalize_answer(prediction)
+  return float(any(pred == normalize_answer(g) for g in golds))
+
+
+def char_f1(prediction: str, golds: str | Sequence[str]) -> float:
+  """Character-multiset F1 of the normalised strings, the maximum over gold answers."""
+  golds = [golds] if isinstance(golds, str) else golds
+  pred = normalize_answer(prediction)
+  best = 0.0
+  for gold in golds:
+    gold = normalize_answer(gold)
+    if not pred or not gold:
+      best = max(best, float(pred == gold))
+      continue
+    common = sum((Counter(pred) & Counter(gold)).values())
+    if common:
+      p, r = common / len(pred), common / len(gold)
+      best = max(best, 2 * p * r / (p + r))
+  return best
+
+
+def extract_last_number(text: str) -> decimal.Decimal | None:
+  """The last number in `text` (after NFKC, so full-width digits count), or None."""
+  matches = _NUMBER.findall(unicodedata.normalize("NFKC", text))
+  for m in reversed(matches):
+    try:
+      return decimal.Decimal(m.replace(",", ""))
+    except decimal.InvalidOperation:
+      continue
+  return None
+
+
+def numeric_match(prediction: str, gold: str | int | float) -> float:
+  """1.0 if the last number in the prediction equals the gold number (so 18 == 18.0 == 18.00)."""
+  pred = extract_last_number(prediction)
+  gold_num = extract_last_number(str(gold))
+  return float(pred is not None and gold_num is not None and pred == gold_num)
+
+
+def bleu(hypotheses: Sequence[str], references: Sequence[str], *, tokenize: str) -> float:
+  """Corpus BLEU (0-100) by sacrebleu with one reference per hypothesis."""
+  return sacrebleu.corpus_bleu(list(hypotheses), [list(references)], tokenize=tokenize).score
+
+
+def bleu_tokenizer(target_lang: str) -> str:
+  """sacrebleu tokenizer for a target language: MeCab for Japanese, 13a otherwise (WMT default)."""
+  return "ja-mecab" if target_lang == "ja" else "13a"
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+  """The text before the earliest occurrence of any stop string."""
+  cut = len(text)
+  for s in stops:
+    if s and (i := text.find(s)) >= 0:
+      cut = min(cut, i)
+  return text[:cut]

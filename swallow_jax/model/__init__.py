@@ -1,0 +1,9 @@
+"""Llama 3 in Flax linen: config + presets, the module, functional forward / KV-cache decoding."""
+
+from swallow_jax.model import presets
+from swallow_jax.model.config import LlamaConfig, RopeScaling
+from swallow_jax.model.llama import (Llama, forward, forward_with_cache, init_cache, init_params,
+                                     param_logical_axes)
+
+__all__ = ["LlamaConfig", "RopeScaling", "Llama", "presets", "init_params", "forward",
+           "init_cache", "forward_with_cache", "param_logical_axes"]

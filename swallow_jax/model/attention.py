@@ -1,0 +1,145 @@
+"""Attention backends over packed sequences.
+
+Masking rule (every backend): query i sees key j iff segment_ids[j] == segment_ids[i] and
+positions[j] <= positions[i]. Queries arrive unscaled (HF layout); the 1/sqrt(Dh) scale is applied
+here. Shapes: q [B, T, H, Dh], k/v [B, S, KV, Dh] with H a multiple of KV (grouped-query attention).
+
+Backends:
+  xla          reference: einsum, logits and softmax in float32, explicit [B, T, S] mask.
+  dot_product  `jax.nn.dot_product_attention(implementation=None)`: XLA's fused path, or cuDNN
+               where the shapes/dtypes allow; same explicit mask.
+  cudnn        `jax.nn.dot_product_attention(implementation='cudnn')`: GPU only, float16/bfloat16,
+               head_dim <= 128 and a multiple of 8. cuDNN's flash kernel natively knows only causal
+               and padding (sequence-length) masks, so with packed documents (`segment_ids` given)
+               JAX turns our boolean mask into an additive [B, 1, T, S] bias: correct, but it
+               materialises O(T*S) per sequence. Plain causal batches (no positions/segment ids
+               passed to `forward`) use `is_causal=True` and skip the mask entirely.
+  splash       TPU Splash attention (Pallas): causal-by-index mask + `SegmentIds`, which equals the
+               rule above for packed batches (positions rise by one inside each document).
+               Needs T divisible by the block size (min(T, 512)); not used with a KV cache.
+               Under a mesh it runs per shard (`jax.shard_map`), batch and heads split by the
+               logical rules for 'batch', 'act_heads', 'act_kv_heads'; the sequence must be whole.
+  auto         cudnn on GPU when the dtype/head_dim allow (else dot_product), splash on TPU when T
+               allows (else xla), xla on CPU.
+"""
+
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_NEG_INF = -0.7 * float(np.finfo(np.float32).max)  # finite: fully masked rows give no NaNs
+
+
+def make_mask(q_positions: jax.Array, q_segment_ids: jax.Array, kv_positions: jax.Array,
+              kv_segment_ids: jax.Array) -> jax.Array:
+  """Boolean [B, 1, T, S] mask implementing the rule above."""
+  same_doc = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
+  causal = kv_positions[:, None, :] <= q_positions[:, :, None]
+  return (same_doc & causal)[:, None]
+
+
+def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """Reference attention; mask [B, 1, T, S] boolean."""
+  b, t, h, dh = q.shape
+  kv = k.shape[2]
+  qg = q.reshape(b, t, kv, h // kv, dh)
+  logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+  logits = logits * np.float32(1.0 / np.sqrt(dh))
+  logits = jnp.where(mask[:, :, None], logits, _NEG_INF)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  return out.reshape(b, t, h, dh)
+
+
+def _cudnn_ok(q: jax.Array) -> bool:
+  return q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] <= 128 and q.shape[-1] % 8 == 0
+
+
+def _splash_block(t: int) -> int:
+  return min(t, 512)
+
+
+def resolve_backend(backend: str, q: jax.Array, with_cache: bool) -> str:
+  """Turns 'auto' into a concrete backend for this platform and these shapes."""
+  if backend != "auto":
+    return backend
+  platform = jax.default_backend()
+  if platform == "gpu":
+    return "cudnn" if _cudnn_ok(q) else "dot_product"
+  if platform == "tpu" and not with_cache and q.shape[1] % 128 == 0:
+    return "splash"
+  return "xla"
+
+
+def _splash_attention(q, k, v, segment_ids, interpret: bool = False):
+  try:
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+  except ImportError as e:
+    raise ValueError(f"attention='splash' needs jax's Pallas TPU ops, which failed to import: {e}")
+  b, t, h, dh = q.shape
+  block = _splash_block(t)
+  if t % block or k.shape[1] != t:
+    raise ValueError(f"attention='splash' needs self-attention with T % {block} == 0, got T={t}")
+  mask = sm.MultiHeadMask([sm.CausalMask((t, t)) for _ in range(h)])
+  sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
+                        block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block,
+                        block_kv_dq=block)
+  kernel = sk.make_splash_mha(mask, head_shards=1, q_seq_shards=1, block_sizes=sizes,
+                              interpret=interpret)
+  q = q * jnp.asarray(1.0 / np.sqrt(dh), q.dtype)
+  heads_first = lambda x: jnp.swapaxes(x, 1, 2)  # [B, N, T, Dh]
+
+  def local(q, k, v, segment_ids):
+    seg = sk.SegmentIds(q=segment_ids, kv=segment_ids)
+    return heads_first(jax.vmap(kernel)(heads_first(q), heads_first(k), heads_first(v),
+                                        segment_ids=seg))
+
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return local(q, k, v, segment_ids)
+  # A Pallas kernel cannot be auto-partitioned: run it per shard, batch and heads split as the
+  # active logical axis rules say (sequence unsharded).
+  q_spec = nn.logical_to_mesh_axes(("batch", None, "act_heads", None))
+  kv_spec = nn.logical_to_mesh_axes(("batch", None, "act_kv_heads", None))
+  seg_spec = nn.logical_to_mesh_axes(("batch", None))
+  return jax.shard_map(local, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec),
+                       out_specs=q_spec, check_vma=False)(q, k, v, segment_ids)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, q_positions: jax.Array,
+              q_segment_ids: jax.Array, kv_positions: jax.Array, kv_segment_ids: jax.Array, *,
+              backend: str = "xla", plain_causal: bool = False, with_cache: bool = False,
+              splash_interpret: bool = False) -> jax.Array:
+  """Masked grouped-query attention -> [B, T, H, Dh] in q.dtype.
+
+  `plain_causal` promises positions == arange(T) and one segment per row (what `forward` uses
+  when the caller passes neither), letting fused kernels use `is_causal` instead of a mask.
+  """
+  backend = resolve_backend(backend, q, with_cache)
+  if backend == "xla":
+    return xla_attention(q, k, v, make_mask(q_positions, q_segment_ids, kv_positions,
+                                            kv_segment_ids))
+  if backend in ("dot_product", "cudnn"):
+    impl = None if backend == "dot_product" else "cudnn"
+    if impl == "cudnn":
+      if jax.default_backend() != "gpu":
+        raise ValueError("attention='cudnn' needs an NVIDIA GPU; this process runs on "
+                         f"{jax.default_backend()!r} (use 'xla' or 'dot_product')")
+      if not _cudnn_ok(q):
+        raise ValueError("attention='cudnn' needs dtype bfloat16/float16 and head_dim <= 128, a "
+                         f"multiple of 8; got {q.dtype} head_dim={q.shape[-1]}")
+    if plain_causal:
+      return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
+    mask = make_mask(q_positions, q_segment_ids, kv_positions, kv_segment_ids)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+  if backend == "splash":
+    if with_cache:
+      raise ValueError("attention='splash' does not support a KV cache; use 'xla' for decoding")
+    if jax.default_backend() != "tpu" and not splash_interpret:
+      raise ValueError("attention='splash' needs a TPU; this process runs on "
+                       f"{jax.default_backend()!r} (use 'xla' or 'dot_product')")
+    return _splash_attention(q, k, v, q_segment_ids, interpret=splash_interpret)
+  raise ValueError(f"unknown attention backend {backend!r}")

@@ -1,0 +1,265 @@
+"""Llama 3 decoder in Flax linen, parameters in Hugging Face layout (kernel = HF weight.T).
+
+Layers are one `nn.scan` over a remat'ed block, so parameters carry a leading layer axis L. With
+`scan_layers=False` the same scan is fully unrolled (same parameter tree, no loop in the HLO).
+Every parameter carries logical axis names (`nn.with_logical_partitioning`) and activations get
+`nn.with_logical_constraint`; both are no-ops unless a mesh and logical axis rules are active.
+"""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from swallow_jax.model.attention import attention
+from swallow_jax.model.config import LlamaConfig
+from swallow_jax.model.rope import apply_rope, inv_frequencies
+
+Params = dict[str, Any]
+_INIT = nn.initializers.normal(0.02)  # HF `initializer_range`
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "qkv_proj": jax.checkpoint_policies.save_only_these_names("query_proj", "key_proj",
+                                                              "value_proj"),
+    "qkv_proj_attn_out": jax.checkpoint_policies.save_only_these_names(
+        "query_proj", "key_proj", "value_proj", "attn_out"),
+}
+
+
+def _constrain(x: jax.Array, *names: str | None) -> jax.Array:
+  return nn.with_logical_constraint(x, names)
+
+
+def _dense(features: int, axes: tuple[str, str], cfg: LlamaConfig, name: str) -> nn.Dense:
+  return nn.Dense(features, use_bias=False, dtype=jnp.dtype(cfg.dtype),
+                  param_dtype=jnp.dtype(cfg.param_dtype),
+                  kernel_init=nn.with_logical_partitioning(_INIT, axes), name=name)
+
+
+class RMSNorm(nn.Module):
+  """HF LlamaRMSNorm: normalise in float32, multiply by the scale in the compute dtype."""
+
+  config: LlamaConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    cfg = self.config
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                       (x.shape[-1],), jnp.dtype(cfg.param_dtype))
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + cfg.rms_norm_eps)
+    dtype = jnp.dtype(cfg.dtype)
+    return scale.astype(dtype) * x32.astype(dtype)
+
+
+class Embed(nn.Module):
+  """Token embedding; `attend` is the tied output projection (logits in float32)."""
+
+  config: LlamaConfig
+
+  def setup(self):
+    cfg = self.config
+    self.embedding = self.param(
+        "embedding", nn.with_logical_partitioning(_INIT, ("vocab", "embed")),
+        (cfg.vocab_size, cfg.hidden_size), jnp.dtype(cfg.param_dtype))
+
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    return jnp.take(self.embedding, tokens, axis=0).astype(jnp.dtype(self.config.dtype))
+
+  def attend(self, x: jax.Array) -> jax.Array:
+    return jnp.einsum("btd,vd->btv", x, self.embedding.astype(x.dtype),
+                      preferred_element_type=jnp.float32)
+
+
+class LMHead(nn.Module):
+  """Untied output projection; logits accumulate and return in float32."""
+
+  config: LlamaConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    cfg = self.config
+    kernel = self.param("kernel", nn.with_logical_partitioning(_INIT, ("embed", "vocab")),
+                        (cfg.hidden_size, cfg.vocab_size), jnp.dtype(cfg.param_dtype))
+    return jnp.einsum("btd,dv->btv", x, kernel.astype(x.dtype), preferred_element_type=jnp.float32)
+
+
+class Attention(nn.Module):
+  config: LlamaConfig
+  plain_causal: bool = False
+
+  @nn.compact
+  def __call__(self, x, positions, segment_ids, kv_positions, kv_segment_ids, cache, index):
+    cfg = self.config
+    b, t, _ = x.shape
+    h, kv, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    q = _dense(h * dh, ("embed", "heads"), cfg, "q_proj")(x).reshape(b, t, h, dh)
+    k = _dense(kv * dh, ("embed", "kv_heads"), cfg, "k_proj")(x).reshape(b, t, kv, dh)
+    v = _dense(kv * dh, ("embed", "kv_heads"), cfg, "v_proj")(x).reshape(b, t, kv, dh)
+    inv_freq = inv_frequencies(dh, cfg.rope_theta, cfg.rope_scaling)
+    q = checkpoint_name(apply_rope(q, positions, inv_freq), "query_proj")
+    k = checkpoint_name(apply_rope(k, positions, inv_freq), "key_proj")
+    v = checkpoint_name(v, "value_proj")
+    q = _constrain(q, "batch", "length", "act_heads", None)
+    k = _constrain(k, "batch", "length", "act_kv_heads", None)
+    v = _constrain(v, "batch", "length", "act_kv_heads", None)
+    new_cache = None
+    if cache is not None:  # write the T new entries into slots [index, index + T)
+      k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, index, 0, 0))
+      v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, index, 0, 0))
+      new_cache = (k, v)
+      k, v = k.astype(q.dtype), v.astype(q.dtype)
+    out = attention(q, k, v, positions, segment_ids, kv_positions, kv_segment_ids,
+                    backend=cfg.attention, plain_causal=self.plain_causal,
+                    with_cache=cache is not None)
+    out = checkpoint_name(out.reshape(b, t, h * dh), "attn_out")
+    out = _dense(cfg.hidden_size, ("heads", "embed"), cfg, "o_proj")(out)
+    return out, new_cache
+
+
+class MLP(nn.Module):
+  config: LlamaConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    gate = _dense(cfg.intermediate_size, ("embed", "mlp"), cfg, "gate_proj")(x)
+    up = _dense(cfg.intermediate_size, ("embed", "mlp"), cfg, "up_proj")(x)
+    hidden = _constrain(nn.silu(gate) * up, "batch", "length", "act_mlp")
+    return _dense(cfg.hidden_size, ("mlp", "embed"), cfg, "down_proj")(hidden)
+
+
+class Block(nn.Module):
+  """One decoder layer; signature shaped for nn.scan: (carry, scanned cache, broadcast...)."""
+
+  config: LlamaConfig
+  plain_causal: bool = False
+
+  @nn.compact
+  def __call__(self, x, cache, positions, segment_ids, kv_positions, kv_segment_ids, index):
+    cfg = self.config
+    attn_out, new_cache = Attention(cfg, self.plain_causal, name="attn")(
+        RMSNorm(cfg, name="attn_norm")(x), positions, segment_ids, kv_positions, kv_segment_ids,
+        cache, index)
+    x = _constrain(x + attn_out, "batch", "length", "act_embed")
+    x = x + MLP(cfg, name="mlp")(RMSNorm(cfg, name="mlp_norm")(x))
+    return _constrain(x, "batch", "length", "act_embed"), new_cache
+
+
+def _layer_stack(cfg: LlamaConfig, plain_causal: bool) -> nn.Module:
+  block = Block
+  if cfg.remat_policy != "none":
+    # prevent_cse is only needed outside a scan (the scan already stops CSE across layers).
+    block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat_policy],
+                     prevent_cse=not cfg.scan_layers)
+  stack = nn.scan(
+      block, variable_axes={"params": 0}, split_rngs={"params": True},
+      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+      length=cfg.num_layers, unroll=1 if cfg.scan_layers else cfg.num_layers,
+      metadata_params={nn.PARTITION_NAME: "layers"})
+  return stack(cfg, plain_causal, name="layers")
+
+
+class Llama(nn.Module):
+  """Llama 3 causal LM. Returns float32 logits [B, T, V]; with `cache`, (logits, new_cache)."""
+
+  config: LlamaConfig
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
+               segment_ids: jax.Array | None = None, neftune_alpha: float | jax.Array = 0.0, *,
+               cache: dict[str, jax.Array] | None = None, cache_index: jax.Array | int = 0):
+    cfg = self.config
+    b, t = tokens.shape
+    plain_causal = positions is None and segment_ids is None and cache is None
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    if segment_ids is None:
+      segment_ids = jnp.ones((b, t), jnp.int32)
+    embed = Embed(cfg, name="embed")
+    x = _constrain(embed(tokens), "batch", "length", "act_embed")
+    if not (isinstance(neftune_alpha, (int, float)) and neftune_alpha == 0):
+      # NEFTune (Jain et al. 2023): uniform noise scaled by alpha / sqrt(T * D), not on padding.
+      noise = jax.random.uniform(self.make_rng("neftune"), x.shape, jnp.float32, -1.0, 1.0)
+      noise = noise * (neftune_alpha / jnp.sqrt(float(t * cfg.hidden_size)))
+      x = x + (noise * (segment_ids != 0)[..., None]).astype(x.dtype)
+    if cache is None:
+      kv_positions, kv_segment_ids, layer_cache = positions, segment_ids, None
+    else:
+      kv_positions = jax.lax.dynamic_update_slice(
+          cache["positions"], positions.astype(jnp.int32), (0, cache_index))
+      kv_segment_ids = jax.lax.dynamic_update_slice(
+          cache["segment_ids"], segment_ids.astype(jnp.int32), (0, cache_index))
+      layer_cache = (cache["k"], cache["v"])
+    x, new_layer_cache = _layer_stack(cfg, plain_causal)(
+        x, layer_cache, positions, segment_ids, kv_positions, kv_segment_ids, cache_index)
+    x = RMSNorm(cfg, name="final_norm")(x)
+    if cfg.tie_word_embeddings:
+      logits = embed.attend(x)
+    else:
+      logits = LMHead(cfg, name="lm_head")(x)
+    logits = _constrain(logits, "batch", "length", "act_vocab")
+    if cache is None:
+      return logits
+    new_cache = {"k": new_layer_cache[0], "v": new_layer_cache[1], "positions": kv_positions,
+                 "segment_ids": kv_segment_ids}
+    return logits, new_cache
+
+
+# Functional API --------------------------------------------------------------------------------
+
+
+def _boxed_init(cfg: LlamaConfig, rng: jax.Array) -> Params:
+  return Llama(cfg).init({"params": rng}, jnp.zeros((1, 1), jnp.int32))["params"]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def init_params(config: LlamaConfig, rng: jax.Array) -> Params:
+  """Random parameters (HF init: normal(0.02), norms 1) as a plain nested dict.
+
+  Wrap in `jax.jit(..., static_argnums=0, out_shardings=...)` to create them already sharded.
+  """
+  return nn.meta.unbox(_boxed_init(config, rng))
+
+
+def param_logical_axes(config: LlamaConfig) -> Params:
+  """The params tree with a tuple of logical axis names per array (leaves are tuples of str)."""
+  boxed = jax.eval_shape(functools.partial(_boxed_init, config), jax.random.key(0))
+  specs = nn.get_partition_spec(boxed)
+  is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)
+  return jax.tree.map(tuple, specs, is_leaf=is_spec)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def forward(config: LlamaConfig, params: Params, tokens: jax.Array,
+            positions: jax.Array | None = None, segment_ids: jax.Array | None = None) -> jax.Array:
+  """Float32 logits [B, T, V]; masking: same segment and key position <= query position."""
+  return Llama(config).apply({"params": params}, tokens, positions, segment_ids)
+
+
+def init_cache(config: LlamaConfig, batch: int, max_len: int,
+               dtype: Any = None) -> dict[str, jax.Array]:
+  """Empty KV cache (segment id 0 marks empty slots, which no real query can see)."""
+  dtype = jnp.dtype(dtype or config.dtype)
+  shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+          "positions": jnp.zeros((batch, max_len), jnp.int32),
+          "segment_ids": jnp.zeros((batch, max_len), jnp.int32)}
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=5)
+def forward_with_cache(config: LlamaConfig, params: Params, tokens: jax.Array,
+                       positions: jax.Array, segment_ids: jax.Array, cache: dict[str, jax.Array],
+                       index: jax.Array | int) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Writes the T new keys/values into cache slots [index, index+T) and attends over all slots.
+
+  Returns (float32 logits [B, T, V], new cache). The cache argument is donated.
+  """
+  return Llama(config).apply({"params": params}, tokens, positions, segment_ids, cache=cache,
+                             cache_index=index)

@@ -1,0 +1,60 @@
+"""Multi-host start-up: `jax.distributed.initialize()` when this is one of several processes.
+
+Must run before anything touches a JAX backend. Launchers either set the environment that JAX
+auto-detects (Cloud TPU pods, SLURM, Open MPI, Kubernetes) or pass the coordinator explicitly:
+
+    JAX_COORDINATOR_ADDRESS=host0:1234 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=0 python -m swallow_jax.train ...
+    python -m swallow_jax.train ... --coordinator_address=host0:1234 --num_processes=2 --process_id=0
+"""
+
+import logging
+import os
+
+import jax
+
+# Environment variables whose presence means the launcher started several processes.
+_MULTI_PROCESS_ENV = {
+    "SLURM_NTASKS": lambda v: int(v) > 1,
+    "OMPI_COMM_WORLD_SIZE": lambda v: int(v) > 1,
+    "TPU_WORKER_HOSTNAMES": lambda v: "," in v,
+    "MEGASCALE_COORDINATOR_ADDRESS": bool,
+}
+
+
+def _launcher_detected() -> bool:
+  for name, is_multi in _MULTI_PROCESS_ENV.items():
+    value = os.environ.get(name)
+    if value:
+      try:
+        if is_multi(value):
+          return True
+      except ValueError:
+        continue
+  return False
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, mode: str = "auto") -> bool:
+  """Initializes multi-process JAX; returns True if this is (now) a distributed run.
+
+  mode: 'auto' initializes when a coordinator is given (argument or JAX_COORDINATOR_ADDRESS) or a
+  multi-process launcher is detected; 'on' always calls jax.distributed.initialize (JAX then
+  auto-detects the cluster); 'off' never does. Calling it again is a no-op.
+  """
+  if mode not in ("auto", "on", "off"):
+    raise ValueError(f"distributed mode must be 'auto', 'on' or 'off', got {mode!r}")
+  if jax.distributed.is_initialized():
+    return True
+  coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
+  if num_processes is None and os.environ.get("JAX_NUM_PROCESSES"):
+    num_processes = int(os.environ["JAX_NUM_PROCESSES"])
+  if process_id is None and os.environ.get("JAX_PROCESS_ID"):
+    process_id = int(os.environ["JAX_PROCESS_ID"])
+  if mode == "off" or (mode == "auto" and not coordinator_address and not _launcher_detected()):
+    return False
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id)
+  logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count())
+  return True

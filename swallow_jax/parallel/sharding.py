@@ -1,0 +1,124 @@
+"""Logical axis rules (the one place that maps model axis names to mesh axes) and the shardings
+of parameters, optimizer state and batches derived from them.
+
+Parameters: FSDP shards the 'embed' dimension over `fsdp`; Megatron-style tensor parallelism
+shards heads / MLP / vocab over `tensor`; the `data` axis replicates parameters (pure data
+parallelism, e.g. across slices). Batches are split over `data` x `fsdp`.
+"""
+
+from collections.abc import Iterator
+import contextlib
+import logging
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+import optax
+
+# Logical axis name -> mesh axis (or axes, or None = replicated). Model and trainer use only these.
+LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    # Parameters.
+    ("layers", None),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("norm", None),
+    # Activations.
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+)
+
+BATCH_AXES = ("batch", "length")
+
+
+@contextlib.contextmanager
+def mesh_context(mesh: jax.sharding.Mesh) -> Iterator[None]:
+  """The mesh and the logical rules in scope: trace and run sharded code inside this."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+    yield
+
+
+def _fit_spec(spec: P, shape: tuple[int, ...], mesh: jax.sharding.Mesh, name: str) -> P:
+  """Replicates dimensions that the mesh axes do not divide (small test models on 8 devices)."""
+  out = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    group = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    size = math.prod(mesh.shape[a] for a in group)
+    if size > 1 and dim % size:
+      logging.warning("sharding: %s dim %d not divisible by %s=%d; replicating that dim",
+                      name, dim, group, size)
+      axes = None
+    out.append(axes)
+  return P(*out)
+
+
+def logical_sharding(logical_axes: tuple[str | None, ...], shape: tuple[int, ...],
+                     mesh: jax.sharding.Mesh, name: str = "array") -> NamedSharding:
+  """NamedSharding for an array with these logical axis names under LOGICAL_AXIS_RULES."""
+  spec = nn.logical_to_mesh_sharding(P(*logical_axes), mesh, LOGICAL_AXIS_RULES).spec
+  return NamedSharding(mesh, _fit_spec(spec, tuple(shape), mesh, name))
+
+
+def param_shardings(param_shapes: Any, logical_axes: Any, mesh: jax.sharding.Mesh) -> Any:
+  """Tree of NamedShardings for parameters, given their shapes and logical axis names."""
+  def one(path, shape, axes):
+    return logical_sharding(axes, shape.shape, mesh, jax.tree_util.keystr(path))
+  return jax.tree_util.tree_map_with_path(one, param_shapes, logical_axes)
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def opt_state_shardings(tx: optax.GradientTransformation, opt_state_shapes: Any,
+                        param_shards: Any, mesh: jax.sharding.Mesh) -> Any:
+  """Optimizer moments sharded like their parameters; counters and other scalars replicated."""
+  return optax.tree_map_params(
+      tx, lambda _, s: s, opt_state_shapes, param_shards,
+      transform_non_params=lambda _: replicated(mesh),
+      is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Sharding of [batch, length] input arrays."""
+  return NamedSharding(mesh, nn.logical_to_mesh_sharding(P(*BATCH_AXES), mesh,
+                                                         LOGICAL_AXIS_RULES).spec)
+
+
+def check_sharded(shapes: Any, shardings: Any, mesh: jax.sharding.Mesh,
+                  min_elements: int = 1 << 20) -> None:
+  """Raises if a parameter with >= `min_elements` is fully replicated over fsdp x tensor.
+
+  Catches rule or annotation mistakes that would silently keep a full copy of a large matrix on
+  every device (OOM at 8B+ scale). Skipped when fsdp x tensor is 1 (pure data parallelism).
+  """
+  if mesh.shape["fsdp"] * mesh.shape["tensor"] == 1:
+    return
+  bad = []
+  def check(path, shape, sharding):
+    if math.prod(shape.shape) >= min_elements and sharding.shard_shape(shape.shape) == shape.shape:
+      bad.append(f"{jax.tree_util.keystr(path)} {tuple(shape.shape)}")
+  jax.tree_util.tree_map_with_path(check, shapes, shardings)
+  if bad:
+    raise ValueError(f"large parameters are not sharded on mesh {dict(mesh.shape)}: "
+                     + ", ".join(bad))
+
+
+def shard_fraction(shapes: Any, shardings: Any) -> float:
+  """Bytes held per device / total parameter bytes (1.0 = fully replicated)."""
+  total = per_device = 0
+  for shape, sharding in zip(jax.tree.leaves(shapes), jax.tree.leaves(shardings)):
+    nbytes = shape.dtype.itemsize
+    total += math.prod(shape.shape) * nbytes
+    per_device += math.prod(sharding.shard_shape(shape.shape)) * nbytes
+  return per_device / max(total, 1)
+

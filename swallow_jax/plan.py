@@ -1,0 +1,250 @@
+"""Plan a training run before renting it: per-device memory and FLOPs of a config's train step.
+
+    python -m swallow_jax.plan --config=configs/X.py [--devices=N] [--mesh=data:1,fsdp:8,tensor:1]
+        [--remat=full] [--hbm_gb=80] [--json]
+
+Builds the real train step of the config (model, optimizer, z-loss, gradient accumulation,
+shardings: the trainer's own functions) from abstract shapes only (`jax.eval_shape`, no weights
+are allocated), sets up N fake CPU devices, and compiles it ahead of time
+(`jit(...).lower(...).compile()`) for the mesh. It prints, per device:
+
+  params / opt_state   bytes of the sharded parameters and optimizer state (exact, from the shardings)
+  temp                 the compiler's temporaries (activations, gradients, collectives' buffers)
+  peak                 arguments + outputs - donated aliases + temporaries
+
+and FLOPs per step: the analytical MaxText-style count (`swallow_jax.train.metrics`) beside XLA's
+own cost analysis. The compiler here is XLA:CPU, so memory is an estimate of what XLA:GPU/TPU
+will need (their fusion, collective and rematerialization passes differ); use it to rank meshes
+and remat policies and to see what clearly does or does not fit, and leave ~10% headroom.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from typing import Any
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+
+from swallow_jax import parallel
+from swallow_jax.model import param_logical_axes
+from swallow_jax.train import metrics
+from swallow_jax.train import optimizer as optimizer_lib
+from swallow_jax.train import step as step_lib
+
+FLAGS = flags.FLAGS
+
+
+def parse_mesh(spec: str) -> dict[str, int]:
+  """'data:1,fsdp:8,tensor:1' -> {'data': 1, 'fsdp': 8, 'tensor': 1}."""
+  out = {}
+  for part in filter(None, (p.strip() for p in spec.split(","))):
+    name, sep, size = part.partition(":")
+    if not sep or not name:
+      raise ValueError(f"--mesh: expected 'axis:size' items, got {part!r}")
+    try:
+      out[name.strip()] = int(size)
+    except ValueError:
+      raise ValueError(f"--mesh: size of {name!r} must be an int, got {size!r}") from None
+  return out
+
+
+def num_devices_for(mesh_cfg: dict[str, int], devices: int) -> int:
+  """The device count: `devices` if given, else the product of the (positive) mesh sizes."""
+  if devices:
+    return devices
+  sizes = [int(v) for v in mesh_cfg.values()]
+  if any(s == -1 for s in sizes):
+    raise ValueError(f"mesh {mesh_cfg} has a -1 axis: pass --devices")
+  return max(1, math.prod(sizes))
+
+
+def abstract_train_step(model_cfg: Any, opt_cfg: Any, mesh: Any, global_batch: int, seq_len: int,
+                        *, z_loss: float = 0.0, grad_accum_steps: int = 1,
+                        neftune_alpha: float = 0.0, seed: int = 0,
+                        plain_causal: bool = False) -> tuple[Any, Any, Any, Any]:
+  """(jitted step, abstract state, abstract batch, state shardings), as `train.loop.run` builds
+  them, with ShapeDtypeStructs carrying the shardings instead of arrays. Call inside
+  `parallel.mesh_context(mesh)`. `plain_causal` drops positions/segment_ids from the batch so
+  the model may use `is_causal` kernels (unpacked sequences)."""
+  tx, lr = optimizer_lib.make_optimizer(opt_cfg)
+  abstract = jax.eval_shape(lambda: step_lib.init_state(model_cfg, tx, seed))
+  param_sh = parallel.param_shardings(abstract["params"], param_logical_axes(model_cfg), mesh)
+  shardings = step_lib.state_shardings(abstract, tx, param_sh, mesh)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, shardings)
+  batch_sh = parallel.batch_sharding(mesh)
+  batch = {k: jax.ShapeDtypeStruct((global_batch, seq_len),
+                                   jnp.float32 if k == "loss_weights" else jnp.int32,
+                                   sharding=batch_sh) for k in step_lib.BATCH_KEYS}
+  if plain_causal:
+    batch["positions"] = batch["segment_ids"] = None
+  step_fn = step_lib.jit_train_step(
+      step_lib.make_train_step(model_cfg, tx, lr, z_loss=z_loss, grad_accum_steps=grad_accum_steps,
+                               neftune_alpha=neftune_alpha, param_shardings=param_sh),
+      shardings, mesh)
+  return step_fn, abstract, batch, shardings
+
+
+def _per_device_bytes(tree: Any) -> int:
+  return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+             for x in jax.tree.leaves(tree))
+
+
+def _xla_flops(cost: Any) -> float | None:
+  if isinstance(cost, (list, tuple)):  # Older jax: one dict per program.
+    cost = cost[0] if cost else None
+  return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def plan(config: Any, devices: int = 0, mesh_override: dict[str, int] | None = None,
+         remat: str = "", hbm_gb: float = 0.0, hlo_flops: bool = True) -> dict[str, Any]:
+  """Compiles the config's train step for the mesh on fake CPU devices; returns the report dict.
+
+  Must run before anything else in the process touched a JAX backend (it sets the CPU device
+  count).
+  """
+  from swallow_jax import config_utils  # pylint: disable=g-import-not-at-top  (ml_collections)
+
+  config_utils.validate(config)
+  mesh_cfg = dict(mesh_override or config.get("mesh", {}) or {"fsdp": -1})
+  n = num_devices_for(mesh_cfg, devices)
+  jax.config.update("jax_platforms", "cpu")
+  jax.config.update("jax_num_cpu_devices", n)
+  if jax.device_count() != n:
+    raise RuntimeError(f"wanted {n} fake CPU devices, JAX has {jax.device_count()} (a backend "
+                       "was initialised before plan() ran)")
+  model_cfg = config_utils.model_config(config)
+  if remat:
+    model_cfg = dataclasses.replace(model_cfg, remat_policy=remat)
+  seq_len = int(config.data.seq_len)
+  global_batch = int(config.data.global_batch_size)
+  accum = int(config.train.get("grad_accum_steps", 1))
+  mesh = parallel.make_mesh(mesh_cfg)
+  kwargs = dict(z_loss=float(config.train.get("z_loss", 0.0)), grad_accum_steps=accum,
+                neftune_alpha=float(config.train.get("neftune_alpha", 0.0)))
+
+  with parallel.mesh_context(mesh):
+    step_fn, state, batch, _ = abstract_train_step(model_cfg, config.optimizer, mesh,
+                                                   global_batch, seq_len, **kwargs)
+    t0 = time.perf_counter()
+    lowered = step_fn.lower(state, batch)
+    lower_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - t0
+    hlo = None
+    if hlo_flops:
+      unrolled = dataclasses.replace(model_cfg, scan_layers=False)
+      step_u, state_u, batch_u, _ = abstract_train_step(unrolled, config.optimizer, mesh,
+                                                        global_batch, seq_len, **kwargs)
+      hlo = _xla_flops(step_u.lower(state_u, batch_u).cost_analysis())
+
+  mem = compiled.memory_analysis()
+  per_device = {"params": _per_device_bytes(state["params"]),
+                "opt_state": _per_device_bytes(state["opt_state"])}
+  if mem is not None:
+    per_device.update(arguments=mem.argument_size_in_bytes, outputs=mem.output_size_in_bytes,
+                      aliased=mem.alias_size_in_bytes, temp=mem.temp_size_in_bytes)
+    per_device["peak"] = (mem.argument_size_in_bytes + mem.output_size_in_bytes
+                          - mem.alias_size_in_bytes + mem.temp_size_in_bytes)
+  flops_token = metrics.flops_per_token(model_cfg, seq_len)
+  tokens = global_batch * seq_len
+  report = {
+      "num_devices": n,
+      "mesh": dict(mesh.shape),
+      "model": {"num_params": model_cfg.num_params, "num_layers": model_cfg.num_layers,
+                "hidden_size": model_cfg.hidden_size, "remat_policy": model_cfg.remat_policy,
+                "scan_layers": model_cfg.scan_layers, "dtype": model_cfg.dtype,
+                "param_dtype": model_cfg.param_dtype},
+      "seq_len": seq_len, "global_batch_size": global_batch, "grad_accum_steps": accum,
+      "tokens_per_step": tokens,
+      "per_device_bytes": per_device,
+      "flops_per_step": {
+          "analytical": flops_token * tokens,
+          "analytical_per_device": flops_token * tokens / n,
+          "xla_compiled_per_device": _xla_flops(compiled.cost_analysis()),
+          "xla_hlo_unrolled": hlo,
+      },
+      "lower_s": lower_s, "compile_s": compile_s,
+      "backend": "cpu (XLA:CPU memory analysis: an estimate for GPU/TPU)",
+      "jax": jax.__version__,
+  }
+  if hbm_gb and "peak" in per_device:
+    report["hbm_bytes"] = int(hbm_gb * 1e9)
+    report["fits"] = per_device["peak"] <= hbm_gb * 1e9
+  return report
+
+
+def _gb(x: float | None) -> str:
+  return "-" if x is None else f"{x / 1e9:8.2f} GB"
+
+
+def format_table(r: dict[str, Any]) -> str:
+  m = r["model"]
+  lines = [
+      f"model      {m['num_params'] / 1e9:.2f}B params, {m['num_layers']} layers, remat="
+      f"{m['remat_policy']}, scan={m['scan_layers']}, compute {m['dtype']}",
+      f"mesh       {' '.join(f'{k}={v}' for k, v in r['mesh'].items())} ({r['num_devices']} devices)",
+      f"batch      {r['global_batch_size']} x {r['seq_len']} tokens, grad_accum "
+      f"{r['grad_accum_steps']}",
+      "per device (XLA:CPU estimate)",
+  ]
+  for k in ("params", "opt_state", "temp", "arguments", "outputs", "aliased", "peak"):
+    if k in r["per_device_bytes"]:
+      lines.append(f"  {k:<10} {_gb(r['per_device_bytes'][k])}")
+  if "fits" in r:
+    lines.append(f"  fits in {r['hbm_bytes'] / 1e9:.0f} GB: {'yes' if r['fits'] else 'NO'}")
+  f = r["flops_per_step"]
+  lines += [
+      "FLOPs per step",
+      f"  analytical (MaxText formula)   {f['analytical']:.4g} ({f['analytical_per_device']:.4g} "
+      "per device)",
+      f"  XLA compiled, per device       {f['xla_compiled_per_device'] or float('nan'):.4g} "
+      "(a scanned layer loop counted once)",
+  ]
+  if f["xla_hlo_unrolled"]:
+    lines.append(f"  XLA HLO, layers unrolled       {f['xla_hlo_unrolled']:.4g} (incl. remat "
+                 "recomputation)")
+  lines.append(f"compile    lower {r['lower_s']:.1f}s, compile {r['compile_s']:.1f}s")
+  return "\n".join(lines)
+
+
+def define_flags() -> None:
+  """Defined only when run as a program, so importing this module adds no flags to others."""
+  from ml_collections import config_flags  # Not on every GPU image; only the CLI needs it.
+  config_flags.DEFINE_config_file("config", None, "Training config file (configs/X.py).")
+  flags.DEFINE_integer(
+      "devices", 0, "Fake devices to plan for (0: the product of the mesh sizes; required if the "
+      "mesh has a -1).")
+  flags.DEFINE_string("mesh", "", "Mesh override 'data:1,fsdp:8,tensor:1' (else config.mesh).")
+  flags.DEFINE_string("remat", "", "Override model.remat_policy (none, full, dots, ...).")
+  flags.DEFINE_float("hbm_gb", 0.0, "Device memory in GB (1e9 bytes) to check the fit against, "
+                     "e.g. 80 (H100), 95 (TPU v5p); 0: no check.")
+  flags.DEFINE_bool(
+      "hlo_flops", True, "Also lower the step with layers unrolled and report its HLO FLOPs "
+      "(counts remat recomputation; XLA counts a scanned layer loop's body only once).")
+  flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f"plan: unexpected arguments {argv[1:]}")
+  if FLAGS.config is None:
+    sys.exit("plan: --config is required, e.g. --config=configs/demo.py")
+  try:
+    mesh = parse_mesh(FLAGS.mesh) if FLAGS.mesh else None
+    report = plan(FLAGS.config, FLAGS.devices, mesh, FLAGS.remat, FLAGS.hbm_gb, FLAGS.hlo_flops)
+  except (ValueError, KeyError) as e:
+    sys.exit(f"plan: {e}")
+  print(json.dumps(report) if FLAGS.json else format_table(report))
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

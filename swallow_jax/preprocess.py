@@ -1,0 +1,350 @@
+r"""Tokenize raw text or chat data into ArrayRecord shards + manifest.json.
+
+    python -m swallow_jax.preprocess --input='raw/*.jsonl.gz' --tokenizer=TOKENIZER \
+        --output=data/ja_wiki [--text-field=text] [--format=text|chat] [--filter=EXPR] \
+        [--keep-fields=a,b] [--path-field=subset] [--strict] [--json] [--workers=N]
+
+Inputs are JSONL (plain or .gz) or Parquet files (comma-separated globs). Every record
+is parsed and tokenized in worker processes; results are written in input order, so
+re-running over the same input gives byte-identical shards. ``--format=text`` stores
+``[bos] + encode(text) + [eos]``; ``--format=chat`` reads ``{"messages": [{"role",
+"content"}, ...]}`` and stores the Llama 3 Instruct rendering with its SFT loss mask
+(`swallow_jax.data.chat`). The record layout is described in `swallow_jax.data.records`.
+
+Bad records are skipped and counted by reason (invalid_json, invalid_utf8,
+missing_field, empty_text; for chat also unknown_role, empty_conversation,
+no_assistant_turn); with ``--strict`` the first one is an error naming its file and
+line. An input file that yields no document at all (all bad, or empty) is always an
+error, and so is an input that yields no document. ``--filter`` (see
+`swallow_jax.data.filters`) drops records by raw JSON fields; they are counted as
+``filtered``. ``--keep-fields`` stores those JSON fields in each record so a training
+config can filter at load time; ``--path-field=NAME`` stores the name of each input
+file's parent directory as field NAME (e.g. Cosmopedia's subset directories).
+
+The output directory is built under a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from absl import app
+from absl import flags
+
+from swallow_jax.data import chat
+from swallow_jax.data import filters
+from swallow_jax.data import records
+from swallow_jax.data import sources
+
+_CHUNK = 256  # records per worker task
+
+
+class PreprocessError(ValueError):
+  """A user-facing failure; the CLI prints it as one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """What to do with each raw record (sent to the workers)."""
+  format: str
+  field: str
+  keep_fields: tuple[str, ...] = ()
+  path_field: str | None = None
+  filter: filters.Filter | None = None
+  system_prompt: str | None = None
+
+  @property
+  def columns(self) -> list[str]:
+    extra = self.filter.fields if self.filter else ()
+    return sorted({self.field, *self.keep_fields, *extra})
+
+
+_worker_tokenizer = None
+
+
+def _load_tokenizer(path: str):
+  from swallow_jax.tokenizer import load_tokenizer  # pylint: disable=g-import-not-at-top
+  return load_tokenizer(path)
+
+
+def _init_worker(tokenizer_path: str) -> None:
+  global _worker_tokenizer
+  _worker_tokenizer = _load_tokenizer(tokenizer_path)
+
+
+def _encode(obj: dict[str, Any], spec: Spec, tok) -> tuple[list[int], list[int] | None]:
+  value = obj.get(spec.field)
+  if spec.format == "chat":
+    if value is None:
+      raise sources.InvalidRecord(f"no field {spec.field!r}", "missing_field")
+    messages = chat.validate_messages(chat.with_system_prompt(value, spec.system_prompt))
+    for m in messages:
+      sources.require_utf8(m["content"])
+    return chat.encode_chat(tok, messages)
+  if not isinstance(value, str):
+    what = "no field" if value is None else f"non-string ({type(value).__name__}) field"
+    raise sources.InvalidRecord(f"{what} {spec.field!r}", "missing_field")
+  if not value.strip():
+    raise sources.InvalidRecord(f"field {spec.field!r} is empty", "empty_text")
+  return [tok.bos_id, *tok.encode(sources.require_utf8(value)), tok.eos_id], None
+
+
+def process_chunk(spec: Spec, path_value: str | None, items: Sequence[tuple[int, Any]],
+                  tok=None) -> list[tuple]:
+  """Per record: ('ok', line, record, n_tokens, meta) | ('bad', line, reason, msg) | ('filtered', line)."""
+  tok = tok or _worker_tokenizer
+  out = []
+  for line, payload in items:
+    try:
+      obj = sources.parse_json_object(payload)
+      if spec.filter is not None and not spec.filter(obj):
+        out.append(("filtered", line))
+        continue
+      ids, mask = _encode(obj, spec, tok)
+    except sources.InvalidRecord as e:
+      out.append(("bad", line, e.reason, str(e)))
+      continue
+    meta = {k: obj[k] for k in spec.keep_fields if k in obj}
+    if spec.path_field:
+      meta[spec.path_field] = path_value
+    out.append(("ok", line, records.encode_record(ids, mask, meta), len(ids), meta))
+  return out
+
+
+def _tasks(files: Sequence[str], spec: Spec) -> Iterator[tuple]:
+  """('chunk', file_index, path_value, items) ... ('end', file_index) per file."""
+  for index, path in enumerate(files):
+    path_value = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    chunk = []
+    for item in sources.iter_records(path, spec.columns):
+      chunk.append(item)
+      if len(chunk) == _CHUNK:
+        yield ("chunk", index, path_value, chunk)
+        chunk = []
+    if chunk:
+      yield ("chunk", index, path_value, chunk)
+    yield ("end", index)
+
+
+def _results(files, spec, tokenizer_path, workers, tok) -> Iterator[tuple]:
+  """Task results in input order; at most 2 * workers tasks in flight."""
+  if workers <= 1:
+    for task in _tasks(files, spec):
+      yield task if task[0] == "end" else ("chunk", task[1],
+                                           process_chunk(spec, task[2], task[3], tok))
+    return
+  ctx = multiprocessing.get_context("spawn")  # fork is unsafe with tokenizer threads
+  with ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer_path,)) as pool:
+    pending = collections.deque()
+    for task in _tasks(files, spec):
+      if task[0] == "end":
+        pending.append(task)
+      else:
+        pending.append(("chunk", task[1], pool.apply_async(process_chunk, (spec, task[2], task[3]))))
+      while len(pending) > 2 * workers:
+        yield _resolve(pending.popleft())
+    while pending:
+      yield _resolve(pending.popleft())
+
+
+def _resolve(item: tuple) -> tuple:
+  return item if item[0] == "end" else (item[0], item[1], item[2].get())
+
+
+class _Counts:
+  """Documents, tokens, filtered and skipped-by-reason counts (per file and in total)."""
+
+  def __init__(self, reasons: Sequence[str]):
+    self.documents = self.tokens = self.filtered = 0
+    self.skipped = dict.fromkeys(reasons, 0)
+
+  def as_dict(self) -> dict[str, Any]:
+    return {"documents": self.documents, "tokens": self.tokens, "filtered": self.filtered,
+            "skipped": dict(self.skipped)}
+
+
+def _move_into_place(tmp: str, output: str) -> None:
+  if os.path.exists(output):
+    old = f"{output}.old-{os.getpid()}"
+    os.rename(output, old)
+    os.rename(tmp, output)
+    shutil.rmtree(old)
+  else:
+    os.rename(tmp, output)
+
+
+def _write_shards(files, spec, tokenizer, tok, workers, strict, writer, reasons, progress):
+  """Consumes the results in order; returns (total, per-file counts, field value counts)."""
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  total, per_file = _Counts(reasons), [_Counts(reasons) for _ in files]
+  fields: dict[str, dict[str, dict[str, int]]] = {}
+  with tqdm(unit=" docs", disable=not progress, file=sys.stderr, mininterval=1.0,
+            leave=False) as bar:
+    for kind, index, *rest in _results(files, spec, tokenizer, workers, tok):
+      counts = per_file[index]
+      if kind == "end":
+        if counts.documents == 0 and counts.filtered == 0:
+          bad = {k: v for k, v in counts.skipped.items() if v}
+          why = f"every record is bad {bad}" if bad else "it has no records"
+          raise PreprocessError(f"{files[index]}: no documents: {why}")
+        continue
+      for result in rest[0]:
+        if result[0] == "bad":
+          _, line, reason, message = result
+          if strict:
+            raise PreprocessError(f"{files[index]}:{line}: {reason}: {message}")
+          counts.skipped[reason] += 1
+          total.skipped[reason] += 1
+        elif result[0] == "filtered":
+          counts.filtered += 1
+          total.filtered += 1
+        else:
+          _, _, record, n, meta = result
+          writer.write(record, n)
+          for c in (counts, total):
+            c.documents += 1
+            c.tokens += n
+          for k, v in meta.items():
+            slot = fields.setdefault(k, {}).setdefault(filters.as_text(v),
+                                                       {"documents": 0, "tokens": 0})
+            slot["documents"] += 1
+            slot["tokens"] += n
+      bar.update(len(rest[0]))
+      bar.set_postfix(tokens=total.tokens, refresh=False)
+  return total, per_file, fields
+
+
+def preprocess(input_pattern: str, tokenizer: str, output: str, *, fmt: str = "text",
+               field: str | None = None, filter_expr: str | None = None,
+               keep_fields: Sequence[str] = (), path_field: str | None = None,
+               system_prompt: str | None = None, strict: bool = False, workers: int = 1,
+               records_per_shard: int = 100_000, overwrite: bool = False,
+               progress: bool = False) -> dict[str, Any]:
+  """Runs the preprocessing; returns the summary; PreprocessError on bad input."""
+  if fmt not in records.FORMATS:
+    raise PreprocessError(f"--format must be one of {records.FORMATS}, got {fmt!r}")
+  try:
+    files = sources.expand_inputs(input_pattern)
+    for f in files:
+      sources.file_kind(f)
+    spec = Spec(fmt, field or ("messages" if fmt == "chat" else "text"), tuple(keep_fields),
+                path_field or None, filters.parse_filter(filter_expr), system_prompt or None)
+  except ValueError as e:
+    raise PreprocessError(str(e)) from None
+  output = output.rstrip("/")
+  if os.path.exists(output) and not overwrite:
+    raise PreprocessError(f"--output {output} exists (pass --overwrite to replace it)")
+  try:
+    tok = _load_tokenizer(tokenizer)
+  except (OSError, ValueError, KeyError) as e:
+    raise PreprocessError(f"cannot load tokenizer {tokenizer!r}: {e}") from None
+
+  reasons = sources.CHAT_REASONS if fmt == "chat" else sources.TEXT_REASONS
+  tmp = f"{output}.tmp-{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  start = time.perf_counter()
+  try:
+    writer = records.ShardWriter(tmp, records_per_shard)
+    try:
+      total, per_file, fields = _write_shards(files, spec, tokenizer, tok, workers, strict,
+                                              writer, reasons, progress)
+    finally:
+      shards = writer.close()
+    if total.documents == 0:
+      raise PreprocessError(f"--input {input_pattern!r}: no documents left after --filter")
+    records.write_manifest(tmp, {
+        "format_version": records.FORMAT_VERSION,
+        "format": fmt,
+        **total.as_dict(),
+        "tokenizer": {"path": tokenizer, "identity": tok.identity, "bos_id": tok.bos_id,
+                      "eos_id": tok.eos_id, "vocab_size": tok.vocab_size},
+        "options": {"field": spec.field, "filter": filter_expr or None,
+                    "keep_fields": list(spec.keep_fields), "path_field": spec.path_field,
+                    "system_prompt": spec.system_prompt},
+        "fields": fields,
+        "inputs": [{**sources.file_digest(p), **c.as_dict()} for p, c in zip(files, per_file)],
+        "shards": shards,
+    })
+    _move_into_place(tmp, output)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return {**total.as_dict(), "output": output, "shards": len(shards),
+          "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _normalize_argv(argv: Sequence[str]) -> list[str]:
+  """Accepts --text-field as well as --text_field."""
+  out = []
+  for arg in argv:
+    if arg.startswith("--") and len(arg) > 2:
+      name, eq, value = arg[2:].partition("=")
+      arg = "--" + name.replace("-", "_") + eq + value
+    out.append(arg)
+  return out
+
+
+def _define_flags() -> None:
+  """CLI flags; defined only when run as a program so importing never clashes."""
+  flags.DEFINE_string("input", None, "Comma-separated globs of .jsonl[.gz] / .parquet files.")
+  flags.DEFINE_string("tokenizer", None, "Tokenizer file or directory (load_tokenizer).")
+  flags.DEFINE_string("output", None, "Output dataset directory (must not exist).")
+  flags.DEFINE_enum("format", "text", list(records.FORMATS), "text or chat records.")
+  flags.DEFINE_string("text_field", "text", "JSON field holding the text (--format=text).")
+  flags.DEFINE_string("messages_field", "messages",
+                      "JSON field holding the conversation (--format=chat).")
+  flags.DEFINE_string("filter", None, "Keep only records matching, e.g. 'lang == ja' "
+                      "(syntax: swallow_jax/data/filters.py).")
+  flags.DEFINE_list("keep_fields", [], "JSON fields to store in each record for load-time "
+                    "filters.")
+  flags.DEFINE_string("path_field", None,
+                      "Store each input file's parent directory name as this field.")
+  flags.DEFINE_string("system_prompt", None,
+                      "Chat: system prompt for conversations without one.")
+  flags.DEFINE_bool("strict", False, "Fail on the first bad record (file:line: reason).")
+  flags.DEFINE_bool("json", False, "Print one JSON object with the counts.")
+  flags.DEFINE_integer("workers", os.cpu_count() or 1,
+                       "Tokenizer processes (<= 1: in this process).")
+  flags.DEFINE_integer("records_per_shard", 100_000, "Records per ArrayRecord shard.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing --output.")
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  f = flags.FLAGS
+  for name in ("input", "tokenizer", "output"):
+    if not f[name].value:
+      sys.exit(f"preprocess: error: --{name} is required")
+  try:
+    summary = preprocess(
+        f.input, f.tokenizer, f.output, fmt=f.format,
+        field=f.messages_field if f.format == "chat" else f.text_field,
+        filter_expr=f.filter, keep_fields=f.keep_fields, path_field=f.path_field,
+        system_prompt=f.system_prompt, strict=f.strict, workers=f.workers,
+        records_per_shard=f.records_per_shard, overwrite=f.overwrite,
+        progress=sys.stderr.isatty())
+  except (PreprocessError, OSError) as e:
+    sys.exit(f"preprocess: error: {e}")
+  if f.json:
+    print(json.dumps(summary, ensure_ascii=False))
+  else:
+    skipped = ", ".join(f"{k}={v}" for k, v in summary["skipped"].items() if v) or "none"
+    print(f"wrote {summary['documents']} documents, {summary['tokens']} tokens in "
+          f"{summary['shards']} shards to {summary['output']} (skipped: {skipped}; "
+          f"filtered: {summary['filtered']}) in {summary['seconds']} s")
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main, argv=_normalize_argv(sys.argv))

@@ -1,0 +1,166 @@
+"""Lists or launches the runs of a config file's `sweep()`.
+
+    python -m swallow_jax.sweep --config=configs/ablation.py --dry-run
+    python -m swallow_jax.sweep --config=configs/ablation.py --workdir_root=runs/ablation
+
+A config file (big_vision style) defines `get_config(arg=None)` and, for a sweep, `sweep()` that
+yields one dict per run:
+
+    {"name": "no_cosmopedia",            # required; the run's workdir is WORKDIR_ROOT/name
+     "arg": "drop=cosmopedia",           # optional; passed as --config=FILE:arg
+     "train.num_steps": 100}             # optional dotted overrides, passed as --config.KEY=VALUE
+
+A config with `stages` is a recipe (`python -m swallow_jax.recipe`), any other a training run
+(`python -m swallow_jax.train`). Runs go one after another on this machine; to fan them out over a
+cluster, hand each printed command to a launcher in launch/.
+
+This module also holds `load_config`, which config files use to build on one another
+(e.g. the 8B recipe reuses the 8B CPT config), so it imports nothing heavy.
+"""
+
+from collections.abc import Iterator, Mapping
+import importlib.util
+import os
+import shlex
+import subprocess
+import sys
+from typing import Any
+
+from absl import app, flags
+import ml_collections
+
+def load_module(path: str) -> Any:
+  """Imports a config file by path (config files are not a package)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file not found: {path}")
+  name = "_swallow_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+  """'configs/x.py:arg' -> ('configs/x.py', 'arg'); 'configs/x.py' -> ('configs/x.py', None)."""
+  path, sep, arg = spec.partition(":")
+  return path, (arg if sep else None)
+
+
+def load_config(spec: str, relative_to: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of a config file given as FILE or FILE:arg.
+
+  `relative_to` (a config file's __file__) resolves FILE next to that file, so configs can say
+  `load_config("llama3_swallow_8b_cpt.py", __file__)`.
+  """
+  path, arg = split_spec(spec)
+  if relative_to and not os.path.isabs(path):
+    path = os.path.join(os.path.dirname(os.path.abspath(relative_to)), path)
+  module = load_module(path)
+  return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """big_vision-style 'k1=v1,k2=v2' config argument, typed like the defaults ('k' alone sets a
+  boolean k to true)."""
+  out = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    if not sep and isinstance(defaults.get(key), bool):
+      sep, value = "=", "true"  # 'micro' means micro=true
+    if not sep or key not in defaults:
+      raise ValueError(f"config argument {item!r}: expected one of {sorted(defaults)} as key=value")
+    default = defaults[key]
+    if isinstance(default, bool):
+      value = value.lower() in ("1", "true", "yes")
+    elif default is not None:
+      value = type(default)(value)
+    out[key] = value
+  return out
+
+
+def drop_source(sources: list[Mapping[str, Any]], name: str) -> list[dict[str, Any]]:
+  """The mixture without source `name`, the other weights rescaled to the same total.
+
+  Every remaining source keeps its share relative to the others, so the run sees the same
+  number of tokens and the removed source's tokens go to the rest in proportion (mostly to the
+  largest, the Japanese web corpus in Swallow's mixture).
+  """
+  kept = [dict(s) for s in sources if s["name"] != name]
+  if len(kept) == len(sources):
+    raise ValueError(f"no source named {name!r} in {[s['name'] for s in sources]}")
+  total, rest = sum(s["weight"] for s in sources), sum(s["weight"] for s in kept)
+  for s in kept:
+    s["weight"] = s["weight"] * total / rest
+  return kept
+
+
+def runs(spec: str) -> list[dict[str, Any]]:
+  """The validated runs of a config file's sweep()."""
+  path, _ = split_spec(spec)
+  module = load_module(path)
+  if not hasattr(module, "sweep"):
+    raise ValueError(f"{path} has no sweep() function")
+  items = [dict(r) for r in module.sweep()]
+  names = [r.get("name") for r in items]
+  if not items or not all(isinstance(n, str) and n and "/" not in n for n in names):
+    raise ValueError(f"{path}: sweep() must yield dicts with a non-empty 'name' (got {names})")
+  if len(set(names)) != len(names):
+    raise ValueError(f"{path}: duplicate run names {names}")
+  return items
+
+
+def _flag_value(value: Any) -> str:
+  return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def command(spec: str, run: Mapping[str, Any], workdir_root: str) -> list[str]:
+  """The exact command line of one run."""
+  path, _ = split_spec(spec)
+  arg = run.get("arg")
+  config = load_config(f"{path}:{arg}" if arg is not None else path)
+  entry = "swallow_jax.recipe" if "stages" in config else "swallow_jax.train"
+  cmd = [sys.executable, "-m", entry, f"--config={path}" + (f":{arg}" if arg is not None else ""),
+         f"--workdir={os.path.join(workdir_root, run['name'])}"]
+  cmd += [f"--config.{k}={_flag_value(v)}" for k, v in run.items() if k not in ("name", "arg")]
+  return cmd
+
+
+def expand(spec: str, workdir_root: str, only: list[str] = ()) -> Iterator[tuple[str, list[str]]]:
+  """(run name, command) for every run, or for the named ones."""
+  items = runs(spec)
+  unknown = set(only) - {r["name"] for r in items}
+  if unknown:
+    raise ValueError(f"--only names {sorted(unknown)} are not runs of {spec}")
+  for run in items:
+    if not only or run["name"] in only:
+      yield run["name"], command(spec, run, workdir_root)
+
+
+def _define_flags() -> None:
+  """Flags only when run as a program: config files import this module for its helpers."""
+  flags.DEFINE_string("config", None, "Config file with a sweep() function (FILE or FILE:arg).",
+                      required=True)
+  flags.DEFINE_bool("dry_run", False, "Print the commands and launch nothing.")
+  flags.DEFINE_string("workdir_root", "runs/sweep", "Each run writes to WORKDIR_ROOT/<run name>.")
+  flags.DEFINE_list("only", [], "Run only these run names.")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  try:
+    planned = list(expand(f.config, f.workdir_root, f.only))
+  except (FileNotFoundError, ValueError) as e:
+    sys.exit(f"sweep: {e}")
+  for name, cmd in planned:
+    print(f"# {name}\n{shlex.join(cmd)}", flush=True)
+    if not f.dry_run:
+      rc = subprocess.call(cmd)
+      if rc:
+        sys.exit(f"sweep: run {name} failed with exit code {rc}")
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

@@ -1,0 +1,207 @@
+r"""Imitation-data synthesis: sample an instruct model's answers to prompts, filter, write SFT JSONL.
+
+    python -m swallow_jax.synth --model=DIR --tokenizer=PATH --prompts=prompts.jsonl \
+        --output=sft.jsonl --num_samples=1 --temperature=1.0 --top_p=0.95 [--json]
+
+Input: JSONL with a `messages` list per line (OpenAI roles). A trailing assistant turn is dropped, so
+existing SFT data can be re-answered. Each prompt is encoded with the Llama 3 chat template
+(swallow_jax.data.chat) and answered `--num_samples` times (Swallow: temperature 1.0, top_p 0.95).
+
+Each response goes through the filters in this order and is counted under the first that rejects it:
+  empty       nothing but whitespace;
+  truncated   no stop token (<|eot_id|> / <|end_of_text|>) within --max_new_tokens;
+  length      fewer than --min_chars or more than --max_chars characters;
+  language    Japanese ratio below --min_ja_ratio or no kana (with --lang=ja; Chinese text is all CJK
+              ideographs and has no kana, so the kana test tells it apart);
+  repetition  repeated n-gram ratio above --max_repeat_ratio (character n-grams, n = --repeat_n).
+Japanese ratio = characters that are hiragana, katakana or CJK ideographs / all letters (Unicode L*),
+so digits, punctuation and spaces do not count either way.
+Repeated n-gram ratio = share of the text's character n-grams that occur more than once
+(0 for text without loops; "abcabcabc..." tends to 1).
+
+Output: kept examples as {"messages": prompt + [assistant answer]} JSONL at --output, and a stats
+summary (counts removed per filter, share of Japanese responses) at --output + ".stats.json", also
+printed (as JSON with --json).
+"""
+
+from collections import Counter
+from collections.abc import Sequence
+import json
+import os
+import sys
+from typing import Any
+
+from absl import app
+from absl import flags
+
+KANA_RANGES = ((0x3040, 0x309F), (0x30A0, 0x30FF), (0x31F0, 0x31FF), (0xFF66, 0xFF9D))
+CJK_RANGES = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2FFFF))
+FILTERS = ("empty", "truncated", "length", "language", "repetition")
+
+
+def _in(c: str, ranges) -> bool:
+  o = ord(c)
+  return any(lo <= o <= hi for lo, hi in ranges)
+
+
+def japanese_ratio(text: str) -> float:
+  """Share of letters that are kana or CJK ideographs (0 when the text has no letters)."""
+  letters = [c for c in text if c.isalpha()]
+  if not letters:
+    return 0.0
+  return sum(_in(c, KANA_RANGES) or _in(c, CJK_RANGES) for c in letters) / len(letters)
+
+
+def is_japanese(text: str, min_ratio: float = 0.5) -> bool:
+  return japanese_ratio(text) >= min_ratio and any(_in(c, KANA_RANGES) for c in text)
+
+
+def repeated_ngram_ratio(text: str, n: int = 10) -> float:
+  """Share of character n-grams (whitespace collapsed) that occur more than once in the text."""
+  text = " ".join(text.split())
+  grams = [text[i:i + n] for i in range(len(text) - n + 1)]
+  if not grams:
+    return 0.0
+  counts = Counter(grams)
+  return sum(c for c in counts.values() if c > 1) / len(grams)
+
+
+def first_failing_filter(text: str, stopped: bool, *, min_chars: int = 1, max_chars: int = 8192,
+                         lang: str = "ja", min_ja_ratio: float = 0.5, repeat_n: int = 10,
+                         max_repeat_ratio: float = 0.3) -> str | None:
+  """The name of the first filter (in FILTERS order) that rejects a response, or None to keep it."""
+  if not text.strip():
+    return "empty"
+  if not stopped:
+    return "truncated"
+  if not min_chars <= len(text.strip()) <= max_chars:
+    return "length"
+  if lang == "ja" and not is_japanese(text, min_ja_ratio):
+    return "language"
+  if repeated_ngram_ratio(text, repeat_n) > max_repeat_ratio:
+    return "repetition"
+  return None
+
+
+def filter_responses(responses: Sequence[tuple[str, bool]], *, min_ja_ratio: float = 0.5,
+                     **filter_kw) -> tuple[list[bool], dict[str, Any]]:
+  """Applies the filters to (text, stopped) pairs; returns keep flags and the stats summary."""
+  reasons = [first_failing_filter(t, s, min_ja_ratio=min_ja_ratio, **filter_kw)
+             for t, s in responses]
+  nonempty = [t for t, _ in responses if t.strip()]
+  stats = {
+      "responses": len(responses),
+      "kept": reasons.count(None),
+      "removed": {f: reasons.count(f) for f in FILTERS},
+      # Share over all non-empty responses, before any filter: the model's own language behaviour.
+      "japanese_share": (sum(is_japanese(t, min_ja_ratio) for t in nonempty) / len(nonempty)
+                         if nonempty else 0.0),
+      "mean_japanese_ratio": (sum(map(japanese_ratio, nonempty)) / len(nonempty)
+                              if nonempty else 0.0),
+  }
+  return [r is None for r in reasons], stats
+
+
+def read_prompts(path: str) -> list[list[dict[str, str]]]:
+  """`messages` lists from JSONL, without a trailing assistant turn."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"prompts file not found: {path}")
+  prompts = []
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        messages = json.loads(line)["messages"]
+      except (json.JSONDecodeError, KeyError, TypeError):
+        raise ValueError(f"{path}:{n}: expected a JSON object with a 'messages' list") from None
+      if messages and messages[-1].get("role") == "assistant":
+        messages = messages[:-1]
+      if not messages or messages[-1].get("role") != "user":
+        raise ValueError(f"{path}:{n}: the conversation must end with a user turn")
+      prompts.append(messages)
+  if not prompts:
+    raise ValueError(f"{path}: no prompts")
+  return prompts
+
+
+def synthesize(config, params, tokenizer, prompts: Sequence[list[dict[str, str]]], *,
+               num_samples: int = 1, max_new_tokens: int = 512, temperature: float = 1.0,
+               top_p: float = 0.95, top_k: int = 0, seed: int = 0, batch_size: int = 8,
+               **filter_kw) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+  """Samples, filters, and returns (SFT examples, stats)."""
+  from swallow_jax import generate as gen  # pylint: disable=g-import-not-at-top
+  from swallow_jax.data import chat  # pylint: disable=g-import-not-at-top
+
+  encoded = [chat.encode_chat(tokenizer, m, add_generation_prompt=True)[0] for m in prompts]
+  rows = [(i, ids) for i, ids in enumerate(encoded) for _ in range(num_samples)]
+  outs = gen.generate_detailed(
+      config, params, [ids for _, ids in rows], max_new_tokens, temperature=temperature,
+      top_k=top_k, top_p=top_p, stop_tokens=gen.stop_tokens_for(tokenizer), seed=seed,
+      batch_size=batch_size)
+  responses = [(tokenizer.decode(o.tokens).strip(), o.stopped) for o in outs]
+  keep, stats = filter_responses(responses, **filter_kw)
+  stats = {"prompts": len(prompts), "num_samples": num_samples, **stats}
+  examples = [{"messages": [*prompts[i], {"role": "assistant", "content": text}]}
+              for (i, _), (text, _), k in zip(rows, responses, keep) if k]
+  return examples, stats
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "HF safetensors dir (or Orbax params dir) of the instruct model.")
+flags.DEFINE_string("tokenizer", None, "Tokenizer file or dir; defaults to --model.")
+flags.DEFINE_string("prompts", None, "JSONL with a `messages` list per line.")
+flags.DEFINE_string("output", None, "Output SFT JSONL; stats go to OUTPUT.stats.json.")
+flags.DEFINE_integer("num_samples", 1, "Responses sampled per prompt.")
+flags.DEFINE_float("temperature", 1.0, "Sampling temperature (0 = greedy).")
+flags.DEFINE_float("top_p", 0.95, "Nucleus sampling mass.")
+flags.DEFINE_integer("top_k", 0, "Top-k sampling (0 = off).")
+flags.DEFINE_integer("max_new_tokens", 512, "Token budget per response; longer ones are truncated.")
+flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.DEFINE_integer("batch_size", 8, "Prompts decoded together.")
+flags.DEFINE_enum("lang", "ja", ["ja", "any"], "Language filter: keep Japanese only, or any.")
+flags.DEFINE_float("min_ja_ratio", 0.5, "Minimum Japanese character ratio for --lang=ja.")
+flags.DEFINE_integer("min_chars", 1, "Minimum response length in characters.")
+flags.DEFINE_integer("max_chars", 8192, "Maximum response length in characters.")
+flags.DEFINE_integer("repeat_n", 10, "Character n-gram size of the repetition filter.")
+flags.DEFINE_float("max_repeat_ratio", 0.3, "Maximum repeated n-gram ratio.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and compute dtype.")
+flags.DEFINE_bool("json", False, "Print the stats summary as JSON.")
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  for name in ("model", "prompts", "output"):
+    if not getattr(FLAGS, name):
+      raise app.UsageError(f"--{name} is required")
+  if FLAGS.num_samples < 1 or FLAGS.max_new_tokens < 1:
+    raise app.UsageError("--num_samples and --max_new_tokens must be positive")
+  try:
+    prompts = read_prompts(FLAGS.prompts)
+  except (OSError, ValueError) as e:
+    sys.exit(f"error: {e}")
+  from swallow_jax import generate as gen  # pylint: disable=g-import-not-at-top
+  config, params, tokenizer = gen.load_for_cli(FLAGS.model, FLAGS.tokenizer, FLAGS.dtype)
+  examples, stats = synthesize(
+      config, params, tokenizer, prompts, num_samples=FLAGS.num_samples,
+      max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature, top_p=FLAGS.top_p,
+      top_k=FLAGS.top_k, seed=FLAGS.seed, batch_size=FLAGS.batch_size, lang=FLAGS.lang,
+      min_ja_ratio=FLAGS.min_ja_ratio, min_chars=FLAGS.min_chars, max_chars=FLAGS.max_chars,
+      repeat_n=FLAGS.repeat_n, max_repeat_ratio=FLAGS.max_repeat_ratio)
+  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
+  with open(FLAGS.output, "w", encoding="utf-8") as f:
+    for ex in examples:
+      f.write(json.dumps(ex, ensure_ascii=False) + "\n")
+  with open(FLAGS.output + ".stats.json", "w", encoding="utf-8") as f:
+    json.dump(stats, f, ensure_ascii=False, indent=2)
+  if FLAGS.json:
+    print(json.dumps(stats, ensure_ascii=False))
+  else:
+    removed = ", ".join(f"{k} {v}" for k, v in stats["removed"].items())
+    print(f"{stats['kept']}/{stats['responses']} responses kept (removed: {removed}); "
+          f"Japanese share {stats['japanese_share']:.1%}; wrote {FLAGS.output}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,51 @@
+"""Trainer CLI (continual pretraining and SFT).
+
+    python -m swallow_jax.train --config=configs/tiny_cpt.py --workdir=/tmp/tiny
+    python -m swallow_jax.train --config=configs/llama3_swallow_8b_cpt.py:v5p-128 \
+        --workdir=gs://bucket/run1 --config.train.num_steps=100
+
+Resumes automatically when WORKDIR/checkpoints holds a step. `--config.a.b=value` overrides a
+field of the config; a key the config does not have is an error. Exit status: 0 when done or
+stopped by SIGTERM after saving, 1 on a NaN/inf loss or a bad config (one-line reason on stderr).
+"""
+
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file (configs/*.py, optionally with ':arg' for get_config(arg)).",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (local or gs://): "
+                               "checkpoints/, metrics.jsonl, config.json, tensorboard/.")
+_DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                                 "Multi-host: call jax.distributed.initialize() (auto: when a "
+                                 "coordinator or a multi-process launcher is detected).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0 (multi-host without auto-detection).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  logging.getLogger().setLevel(logging.INFO)
+  from swallow_jax import parallel  # pylint: disable=g-import-not-at-top
+  parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                      mode=_DISTRIBUTED.value)
+  from swallow_jax.train import loop  # pylint: disable=g-import-not-at-top
+  try:
+    summary = loop.run(_CONFIG.value, _WORKDIR.value)
+  except (loop.NonFiniteLossError, ValueError, FileNotFoundError) as e:
+    logging.error("%s", e)
+    sys.exit(f"error: {e}")
+  logging.info("done: step %d, loss %s%s", summary["step"], summary["loss"],
+               " (stopped by SIGTERM)" if summary["preempted"] else "")
+
+
+if __name__ == "__main__":
+  app.run(main)

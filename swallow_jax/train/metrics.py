@@ -1,0 +1,163 @@
+"""Throughput and MFU, and the writers for metrics.jsonl, TensorBoard and the progress line.
+
+FLOPs are counted like MaxText (`calculate_tflops_training_per_device`), per token of a packed
+sequence of length T, for L layers, width D, H query / KV key-value heads of size Dh, MLP width F,
+vocabulary V:
+
+    matmul_params = L * (D*(H + 2*KV)*Dh + H*Dh*D + 3*D*F) + D*V       (q,k,v,o; gate,up,down; lm head)
+    flops/token   = 6 * matmul_params  +  6 * L * T * H * Dh
+
+6 = 2 FLOPs per multiply-add x 3 (forward + backward). The attention term counts QK^T and AV
+(2 * 2*T*H*Dh per token per layer, forward) halved for the causal mask. The embedding lookup is
+not a matmul and is not counted; padding tokens are counted (the hardware computes them).
+MFU = tokens/s * flops/token / (num_devices * peak dense bf16 FLOP/s per device). On CPU, or an
+accelerator not in the table, MFU is null.
+"""
+
+from collections.abc import Mapping
+import json
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+# (substring of jax.Device.device_kind, peak dense bf16 FLOP/s per device), most specific first.
+PEAK_FLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("H200", 989e12),
+    ("H800", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("TPU v6", 918e12),       # v6e ('TPU v6 lite')
+    ("TPU v5 lite", 197e12),  # v5e
+    ("TPU v5e", 197e12),
+    ("TPU v5", 459e12),       # v5p ('TPU v5' / 'TPU v5p')
+    ("TPU v4", 275e12),
+)
+
+
+def peak_flops_per_device(device_kind: str) -> float | None:
+  """Peak dense bf16 FLOP/s for a device kind, or None (CPU, unknown accelerators)."""
+  for key, flops in PEAK_FLOPS:
+    if key.lower() in device_kind.lower():
+      return flops
+  return None
+
+
+def flops_per_token(model_cfg: Any, seq_len: int) -> float:
+  """Training FLOPs per token (forward + backward), MaxText convention; see module docstring."""
+  d, f, v, l = (model_cfg.hidden_size, model_cfg.intermediate_size, model_cfg.vocab_size,
+                model_cfg.num_layers)
+  h, kv, dh = model_cfg.num_heads, model_cfg.num_kv_heads, model_cfg.head_dim
+  matmul_params = l * (d * (h + 2 * kv) * dh + h * dh * d + 3 * d * f) + d * v
+  return 6.0 * matmul_params + 6.0 * l * seq_len * h * dh
+
+
+def mfu(tokens_per_sec: float, flops_token: float, num_devices: int,
+        peak_per_device: float | None) -> float | None:
+  if not peak_per_device or not math.isfinite(tokens_per_sec):
+    return None
+  return tokens_per_sec * flops_token / (num_devices * peak_per_device)
+
+
+class MetricsWriter:
+  """Appends one JSON line per logged step to metrics.jsonl and mirrors scalars to TensorBoard.
+
+  On resume the file is first cut back to the restored step, so it always describes exactly the
+  steps that the saved state went through. Only process 0 writes.
+  """
+
+  def __init__(self, workdir: str, start_step: int, enabled: bool = True,
+               filename: str = "metrics.jsonl"):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, filename)
+    self._tb = None
+    if not enabled:
+      return
+    truncate_jsonl(self.path, start_step)
+    self._file = open(self.path, "a", encoding="utf-8")
+    if filename == "metrics.jsonl":
+      import tensorboardX  # Lazy: only the writing process needs it.
+      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                            purge_step=start_step + 1, flush_secs=30)
+
+  def write(self, step: int, values: Mapping[str, Any]) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), **{k: _jsonable(v) for k, v in values.items()}}
+    self._file.write(json.dumps(record) + "\n")
+    self._file.flush()
+    if self._tb is not None:
+      for k, v in _flatten(values):
+        if isinstance(v, (int, float)) and v is not None and math.isfinite(v):
+          self._tb.add_scalar(k, v, step)
+
+  def close(self) -> None:
+    if self.enabled:
+      self._file.close()
+      if self._tb is not None:
+        self._tb.close()
+
+
+def truncate_jsonl(path: str, last_step: int) -> None:
+  """Drops lines whose 'step' is beyond `last_step` (and a torn last line from a kill)."""
+  if not os.path.exists(path):
+    return
+  keep = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        if json.loads(line)["step"] <= last_step:
+          keep.append(line if line.endswith("\n") else line + "\n")
+      except (ValueError, KeyError, TypeError):
+        continue
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(keep)
+  os.replace(tmp, path)
+
+
+def _jsonable(v: Any) -> Any:
+  if isinstance(v, Mapping):
+    return {k: _jsonable(x) for k, x in v.items()}
+  if isinstance(v, (np.ndarray, np.generic)):
+    v = v.item()
+  if isinstance(v, float) and not math.isfinite(v):
+    return str(v)  # JSON has no NaN/inf literals.
+  return v
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = ""):
+  for k, v in values.items():
+    if isinstance(v, Mapping):
+      yield from _flatten(v, f"{prefix}{k}/")
+    elif isinstance(v, (np.ndarray, np.generic)):
+      yield prefix + k, v.item()
+    else:
+      yield prefix + k, v
+
+
+def progress_line(step: int, num_steps: int, m: Mapping[str, Any], eta_s: float | None) -> str:
+  """'step 120/300  loss 3.2145  lr 1.20e-04  gnorm 0.532  12.3k tok/s  mfu 41.2%  eta 1m02s'."""
+  parts = [f"step {step}/{num_steps}", f"loss {m['loss']:.4f}", f"lr {m['lr']:.2e}",
+           f"gnorm {m['grad_norm']:.3f}", f"{_si(m['tokens_per_sec'])} tok/s"]
+  if m.get("mfu") is not None:
+    parts.append(f"mfu {100 * m['mfu']:.1f}%")
+  if eta_s is not None:
+    parts.append(f"eta {_duration(eta_s)}")
+  return "  ".join(parts)
+
+
+def _si(x: float) -> str:
+  for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+    if abs(x) >= scale:
+      return f"{x / scale:.1f}{unit}"
+  return f"{x:.0f}"
+
+
+def _duration(s: float) -> str:
+  s = int(s)
+  h, rem = divmod(s, 3600)
+  return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"

@@ -1,0 +1,25 @@
+"""Vocabulary statistics, the expansion study and embedding resize for expanded vocabularies.
+
+Command line: ``python -m swallow_jax.vocab {stats,table,expand} --help``.
+"""
+
+import importlib
+from typing import Any
+
+_PUBLIC = {
+    "vocab_stats": "swallow_jax.vocab.stats",
+    "corpus_stats": "swallow_jax.vocab.stats",
+    "expand": "swallow_jax.vocab.expand",
+    "Expansion": "swallow_jax.vocab.expand",
+    "resize_embeddings": "swallow_jax.vocab.resize",
+    "grow_rows": "swallow_jax.vocab.resize",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+  # Lazy, so that the statistics command line does not import jax.
+  if name in _PUBLIC:
+    return getattr(importlib.import_module(_PUBLIC[name]), name)
+  raise AttributeError(f"module 'swallow_jax.vocab' has no attribute {name!r}")

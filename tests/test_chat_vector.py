@@ -1,0 +1,397 @@
+"""Chat vector: exact arithmetic against a plain NumPy reference, streaming CLI, errors, sharding."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from swallow_jax import chat_vector as cv
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+V, D, F, L = 128010, 8, 16, 2  # vocabulary just large enough for the Llama 3 chat specials
+SIDE_FILES = {"config.json": '{"torch_dtype": "float32", "vocab_size": 128010}',
+              "generation_config.json": "{}", "tokenizer.json": '{"model": {}}'}
+
+
+def hf_tensors(seed: int, dtype=np.float32, vocab: int = V) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(seed)
+  shapes = {"model.embed_tokens.weight": (vocab, D), "model.norm.weight": (D,),
+            "lm_head.weight": (vocab, D)}
+  for l in range(L):
+    p = f"model.layers.{l}."
+    shapes.update({
+        p + "self_attn.q_proj.weight": (D, D), p + "self_attn.k_proj.weight": (D // 2, D),
+        p + "self_attn.v_proj.weight": (D // 2, D), p + "self_attn.o_proj.weight": (D, D),
+        p + "mlp.gate_proj.weight": (F, D), p + "mlp.up_proj.weight": (F, D),
+        p + "mlp.down_proj.weight": (D, F), p + "input_layernorm.weight": (D,),
+        p + "post_attention_layernorm.weight": (D,)})
+  return {k: rng.standard_normal(s, np.float32).astype(dtype) for k, s in shapes.items()}
+
+
+def write_hf(path, tensors, shards: int = 1, side_files: bool = True) -> str:
+  """A HF checkpoint directory: model.safetensors, or `shards` files plus the index."""
+  os.makedirs(path)
+  names = sorted(tensors)
+  if shards == 1:
+    save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+  else:
+    weight_map = {}
+    for k in range(shards):
+      file = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
+      part = {n: tensors[n] for n in names[k::shards]}
+      save_file(part, os.path.join(path, file), metadata={"format": "pt"})
+      weight_map.update({n: file for n in part})
+    with open(os.path.join(path, cv._INDEX), "w") as f:
+      json.dump({"metadata": {}, "weight_map": weight_map}, f)
+  if side_files:
+    for name, text in SIDE_FILES.items():
+      with open(os.path.join(path, name), "w") as f:
+        f.write(text)
+  return str(path)
+
+
+def read_hf(path) -> dict[str, np.ndarray]:
+  with open(os.path.join(path, cv._INDEX)) as f:
+    index = json.load(f)
+  out = {}
+  for file in sorted(set(index["weight_map"].values())):
+    out.update(load_file(os.path.join(path, file)))
+  assert set(out) == set(index["weight_map"])
+  assert index["metadata"]["total_size"] == sum(x.nbytes for x in out.values())
+  return out
+
+
+def reference(t, i, b, s, dtype=None):
+  """The definition, elementwise in fp32."""
+  f32 = np.float32
+  out = t.astype(f32) + f32(s) * (i.astype(f32) - b.astype(f32))
+  return out.astype(t.dtype if dtype is None else dtype)
+
+
+@pytest.fixture
+def ckpts(tmp_path):
+  t, b, i = hf_tensors(0), hf_tensors(1), hf_tensors(2)
+  dirs = (write_hf(tmp_path / "target", t, shards=3), write_hf(tmp_path / "base", b),
+          write_hf(tmp_path / "instruct", i, shards=2))
+  return (t, b, i), dirs
+
+
+def merge(dirs, out, **kwargs):
+  target, base, instruct = dirs
+  kwargs.setdefault("chunk_elems", 100)  # several chunks per tensor: exercises the streaming
+  kwargs.setdefault("progress", False)
+  return cv.merge_checkpoints(base, instruct, target, str(out), **kwargs)
+
+
+def test_cli_fp32_exact_sharded_output(ckpts, tmp_path):
+  (t, b, i), dirs = ckpts
+  merge(dirs, tmp_path / "out", scales=(0.5,), max_shard_bytes=2_000_000)
+  files = os.listdir(tmp_path / "out")
+  assert sum(f.endswith(".safetensors") for f in files) >= 2  # sharded, with an index
+  out = read_hf(tmp_path / "out")
+  assert set(out) == set(t)
+  for name in t:
+    np.testing.assert_array_equal(out[name], reference(t[name], i[name], b[name], 0.5), name)
+    assert out[name].dtype == np.float32
+  for name, text in SIDE_FILES.items():
+    assert open(tmp_path / "out" / name).read() == text
+  # The files are ordinary safetensors for torch too.
+  from safetensors.torch import load_file as torch_load  # pylint: disable=g-import-not-at-top
+  first = sorted(f for f in files if f.endswith(".safetensors"))[0]
+  assert torch_load(str(tmp_path / "out" / first))
+
+
+def test_cli_bf16_within_one_rounding(tmp_path):
+  t, b, i = (hf_tensors(s, BF16) for s in range(3))
+  dirs = [write_hf(tmp_path / n, x) for n, x in (("t", t), ("b", b), ("i", i))]
+  merge(dirs, tmp_path / "out", scales=(0.3,))
+  out = read_hf(tmp_path / "out")
+  for name in t:
+    assert out[name].dtype == BF16
+    np.testing.assert_array_equal(out[name], reference(t[name], i[name], b[name], 0.3))
+    exact = (t[name].astype(np.float64)
+             + np.float64(np.float32(0.3)) * (i[name].astype(np.float64) - b[name]))
+    # One bf16 rounding of the result, plus the fp32 rounding of the operands (which matters
+    # only where the sum cancels to nearly zero).
+    ulp = np.spacing(np.abs(out[name].astype(np.float32))).astype(np.float64) * 2**16
+    operands = np.maximum(np.abs(t[name]), np.abs(i[name]), np.abs(b[name])).astype(np.float32)
+    tol = ulp + 4 * np.spacing(operands).astype(np.float64)
+    assert np.all(np.abs(out[name].astype(np.float64) - exact) <= tol), name
+
+
+def test_cli_output_dtype_and_multi_scale(ckpts, tmp_path):
+  (t, b, i), dirs = ckpts
+  outs = merge(dirs, tmp_path / "out", scales=(0.3, 0.5, 1.0), dtype="bfloat16")
+  assert sorted(os.listdir(tmp_path / "out")) == ["scale_0.3", "scale_0.5", "scale_1"]
+  assert [os.path.basename(o) for o in outs] == ["scale_0.3", "scale_0.5", "scale_1"]
+  for s, o in zip((0.3, 0.5, 1.0), outs):
+    out = read_hf(o)
+    for name in t:
+      np.testing.assert_array_equal(out[name], reference(t[name], i[name], b[name], s, BF16))
+    assert json.load(open(os.path.join(o, "config.json")))["torch_dtype"] == "bfloat16"
+
+
+def test_cli_exclude_and_protected_rows(ckpts, tmp_path):
+  (t, b, i), dirs = ckpts
+  merge(dirs, tmp_path / "out", exclude=(r"norm", r"q_proj"),
+        protect_token_ids=cv.LLAMA3_CHAT_TOKEN_IDS)
+  out = read_hf(tmp_path / "out")
+  ids = list(cv.LLAMA3_CHAT_TOKEN_IDS)
+  for name in t:
+    if "norm" in name or "q_proj" in name:
+      np.testing.assert_array_equal(out[name], t[name], name)
+      continue
+    want = reference(t[name], i[name], b[name], 0.5)
+    if name in ("model.embed_tokens.weight", "lm_head.weight"):
+      want[ids] = t[name][ids]
+      assert not np.array_equal(out[name][128005], t[name][128005])
+    np.testing.assert_array_equal(out[name], want, name)
+
+
+def test_cli_vocab_mismatch_option(tmp_path):
+  t = hf_tensors(0, vocab=V + 5)  # target has 5 more rows (e.g. added tokens)
+  b, i = hf_tensors(1), hf_tensors(2)
+  dirs = [write_hf(tmp_path / n, x) for n, x in (("t", t), ("b", b), ("i", i))]
+  with pytest.raises(cv.ChatVectorError,
+                     match=r"lm_head.weight: vocabulary size mismatch: target "
+                     r"\(128015, 8\) vs base \(128010, 8\)"):
+    merge(dirs, tmp_path / "out")
+  assert not os.path.exists(tmp_path / "out")
+  merge(dirs, tmp_path / "out", allow_vocab_mismatch=True, protect_token_ids=(3,))
+  out = read_hf(tmp_path / "out")
+  for name in ("model.embed_tokens.weight", "lm_head.weight"):
+    want = t[name].copy()
+    want[:V] = reference(t[name][:V], i[name], b[name], 0.5)
+    want[3] = t[name][3]
+    np.testing.assert_array_equal(out[name], want)
+  np.testing.assert_array_equal(out["model.norm.weight"], reference(
+      t["model.norm.weight"], i["model.norm.weight"], b["model.norm.weight"], 0.5))
+
+
+def _assert_clean(tmp_path):
+  assert sorted(os.listdir(tmp_path)) == ["b", "i", "t"]  # no output, no temporary directory
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", r"model.layers.1.mlp.up_proj.weight: missing from --instruct"),
+    ("extra", r"model.extra.weight: in --base but not in --target \(1 such tensors\)"),
+    ("shape", r"model.layers.0.mlp.down_proj.weight: shape mismatch: target \(8, 16\) vs "
+     r"instruct \(8, 17\)"),
+    ("truncated", r"base .*model.safetensors: not a valid safetensors file"),
+    ("garbage", r"base .*model.safetensors: not a valid safetensors file"),
+    ("not_a_checkpoint", r"--instruct=.*: neither a Hugging Face safetensors directory nor an "
+     r"Orbax checkpoint"),
+    ("bad_protect", r"lm_head.weight: protected token id 999999 is outside its 128010 rows"),
+])
+def test_cli_errors(tmp_path, case, message):
+  t, b, i = hf_tensors(0), hf_tensors(1), hf_tensors(2)
+  kwargs = {}
+  if case == "missing":
+    del i["model.layers.1.mlp.up_proj.weight"]
+  if case == "extra":
+    b["model.extra.weight"] = np.zeros(3, np.float32)
+  if case == "shape":
+    i["model.layers.0.mlp.down_proj.weight"] = np.zeros((D, F + 1), np.float32)
+  if case == "bad_protect":
+    kwargs["protect_token_ids"] = (999999,)
+  dirs = [write_hf(tmp_path / n, x) for n, x in (("t", t), ("b", b), ("i", i))]
+  if case in ("truncated", "garbage"):
+    path = tmp_path / "b" / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2] if case == "truncated" else b"\x07" * 100)
+  if case == "not_a_checkpoint":
+    os.remove(tmp_path / "i" / "model.safetensors")
+  with pytest.raises(cv.ChatVectorError, match=message):
+    merge(dirs, tmp_path / "out", **kwargs)
+  _assert_clean(tmp_path)
+
+
+def test_cli_failure_midway_leaves_nothing(tmp_path, monkeypatch):
+  dirs = [write_hf(tmp_path / n, hf_tensors(s)) for s, n in enumerate("tbi")]
+  real_read = cv._SafetensorsReader.read
+
+  def failing_read(self, name, lo, hi):
+    if name == "model.norm.weight":
+      raise cv.ChatVectorError(f"{self.role}: {name}: short read")
+    return real_read(self, name, lo, hi)
+
+  monkeypatch.setattr(cv._SafetensorsReader, "read", failing_read)
+  with pytest.raises(cv.ChatVectorError, match="short read"):
+    merge(dirs, tmp_path / "out", scales=(0.5, 1.0))
+  _assert_clean(tmp_path)
+
+
+def test_cli_output_exists(ckpts, tmp_path):
+  _, dirs = ckpts
+  os.makedirs(tmp_path / "out")
+  with pytest.raises(cv.ChatVectorError, match=r"--output=.*out already exists"):
+    merge(dirs, tmp_path / "out")
+
+
+def test_command_line(ckpts, tmp_path):
+  (t, b, i), (target, base, instruct) = ckpts
+  run = lambda *args: subprocess.run([sys.executable, "-m", "swallow_jax.chat_vector", *args],
+                                     capture_output=True, text=True, timeout=120)
+  r = run("--help")
+  assert "--scale" in r.stdout and "--protect_tokens" in r.stdout and "chat vector" in r.stdout
+  out = str(tmp_path / "out")
+  r = run(f"--base={base}", f"--instruct={instruct}", f"--target={target}", f"--output={out}",
+          "--scale=1.0", "--exclude=lm_head", "--protect_tokens=llama3_chat", "--quiet")
+  assert r.returncode == 0, r.stderr
+  merged = read_hf(out)
+  np.testing.assert_array_equal(merged["lm_head.weight"], t["lm_head.weight"])
+  name = "model.layers.0.mlp.up_proj.weight"
+  np.testing.assert_array_equal(merged[name], reference(t[name], i[name], b[name], 1.0))
+  r = run(f"--base={base}", f"--instruct={instruct}", f"--target={target}", f"--output={out}")
+  assert r.returncode != 0
+  assert r.stderr.strip().splitlines() == [f"chat_vector: error: --output={out} already exists;"
+                                           " remove it or pick another path"]
+  r = run(f"--base={base}", f"--instruct={instruct}", f"--target={target}",
+          f"--output={out}2", "--scale=half")
+  assert r.returncode != 0 and r.stderr.strip().splitlines() == [
+      "chat_vector: error: --scale=half: expected numbers like 0.5 or 0.3,0.5,1.0"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Tree functions: our param layout (lm_head kernel is [D, V]: token columns).
+
+
+def param_tree(seed, dtype=np.float32, vocab=V):
+  rng = np.random.default_rng(seed)
+  r = lambda *s: rng.standard_normal(s, np.float32).astype(dtype)
+  return {"embed": {"embedding": r(vocab, D)},
+          "layers": {"attn_norm": {"scale": r(L, D)},
+                     "attn": {"q_proj": {"kernel": r(L, D, D)}},
+                     "mlp": {"down_proj": {"kernel": r(L, F, D)}}},
+          "final_norm": {"scale": r(D)},
+          "lm_head": {"kernel": r(D, vocab)}}
+
+
+def tree_reference(t, b, i, s, exclude=(), protect=()):
+  flat = lambda x: cv._flatten(x)
+  ft, fb, fi = flat(t), flat(b), flat(i)
+  out = {}
+  for name, x in ft.items():
+    if any(__import__("re").search(p, name) for p in exclude):
+      out[name] = x
+      continue
+    out[name] = reference(x, fi[name], fb[name], s)
+    if name == "embed/embedding":
+      out[name][list(protect)] = x[list(protect)]
+    if name == "lm_head/kernel":
+      out[name][:, list(protect)] = x[:, list(protect)]
+  return out
+
+
+def test_tree_functions_numpy():
+  t, b, i = param_tree(0), param_tree(1), param_tree(2)
+  got = cv._flatten(cv.apply_chat_vector(t, b, i, 0.5, exclude=(r".*norm.*",),
+                                         protect_token_ids=cv.LLAMA3_CHAT_TOKEN_IDS))
+  want = tree_reference(t, b, i, 0.5, (r".*norm.*",), cv.LLAMA3_CHAT_TOKEN_IDS)
+  assert set(got) == set(want)
+  for name in want:
+    np.testing.assert_array_equal(got[name], want[name], name)
+    assert isinstance(got[name], np.ndarray)
+  # difference + add_scaled is the same computation.
+  vec = cv.difference(i, b)
+  assert vec["lm_head"]["kernel"].dtype == np.float32
+  again = cv._flatten(cv.add_scaled(t, vec, 0.5, exclude=(r".*norm.*",),
+                                    protect_token_ids=cv.LLAMA3_CHAT_TOKEN_IDS))
+  for name in want:
+    np.testing.assert_array_equal(again[name], want[name], name)
+  # Two vectors with weights, bf16 target: fp32 arithmetic, result in bf16.
+  tb = jax.tree.map(lambda x: x.astype(BF16), t)
+  v2 = cv.difference(param_tree(3), param_tree(4))
+  mixed = cv._flatten(cv.task_arithmetic(tb, [vec, v2], [0.5, 0.25]))
+  for name, x in cv._flatten(tb).items():
+    f32 = np.float32
+    want = (x.astype(f32) + (f32(0.5) * cv._flatten(vec)[name]
+                             + f32(0.25) * cv._flatten(v2)[name])).astype(BF16)
+    np.testing.assert_array_equal(mixed[name], want, name)
+
+
+def test_tree_hf_names_and_vocab_mismatch():
+  t, b, i = hf_tensors(0, vocab=V - 3), hf_tensors(1), hf_tensors(2)
+  with pytest.raises(cv.ChatVectorError, match=r"model.embed_tokens.weight: vocabulary size mismatch: "
+                     r"target \(128007, 8\) vs instruct \(128010, 8\)"):
+    cv.apply_chat_vector(t, b, i)
+  got = cv.apply_chat_vector(t, b, i, 1.0, allow_vocab_mismatch=True, protect_token_ids=(5,),
+                             exclude=("model.norm",))
+  for name in ("model.embed_tokens.weight", "lm_head.weight"):
+    want = reference(t[name], i[name][:V - 3], b[name][:V - 3], 1.0)
+    want[5] = t[name][5]
+    np.testing.assert_array_equal(got[name], want)
+  np.testing.assert_array_equal(got["model.norm.weight"], t["model.norm.weight"])
+
+
+def test_tree_errors():
+  t, b, i = param_tree(0), param_tree(1), param_tree(2)
+  bad = param_tree(2)
+  bad["layers"]["attn"]["q_proj"]["kernel"] = np.zeros((L, D, D + 1), np.float32)
+  with pytest.raises(cv.ChatVectorError, match=r"layers/attn/q_proj/kernel: shape mismatch: "
+                     r"target \(2, 8, 8\) vs instruct \(2, 8, 9\)"):
+    cv.apply_chat_vector(t, b, bad)
+  del i["final_norm"]
+  with pytest.raises(cv.ChatVectorError, match="final_norm/scale: missing from the instruct"):
+    cv.apply_chat_vector(t, b, i)
+  cv.apply_chat_vector(t, b, i, exclude=("final_norm",))  # excluded: may be absent
+  b["extra"] = np.zeros(2)
+  with pytest.raises(cv.ChatVectorError, match="extra: in the base tree but not in the target"):
+    cv.apply_chat_vector(t, b, param_tree(2))
+  with pytest.raises(cv.ChatVectorError, match="2 vectors but 1 weights"):
+    cv.task_arithmetic(t, [t, t], [1.0])
+
+
+def test_sharded_jit_matches_numpy_and_keeps_shardings():
+  assert jax.device_count() == 8
+  mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model"))
+  P = jax.sharding.PartitionSpec
+  specs = {"embed": {"embedding": P("model", "data")},
+           "layers": {"attn_norm": {"scale": P()},
+                      "attn": {"q_proj": {"kernel": P(None, "data", "model")}},
+                      "mlp": {"down_proj": {"kernel": P(None, "model", None)}}},
+           "final_norm": {"scale": P()},
+           "lm_head": {"kernel": P("data", "model")}}
+  shardings = jax.tree.map(lambda s: jax.sharding.NamedSharding(mesh, s), specs)
+  t, b, i = (param_tree(s, BF16, vocab=128016) for s in range(3))  # divisible by 8
+  put = lambda x: jax.device_put(x, shardings)
+  kw = dict(exclude=("final_norm",), protect_token_ids=cv.LLAMA3_CHAT_TOKEN_IDS)
+  fn = jax.jit(lambda t, b, i, s: cv.apply_chat_vector(t, b, i, s, **kw))
+  got = fn(put(t), put(b), put(i), jnp.float32(0.5))  # a traced scale works too
+  want = cv._flatten(cv.apply_chat_vector(t, b, i, 0.5, **kw))
+  for name, x in cv._flatten(got).items():
+    assert x.dtype == jnp.bfloat16
+    assert x.sharding.is_equivalent_to(cv._flatten(shardings)[name], x.ndim), name
+    np.testing.assert_array_equal(np.asarray(x), want[name], name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Orbax parameter checkpoints.
+
+
+def test_orbax_checkpoints(tmp_path):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  trees = [param_tree(s, vocab=300) for s in range(3)]
+  dirs = []
+  for name, tree in zip("tbi", trees):
+    state = {"params": tree, "step": np.int64(7)} if name == "t" else tree  # a train state too
+    ckpt = ocp.StandardCheckpointer()
+    ckpt.save(str(tmp_path / name), state)
+    ckpt.wait_until_finished()
+    dirs.append(str(tmp_path / name))
+  merge(dirs, tmp_path / "out", scales=(0.5,), protect_token_ids=(1, 299),
+        exclude=("attn_norm",))
+  restored = ocp.StandardCheckpointer().restore(str(tmp_path / "out"))
+  want = tree_reference(*trees[:1], trees[1], trees[2], 0.5, ("attn_norm",), (1, 299))
+  got = cv._flatten(restored)
+  assert set(got) == set(want)
+  for name in want:
+    np.testing.assert_array_equal(np.asarray(got[name]), want[name], name)
+  assert sorted(os.listdir(tmp_path)) == ["b", "i", "out", "t"]

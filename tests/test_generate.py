@@ -1,0 +1,166 @@
+"""Decoding: greedy parity with transformers, KV cache vs full recompute, sampling, the CLI."""
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from transformers.generation import logits_process as hf_lp
+
+from swallow_jax import generate as gen
+from swallow_jax import model as model_lib
+
+PROMPTS = [[5, 7, 9], list(range(10, 40)), [3], [100, 90, 80, 70, 60, 50, 40]]  # mixed lengths
+NEW = 12
+
+
+@pytest.fixture(scope="module")
+def hf_model(tmp_path_factory):
+  """A tiny random HF Llama (GQA, RoPE scaling) saved as safetensors, and our load of it."""
+  from swallow_jax.model import hf  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  cfg = transformers.LlamaConfig(
+      vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+      rope_theta=10000.0, initializer_range=0.1, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+      rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0, "original_max_position_embeddings": 32})
+  model = transformers.LlamaForCausalLM(cfg).eval()
+  path = tmp_path_factory.mktemp("hf_tiny")
+  model.save_pretrained(path)
+  config, params = hf.load_hf(str(path))
+  return model, config, params
+
+
+def _hf_greedy(model, prompts, new, eos):
+  """transformers' greedy generate on left-padded prompts; new tokens cut before the first eos."""
+  t = max(map(len, prompts))
+  ids = torch.tensor([[0] * (t - len(p)) + p for p in prompts])
+  mask = torch.tensor([[0] * (t - len(p)) + [1] * len(p) for p in prompts])
+  with torch.no_grad():
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=False,
+                         eos_token_id=eos, pad_token_id=0)
+  result = []
+  for row in out[:, t:].tolist():
+    result.append(row[:row.index(eos)] if eos in row else row)
+  return result
+
+
+def test_greedy_matches_transformers(hf_model):
+  model, config, params = hf_model
+  # Pick a stop token the model actually produces, so stopping is exercised too.
+  (free,) = _hf_greedy(model, [PROMPTS[1]], NEW, eos=255)
+  eos = free[NEW // 2]
+  ours = gen.generate(config, params, PROMPTS, NEW, stop_tokens=[eos])
+  one_by_one = [_hf_greedy(model, [p], NEW, eos)[0] for p in PROMPTS]
+  assert ours == one_by_one
+  assert len(ours[1]) < NEW  # stopped early, stop token excluded
+  assert ours == _hf_greedy(model, PROMPTS, NEW, eos)  # HF batched with left padding
+  # Chunked decoding (batch_size) gives the same tokens.
+  assert gen.generate(config, params, PROMPTS, NEW, stop_tokens=[eos], batch_size=2) == ours
+
+
+def _recompute_greedy(config, params, prompt, new):
+  seq = list(prompt)
+  for _ in range(new):
+    logits = model_lib.forward(config, params, jnp.asarray([seq]))
+    seq.append(int(jnp.argmax(logits[0, -1])))
+  return seq[len(prompt):]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  config = model_lib.presets.get("tiny_gqa")
+  return config, model_lib.init_params(config, jax.random.key(0))
+
+
+def test_kv_cache_equals_full_recompute(tiny):
+  config, params = tiny
+  ours = gen.generate(config, params, PROMPTS, NEW)
+  assert ours == [_recompute_greedy(config, params, p, NEW) for p in PROMPTS]
+
+
+def test_sharded_params_same_tokens(tiny):
+  config, params = tiny
+  mesh = jax.make_mesh((8,), ("x",), axis_types=(jax.sharding.AxisType.Auto,))
+
+  def shard(x):
+    spec = [None] * x.ndim
+    if x.shape[-1] % 8 == 0:
+      spec[-1] = "x"
+    return jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec)))
+
+  sharded = jax.tree.map(shard, params)
+  assert len(sharded["embed"]["embedding"].sharding.device_set) == 8
+  assert gen.generate(config, sharded, PROMPTS, 6) == gen.generate(config, params, PROMPTS, 6)
+
+
+def test_sampling_deterministic_by_seed(tiny):
+  config, params = tiny
+  kw = dict(temperature=1.0, top_k=50, top_p=0.9)
+  a = gen.generate(config, params, PROMPTS, NEW, seed=3, **kw)
+  assert a == gen.generate(config, params, PROMPTS, NEW, seed=3, **kw)
+  assert a != gen.generate(config, params, PROMPTS, NEW, seed=4, **kw)
+  # A prompt's sample depends on its index and the seed, not on how the batch was chunked.
+  assert a == gen.generate(config, params, PROMPTS, NEW, seed=3, batch_size=1, **kw)
+  assert a != gen.generate(config, params, PROMPTS, NEW, **kw | {"temperature": 0.0})
+
+
+def test_filter_logits_matches_transformers_warpers():
+  logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05], [0.1, 0.2, 0.3, 0.4]], np.float32))
+  for temperature, top_k, top_p in [(1.0, 2, 1.0), (0.7, 0, 0.7), (1.3, 3, 0.5), (1.0, 0, 0.5)]:
+    want = torch.tensor(logits)
+    for warper in [hf_lp.TemperatureLogitsWarper(temperature),
+                   *([hf_lp.TopKLogitsWarper(top_k)] if top_k else []),
+                   *([hf_lp.TopPLogitsWarper(top_p)] if top_p < 1 else [])]:
+      want = warper(None, want)
+    got = np.asarray(gen.filter_logits(jnp.asarray(logits), temperature, top_k, top_p))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want.numpy()))
+    np.testing.assert_allclose(got[~np.isinf(got)], want.numpy()[~np.isinf(got)], rtol=1e-6)
+  # Hand values: top_p=0.7 keeps {0.5, 0.3} (0.5 < 0.7 before the second); top_p=0.5 only 0.5.
+  kept = lambda p: np.isfinite(np.asarray(gen.filter_logits(jnp.asarray(logits[:1]), 1.0, 0, p)))
+  assert kept(0.7).tolist() == [[True, True, False, False]]
+  assert kept(0.5).tolist() == [[True, False, False, False]]
+
+
+def test_sampling_frequencies_follow_filtered_distribution():
+  # 4000 rows of the same logits, each its own key: top_k=2 renormalises 0.5/0.3 to 0.625/0.375.
+  logits = jnp.tile(jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]])), (4000, 1))
+  keys = jax.random.split(jax.random.key(0), 4000)
+  counts = np.bincount(np.asarray(gen.sample_logits(logits, keys, 1.0, 2, 1.0)), minlength=4)
+  assert counts[2:].sum() == 0 and abs(counts[0] / 4000 - 0.625) < 0.03
+  counts = np.bincount(np.asarray(gen.sample_logits(logits, keys, 1.0, 0, 1.0)), minlength=4)
+  np.testing.assert_allclose(counts / 4000, [0.5, 0.3, 0.15, 0.05], atol=0.03)
+
+
+def test_generate_detailed_and_bad_input(tiny):
+  config, params = tiny
+  (free,) = gen.generate(config, params, [PROMPTS[0]], NEW)
+  stop = free[3]
+  (g,) = gen.generate_detailed(config, params, [PROMPTS[0]], NEW, stop_tokens=[stop])
+  assert g.stopped and g.tokens == free[:free.index(stop)]
+  (g,) = gen.generate_detailed(config, params, [PROMPTS[0]], 4)
+  assert not g.stopped and len(g.tokens) == 4
+  with pytest.raises(ValueError, match="non-empty"):
+    gen.generate(config, params, [[]], 4)
+  with pytest.raises(ValueError, match="max_position_embeddings"):
+    gen.generate(config, params, [[1] * 10], config.max_position_embeddings)
+  with pytest.raises(ValueError, match="top_p"):
+    gen.generate(config, params, [[1]], 4, top_p=0.0)
+
+
+def test_cli_help_and_bad_input(tmp_path):
+  run = lambda *a: subprocess.run([sys.executable, "-m", "swallow_jax.generate", *a],
+                                  capture_output=True, text=True, timeout=120)
+  r = run("--help")
+  assert "--chat" in r.stdout and "--prompt" in r.stdout
+  r = run("--prompt=hi")
+  assert r.returncode != 0 and "--model is required" in r.stderr
+  r = run(f"--model={tmp_path}", "--prompt=hi", "--chat")
+  assert r.returncode != 0 and "exactly one of" in r.stderr
+  r = run(f"--model={tmp_path}/missing", "--tokenizer=x", "--prompt=hi")
+  assert r.returncode != 0 and "error:" in r.stderr

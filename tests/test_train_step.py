@@ -1,0 +1,156 @@
+"""Train step: sharded == single device, grad accumulation, loss, optimizer, schedule, MFU."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from swallow_jax import parallel
+from swallow_jax.model import param_logical_axes, presets
+from swallow_jax.train import loss as loss_lib
+from swallow_jax.train import metrics as metrics_lib
+from swallow_jax.train import optimizer as optimizer_lib
+from swallow_jax.train import step as step_lib
+
+CFG = presets.get("tiny_gqa", vocab_size=256, num_layers=2, hidden_size=32, intermediate_size=64,
+                  num_heads=4, num_kv_heads=2, head_dim=8)
+OPT = dict(peak_lr=1e-2, min_lr_ratio=0.1, warmup_steps=2, decay_steps=10, clip_norm=1.0)
+
+
+def make_batch(rng: np.random.Generator, b: int = 8, t: int = 16) -> dict[str, np.ndarray]:
+  """Two packed documents per row plus padding at the end, SFT-like fractional weights."""
+  inputs = rng.integers(0, CFG.vocab_size, (b, t)).astype(np.int32)
+  cut, pad = t // 2 - 1, t - 3
+  seg = np.where(np.arange(t) < cut, 1, 2).astype(np.int32)
+  seg[pad:] = 0
+  pos = np.where(np.arange(t) < cut, np.arange(t), np.arange(t) - cut).astype(np.int32)
+  weights = (seg > 0).astype(np.float32) * rng.choice([0.0, 1.0], (b, t), p=[0.2, 0.8])
+  return {"inputs": inputs, "targets": np.roll(inputs, -1, axis=1),
+          "positions": np.broadcast_to(pos, (b, t)).copy(),
+          "segment_ids": np.broadcast_to(seg, (b, t)).copy(), "loss_weights": weights}
+
+
+def run_steps(mesh_cfg, batches, *, accum=1, z_loss=1e-4, cfg=CFG):
+  """Runs len(batches) jitted steps on `mesh_cfg`; returns (final params as numpy, metrics)."""
+  mesh = parallel.make_mesh(mesh_cfg, jax.devices()[:np.prod([v for v in mesh_cfg.values()])])
+  tx, lr = optimizer_lib.make_optimizer(OPT)
+  with parallel.mesh_context(mesh):
+    abstract = jax.eval_shape(lambda: step_lib.init_state(cfg, tx, 0))
+    param_sh = parallel.param_shardings(abstract["params"], param_logical_axes(cfg), mesh)
+    shardings = step_lib.state_shardings(abstract, tx, param_sh, mesh)
+    state = step_lib.jit_init(cfg, tx, 0, shardings)()
+    fn = step_lib.jit_train_step(
+        step_lib.make_train_step(cfg, tx, lr, z_loss=z_loss, grad_accum_steps=accum,
+                                 param_shardings=param_sh), shardings, mesh)
+    bsh = parallel.batch_sharding(mesh)
+    out = []
+    for b in batches:
+      state, m = fn(state, {k: jax.device_put(v, bsh) for k, v in b.items()})
+      out.append(jax.device_get(m))
+    assert state["params"]["layers"]["mlp"]["up_proj"]["kernel"].sharding.spec == \
+        param_sh["layers"]["mlp"]["up_proj"]["kernel"].spec
+    return jax.device_get(state["params"]), out
+
+
+@pytest.fixture(scope="module")
+def reference():
+  batches = [make_batch(np.random.default_rng(i)) for i in range(3)]
+  return batches, run_steps(dict(data=1, fsdp=1, tensor=1), batches)
+
+
+@pytest.mark.parametrize("mesh_cfg", [dict(data=1, fsdp=8, tensor=1), dict(data=2, fsdp=2, tensor=2),
+                                      dict(data=1, fsdp=-1, tensor=4), dict(data=8, fsdp=1, tensor=1)])
+def test_sharded_step_matches_single_device(reference, mesh_cfg):
+  batches, (ref_params, ref_metrics) = reference
+  params, metrics = run_steps(mesh_cfg, batches)
+  for m, r in zip(metrics, ref_metrics):
+    np.testing.assert_allclose(m["loss"], r["loss"], rtol=2e-6)
+    np.testing.assert_allclose(m["grad_norm"], r["grad_norm"], rtol=2e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               params, ref_params)
+
+
+def test_grad_accumulation_matches_full_batch(reference):
+  batches, (ref_params, ref_metrics) = reference
+  params, metrics = run_steps(dict(data=2, fsdp=2, tensor=1), batches, accum=2)
+  for m, r in zip(metrics, ref_metrics):
+    np.testing.assert_allclose(m["loss"], r["loss"], rtol=2e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               params, ref_params)
+
+
+def test_metrics_are_the_objective_parts(reference):
+  batches, (_, ref_metrics) = reference
+  m = ref_metrics[0]
+  assert m["loss_tokens"] == pytest.approx(batches[0]["loss_weights"].sum())
+  assert m["lr"] == 0.0 and ref_metrics[1]["lr"] == pytest.approx(5e-3)
+  assert abs(m["loss"] - np.log(CFG.vocab_size)) < 0.5  # Near-uniform predictions at init.
+  assert m["z_loss"] == pytest.approx(1e-4 * np.log(CFG.vocab_size) ** 2, rel=0.2)
+
+
+def test_weighted_cross_entropy_against_numpy():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(2, 5, 7)).astype(np.float32) * 3
+  targets = rng.integers(0, 7, (2, 5))
+  w = rng.random((2, 5)).astype(np.float32)
+  ce, z = loss_lib.weighted_cross_entropy(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(w),
+                                          z_loss=1e-4)
+  x = logits.astype(np.float64)
+  lse = np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1)) + x.max(-1)
+  ref_ce = (w * (lse - np.take_along_axis(x, targets[..., None], -1)[..., 0])).sum()
+  np.testing.assert_allclose(ce, ref_ce, rtol=1e-6)
+  np.testing.assert_allclose(z, (w * 1e-4 * lse**2).sum(), rtol=1e-6)
+
+
+def test_schedule_and_no_decay_on_norms():
+  lr = optimizer_lib.schedule(dict(peak_lr=2.5e-5, min_lr_ratio=0.1, warmup_steps=1000,
+                                   decay_steps=12500))
+  assert float(lr(0)) == 0.0
+  np.testing.assert_allclose(float(lr(500)), 1.25e-5, rtol=1e-6)
+  np.testing.assert_allclose(float(lr(1000)), 2.5e-5, rtol=1e-6)
+  np.testing.assert_allclose(float(lr(12500)), 2.5e-6, rtol=1e-6)
+  np.testing.assert_allclose(float(lr(20000)), 2.5e-6, rtol=1e-6)
+  mid = 1000 + 11500 // 2  # Half-way through the cosine: (peak + min) / 2.
+  np.testing.assert_allclose(float(lr(mid)), (2.5e-5 + 2.5e-6) / 2, rtol=1e-5)
+
+  params = {"attn_norm": {"scale": jnp.ones((2, 4))}, "q": {"kernel": jnp.ones((2, 4, 4))}}
+  assert optimizer_lib.decay_mask(params) == {"attn_norm": {"scale": False}, "q": {"kernel": True}}
+  tx, _ = optimizer_lib.make_optimizer(dict(peak_lr=1.0, warmup_steps=0, decay_steps=10,
+                                            weight_decay=0.1, clip_norm=1.0))
+  zero = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zero, tx.init(params), params)
+  assert float(jnp.abs(updates["attn_norm"]["scale"]).max()) == 0.0  # Zero grad, no decay.
+  np.testing.assert_allclose(updates["q"]["kernel"], -0.1)  # lr * wd * w.
+
+
+def test_neftune_noise_only_when_enabled():
+  rng = np.random.default_rng(0)
+  b = make_batch(rng)
+  tx, lr = optimizer_lib.make_optimizer(OPT)
+  state = step_lib.init_state(CFG, tx, 0)
+  losses = {}
+  for alpha in (0.0, 5.0):
+    fn = jax.jit(step_lib.make_train_step(CFG, tx, lr, neftune_alpha=alpha))
+    losses[alpha] = float(fn(state, b)[1]["loss"])
+  assert losses[0.0] != losses[5.0]
+  fn = jax.jit(step_lib.make_train_step(CFG, tx, lr, neftune_alpha=5.0))
+  assert float(fn(state, b)[1]["loss"]) == losses[5.0]  # Deterministic given step and seed.
+
+
+def test_flops_per_token_llama3_8b():
+  cfg = presets.get("llama3_8b")
+  matmul = 32 * (4096 * (32 + 16) * 128 + 32 * 128 * 4096 + 3 * 4096 * 14336) + 4096 * 128256
+  assert matmul == 7_504_658_432
+  expected = 6 * matmul + 6 * 32 * 8192 * 32 * 128
+  assert metrics_lib.flops_per_token(cfg, 8192) == expected
+  assert metrics_lib.peak_flops_per_device("NVIDIA H100 80GB HBM3") == 989e12
+  assert metrics_lib.peak_flops_per_device("TPU v5 lite") == 197e12
+  assert metrics_lib.peak_flops_per_device("TPU v5p") == 459e12
+  assert metrics_lib.peak_flops_per_device("cpu") is None
+  # 8 x H100 at 8,000 tokens/s/device: MFU = 8000 * flops / 989e12.
+  np.testing.assert_allclose(metrics_lib.mfu(64000, expected, 8, 989e12),
+                             8000 * expected / 989e12)
+  assert metrics_lib.mfu(1000, expected, 8, None) is None
