@@ -38,6 +38,7 @@ def time_one(preset: str, layers: int, devices: int, seq_len: int, remat: str,
   jax.config.update("jax_num_cpu_devices", devices)
   from swallow_jax import parallel, plan  # pylint: disable=g-import-not-at-top
   from swallow_jax.model import presets  # pylint: disable=g-import-not-at-top
+  from swallow_jax.train import optimizer  # pylint: disable=g-import-not-at-top
 
   overrides = dict(dtype="bfloat16", remat_policy=remat, scan_layers=scan)
   if layers:
@@ -46,8 +47,8 @@ def time_one(preset: str, layers: int, devices: int, seq_len: int, remat: str,
   mesh = parallel.make_mesh({"fsdp": devices})
   with parallel.mesh_context(mesh):
     t0 = time.perf_counter()
-    step_fn, state, batch, _ = plan.abstract_train_step(cfg, _OPT, mesh, devices, seq_len,
-                                                        z_loss=1e-4)
+    step_fn, state, batch, _ = plan.abstract_train_step(cfg, *optimizer.make_optimizer(_OPT), mesh,
+                                                        devices, seq_len, z_loss=1e-4)
     lowered = step_fn.lower(state, batch)
     lower_s = time.perf_counter() - t0
     t0 = time.perf_counter()

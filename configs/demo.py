@@ -142,10 +142,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           dict(what="The whole recipe", before="base", after="swallow_instruct",
                expect=dict(ja_ppl="down")),
       ],
-      ablations=dict(swallow_base_no_parallel="swallow_base"),
-      ablation_notes=dict(swallow_base_no_parallel=(
-          "CPT on the same mixture without the parallel (Japanese-English) source, other "
-          "weights rescaled to the same total. Expected: translation scores "
-          "(`en_ja_translation`, `ja_en_translation`) drop without it.")),
+      ablations=[dict(
+          name="swallow_base_no_parallel", reference="swallow_base",
+          note="CPT on the same mixture without the parallel (Japanese-English) source, the "
+               "other weights rescaled to the same total. Expected: translation scores drop.",
+          expect=dict(en_ja_translation="down", ja_en_translation="down"))],
   )
   return config

@@ -105,7 +105,9 @@ def _apply(target, diffs: Sequence[Any], weights: Sequence[Any], keep, axis, dty
   for d, w in zip(diffs, weights):
     if axis is not None and d.shape[axis] > t32.shape[axis]:
       d = _crop(d, axis, t32.shape[axis])
-    term = w * d  # Python float times fp32 stays fp32 (NEP 50 / weak types)
+    if isinstance(w, (int, float, np.number)):
+      w = np.float32(w)  # fp32 arithmetic even for a float64 weight
+    term = w * d
     delta = term if delta is None else delta + term
   if axis is not None and delta.shape[axis] < t32.shape[axis]:
     pad = [(0, 0)] * delta.ndim

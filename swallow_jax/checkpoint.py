@@ -6,11 +6,13 @@ directory and renames it when complete, so a killed save never looks like a chec
 finalized checkpoint that cannot be read (e.g. truncated files) is moved to
 DIR/checkpoints_unreadable/ with a warning, and the previous one is used.
 
-Resume restores everything; `load_params` (init_from) takes only the parameters from a checkpoint.
+Resume restores everything; `restore_params` (init_from) takes only the parameters onto given
+shardings; `load_params` reads a workdir's model config and parameters (for generation/eval).
 Restoring onto another mesh works: pass abstract arrays (ShapeDtypeStruct) carrying the new shardings.
 """
 
 from collections.abc import Mapping
+import json
 import logging
 import shutil
 import time
@@ -106,7 +108,7 @@ def resolve(path: str | epath.Path) -> epath.Path:
                           "its checkpoints/ folder, or the step directory itself)")
 
 
-def load_params(path: str | epath.Path, abstract_params: Any) -> Any:
+def restore_params(path: str | epath.Path, abstract_params: Any) -> Any:
   """Parameters only (no optimizer state) from a train checkpoint, onto the given shardings."""
   step_dir = resolve(path)
   restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_params)
@@ -117,3 +119,22 @@ def load_params(path: str | epath.Path, abstract_params: Any) -> Any:
                                     restore_args={"params": restore_args}, partial_restore=True))
   logging.info("loaded parameters from %s", step_dir)
   return restored["params"]
+
+
+def load_params(path: str | epath.Path) -> tuple[Any, Any]:
+  """(LlamaConfig, params) of a training workdir, its checkpoints/ or one step directory.
+
+  The model config comes from the workdir's config.json; arrays land on the default device.
+  """
+  from swallow_jax import config_utils  # pylint: disable=g-import-not-at-top
+  from swallow_jax.model import init_params  # pylint: disable=g-import-not-at-top
+  step_dir = resolve(path)
+  config_json = step_dir.parent.parent / "config.json"
+  if not config_json.exists():
+    raise FileNotFoundError(f"{config_json} not found: cannot tell the model config of {step_dir}")
+  model_cfg = config_utils.model_config_from_resolved(json.loads(config_json.read_text()))
+  abstract = jax.eval_shape(init_params, model_cfg, jax.random.PRNGKey(0))
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                          abstract)
+  return model_cfg, restore_params(step_dir, abstract)

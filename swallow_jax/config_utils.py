@@ -53,9 +53,12 @@ def validate(config: Mapping[str, Any]) -> None:
 
 
 def hf_config_path(init_from: str) -> str | None:
-  """config.json of an HF model directory, or None when `init_from` is not one."""
-  path = os.path.join(init_from, "config.json") if init_from else ""
-  return path if path and os.path.isfile(path) else None
+  """config.json of an HF model directory (config.json + *.safetensors), else None."""
+  if not init_from or not os.path.isdir(init_from):
+    return None
+  path = os.path.join(init_from, "config.json")
+  has_weights = any(f.endswith(".safetensors") for f in os.listdir(init_from))
+  return path if has_weights and os.path.isfile(path) else None
 
 
 def model_config(config: Mapping[str, Any]) -> LlamaConfig:
@@ -86,7 +89,13 @@ def resolved_dict(config: ml_collections.ConfigDict, model_cfg: LlamaConfig) -> 
   return out
 
 
+def model_config_from_resolved(resolved: Mapping[str, Any]) -> LlamaConfig:
+  """The LlamaConfig stored by `resolved_dict` (a workdir's config.json)."""
+  fields = {f.name for f in dataclasses.fields(LlamaConfig)}
+  return LlamaConfig(**{k: v for k, v in resolved["model"].items() if k in fields})
+
+
 def _plain(v: Any) -> Any:
-  if dataclasses.is_dataclass(v):
-    return dataclasses.asdict(v)
+  if hasattr(v, "to_hf"):  # RopeScaling: HF dict form, which LlamaConfig reads back.
+    return v.to_hf()
   return list(v) if isinstance(v, tuple) else v

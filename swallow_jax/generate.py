@@ -26,6 +26,7 @@ checkpoint (swallow_jax.checkpoint).
 from collections.abc import Sequence
 import dataclasses
 import functools
+import itertools
 import os
 import sys
 from typing import Any, NamedTuple
@@ -80,9 +81,9 @@ def sample_logits(logits: jax.Array, keys: jax.Array, temperature: float = 0.0, 
   return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 6, 7, 8, 9, 10))
+@functools.partial(jax.jit, static_argnums=(0, 6, 7, 8, 9))
 def _decode(config, params, tokens, segment_ids, row_ids, key, num_slots: int, temperature: float,
-            top_k: int, top_p: float, stop_tokens: tuple[int, ...], max_new_tokens):
+            top_k: int, top_p: float, stops, max_new_tokens):
   """tokens/segment_ids [B, P] left-padded; returns (new tokens [B, N], number generated [B])."""
   b, p = tokens.shape
   n = num_slots - p + 1
@@ -90,7 +91,6 @@ def _decode(config, params, tokens, segment_ids, row_ids, key, num_slots: int, t
   cache = model_lib.init_cache(config, b, num_slots)
   _, cache = model_lib.forward_with_cache(config, params, tokens[:, :-1], positions[:, :-1],
                                           segment_ids[:, :-1], cache, 0)
-  stops = jnp.asarray(stop_tokens, jnp.int32)
   done0 = segment_ids[:, -1] == 0  # dummy rows that only fill the batch bucket
 
   def body(state):
@@ -145,7 +145,8 @@ def generate_detailed(config: model_lib.LlamaConfig, params: Any, prompts: Seque
     row_ids = np.arange(start, start + batch, dtype=np.int32)
     out, length = _decode(config, params, jnp.asarray(tokens), jnp.asarray(segs),
                           jnp.asarray(row_ids), key, p - 1 + _bucket(max_new_tokens),
-                          float(temperature), int(top_k), float(top_p), stops,
+                          float(temperature), int(top_k), float(top_p),
+                          jnp.asarray(stops, jnp.int32),
                           jnp.int32(max_new_tokens))
     out, length = np.asarray(out), np.asarray(length)
     for row in range(len(chunk)):
@@ -196,24 +197,28 @@ def load_for_cli(model: str, tokenizer: str | None, dtype: str = "float32"):
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "HF safetensors dir, or a training workdir / Orbax checkpoint.")
-flags.DEFINE_string("tokenizer", None, "Tokenizer file or dir; defaults to --model.")
-flags.DEFINE_string("prompt", None, "Plain-text prompt (BOS added, no chat template).")
-flags.DEFINE_bool("chat", False, "Interactive chat on stdin with the Llama 3 chat template.")
-flags.DEFINE_string("system", None, "System message for --chat.")
-flags.DEFINE_integer("max_new_tokens", 256, "Tokens to generate per turn.")
-flags.DEFINE_float("temperature", 0.0, "Sampling temperature; 0 = greedy.")
-flags.DEFINE_integer("top_k", 0, "Top-k sampling (0 = off).")
-flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1 = off).")
-flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and compute dtype.")
+
+
+def _define_flags() -> None:
+  """Command-line flags, defined only when run as a program so importing never clashes."""
+  flags.DEFINE_string("model", None, "HF safetensors dir, or a training workdir / Orbax ckpt.")
+  flags.DEFINE_string("tokenizer", None, "Tokenizer file or dir; defaults to --model.")
+  flags.DEFINE_string("prompt", None, "Plain-text prompt (BOS added, no chat template).")
+  flags.DEFINE_bool("chat", False, "Interactive chat on stdin with the Llama 3 chat template.")
+  flags.DEFINE_string("system", None, "System message for --chat.")
+  flags.DEFINE_integer("max_new_tokens", 256, "Tokens to generate per turn.")
+  flags.DEFINE_float("temperature", 0.0, "Sampling temperature; 0 = greedy.")
+  flags.DEFINE_integer("top_k", 0, "Top-k sampling (0 = off).")
+  flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1 = off).")
+  flags.DEFINE_integer("seed", 0, "Sampling seed.")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and compute dtype.")
 
 
 def _chat(config, params, tok, sample_kw) -> None:
   from swallow_jax.data import chat  # pylint: disable=g-import-not-at-top
   messages = [{"role": "system", "content": FLAGS.system}] if FLAGS.system else []
   print("Chat: type a message, an empty line or Ctrl-D to quit.", file=sys.stderr)
-  for turn in range(1 << 30):
+  for turn in itertools.count():
     try:
       text = input("user> ").strip()
     except EOFError:
@@ -252,4 +257,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

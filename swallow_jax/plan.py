@@ -20,6 +20,7 @@ and remat policies and to see what clearly does or does not fit, and leave ~10% 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -32,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from swallow_jax import parallel
+from swallow_jax.model import llama as llama_lib
 from swallow_jax.model import param_logical_axes
 from swallow_jax.train import metrics
 from swallow_jax.train import optimizer as optimizer_lib
@@ -64,15 +66,14 @@ def num_devices_for(mesh_cfg: dict[str, int], devices: int) -> int:
   return max(1, math.prod(sizes))
 
 
-def abstract_train_step(model_cfg: Any, opt_cfg: Any, mesh: Any, global_batch: int, seq_len: int,
-                        *, z_loss: float = 0.0, grad_accum_steps: int = 1,
+def abstract_train_step(model_cfg: Any, tx: Any, lr: Any, mesh: Any, global_batch: int,
+                        seq_len: int, *, z_loss: float = 0.0, grad_accum_steps: int = 1,
                         neftune_alpha: float = 0.0, seed: int = 0,
                         plain_causal: bool = False) -> tuple[Any, Any, Any, Any]:
   """(jitted step, abstract state, abstract batch, state shardings), as `train.loop.run` builds
   them, with ShapeDtypeStructs carrying the shardings instead of arrays. Call inside
   `parallel.mesh_context(mesh)`. `plain_causal` drops positions/segment_ids from the batch so
   the model may use `is_causal` kernels (unpacked sequences)."""
-  tx, lr = optimizer_lib.make_optimizer(opt_cfg)
   abstract = jax.eval_shape(lambda: step_lib.init_state(model_cfg, tx, seed))
   param_sh = parallel.param_shardings(abstract["params"], param_logical_axes(model_cfg), mesh)
   shardings = step_lib.state_shardings(abstract, tx, param_sh, mesh)
@@ -91,6 +92,32 @@ def abstract_train_step(model_cfg: Any, opt_cfg: Any, mesh: Any, global_batch: i
   return step_fn, abstract, batch, shardings
 
 
+def flash_memory_model(q: jax.Array, k: jax.Array, v: jax.Array, *args, **kwargs) -> jax.Array:
+  """Stands in for a fused flash-attention kernel (cuDNN on GPU, Splash on TPU) when compiling
+  on CPU: its output and gradients have the real shapes and it keeps only O(T) tensors, like the
+  kernel, instead of the [B, H, T, T] scores that XLA:CPU's attention materializes. The numbers
+  it computes are meaningless (plan only compiles), and its FLOPs are negligible."""
+  del args, kwargs
+  b, t, h, dh = q.shape
+  kv = k.shape[2]
+  summary = (jnp.sum(k, axis=1) + jnp.sum(v, axis=1))[:, None, :, None, :]  # [B, 1, KV, 1, Dh]
+  return (q.reshape(b, t, kv, h // kv, dh) * summary).reshape(b, t, h, dh)
+
+
+@contextlib.contextmanager
+def attention_memory_model(enabled: bool):
+  """Traces the model with `flash_memory_model` as its attention while active."""
+  if not enabled:
+    yield
+    return
+  original = llama_lib.attention
+  llama_lib.attention = flash_memory_model
+  try:
+    yield
+  finally:
+    llama_lib.attention = original
+
+
 def _per_device_bytes(tree: Any) -> int:
   return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
              for x in jax.tree.leaves(tree))
@@ -103,8 +130,12 @@ def _xla_flops(cost: Any) -> float | None:
 
 
 def plan(config: Any, devices: int = 0, mesh_override: dict[str, int] | None = None,
-         remat: str = "", hbm_gb: float = 0.0, hlo_flops: bool = True) -> dict[str, Any]:
+         remat: str = "", hbm_gb: float = 0.0, hlo_flops: bool = True,
+         flash: bool = True) -> dict[str, Any]:
   """Compiles the config's train step for the mesh on fake CPU devices; returns the report dict.
+
+  `flash`: trace attention as `flash_memory_model` (what a GPU/TPU run with cuDNN/Splash needs);
+  False compiles the config's own attention backend as XLA:CPU runs it.
 
   Must run before anything else in the process touched a JAX backend (it sets the CPU device
   count).
@@ -129,8 +160,9 @@ def plan(config: Any, devices: int = 0, mesh_override: dict[str, int] | None = N
   kwargs = dict(z_loss=float(config.train.get("z_loss", 0.0)), grad_accum_steps=accum,
                 neftune_alpha=float(config.train.get("neftune_alpha", 0.0)))
 
-  with parallel.mesh_context(mesh):
-    step_fn, state, batch, _ = abstract_train_step(model_cfg, config.optimizer, mesh,
+  tx, lr = optimizer_lib.make_optimizer(config.optimizer)
+  with parallel.mesh_context(mesh), attention_memory_model(flash):
+    step_fn, state, batch, _ = abstract_train_step(model_cfg, tx, lr, mesh,
                                                    global_batch, seq_len, **kwargs)
     t0 = time.perf_counter()
     lowered = step_fn.lower(state, batch)
@@ -141,7 +173,7 @@ def plan(config: Any, devices: int = 0, mesh_override: dict[str, int] | None = N
     hlo = None
     if hlo_flops:
       unrolled = dataclasses.replace(model_cfg, scan_layers=False)
-      step_u, state_u, batch_u, _ = abstract_train_step(unrolled, config.optimizer, mesh,
+      step_u, state_u, batch_u, _ = abstract_train_step(unrolled, tx, lr, mesh,
                                                         global_batch, seq_len, **kwargs)
       hlo = _xla_flops(step_u.lower(state_u, batch_u).cost_analysis())
 
@@ -172,6 +204,8 @@ def plan(config: Any, devices: int = 0, mesh_override: dict[str, int] | None = N
           "xla_hlo_unrolled": hlo,
       },
       "lower_s": lower_s, "compile_s": compile_s,
+      "attention": ("flash memory model (cuDNN/Splash-like: no T x T buffers)" if flash
+                    else f"{model_cfg.attention} as compiled by XLA:CPU"),
       "backend": "cpu (XLA:CPU memory analysis: an estimate for GPU/TPU)",
       "jax": jax.__version__,
   }
@@ -210,7 +244,8 @@ def format_table(r: dict[str, Any]) -> str:
   ]
   if f["xla_hlo_unrolled"]:
     lines.append(f"  XLA HLO, layers unrolled       {f['xla_hlo_unrolled']:.4g} (incl. remat "
-                 "recomputation)")
+                 "recomputation" + ("; without the T x T attention matmuls under the flash model)"
+                                    if r["attention"].startswith("flash") else ")"))
   lines.append(f"compile    lower {r['lower_s']:.1f}s, compile {r['compile_s']:.1f}s")
   return "\n".join(lines)
 
@@ -229,6 +264,9 @@ def define_flags() -> None:
   flags.DEFINE_bool(
       "hlo_flops", True, "Also lower the step with layers unrolled and report its HLO FLOPs "
       "(counts remat recomputation; XLA counts a scanned layer loop's body only once).")
+  flags.DEFINE_bool(
+      "flash", True, "Compile attention as a flash-kernel memory model (GPU/TPU plans); "
+      "--noflash compiles the config's attention as XLA:CPU runs it (materializes T x T scores).")
   flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
 
 
@@ -239,7 +277,8 @@ def main(argv):
     sys.exit("plan: --config is required, e.g. --config=configs/demo.py")
   try:
     mesh = parse_mesh(FLAGS.mesh) if FLAGS.mesh else None
-    report = plan(FLAGS.config, FLAGS.devices, mesh, FLAGS.remat, FLAGS.hbm_gb, FLAGS.hlo_flops)
+    report = plan(FLAGS.config, FLAGS.devices, mesh, FLAGS.remat, FLAGS.hbm_gb, FLAGS.hlo_flops,
+                  FLAGS.flash)
   except (ValueError, KeyError) as e:
     sys.exit(f"plan: {e}")
   print(json.dumps(report) if FLAGS.json else format_table(report))

@@ -14,8 +14,8 @@ re-running over the same input gives byte-identical shards. ``--format=text`` st
 Bad records are skipped and counted by reason (invalid_json, invalid_utf8,
 missing_field, empty_text; for chat also unknown_role, empty_conversation,
 no_assistant_turn); with ``--strict`` the first one is an error naming its file and
-line. An input file that yields no document at all (all bad, or empty) is always an
-error, and so is an input that yields no document. ``--filter`` (see
+line. An input file whose records are all bad (or that has none) is always an error,
+and so is an input that yields no document. ``--filter`` (see
 `swallow_jax.data.filters`) drops records by raw JSON fields; they are counted as
 ``filtered``. ``--keep-fields`` stores those JSON fields in each record so a training
 config can filter at load time; ``--path-field=NAME`` stores the name of each input
@@ -86,10 +86,10 @@ def _encode(obj: dict[str, Any], spec: Spec, tok) -> tuple[list[int], list[int] 
   if spec.format == "chat":
     if value is None:
       raise sources.InvalidRecord(f"no field {spec.field!r}", "missing_field")
-    messages = chat.validate_messages(chat.with_system_prompt(value, spec.system_prompt))
+    messages = chat.validate_messages(value)
     for m in messages:
       sources.require_utf8(m["content"])
-    return chat.encode_chat(tok, messages)
+    return chat.encode_chat(tok, messages, system_prompt=spec.system_prompt)
   if not isinstance(value, str):
     what = "no field" if value is None else f"non-string ({type(value).__name__}) field"
     raise sources.InvalidRecord(f"{what} {spec.field!r}", "missing_field")
@@ -100,7 +100,8 @@ def _encode(obj: dict[str, Any], spec: Spec, tok) -> tuple[list[int], list[int] 
 
 def process_chunk(spec: Spec, path_value: str | None, items: Sequence[tuple[int, Any]],
                   tok=None) -> list[tuple]:
-  """Per record: ('ok', line, record, n_tokens, meta) | ('bad', line, reason, msg) | ('filtered', line)."""
+  """Tokenizes raw records; per record one of ('ok', line, record, n_tokens, meta),
+  ('bad', line, reason, message) or ('filtered', line)."""
   tok = tok or _worker_tokenizer
   out = []
   for line, payload in items:
@@ -149,7 +150,8 @@ def _results(files, spec, tokenizer_path, workers, tok) -> Iterator[tuple]:
       if task[0] == "end":
         pending.append(task)
       else:
-        pending.append(("chunk", task[1], pool.apply_async(process_chunk, (spec, task[2], task[3]))))
+        result = pool.apply_async(process_chunk, (spec, task[2], task[3]))
+        pending.append(("chunk", task[1], result))
       while len(pending) > 2 * workers:
         yield _resolve(pending.popleft())
     while pending:

@@ -341,17 +341,20 @@ def _main_value(result: Mapping[str, Any]) -> Any:
 
 _LOWER_IS_BETTER = re.compile(r"(_ppl|perplexity|bits_per_(char|byte)|_bpc|_bpb|loss)$")
 _PPL_TOLERANCE = 0.02  # relative change of a perplexity that we call "did not move"
+_BLEU_TOLERANCE = 0.02  # BLEU / 100: two BLEU points
 
 
 def _model_metrics(task_results: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, int]]:
   """{metric: value} and {metric: examples} for one model: a task's main score under the task's
-  name; perplexity tasks give `<task>` (token perplexity) and `<task>_bpc`, and `<lang>_ppl`."""
+  name; a perplexity task 'x_ppl' gives `x_ppl` (token perplexity), `x_bpc` (bits per
+  character) and, if not there already, `<lang>_ppl`."""
   metrics, counts = {}, {}
   for task, res in task_results.items():
     n = int(res.get("num_examples", 0))
     if res["type"] == "perplexity":
       m = res["metrics"]
-      for key, value in ((task, m["token_perplexity"]), (f"{task}_bpc", m["bits_per_char"])):
+      bpc_key = (task[:-len("_ppl")] if task.endswith("_ppl") else task) + "_bpc"
+      for key, value in ((task, m["token_perplexity"]), (bpc_key, m["bits_per_char"])):
         metrics[key], counts[key] = float(value), n
       lang_key = f"{res.get('lang', 'ja')}_ppl"
       metrics.setdefault(lang_key, float(m["token_perplexity"]))
@@ -398,12 +401,13 @@ def collect(config: Mapping[str, Any], workdir: str) -> dict[str, Any]:
           models[model], counts[model] = _model_metrics(_read_json(path)["tasks"])
     stages[name] = entry
   ablations = {}
-  for name, ref in (report_cfg.get("ablations") or {}).items():
+  for a in report_cfg.get("ablations", []) or []:
+    name, ref = a["name"], a["reference"]
     if name in models and ref in models:
-      ablations[name] = {
-          "reference": ref, "description": (report_cfg.get("ablation_notes") or {}).get(name, ""),
-          "metrics": models[name],
-          "delta": {k: models[name][k] - models[ref][k] for k in models[name] if k in models[ref]}}
+      ablations[name] = dict(
+          a, metrics=models[name],
+          delta={k: models[name][k] - models[ref][k] for k in models[name] if k in models[ref]},
+          findings=_compare(models, counts, dict(a, before=ref, after=name)))
   comparisons = [dict(c, findings=_compare(models, counts, c))
                  for c in report_cfg.get("comparisons", []) or []
                  if c["before"] in models and c["after"] in models]
@@ -430,6 +434,8 @@ def _compare(models, counts, comparison: Mapping[str, Any]) -> list[dict[str, An
       rel = (a - b) / b if b else 0.0
       moved = abs(rel) > _PPL_TOLERANCE
       band = None
+    elif "translation" in metric:
+      band = _BLEU_TOLERANCE
     else:
       band = _noise(b, a, counts[comparison["after"]].get(metric, 0))
       moved = abs(a - b) > band
@@ -468,6 +474,22 @@ def _sentence(f: Mapping[str, Any]) -> str:
   return text
 
 
+def _findings_md(c: Mapping[str, Any]) -> list[str]:
+  """A comparison in plain words: its note, what moved, what did not, what was missing."""
+  lines = [c["note"].strip(), ""] if c.get("note") else []
+  moved = [f for f in c["findings"] if f["direction"] != "same" or "expected" in f]
+  still = [f["metric"] for f in c["findings"] if f["direction"] == "same" and "expected" not in f]
+  lines += [f"- {_sentence(f)}" for f in moved]
+  if still:
+    lines.append(f"- Unchanged (within noise): {', '.join(f'`{m}`' for m in still)}.")
+  expected = [f for f in c["findings"] if "expected" in f]
+  missing = [f for f in expected if not f["as_expected"]]
+  if expected:
+    lines += ["", f"{len(missing)} of {len(expected)} expected effect(s) did not show up in this "
+              "run." if missing else "Every expected effect showed up in this run."]
+  return lines + [""]
+
+
 def _markdown(report: Mapping[str, Any], config: Mapping[str, Any], plots: Sequence[str]) -> str:
   report_cfg = _to_plain(config.get("report", {})) or {}
   lines = [f"# {report['title']}", ""]
@@ -490,28 +512,11 @@ def _markdown(report: Mapping[str, Any], config: Mapping[str, Any], plots: Seque
     lines += ["## What moved", ""]
     for c in report["comparisons"]:
       lines += [f"### {c.get('what', c['before'] + ' -> ' + c['after'])}: "
-                f"`{c['before']}` -> `{c['after']}`", ""]
-      if c.get("note"):
-        lines += [c["note"].strip(), ""]
-      moved = [f for f in c["findings"] if f["direction"] != "same" or "expected" in f]
-      still = [f["metric"] for f in c["findings"] if f["direction"] == "same" and "expected" not in f]
-      lines += [f"- {_sentence(f)}" for f in moved]
-      if still:
-        lines.append(f"- Unchanged (within noise): {', '.join(f'`{m}`' for m in still)}.")
-      missing = [f for f in c["findings"] if f.get("as_expected") is False]
-      lines += ["", (f"{len(missing)} expected effect(s) did not show up in this run."
-                     if missing else "Every expected effect showed up in this run."), ""]
+                f"`{c['before']}` -> `{c['after']}`", ""] + _findings_md(c)
   if report["ablations"]:
     lines += ["## Ablations", ""]
     for name, a in report["ablations"].items():
-      lines += [f"### `{name}` vs `{a['reference']}`", ""]
-      if a["description"]:
-        lines += [a["description"].strip(), ""]
-      for metric, d in sorted(a["delta"].items()):
-        ref = report["models"].get(a["reference"], {}).get(metric)
-        lines.append(f"- `{metric}`: {_fmt(a['metrics'][metric])} vs {_fmt(ref)} "
-                     f"({'+' if d >= 0 else ''}{_fmt(d)})")
-      lines.append("")
+      lines += [f"### `{name}` vs `{a['reference']}`", ""] + _findings_md(a)
   lines += ["## Stages", "", "| stage | kind | status | seconds | steps | first loss | final loss |",
             "|---|---|---|---|---|---|---|"]
   for name, s in report["stages"].items():
@@ -596,10 +601,20 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (mu
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries(logging.Filter):
+  """Drops INFO chatter of Orbax and the XLA bridge so the stage and step lines stay readable."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    noisy = "/orbax/" in record.pathname or record.pathname.endswith("xla_bridge.py")
+    return record.levelno >= logging.WARNING or not noisy
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   logging.getLogger().setLevel(logging.INFO)
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(_QuietLibraries())
   config, workdir = _CONFIG.value, _WORKDIR.value
   try:
     check_references(config)

@@ -1,21 +1,21 @@
-r"""Imitation-data synthesis: sample an instruct model's answers to prompts, filter, write SFT JSONL.
+r"""Imitation-data synthesis: sample an instruct model's answers, filter them, write SFT JSONL.
 
     python -m swallow_jax.synth --model=DIR --tokenizer=PATH --prompts=prompts.jsonl \
         --output=sft.jsonl --num_samples=1 --temperature=1.0 --top_p=0.95 [--json]
 
-Input: JSONL with a `messages` list per line (OpenAI roles). A trailing assistant turn is dropped, so
-existing SFT data can be re-answered. Each prompt is encoded with the Llama 3 chat template
+Input: JSONL with a `messages` list per line (OpenAI roles). A trailing assistant turn is dropped,
+so existing SFT data can be re-answered. Each prompt is encoded with the Llama 3 chat template
 (swallow_jax.data.chat) and answered `--num_samples` times (Swallow: temperature 1.0, top_p 0.95).
 
 Each response goes through the filters in this order and is counted under the first that rejects it:
   empty       nothing but whitespace;
   truncated   no stop token (<|eot_id|> / <|end_of_text|>) within --max_new_tokens;
   length      fewer than --min_chars or more than --max_chars characters;
-  language    Japanese ratio below --min_ja_ratio or no kana (with --lang=ja; Chinese text is all CJK
-              ideographs and has no kana, so the kana test tells it apart);
+  language    Japanese ratio below --min_ja_ratio or no kana (with --lang=ja; Chinese text is all
+              CJK ideographs and has no kana, so the kana test tells it apart);
   repetition  repeated n-gram ratio above --max_repeat_ratio (character n-grams, n = --repeat_n).
-Japanese ratio = characters that are hiragana, katakana or CJK ideographs / all letters (Unicode L*),
-so digits, punctuation and spaces do not count either way.
+Japanese ratio = characters that are hiragana, katakana or CJK ideographs / all letters (Unicode
+L*), so digits, punctuation and spaces do not count either way.
 Repeated n-gram ratio = share of the text's character n-grams that occur more than once
 (0 for text without loops; "abcabcabc..." tends to 1).
 
@@ -148,25 +148,29 @@ def synthesize(config, params, tokenizer, prompts: Sequence[list[dict[str, str]]
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "HF safetensors dir (or Orbax params dir) of the instruct model.")
-flags.DEFINE_string("tokenizer", None, "Tokenizer file or dir; defaults to --model.")
-flags.DEFINE_string("prompts", None, "JSONL with a `messages` list per line.")
-flags.DEFINE_string("output", None, "Output SFT JSONL; stats go to OUTPUT.stats.json.")
-flags.DEFINE_integer("num_samples", 1, "Responses sampled per prompt.")
-flags.DEFINE_float("temperature", 1.0, "Sampling temperature (0 = greedy).")
-flags.DEFINE_float("top_p", 0.95, "Nucleus sampling mass.")
-flags.DEFINE_integer("top_k", 0, "Top-k sampling (0 = off).")
-flags.DEFINE_integer("max_new_tokens", 512, "Token budget per response; longer ones are truncated.")
-flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.DEFINE_integer("batch_size", 8, "Prompts decoded together.")
-flags.DEFINE_enum("lang", "ja", ["ja", "any"], "Language filter: keep Japanese only, or any.")
-flags.DEFINE_float("min_ja_ratio", 0.5, "Minimum Japanese character ratio for --lang=ja.")
-flags.DEFINE_integer("min_chars", 1, "Minimum response length in characters.")
-flags.DEFINE_integer("max_chars", 8192, "Maximum response length in characters.")
-flags.DEFINE_integer("repeat_n", 10, "Character n-gram size of the repetition filter.")
-flags.DEFINE_float("max_repeat_ratio", 0.3, "Maximum repeated n-gram ratio.")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and compute dtype.")
-flags.DEFINE_bool("json", False, "Print the stats summary as JSON.")
+
+
+def _define_flags() -> None:
+  """Command-line flags, defined only when run as a program so importing never clashes."""
+  flags.DEFINE_string("model", None, "Instruct model: HF safetensors dir or training workdir.")
+  flags.DEFINE_string("tokenizer", None, "Tokenizer file or dir; defaults to --model.")
+  flags.DEFINE_string("prompts", None, "JSONL with a `messages` list per line.")
+  flags.DEFINE_string("output", None, "Output SFT JSONL; stats go to OUTPUT.stats.json.")
+  flags.DEFINE_integer("num_samples", 1, "Responses sampled per prompt.")
+  flags.DEFINE_float("temperature", 1.0, "Sampling temperature (0 = greedy).")
+  flags.DEFINE_float("top_p", 0.95, "Nucleus sampling mass.")
+  flags.DEFINE_integer("top_k", 0, "Top-k sampling (0 = off).")
+  flags.DEFINE_integer("max_new_tokens", 512, "Token budget per response (longer: truncated).")
+  flags.DEFINE_integer("seed", 0, "Sampling seed.")
+  flags.DEFINE_integer("batch_size", 8, "Prompts decoded together.")
+  flags.DEFINE_enum("lang", "ja", ["ja", "any"], "Language filter: keep Japanese only, or any.")
+  flags.DEFINE_float("min_ja_ratio", 0.5, "Minimum Japanese character ratio for --lang=ja.")
+  flags.DEFINE_integer("min_chars", 1, "Minimum response length in characters.")
+  flags.DEFINE_integer("max_chars", 8192, "Maximum response length in characters.")
+  flags.DEFINE_integer("repeat_n", 10, "Character n-gram size of the repetition filter.")
+  flags.DEFINE_float("max_repeat_ratio", 0.3, "Maximum repeated n-gram ratio.")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and compute dtype.")
+  flags.DEFINE_bool("json", False, "Print the stats summary as JSON.")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -204,4 +208,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

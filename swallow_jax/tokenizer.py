@@ -29,7 +29,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 import sentencepiece as spm
+import tiktoken
+import tokenizers
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+from tokenizers import decoders, models, pre_tokenizers, processors
 
 # Meta's llama/tokenizer.py (Llama 3).
 LLAMA3_PATTERN = (
@@ -60,25 +63,30 @@ _SPECIAL_FORM = re.compile(r"<\|[^|]+\|>")
 @runtime_checkable
 class Tokenizer(Protocol):
   """What the rest of swallow_jax relies on (see CONTRACTS.md)."""
-  backend: str
-  path: str
-  vocab_size: int
+  backend: str                       # 'tiktoken' | 'tokenizers' | 'sentencepiece'
+  path: str                          # the file loaded
+  vocab_size: int                    # largest id + 1, special tokens included
   bos_id: int | None
   eos_id: int | None
   eot_id: int | None
   pad_id: int | None
   special_tokens: dict[str, int]
 
-  def encode(self, text: str, *, add_bos: bool = False) -> list[int]: ...
+  def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
+    """Ids of the text; special-token strings in it are plain text."""
 
-  def decode(self, ids: Iterable[int]) -> str: ...
+  def decode(self, ids: Iterable[int]) -> str:
+    """Text of the ids; special ids render as their names."""
 
-  def token_to_id(self, token: str) -> int: ...
+  def token_to_id(self, token: str) -> int:
+    """Id of a special token or of the entry whose text is ``token``; KeyError otherwise."""
 
-  def token_bytes(self, token_id: int) -> bytes | None: ...
+  def token_bytes(self, token_id: int) -> bytes | None:
+    """What the entry stands for in text (a special: its name; None: no text, e.g. <unk>)."""
 
   @property
-  def identity(self) -> str: ...
+  def identity(self) -> str:
+    """'{backend}:sha256:{hex digest of the file}'."""
 
 
 @functools.cache
@@ -166,23 +174,20 @@ class TiktokenTokenizer(_Base):
   """Byte-level BPE ranks run by tiktoken, with Llama 3's pattern and special tokens."""
   backend = "tiktoken"
 
-  def __init__(self, path: str, *, pattern: str = LLAMA3_PATTERN,
-               special_names: Sequence[str] = LLAMA3_SPECIAL_TOKENS):
-    import tiktoken  # pylint: disable=g-import-not-at-top
-
+  def __init__(self, path: str):
     self.ranks = read_tiktoken_ranks(path)
     # Specials sit right after the contiguous ranks 0..n-1 (Meta: n = len(ranks)); ranks past
     # that gap come from vocabulary expansion and must not collide with them.
     taken = set(self.ranks.values())
     num_base = next(i for i in range(len(taken) + 1) if i not in taken)
-    specials = {s: num_base + i for i, s in enumerate(special_names)}
+    specials = {s: num_base + i for i, s in enumerate(LLAMA3_SPECIAL_TOKENS)}
     if clash := taken.intersection(specials.values()):
       raise ValueError(f"{path}: ranks {sorted(clash)[:3]} collide with the special-token ids")
     super().__init__(path, specials)
-    self.pattern = pattern
-    self.enc = tiktoken.Encoding(name=os.path.basename(path), pat_str=pattern,
+    self.pattern = LLAMA3_PATTERN
+    self.enc = tiktoken.Encoding(name=os.path.basename(path), pat_str=self.pattern,
                                  mergeable_ranks=self.ranks, special_tokens=specials)
-    self.vocab_size = max(max(taken), max(specials.values(), default=0)) + 1
+    self.vocab_size = max(max(taken), max(specials.values())) + 1
     self._bytes = {r: t for t, r in self.ranks.items()}
 
   def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
@@ -236,8 +241,6 @@ class HFTokenizer(_Base):
   backend = "tokenizers"
 
   def __init__(self, path: str):
-    import tokenizers  # pylint: disable=g-import-not-at-top
-
     try:
       self.tok = tokenizers.Tokenizer.from_file(path)
     except Exception as e:  # The Rust side raises a bare Exception.
@@ -279,6 +282,44 @@ class HFTokenizer(_Base):
       b2u = byte_to_unicode()
       return self._vocab.get("".join(b2u[b] for b in token.encode()))
     return self._vocab.get(token.replace(" ", "▁"))
+
+
+def bpe_merges(ranks: Mapping[bytes, int]) -> list[tuple[bytes, bytes]]:
+  """Merge list equivalent to tiktoken's ranks: every split of a token into two tokens, ordered
+  by the rank of the result (tiktoken merges by the rank of the concatenation, HF by pair)."""
+  merges = []
+  for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+    splits = [(token[:i], token[i:]) for i in range(1, len(token))
+              if token[:i] in ranks and token[i:] in ranks]
+    merges += sorted(splits, key=lambda lr: (ranks[lr[0]], ranks[lr[1]]))
+  return merges
+
+
+def tiktoken_to_tokenizer_json(tok: TiktokenTokenizer, path: str | os.PathLike) -> str:
+  """Writes a ``tokenizer.json`` that tokenizes exactly like the tiktoken file (ids included)."""
+  b2u = byte_to_unicode()
+  sym = lambda data: "".join(b2u[b] for b in data)
+  vocab = {sym(t): r for t, r in tok.ranks.items()}
+  merges = [(sym(a), sym(b)) for a, b in bpe_merges(tok.ranks)]
+  hf = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True))
+  hf.pre_tokenizer = pre_tokenizers.Sequence([
+      pre_tokenizers.Split(tokenizers.Regex(tok.pattern), behavior="isolated"),
+      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+  hf.decoder = decoders.ByteLevel()
+  hf.post_processor = processors.ByteLevel(trim_offsets=False)
+  hf.add_special_tokens([tokenizers.AddedToken(s, special=True, normalized=False)
+                         for s, _ in sorted(tok.special_tokens.items(), key=lambda kv: kv[1])])
+  config = json.loads(hf.to_str())
+  # The specials get their tiktoken ids and are listed in the model vocab too: `tokenizers`
+  # numbers added tokens missing from it after its entries.
+  by_content = {a["content"]: a for a in config["added_tokens"]}
+  for name, i in tok.special_tokens.items():
+    by_content[name]["id"] = i
+    config["model"]["vocab"][name] = i
+  path = os.fspath(path)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(config, f, ensure_ascii=False)
+  return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,7 +409,8 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
   """Loads a tokenizer file, or the ``tokenizer.model``/``tokenizer.json`` in a directory."""
   path = os.fspath(path)
   if os.path.isdir(path):
-    found = [os.path.join(path, n) for n in _DIR_CANDIDATES if os.path.isfile(os.path.join(path, n))]
+    found = [os.path.join(path, n) for n in _DIR_CANDIDATES
+             if os.path.isfile(os.path.join(path, n))]
     found += sorted(os.path.join(path, n) for n in os.listdir(path)
                     if n.endswith((".model", ".tiktoken")) and n not in _DIR_CANDIDATES)
     if not found:
@@ -430,6 +472,8 @@ def train_sentencepiece(inputs: str | os.PathLike | Sequence[str | os.PathLike] 
       user_defined_symbols=list(special_tokens), unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1,
       normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
       split_digits=True, allow_whitespace_only_pieces=True, max_sentence_length=1 << 16,
+      # The escaped space must be a piece: byte fallback would spell it as U+2581 otherwise.
+      required_chars="\u2581",
       input_sentence_size=2_000_000, shuffle_input_sentence=True,
       num_threads=os.cpu_count() or 1, minloglevel=2)
   options.update(trainer_options)

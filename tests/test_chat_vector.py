@@ -189,6 +189,8 @@ def _assert_clean(tmp_path):
     ("not_a_checkpoint", r"--instruct=.*: neither a Hugging Face safetensors directory nor an "
      r"Orbax checkpoint"),
     ("bad_protect", r"lm_head.weight: protected token id 999999 is outside its 128010 rows"),
+    ("bad_dtype", r"--dtype=int8: expected float32, bfloat16 or float16"),
+    ("same_scale", r"--scale=0.5,0.5: give distinct scales"),
 ])
 def test_cli_errors(tmp_path, case, message):
   t, b, i = hf_tensors(0), hf_tensors(1), hf_tensors(2)
@@ -201,6 +203,10 @@ def test_cli_errors(tmp_path, case, message):
     i["model.layers.0.mlp.down_proj.weight"] = np.zeros((D, F + 1), np.float32)
   if case == "bad_protect":
     kwargs["protect_token_ids"] = (999999,)
+  if case == "bad_dtype":
+    kwargs["dtype"] = "int8"
+  if case == "same_scale":
+    kwargs["scales"] = (0.5, 0.5)
   dirs = [write_hf(tmp_path / n, x) for n, x in (("t", t), ("b", b), ("i", i))]
   if case in ("truncated", "garbage"):
     path = tmp_path / "b" / "model.safetensors"

@@ -21,7 +21,13 @@ def write_dataset(path, docs, fmt="text", masks=None, metas=None, per_shard=7):
     writer.write(records.encode_record(doc, None if masks is None else masks[i],
                                        None if metas is None else metas[i]), len(doc))
   keep = sorted(metas[0]) if metas else []
-  records.write_manifest(str(path), {
+  fields = {}
+  for doc, meta in zip(docs, metas or []):
+    for k, v in meta.items():
+      slot = fields.setdefault(k, {}).setdefault(v, {"documents": 0, "tokens": 0})
+      slot["documents"] += 1
+      slot["tokens"] += len(doc)
+  records.write_manifest(str(path), {"fields": fields,
       "format_version": records.FORMAT_VERSION, "format": fmt, "documents": len(docs),
       "tokens": sum(map(len, docs)), "shards": writer.close(),
       "options": {"keep_fields": keep, "path_field": None}})
@@ -210,10 +216,10 @@ def test_load_time_filter(tmp_path):
                                  process_count=1, seed=0, repeat=False)
   ids = sorted(int(d["tokens"][1]) for d in ds.to_iter_dataset())
   assert ids == [i for i in range(40) if i % 4 in (0, 3)]
-  bad = dict(src, filter="lang == ja")
-  with pytest.raises(ValueError, match="not stored"):
-    pipeline.source_documents(bad, index=0, kind="pretrain", seq_len=8, process_index=0,
-                              process_count=1, seed=0)
+  for flt, error in (("lang == ja", "not stored"), ("subset == nothing", "keeps no document")):
+    with pytest.raises(ValueError, match=error):
+      pipeline.source_documents(dict(src, filter=flt), index=0, kind="pretrain", seq_len=8,
+                                process_index=0, process_count=1, seed=0)
 
 
 def test_config_errors(tmp_path):

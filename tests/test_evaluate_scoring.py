@@ -106,7 +106,8 @@ def test_task_file_header_fewshot_and_defaults(tmp_path):
      "no examples"),
     ({"task": "t", "type": "multiple_choice"}, [{"question": "q", "choices": ["a"], "answer": 3}],
      "not a choice"),
-    ({"task": "t", "type": "qa", "colour": 1}, [{"question": "q", "answer": "a"}], "unknown header"),
+    ({"task": "t", "type": "qa", "colour": 1}, [{"question": "q", "answer": "a"}],
+     "unknown header"),
 ])
 def test_bad_task_files(tmp_path, header, examples, match):
   path = _write(tmp_path / "bad.jsonl", header, examples)

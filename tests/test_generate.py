@@ -14,7 +14,8 @@ from transformers.generation import logits_process as hf_lp
 from swallow_jax import generate as gen
 from swallow_jax import model as model_lib
 
-PROMPTS = [[5, 7, 9], list(range(10, 40)), [3], [100, 90, 80, 70, 60, 50, 40]]  # mixed lengths
+# Mixed lengths, all in one 16-token prompt bucket so the tests compile the decode loop rarely.
+PROMPTS = [[5, 7, 9], list(range(10, 24)), [3], [100, 90, 80, 70, 60, 50, 40]]
 NEW = 12
 
 
@@ -61,15 +62,21 @@ def test_greedy_matches_transformers(hf_model):
   assert len(ours[1]) < NEW  # stopped early, stop token excluded
   assert ours == _hf_greedy(model, PROMPTS, NEW, eos)  # HF batched with left padding
   # Chunked decoding (batch_size) gives the same tokens.
-  assert gen.generate(config, params, PROMPTS, NEW, stop_tokens=[eos], batch_size=2) == ours
+  assert gen.generate(config, params, PROMPTS, NEW, stop_tokens=[eos], batch_size=3) == ours
 
 
-def _recompute_greedy(config, params, prompt, new):
-  seq = list(prompt)
+def _recompute_greedy(config, params, prompts, new):
+  """Greedy decoding by re-running the full forward each step (right-padded to one fixed length,
+  which the causal mask makes harmless)."""
+  seqs = [list(p) for p in prompts]
   for _ in range(new):
-    logits = model_lib.forward(config, params, jnp.asarray([seq]))
-    seq.append(int(jnp.argmax(logits[0, -1])))
-  return seq[len(prompt):]
+    tokens = np.zeros((len(seqs), 64), np.int32)
+    for i, s in enumerate(seqs):
+      tokens[i, :len(s)] = s
+    logits = np.asarray(model_lib.forward(config, params, jnp.asarray(tokens)))
+    for i, s in enumerate(seqs):
+      s.append(int(np.argmax(logits[i, len(s) - 1])))
+  return [s[len(p):] for s, p in zip(seqs, prompts)]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +88,7 @@ def tiny():
 def test_kv_cache_equals_full_recompute(tiny):
   config, params = tiny
   ours = gen.generate(config, params, PROMPTS, NEW)
-  assert ours == [_recompute_greedy(config, params, p, NEW) for p in PROMPTS]
+  assert ours == _recompute_greedy(config, params, PROMPTS, NEW)
 
 
 def test_sharded_params_same_tokens(tiny):
@@ -106,8 +113,7 @@ def test_sampling_deterministic_by_seed(tiny):
   assert a == gen.generate(config, params, PROMPTS, NEW, seed=3, **kw)
   assert a != gen.generate(config, params, PROMPTS, NEW, seed=4, **kw)
   # A prompt's sample depends on its index and the seed, not on how the batch was chunked.
-  assert a == gen.generate(config, params, PROMPTS, NEW, seed=3, batch_size=1, **kw)
-  assert a != gen.generate(config, params, PROMPTS, NEW, **kw | {"temperature": 0.0})
+  assert a == gen.generate(config, params, PROMPTS, NEW, seed=3, batch_size=2, **kw)
 
 
 def test_filter_logits_matches_transformers_warpers():

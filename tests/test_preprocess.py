@@ -124,7 +124,6 @@ def test_entirely_bad_file_is_an_error(tmp_path):
   bad = write_jsonl(tmp_path / "b.jsonl", list(BAD_TEXT.values()))
   with pytest.raises(pp.PreprocessError, match=r"b\.jsonl: no documents: every record is bad"):
     run(f"{good},{bad}", tmp_path / "o")
-  assert not os.listdir(tmp_path / ".." / tmp_path.name) == []  # inputs untouched
   assert not [p for p in os.listdir(tmp_path) if p.startswith("o")]  # nothing half-written
   empty = write_jsonl(tmp_path / "e.jsonl", [b" "])
   with pytest.raises(pp.PreprocessError, match="no records"):
@@ -179,6 +178,6 @@ def test_cli_json_and_strict_exit(tmp_path):
   assert res.returncode != 0
   assert res.stderr.strip().splitlines() == [
       f"preprocess: error: {path}:13: invalid_json: invalid JSON: Unterminated string "
-      "starting at column 10"]
+      "starting at (column 10)"]
   res = _cli(f"--input={path}", f"--output={tmp_path / 'x'}")
   assert res.returncode != 0 and "--tokenizer is required" in res.stderr

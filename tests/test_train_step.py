@@ -62,7 +62,7 @@ def reference():
 
 
 @pytest.mark.parametrize("mesh_cfg", [dict(data=1, fsdp=8, tensor=1), dict(data=2, fsdp=2, tensor=2),
-                                      dict(data=1, fsdp=-1, tensor=4), dict(data=8, fsdp=1, tensor=1)])
+                                      dict(data=1, fsdp=-1, tensor=4)])
 def test_sharded_step_matches_single_device(reference, mesh_cfg):
   batches, (ref_params, ref_metrics) = reference
   params, metrics = run_steps(mesh_cfg, batches)
@@ -130,14 +130,13 @@ def test_neftune_noise_only_when_enabled():
   rng = np.random.default_rng(0)
   b = make_batch(rng)
   tx, lr = optimizer_lib.make_optimizer(OPT)
-  state = step_lib.init_state(CFG, tx, 0)
-  losses = {}
+  state = jax.jit(lambda: step_lib.init_state(CFG, tx, 0))()
+  loss = {}
   for alpha in (0.0, 5.0):
     fn = jax.jit(step_lib.make_train_step(CFG, tx, lr, neftune_alpha=alpha))
-    losses[alpha] = float(fn(state, b)[1]["loss"])
-  assert losses[0.0] != losses[5.0]
-  fn = jax.jit(step_lib.make_train_step(CFG, tx, lr, neftune_alpha=5.0))
-  assert float(fn(state, b)[1]["loss"]) == losses[5.0]  # Deterministic given step and seed.
+    loss[alpha] = [float(fn(state, b)[1]["loss"]) for _ in range(2)]
+  assert loss[0.0][0] != loss[5.0][0]
+  assert loss[5.0][0] == loss[5.0][1]  # Noise depends only on the saved RNG and the step.
 
 
 def test_flops_per_token_llama3_8b():

@@ -107,8 +107,8 @@ def encode_chat(tokenizer: Tokenizer, messages: Sequence[Mapping[str, str]],
   for generation). `system_prompt` (e.g. SWALLOW_SYSTEM_PROMPT) is prepended when the
   conversation has no system turn.
   """
-  messages = validate_messages(with_system_prompt(messages, system_prompt),
-                               require_assistant=not add_generation_prompt)
+  messages = with_system_prompt(
+      validate_messages(messages, require_assistant=not add_generation_prompt), system_prompt)
   start, end, eot = (tokenizer.token_to_id(t) for t in (START_HEADER, END_HEADER, EOT))
   newlines = tokenizer.encode("\n\n")
   ids, mask = [tokenizer.bos_id], [0]

@@ -60,6 +60,17 @@ def _keep(flt: filters.Filter, record: bytes) -> bool:
   return flt(records.read_meta(record))
 
 
+def _kept_documents(flt: filters.Filter, manifest: Mapping[str, Any]) -> int | None:
+  """Documents a one-field filter keeps, from the manifest's value counts (else None)."""
+  if len(flt.fields) != 1:
+    return None
+  (field,) = flt.fields
+  values = manifest.get("fields", {}).get(field, {})
+  missing = manifest["documents"] - sum(v["documents"] for v in values.values())
+  return (sum(v["documents"] for k, v in values.items() if flt({field: k}))
+          + (missing if flt({}) else 0))
+
+
 def _decode(fmt: str, source_id: int, seq_len: int, record: bytes) -> dict[str, np.ndarray]:
   tokens, mask = records.decode_record(record, fmt)
   if fmt == "text":
@@ -94,6 +105,8 @@ def source_documents(source: Mapping[str, Any], *, index: int, kind: str, seq_le
     if missing := sorted(flt.fields - stored):
       raise ValueError(f"source {name!r}: filter {flt.text!r} uses fields {missing} not "
                        f"stored in {path} (preprocess with --keep-fields)")
+    if _kept_documents(flt, manifest) == 0:
+      raise ValueError(f"source {name!r}: filter {flt.text!r} keeps no document of {path}")
     ds = ds.filter(functools.partial(_keep, flt))
   return ds.map(functools.partial(_decode, fmt, index, seq_len))
 

@@ -72,7 +72,7 @@ def iter_records(path: str, columns: Sequence[str] | None = None
   with opener(path, "rb") as f:
     for number, line in enumerate(f, 1):
       if line.strip():
-        yield number, line
+        yield number, line.rstrip(b"\r\n")
 
 
 def parse_json_object(payload: bytes | dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +86,7 @@ def parse_json_object(payload: bytes | dict[str, Any]) -> dict[str, Any]:
   try:
     obj = json.loads(text)
   except json.JSONDecodeError as e:
-    raise InvalidRecord(f"invalid JSON: {e.msg} at column {e.colno}", "invalid_json") from None
+    raise InvalidRecord(f"invalid JSON: {e.msg} (column {e.colno})", "invalid_json") from None
   if not isinstance(obj, dict):
     raise InvalidRecord(f"expected a JSON object, got {type(obj).__name__}", "invalid_json")
   return obj

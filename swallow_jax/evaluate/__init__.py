@@ -1,4 +1,5 @@
-"""Evaluation harness: task files (tasks.py), scorers (scoring.py), log-likelihoods (loglik.py), plots.
+"""Evaluation harness: task files (tasks.py), scorers (scoring.py), log-likelihoods (loglik.py),
+plots (plots.py).
 
     from swallow_jax import evaluate
     results = evaluate.run_tasks(config, params, tokenizer, ["ja_mc.jsonl", "niilc.jsonl"])
@@ -17,7 +18,7 @@ from typing import Any
 
 from swallow_jax.evaluate import loglik
 from swallow_jax.evaluate import scoring
-from swallow_jax.evaluate.tasks import load_task, load_tasks, Task  # pylint: disable=g-importing-member
+from swallow_jax.evaluate.tasks import Task, load_task, load_tasks
 
 __all__ = ["load_task", "load_tasks", "run_tasks", "Task"]
 

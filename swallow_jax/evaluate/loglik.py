@@ -1,8 +1,8 @@
 """Log-likelihood scoring: continuations (multiple choice) and whole texts (perplexity).
 
 Sequences are right-padded (segment id 0) to a power-of-two length bucket and a fixed batch size, so
-a whole evaluation compiles the forward pass only a few times. Requests are sorted by length first to
-keep padding small.
+a whole evaluation compiles the forward pass only a few times. Requests are sorted by length first
+to keep padding small.
 """
 
 from collections.abc import Sequence

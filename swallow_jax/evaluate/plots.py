@@ -1,7 +1,7 @@
 """PNG plots comparing models over tasks: a radar chart and grouped bars (the Swallow pages' views).
 
-Input everywhere: `scores = {model_name: {task_name: score}}`; tasks missing for a model are drawn as 0
-(radar) or left out (bars).
+Input everywhere: `scores = {model_name: {task_name: score}}`; tasks missing for a model are drawn
+as 0 (radar) or left out (bars).
 """
 
 from collections.abc import Mapping

@@ -1,7 +1,7 @@
 """Scorers for generated answers: exact match, character F1, numeric match, BLEU.
 
 Normalisation (`normalize_answer`), used by exact match and character F1:
-  1. Unicode NFKC (full-width letters and digits become ASCII, half-width katakana become full-width),
+  1. Unicode NFKC (full-width letters and digits become ASCII, half-width katakana full-width),
   2. lower case,
   3. drop every whitespace character and every punctuation character (Unicode categories P*:
      ASCII punctuation, 、。「」・！？ ...).

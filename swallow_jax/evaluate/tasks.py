@@ -1,4 +1,4 @@
-"""Evaluation task files and few-shot prompts.
+r"""Evaluation task files and few-shot prompts.
 
 A task file is JSONL. The FIRST line is a header object, every further line one example:
 
@@ -16,20 +16,23 @@ Header keys (`task` and `type` are required; the rest have defaults):
   instruction       text put once before the demonstrations (default none).
   template          str.format template over an example's fields giving its prompt (defaults below).
   target_delimiter  between a prompt and its target (default "" for ja, " " for en).
-  fewshot_delimiter between demonstrations (default "\\n\\n").
+  fewshot_delimiter between demonstrations (default "\n\n").
   max_new_tokens    generation budget (qa 64, math 256, translation 256).
-  stop              strings that end a generated answer (qa ["\\n"], math ["\\n\\n"], translation ["\\n"]).
+  stop              strings that end a generated answer
+                    (qa ["\n"], math ["\n\n"], translation ["\n"]).
 
 Example fields by type (optional ones in brackets):
-  multiple_choice  question, choices (list of str), answer (index)           -> accuracy, acc_norm
+  multiple_choice  question, choices (list of str), answer (index)           -> acc, acc_norm
   qa               question, answer (str or list of aliases), [context]      -> char_f1, exact_match
-  math             question, answer (number), [solution: worked answer for demonstrations]
-                                                                             -> accuracy (last number)
+  math             question, answer (number), [solution: worked answer shown in demonstrations]
+                                                                        -> accuracy (last number)
   translation      source, target                                            -> bleu (sacrebleu)
-  perplexity       text, [lang]                                              -> bits_per_byte,
-                                                                                bits_per_char, token ppl
-Multiple choice scores each choice by the summed log-likelihood of target_delimiter + choice after the
-prompt (acc); acc_norm divides by the choice's length in characters (the lm-eval-harness convention).
+  perplexity       text, [lang]            -> bits_per_byte, bits_per_char, token_perplexity
+Multiple choice scores each choice by the summed log-likelihood of target_delimiter + choice after
+the prompt (acc); acc_norm divides by the choice's length in characters (lm-eval-harness's rule).
+Default templates (_TEMPLATES below): e.g. qa/ja "質問: {question}\n回答:", math/ja
+"問題: {question}\nステップごとの答え:"; translation with lang "ja" is en->ja ("英語: {source}\n日本語:"),
+with lang "en" ja->en. Multiple-choice templates may use {choices_text} (the choices joined by ", ").
 """
 
 from collections.abc import Iterable, Sequence
@@ -93,7 +96,7 @@ class Task:
     try:
       return self.template.format(**fields)
     except KeyError as e:
-      raise ValueError(f"task {self.name}: template needs field {e} missing from {example}") from None
+      raise ValueError(f"task {self.name}: template field {e} missing from {example}") from None
 
 
 def target_text(task: Task, example: dict[str, Any]) -> str:

@@ -6,8 +6,8 @@ here. Shapes: q [B, T, H, Dh], k/v [B, S, KV, Dh] with H a multiple of KV (group
 
 Backends:
   xla          reference: einsum, logits and softmax in float32, explicit [B, T, S] mask.
-  dot_product  `jax.nn.dot_product_attention(implementation=None)`: XLA's fused path, or cuDNN
-               where the shapes/dtypes allow; same explicit mask.
+  dot_product  `jax.nn.dot_product_attention(implementation=None)` with the same mask; in jax
+               0.10 that is JAX's XLA path (JAX may start picking cuDNN by itself later).
   cudnn        `jax.nn.dot_product_attention(implementation='cudnn')`: GPU only, float16/bfloat16,
                head_dim <= 128 and a multiple of 8. cuDNN's flash kernel natively knows only causal
                and padding (sequence-length) masks, so with packed documents (`segment_ids` given)
@@ -16,13 +16,12 @@ Backends:
                passed to `forward`) use `is_causal=True` and skip the mask entirely.
   splash       TPU Splash attention (Pallas): causal-by-index mask + `SegmentIds`, which equals the
                rule above for packed batches (positions rise by one inside each document).
-               Needs T divisible by the block size (min(T, 512)); not used with a KV cache.
+               Needs T % 128 == 0 (or T < 128); not used with a KV cache.
                Under a mesh it runs per shard (`jax.shard_map`), batch and heads split by the
                logical rules for 'batch', 'act_heads', 'act_kv_heads'; the sequence must be whole.
-  auto         cudnn on GPU when the dtype/head_dim allow (else dot_product), splash on TPU when T
-               allows (else xla), xla on CPU.
+  auto         GPU: cudnn when the dtype/head_dim allow and there is no KV cache, else dot_product;
+               TPU: splash when T % 128 == 0 and there is no KV cache, else xla; CPU: xla.
 """
-
 
 import flax.linen as nn
 import jax
@@ -58,7 +57,8 @@ def _cudnn_ok(q: jax.Array) -> bool:
 
 
 def _splash_block(t: int) -> int:
-  return min(t, 512)
+  """Largest Splash block (512, 256 or 128) dividing T; T itself when T < 128."""
+  return next((b for b in (512, 256, 128) if t % b == 0), t)
 
 
 def resolve_backend(backend: str, q: jax.Array, with_cache: bool) -> str:
@@ -67,7 +67,7 @@ def resolve_backend(backend: str, q: jax.Array, with_cache: bool) -> str:
     return backend
   platform = jax.default_backend()
   if platform == "gpu":
-    return "cudnn" if _cudnn_ok(q) else "dot_product"
+    return "cudnn" if _cudnn_ok(q) and not with_cache else "dot_product"
   if platform == "tpu" and not with_cache and q.shape[1] % 128 == 0:
     return "splash"
   return "xla"
@@ -81,8 +81,9 @@ def _splash_attention(q, k, v, segment_ids, interpret: bool = False):
     raise ValueError(f"attention='splash' needs jax's Pallas TPU ops, which failed to import: {e}")
   b, t, h, dh = q.shape
   block = _splash_block(t)
-  if t % block or k.shape[1] != t:
-    raise ValueError(f"attention='splash' needs self-attention with T % {block} == 0, got T={t}")
+  if (t >= 128 and t % 128) or k.shape[1] != t:
+    raise ValueError(f"attention='splash' needs self-attention with T % 128 == 0, got T={t}, "
+                     f"S={k.shape[1]}")
   mask = sm.MultiHeadMask([sm.CausalMask((t, t)) for _ in range(h)])
   sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                         block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block,

@@ -2,7 +2,8 @@
 
     config.mesh = dict(data=1, fsdp=-1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
 
-Sizes are per slice (TPU) or per node (GPU); -1 takes the rest of the devices. The `dcn_*` sizes
+Sizes are per slice (TPU) or per node (GPU); -1 takes the rest of the devices (a missing `fsdp`
+means -1, other missing sizes 1). The `dcn_*` sizes
 split the same axes across slices/nodes, which talk over the slower data-centre network: keep
 `tensor` inside a slice, put `data` (or `fsdp`) across them. The mesh is Auto-typed so that linen's
 logical constraints and `nn.logical_to_mesh_sharding` apply (jax.make_mesh defaults to Explicit).
@@ -17,6 +18,7 @@ from jax.experimental import mesh_utils
 import numpy as np
 
 AXES = ("data", "fsdp", "tensor")
+DEFAULTS = {"data": 1, "fsdp": -1, "tensor": 1}  # Missing keys: FSDP over everything.
 
 
 def resolve_shape(sizes: Sequence[int], total: int, what: str = "mesh") -> tuple[int, ...]:
@@ -57,7 +59,8 @@ def make_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[Any] | None = None)
   num_dcn = math.prod(dcn)
   if len(devices) % num_dcn:
     raise ValueError(f"mesh: {len(devices)} devices are not divisible into {num_dcn} DCN groups")
-  ici = resolve_shape([mesh_cfg.get(a, 1) for a in AXES], len(devices) // num_dcn, "mesh (ICI)")
+  ici = resolve_shape([mesh_cfg.get(a, DEFAULTS[a]) for a in AXES], len(devices) // num_dcn,
+                      "mesh (ICI)")
   if num_dcn > 1:
     granules = _granules(devices)
     if granules != num_dcn:

@@ -33,7 +33,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
-  logging.getLogger().setLevel(logging.INFO)
+  logging.getLogger().setLevel(logging.INFO)  # The progress lines.
+  logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save chatter.
   from swallow_jax import parallel  # pylint: disable=g-import-not-at-top
   parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                       mode=_DISTRIBUTED.value)

@@ -52,12 +52,13 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _any_process(flag: bool) -> bool:
-  """True on every process if it is True on one (save decisions must agree across hosts)."""
+def _any_process(*flags: bool) -> tuple[bool, ...]:
+  """Each flag True on every process if it is True on one (save decisions must agree)."""
   if jax.process_count() == 1:
-    return flag
+    return flags
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
+  gathered = multihost_utils.process_allgather(np.array(flags, dtype=bool))
+  return tuple(bool(x) for x in np.any(gathered.reshape(-1, len(flags)), axis=0))
 
 
 def _global_batch(local: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict:
@@ -65,9 +66,15 @@ def _global_batch(local: Mapping[str, np.ndarray], sharding: jax.sharding.Shardi
           for k in step_lib.BATCH_KEYS}
 
 
-def _source_counts(local: Mapping[str, Any]) -> dict[str, Any]:
-  """Per-source token counts if the data pipeline attaches them (keys beyond the model inputs)."""
-  return {k: v for k, v in local.items() if k not in step_lib.BATCH_KEYS}
+def _source_tokens(data_iter: Any) -> dict[str, int]:
+  """Tokens read so far per data source, summed over processes (if the iterator counts them)."""
+  counts = dict(getattr(data_iter, "source_tokens", {}) or {})
+  if counts and jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    names = sorted(counts)
+    total = multihost_utils.process_allgather(np.array([counts[n] for n in names])).sum(0)
+    counts = dict(zip(names, total.tolist()))
+  return counts
 
 
 def _load_init(config: ml_collections.ConfigDict, abstract_params: Any) -> Any:
@@ -79,7 +86,7 @@ def _load_init(config: ml_collections.ConfigDict, abstract_params: Any) -> Any:
     _, params = hf.load_hf(path, dtype=dtype, shardings=shardings)
     logging.info("initialized weights from HF checkpoint %s", path)
     return params
-  return checkpoint.load_params(path, abstract_params)
+  return checkpoint.restore_params(path, abstract_params)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -137,8 +144,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       state = step_lib.jit_init(model_cfg, tx, seed, shardings)()
 
     n_params = sum(math.prod(a.shape) for a in jax.tree.leaves(abstract["params"]))
-    logging.info("model %s: %.3fB parameters; mesh %s; %.1f%% of parameter bytes per device",
-                 config.model.get("preset") or "from init_from", n_params / 1e9,
+    logging.info("model %s: %.2fM parameters; mesh %s; %.1f%% of parameter bytes per device",
+                 config.model.get("preset") or "from init_from", n_params / 1e6,
                  parallel.describe(mesh),
                  100 * parallel.shard_fraction(abstract["params"], param_sh))
     if is_main:
@@ -173,26 +180,29 @@ def _loop(config, workdir, model_cfg, mesh, mngr, data_iter, step_fn, state, sta
   last = {"loss": None}
   evaluator = _Evaluator(config, model_cfg) if eval_every else None
 
-  def handle(done: int, device_metrics: dict, extras: dict) -> None:
+  def handle(done: int, device_metrics: dict, source_tokens: dict) -> None:
     m = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-    if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
+    if not all(math.isfinite(m[k]) for k in ("loss", "grad_norm", "param_norm")):
       mngr.wait_until_finished()
       good = mngr.latest_step()
       raise NonFiniteLossError(
-          f"non-finite loss at step {done} (loss={m['loss']}, grad_norm={m['grad_norm']}); "
-          f"stopped without saving it. Last good checkpoint: "
-          f"{'none' if good is None else f'step {good} in {mngr.directory}'}")
+          f"non-finite values at step {done} (loss={m['loss']}, grad_norm={m['grad_norm']}, "
+          f"param_norm={m['param_norm']}): stopped without saving that state; last good "
+          f"checkpoint: {'none' if good is None else f'step {good} in {mngr.directory}'}")
     last["loss"] = m["loss"]
     if done % log_every and done != num_steps:
       return
     now = time.perf_counter()
     tps = (done - clock["step"]) * tokens_per_step / max(now - clock["time"], 1e-9)
-    m.update(tokens_per_sec=tps, mfu=metrics_lib.mfu(tps, flops_token, mesh.size, peak), **extras)
     eta = (now - clock["t0"]) / max(done - start, 1) * (num_steps - done)
     clock.update(step=done, time=now)
-    writer.write(done, m)
+    record = {k: m.pop(k) for k in ("loss", "lr", "grad_norm")}
+    record.update(tokens_per_sec=tps, mfu=metrics_lib.mfu(tps, flops_token, mesh.size, peak), **m)
+    if source_tokens:
+      record["source_tokens"] = source_tokens
+    writer.write(done, record)
     if is_main:
-      logging.info(metrics_lib.progress_line(done, num_steps, m, eta))
+      logging.info(metrics_lib.progress_line(done, num_steps, record, eta))
 
   pending = None
   done = start
@@ -200,13 +210,15 @@ def _loop(config, workdir, model_cfg, mesh, mngr, data_iter, step_fn, state, sta
     with parallel.mesh_context(mesh):
       for step in range(start, num_steps):
         local = next(data_iter)
+        logged = (step + 1) % log_every == 0 or step + 1 == num_steps
+        counts = _source_tokens(data_iter) if logged else {}
         state, device_metrics = step_fn(state, _global_batch(local, batch_sharding))
         done = step + 1
         if pending is not None:  # Previous step's metrics: fetched while this one runs.
           handle(*pending)
-        pending = (done, device_metrics, _source_counts(local))
-        stop = _any_process(preemption.flag)
-        save_due = _any_process(policy.due(done)) or done == num_steps or stop
+        pending = (done, device_metrics, counts)
+        stop, save_due = _any_process(preemption.flag, policy.due(done))
+        save_due = save_due or done == num_steps or stop
         eval_due = bool(eval_every) and done % eval_every == 0
         if save_due or eval_due:
           handle(*pending)

@@ -59,8 +59,9 @@ def make_train_step(model_cfg: Any, tx: optax.GradientTransformation, lr: optax.
 
   The objective is normalized by the loss weight of the whole global batch, so accumulating n
   microbatches gives the same gradient as one big batch. Metrics (fp32 scalars): loss (mean
-  cross-entropy, without z-loss), z_loss, grad_norm (before clipping), lr (used by this update),
-  loss_tokens (sum of loss weights).
+  cross-entropy, without z-loss), z_loss, grad_norm (before clipping), param_norm (after the
+  update; non-finite means the new state is unusable), lr (used by this update), loss_tokens
+  (sum of loss weights).
   """
   model = Llama(model_cfg)
 
@@ -99,9 +100,11 @@ def make_train_step(model_cfg: Any, tx: optax.GradientTransformation, lr: optax.
           (_microbatches(batch, grad_accum_steps), jnp.arange(grad_accum_steps)))
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
-    new_state = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
-                 "opt_state": opt_state, "rng": state["rng"]}
+    new_params = optax.apply_updates(params, updates)
+    new_state = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state,
+                 "rng": state["rng"]}
     metrics = {"loss": ce / total_weight, "z_loss": z / total_weight, "grad_norm": grad_norm,
+               "param_norm": optax.global_norm(new_params),
                "lr": jnp.asarray(lr(state["step"]), jnp.float32), "loss_tokens": total}
     return new_state, metrics
 

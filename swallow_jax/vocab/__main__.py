@@ -10,17 +10,20 @@
       the same for several tokenizers side by side, as a markdown table.
 
   python -m swallow_jax.vocab expand --tokenizer=PATH --corpus=FILE --heldout=FILE \\
-      --num-new=48000 --output=DIR [--model-type=bpe|unigram] [--json]
+      --num-new=48000 --output=DIR [--model-type=bpe|unigram] [--model=HF_DIR] [--json]
       learns Japanese subwords on --corpus with sentencepiece, adds up to --num-new of them that
       the vocabulary lacks, writes the expanded tokenizer (same format) and expansion.json to
       DIR, and reports held-out token counts before/after, the sequence-length reduction and
-      the implied decode speed-up 1/(1-reduction).
+      the implied decode speed-up 1/(1-reduction). With --model, also writes DIR/model: that
+      HF Llama checkpoint with embedding and LM head grown for the new tokens (each new row the
+      mean of the rows of the tokens the old tokenizer splits it into), in bfloat16.
 
 A tokenizer PATH is a tiktoken tokenizer.model (Llama 3), a tokenizer.json, a sentencepiece
 .model, or a directory holding one. Bad input exits with status 1 and a one-line reason.
 """
 
 import json
+import os
 import sys
 
 from absl import app, flags
@@ -39,6 +42,8 @@ _OUTPUT = flags.DEFINE_string("output", None, "expand: directory for the expande
 _MODEL_TYPE = flags.DEFINE_enum("model-type", None, ["bpe", "unigram"],
                                 "expand: sentencepiece model that learns the subwords (default: "
                                 "the base's type for sentencepiece bases, else bpe).")
+_MODEL = flags.DEFINE_string("model", None, "expand: HF Llama checkpoint dir to resize into "
+                             "DIR/model.")
 _JSON = flags.DEFINE_bool("json", False, "Print JSON instead of text.")
 
 
@@ -64,9 +69,17 @@ def run(command: str) -> str:
              output=_OUTPUT.value)
     if len(paths) != 1:
       raise ValueError("expand takes exactly one --tokenizer")
+    if _MODEL.value and not os.path.isfile(os.path.join(_MODEL.value, "config.json")):
+      raise FileNotFoundError(f"{_MODEL.value}: no config.json (expected an HF Llama checkpoint)")
     from swallow_jax.vocab import expand  # pylint: disable=g-import-not-at-top
-    result = expand.expand(paths[0], _CORPUS.value, _HELDOUT.value, _NUM_NEW.value,
-                           _OUTPUT.value, model_type=_MODEL_TYPE.value).as_dict()
+    expansion = expand.expand(paths[0], _CORPUS.value, _HELDOUT.value, _NUM_NEW.value,
+                              _OUTPUT.value, model_type=_MODEL_TYPE.value)
+    result = expansion.as_dict()
+    if _MODEL.value:
+      from swallow_jax.vocab import resize  # pylint: disable=g-import-not-at-top  # jax: slow.
+      result["model"] = resize.resize_hf_checkpoint(
+          _MODEL.value, tokenizer_lib.load_tokenizer(expansion.tokenizer),
+          tokenizer_lib.load_tokenizer(expansion.output), os.path.join(_OUTPUT.value, "model"))
     if _JSON.value:
       return json.dumps(result, ensure_ascii=False)
     return "\n".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}"

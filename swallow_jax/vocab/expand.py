@@ -9,12 +9,14 @@ How a new token becomes one the tokenizer really produces:
 
 * BPE bases (tiktoken ranks, byte-level BPE ``tokenizer.json``, sentencepiece BPE): a string
   is added only if the current (already expanded) tokenizer splits it into exactly two tokens
-  ``L R``; it gets the next rank (tiktoken: a new rank on its bytes; tokenizer.json: vocab entry
-  plus the merge ``L R``; sentencepiece: a piece scored below every existing one). New ranks
-  come after all old ones, so BPE first reaches the old tokenization and then applies new merges
-  on top of it. Strings that would need several merges at once, or that span two
-  pre-tokenization chunks (e.g. ``日本。`` for Llama 3's pattern), are skipped and counted as
-  ``skipped_unreachable``.
+  ``L R``. It gets the next rank: tiktoken, a new rank on its bytes; tokenizer.json, a vocab
+  entry plus a merge for each split into two tokens (as ``tiktoken_to_tokenizer_json`` does);
+  sentencepiece, a piece scored below every existing one. New ranks come after all old ones, so
+  BPE first reaches the old tokenization and then applies the new merges on top of it; and a
+  pre-tokenization chunk that is a vocabulary entry as a whole is one token (tiktoken, and
+  ``ignore_merges`` in Llama 3's tokenizer.json). Strings that would need several new merges at
+  once, or that span two pre-tokenization chunks (e.g. ``日本。`` for Llama 3's pattern), are
+  skipped and counted as ``skipped_unreachable``.
 * sentencepiece unigram bases: pieces are added with the scores the new unigram model gave
   them; Viterbi segmentation then uses them wherever they score better.
 
@@ -35,6 +37,7 @@ import re
 import tempfile
 from collections.abc import Callable, Sequence
 
+import regex  # tiktoken's dependency; Python's re has no \p{L}.
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
 from swallow_jax import tokenizer as tokenizer_lib
@@ -68,7 +71,6 @@ class _TiktokenExpander:
   """New ranks after the specials; tiktoken merges by the rank of the concatenated bytes."""
 
   def __init__(self, tok: tokenizer_lib.TiktokenTokenizer):
-    import regex  # pylint: disable=g-import-not-at-top  # tiktoken's own dependency.
     self.tok = tok
     self.ranks = dict(tok.ranks)
     self.next_id = tok.vocab_size
@@ -132,9 +134,15 @@ class _HFByteLevelExpander:
     parts = bpe_merge(parts, lambda a, b: self.merge_rank.get((a, b)))
     if len(parts) != 2:
       return False
-    self.merge_rank[tuple(parts)] = len(self.merge_rank)
-    self.model["merges"].append(" ".join(parts) if self.merges_as_str else parts)
-    self.model["vocab"][self._symbol(piece.text)] = self.next_id
+    # Like tokenizer.tiktoken_to_tokenizer_json: every split into two tokens is a merge, as
+    # tiktoken would merge any of them.
+    vocab, symbol = self.model["vocab"], self._symbol(piece.text)
+    splits = [(symbol[:i], symbol[i:]) for i in range(1, len(symbol))
+              if symbol[:i] in vocab and symbol[i:] in vocab]
+    for pair in sorted(splits, key=lambda lr: (vocab[lr[0]], vocab[lr[1]])):
+      self.merge_rank[pair] = len(self.merge_rank)
+      self.model["merges"].append(" ".join(pair) if self.merges_as_str else list(pair))
+    vocab[symbol] = self.next_id
     self.next_id += 1
     return True
 
@@ -168,13 +176,15 @@ class _SentencePieceExpander:
   def add(self, piece: Piece) -> bool:
     text = self._piece(piece.text)
     if self.bpe:
-      # sentencepiece BPE merges by the score of the concatenated piece, highest first.
-      if any(c not in self.scores for c in text):
-        return False
-      parts = bpe_merge(list(text), lambda a, b: -self.scores[a + b]
-                        if a + b in self.scores else None)
-      if len(text) > 1 and len(parts) != 2:
-        return False
+      # Characters are sentencepiece's starting symbols; longer pieces come from merges, by the
+      # score of the concatenated piece, highest first.
+      if len(text) > 1:
+        if any(c not in self.scores for c in text):
+          return False
+        parts = bpe_merge(list(text), lambda a, b: -self.scores[a + b]
+                          if a + b in self.scores else None)
+        if len(parts) != 2:
+          return False
       score, self.next_score = self.next_score, self.next_score - 1.0
     else:
       score = piece.score

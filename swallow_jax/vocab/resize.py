@@ -2,12 +2,16 @@
 
 Each new row starts as the mean of the old rows of the tokens the old tokenizer splits the new
 token's text into (the LM head likewise, column-wise); rows with no token behind them (vocab
-padding) start as the mean of all old rows. Old rows are copied bit for bit and each array keeps
-its sharding (a dimension the mesh no longer divides is replicated).
+padding) start as the mean of all old token rows. Rows of the old tokenizer's tokens are copied
+bit for bit; old padding rows past them are re-initialised, as new tokens take those ids. Each
+array keeps its sharding (a dimension the mesh no longer divides is replicated).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,17 +20,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from swallow_jax import tokenizer as tokenizer_lib
+from swallow_jax.model import hf
 from swallow_jax.tokenizer import Tokenizer
 
 
-def new_token_pieces(old_tokenizer: Tokenizer, new_tokenizer: Tokenizer, old_size: int,
+def new_token_pieces(old_tokenizer: Tokenizer, new_tokenizer: Tokenizer,
                      new_size: int) -> list[list[int]]:
-  """Old-tokenizer ids of the text of each new id in [old_size, new_size) ([] if no token)."""
-  if old_tokenizer.vocab_size > old_size:
-    raise ValueError(f"the old tokenizer has {old_tokenizer.vocab_size} tokens but the "
-                     f"embedding only {old_size} rows")
+  """Old-tokenizer ids of the text of each id in [old vocab_size, new_size) ([] if no token)."""
   pieces = []
-  for i in range(old_size, new_size):
+  for i in range(old_tokenizer.vocab_size, new_size):
     data = new_tokenizer.token_bytes(i) if i < new_tokenizer.vocab_size else None
     pieces.append(old_tokenizer.encode(data.decode("utf-8", "replace")) if data else [])
   return pieces
@@ -42,48 +45,78 @@ def _fit(sharding: Any, shape: tuple[int, ...]) -> Any:
   return NamedSharding(mesh, PartitionSpec(*spec))
 
 
-def grow_rows(table: jax.Array, pieces: Sequence[Sequence[int]]) -> jax.Array:
-  """Appends one row per entry of ``pieces``: the mean of those rows of ``table`` (all rows if
-  empty), computed in float32. Old rows are unchanged; the sharding is kept where it fits."""
+@functools.partial(jax.jit, static_argnames=("keep", "num_new", "out_sharding"))
+def _grow(table, flat, segment, empty, *, keep, num_new, out_sharding):
+  table = table[:keep]
+  rows = jnp.take(table, flat, axis=0).astype(jnp.float32)
+  sums = jax.ops.segment_sum(rows, segment, num_segments=num_new)
+  counts = jax.ops.segment_sum(jnp.ones_like(segment, jnp.float32), segment,
+                               num_segments=num_new)
+  means = sums / jnp.maximum(counts, 1.0)[:, None]
+  means = jnp.where(empty[:, None], table.astype(jnp.float32).mean(0), means)
+  out = jnp.concatenate([table, means.astype(table.dtype)], axis=0)
+  return out if out_sharding is None else jax.lax.with_sharding_constraint(out, out_sharding)
+
+
+def grow_rows(table: jax.Array, pieces: Sequence[Sequence[int]], keep: int | None = None
+              ) -> jax.Array:
+  """``table[:keep]`` followed by one row per entry of ``pieces``: the mean of those rows (of
+  all ``keep`` rows if empty), computed in float32. Kept rows are unchanged bit for bit; the
+  sharding is kept where the new size fits it."""
   table = jnp.asarray(table)
-  num_old = table.shape[0]
+  keep = table.shape[0] if keep is None else keep
+  if not 0 < keep <= table.shape[0]:
+    raise ValueError(f"keep={keep} out of range for {table.shape[0]} rows")
   for ids in pieces:
-    if any(not 0 <= i < num_old for i in ids):
-      raise ValueError(f"piece ids {list(ids)} out of range for {num_old} rows")
+    if any(not 0 <= i < keep for i in ids):
+      raise ValueError(f"piece ids {list(ids)} out of range for {keep} rows")
   flat = np.array([i for ids in pieces for i in ids], np.int32)
   segment = np.array([k for k, ids in enumerate(pieces) for _ in ids], np.int32)
-  empty = np.array([not ids for ids in pieces])
-  out_sharding = _fit(getattr(table, "sharding", None), (num_old + len(pieces),) + table.shape[1:])
-
-  def grow(table, flat, segment, empty):
-    rows = jnp.take(table, flat, axis=0).astype(jnp.float32)
-    sums = jax.ops.segment_sum(rows, segment, num_segments=len(pieces))
-    counts = jax.ops.segment_sum(jnp.ones_like(segment, jnp.float32), segment,
-                                 num_segments=len(pieces))
-    means = sums / jnp.maximum(counts, 1.0)[:, None]
-    means = jnp.where(empty[:, None], table.astype(jnp.float32).mean(0), means)
-    return jnp.concatenate([table, means.astype(table.dtype)], axis=0)
-
-  return jax.jit(grow, out_shardings=out_sharding)(table, flat, segment, empty)
+  empty = np.array([not ids for ids in pieces], bool)
+  out_sharding = _fit(getattr(table, "sharding", None), (keep + len(pieces),) + table.shape[1:])
+  return _grow(table, flat, segment, empty, keep=keep, num_new=len(pieces),
+               out_sharding=out_sharding)
 
 
 def resize_embeddings(params: Mapping[str, Any], old_tokenizer: Tokenizer,
                       new_tokenizer: Tokenizer, *, vocab_size: int | None = None) -> dict:
   """Params with ``embed.embedding`` [V, D] and ``lm_head.kernel`` [D, V] (if untied) grown to
-  ``vocab_size`` (default: the new tokenizer's) rows; a pure function, shrinking is an error."""
+  ``vocab_size`` (default: the new tokenizer's) rows; a pure function, shrinking is an error.
+
+  The new tokenizer must keep the old tokenizer's ids (as ``vocab expand`` does).
+  """
   table = params["embed"]["embedding"]
   old_size, new_size = table.shape[0], vocab_size or new_tokenizer.vocab_size
   if new_size < old_size:
     raise ValueError(f"cannot shrink the vocabulary from {old_size} to {new_size}")
+  if new_tokenizer.vocab_size > new_size:
+    raise ValueError(f"vocab_size={new_size} is below the new tokenizer's "
+                     f"{new_tokenizer.vocab_size} tokens")
+  keep = old_tokenizer.vocab_size
+  if keep > old_size:
+    raise ValueError(f"the old tokenizer has {keep} tokens but the embedding only {old_size} rows")
   if "lm_head" in params and params["lm_head"]["kernel"].shape[1] != old_size:
     raise ValueError(f"lm_head has {params['lm_head']['kernel'].shape[1]} columns, "
                      f"embedding {old_size} rows")
-  pieces = new_token_pieces(old_tokenizer, new_tokenizer, old_size, new_size)
-  if not pieces:
-    return dict(params)
+  pieces = new_token_pieces(old_tokenizer, new_tokenizer, new_size)
   out = dict(params)
-  out["embed"] = {**params["embed"], "embedding": grow_rows(table, pieces)}
+  out["embed"] = {**params["embed"], "embedding": grow_rows(table, pieces, keep)}
   if "lm_head" in params:
-    kernel = grow_rows(params["lm_head"]["kernel"].T, pieces).T
+    kernel = grow_rows(params["lm_head"]["kernel"].T, pieces, keep).T
     out["lm_head"] = {**params["lm_head"], "kernel": kernel}
   return out
+
+
+def resize_hf_checkpoint(model_dir: str, old_tokenizer: Tokenizer, new_tokenizer: Tokenizer,
+                         output_dir: str, *, dtype: Any = jnp.bfloat16) -> str:
+  """Writes ``model_dir`` (HF Llama safetensors) resized for ``new_tokenizer`` to ``output_dir``
+  in ``dtype``, with the new tokenizer file; a tiktoken one also as tokenizer.json for HF."""
+  config, params = hf.load_hf(model_dir, dtype=dtype, progress=False)
+  params = resize_embeddings(params, old_tokenizer, new_tokenizer)
+  config = dataclasses.replace(config, vocab_size=params["embed"]["embedding"].shape[0])
+  hf.save_hf(output_dir, config, params, dtype=dtype, tokenizer_dir=new_tokenizer.path,
+             progress=False)
+  if isinstance(new_tokenizer, tokenizer_lib.TiktokenTokenizer):
+    tokenizer_lib.tiktoken_to_tokenizer_json(new_tokenizer,
+                                             os.path.join(output_dir, "tokenizer.json"))
+  return output_dir

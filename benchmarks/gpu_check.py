@@ -1,0 +1,216 @@
+"""One-GPU check (H100/H200): training MFU and memory at sequence 8,192 in bf16, and batch-1 decode
+as a fraction of the HBM bound. Prints one JSON object.
+
+    python benchmarks/gpu_check.py [--out=gpu_check.json] [--budget_s=450]
+    python benchmarks/gpu_check.py --smoke          # tiny shapes on CPU (what the tests run)
+
+Cases, each in its own process (clean `peak_bytes_in_use`, an OOM cannot take the others down):
+  train_1b    Llama 3.2 1B shape (16 layers, tied 128k vocabulary)
+  train_8b    Llama 3 8B shape with --layers_8b layers (8 by default: fits one GPU with AdamW)
+  decode      batch-1 greedy decode of the 1B shape, via benchmarks/decode_bench.py
+Training uses the trainer's own step (swallow_jax.train.step: AdamW, clipping, z-loss) on a
+1-device mesh, bf16 compute with fp32 parameters and optimizer state, unpacked causal batches so
+attention='cudnn' runs jax.nn.dot_product_attention(is_causal=True) (the cuDNN flash kernel).
+Each train case tries its (batch, remat) candidates in order until one fits in memory.
+MFU = tokens/s x FLOPs/token (swallow_jax.train.metrics: 6N + causal attention) / peak bf16.
+
+Imports only jax, flax, optax, numpy and swallow_jax's model/train/parallel modules: the GPU box
+has no grain, ml_collections or array_record (checked by tests/test_benchmarks_smoke.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from absl import app, flags
+
+_SMOKE = flags.DEFINE_bool("smoke", False, "Tiny shapes, CPU, seconds (for tests).")
+_OUT = flags.DEFINE_string("out", "", "Also write the JSON here.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed training steps per case (after 1 compile step).")
+_LAYERS_8B = flags.DEFINE_integer("layers_8b", 8, "Layers of the 8B-shaped case.")
+_CASES = flags.DEFINE_list("cases", ["train_1b", "train_8b", "decode"], "Cases to run.")
+_BUDGET = flags.DEFINE_integer("budget_s", 450, "Stop starting new cases/candidates after this.")
+_CASE = flags.DEFINE_string("case", "", "Internal: run one case in this process.")
+_CANDIDATE = flags.DEFINE_string("candidate", "", "Internal: 'batch,remat' for --case.")
+
+SEQ_LEN = 8192
+# (batch, remat) candidates per case, most throughput first; the first that fits is reported.
+CANDIDATES = {
+    "train_1b": [(4, "dots_no_batch"), (2, "none"), (2, "dots_no_batch"), (1, "none"),
+                 (2, "full"), (1, "full")],
+    "train_8b": [(2, "dots_no_batch"), (1, "none"), (1, "dots_no_batch"), (1, "full")],
+}
+OPT = dict(peak_lr=1e-4, warmup_steps=10, decay_steps=1000, clip_norm=1.0)
+
+
+def case_config(case: str, smoke: bool, layers_8b: int, remat: str):
+  from swallow_jax.model import presets  # pylint: disable=g-import-not-at-top
+  if smoke:  # CPU: the reference attention instead of cuDNN
+    return presets.get("tiny_gqa", vocab_size=256, max_position_embeddings=128,
+                       dtype="bfloat16", attention="xla", remat_policy=remat)
+  name, extra = ("llama3_2_1b", {}) if case in ("train_1b", "decode") else (
+      "llama3_8b", {"num_layers": layers_8b})
+  return presets.get(name, dtype="bfloat16", attention="cudnn", remat_policy=remat, **extra)
+
+
+def device_info() -> dict[str, Any]:
+  import jax  # pylint: disable=g-import-not-at-top
+  d = jax.local_devices()[0]
+  return {"platform": d.platform, "device_kind": d.device_kind, "jax": jax.__version__}
+
+
+def train_case(case: str, batch: int, remat: str, smoke: bool, layers_8b: int,
+               steps: int) -> dict[str, Any]:
+  """Compiles and times the trainer's step for one (batch, remat); raises on OOM."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from swallow_jax import parallel, plan  # pylint: disable=g-import-not-at-top
+  from swallow_jax.train import metrics, optimizer, step  # pylint: disable=g-import-not-at-top
+
+  cfg = case_config(case, smoke, layers_8b, remat)
+  seq_len = 64 if smoke else SEQ_LEN
+  mesh = parallel.make_mesh({"fsdp": 1}, jax.local_devices()[:1])
+  tx, lr = optimizer.make_optimizer(OPT)
+  tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, seq_len + 1), np.int32)
+  data = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+          "loss_weights": np.ones((batch, seq_len), np.float32),
+          "positions": None, "segment_ids": None}  # unpacked: cuDNN's is_causal path
+  with parallel.mesh_context(mesh):
+    step_fn, abstract, abstract_batch, shardings = plan.abstract_train_step(
+        cfg, tx, lr, mesh, batch, seq_len, z_loss=1e-4, plain_causal=True)
+    t0 = time.perf_counter()
+    compiled = step_fn.lower(abstract, abstract_batch).compile()
+    compile_s = time.perf_counter() - t0
+    state = step.jit_init(cfg, tx, 0, shardings)()
+    data = jax.device_put(data, parallel.batch_sharding(mesh))
+    state, m = compiled(state, data)
+    first_loss = float(m["loss"])
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      state, m = compiled(state, data)
+    last_loss = float(m["loss"])  # blocks on the last step
+    step_s = (time.perf_counter() - t0) / steps
+  dev = jax.local_devices()[0]
+  tps = batch * seq_len / step_s
+  flops_token = metrics.flops_per_token(cfg, seq_len)
+  peak = metrics.peak_flops_per_device(dev.device_kind)
+  mem = compiled.memory_analysis()
+  stats = dev.memory_stats() or {}
+  return {
+      "model": {"layers": cfg.num_layers, "hidden": cfg.hidden_size, "params": cfg.num_params,
+                "vocab": cfg.vocab_size, "attention": cfg.attention, "remat": remat},
+      "batch": batch, "seq_len": seq_len, "step_s": step_s, "tokens_per_sec": tps,
+      "flops_per_token": flops_token, "tflops_per_sec": tps * flops_token / 1e12,
+      "peak_tflops": peak / 1e12 if peak else None,
+      "mfu": metrics.mfu(tps, flops_token, 1, peak), "compile_s": compile_s,
+      "loss_first": first_loss, "loss_last": last_loss,
+      "peak_bytes_in_use": stats.get("peak_bytes_in_use"), "bytes_limit": stats.get("bytes_limit"),
+      "compiled_temp_bytes": getattr(mem, "temp_size_in_bytes", None),
+  }
+
+
+def decode_case(smoke: bool) -> dict[str, Any]:
+  """Batch-1 decode vs the HBM bound, measured by the eval engineer's decode_bench."""
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  try:
+    import decode_bench  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    return {"skipped": f"benchmarks/decode_bench.py not importable: {e}"}
+  fn = getattr(decode_bench, "hbm_bound_decode", None)
+  if fn is None:
+    return {"skipped": "benchmarks/decode_bench.py has no hbm_bound_decode()"}
+  cfg = case_config("decode", smoke, 0, "none")
+  return fn(cfg, new_tokens=16 if smoke else 256)
+
+
+def run_one(case: str, candidate: str, smoke: bool, layers_8b: int, steps: int) -> dict[str, Any]:
+  out = {"case": case, **device_info()}
+  if case == "decode":
+    out.update(decode_case(smoke))
+  else:
+    batch, remat = candidate.split(",")
+    out.update(train_case(case, int(batch), remat, smoke, layers_8b, steps))
+  return out
+
+
+def _is_oom(text: str) -> bool:
+  return any(s in text for s in ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory",
+                                 "OOM", "Allocator"))
+
+
+def run_all(cases: list[str], smoke: bool, layers_8b: int, steps: int, budget_s: int,
+            out_path: str = "") -> dict[str, Any]:
+  """Runs each case (and its candidates) in a child process; never touches the GPU itself."""
+  start = time.perf_counter()
+  env = dict(os.environ)
+  if smoke:
+    env.update(JAX_PLATFORMS="cpu")
+  else:
+    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
+  results: dict[str, Any] = {}
+  for case in cases:
+    tries = [""] if case == "decode" else [
+        f"{b},{r}" for b, r in ([(2, "none"), (1, "full")] if smoke else CANDIDATES[case])]
+    attempts = []
+    for cand in tries:
+      left = budget_s - (time.perf_counter() - start)
+      if left < 30:
+        attempts.append({"candidate": cand, "skipped": "time budget spent"})
+        break
+      cmd = [sys.executable, os.path.abspath(__file__), f"--case={case}", f"--candidate={cand}",
+             f"--layers_8b={layers_8b}", f"--steps={steps}"] + (["--smoke"] if smoke else [])
+      try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=left,
+                              check=False)
+      except subprocess.TimeoutExpired:
+        attempts.append({"candidate": cand, "error": "timed out (budget)"})
+        break
+      lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+      if proc.returncode == 0 and lines:
+        results[case] = json.loads(lines[-1])
+        break
+      oom = _is_oom(proc.stderr)
+      attempts.append({"candidate": cand, "error": "out of memory" if oom else
+                       f"exit {proc.returncode}: {proc.stderr.strip()[-1500:]}"})
+      if not oom:
+        break
+    if case not in results:
+      results[case] = {"case": case, "failed": attempts}
+    elif attempts:
+      results[case]["rejected_candidates"] = attempts
+  report = {"benchmark": "gpu_check", "smoke": smoke, "seq_len": 64 if smoke else SEQ_LEN,
+            "wall_s": time.perf_counter() - start, "results": results,
+            "targets": {"mfu": 0.55, "decode_fraction_of_hbm_bound": 0.70}}
+  if out_path:
+    with open(out_path, "w", encoding="utf-8") as f:
+      json.dump(report, f, indent=1)
+  return report
+
+
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f"unexpected arguments: {argv[1:]}")
+  unknown = set(_CASES.value) - {"train_1b", "train_8b", "decode"}
+  if unknown or (_CASE.value and _CASE.value not in ("train_1b", "train_8b", "decode")):
+    sys.exit(f"unknown case(s): {sorted(unknown) or _CASE.value}")
+  if _STEPS.value < 1 or _LAYERS_8B.value < 1:
+    sys.exit("--steps and --layers_8b must be positive")
+  if _CASE.value:
+    if _SMOKE.value:
+      import jax  # pylint: disable=g-import-not-at-top
+      jax.config.update("jax_platforms", "cpu")
+      jax.config.update("jax_num_cpu_devices", 1)
+    print(json.dumps(run_one(_CASE.value, _CANDIDATE.value, _SMOKE.value, _LAYERS_8B.value,
+                             _STEPS.value)))
+    return
+  print(json.dumps(run_all(_CASES.value, _SMOKE.value, _LAYERS_8B.value, _STEPS.value,
+                           _BUDGET.value, _OUT.value), indent=1))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,55 @@
+"""convert CLI: HF -> Orbax -> HF round trip, training-checkpoint layout, errors."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from swallow_jax import convert
+from swallow_jax.model import hf, init_params, presets
+
+CFG = presets.get("tiny_gqa", num_layers=1)
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("hf") / "model")
+  params = init_params(CFG, jax.random.key(0))
+  hf.save_hf(path, CFG, params, dtype="float32", progress=False)
+  with open(os.path.join(path, "tokenizer.json"), "w") as f:
+    f.write("{}")
+  return path, params
+
+
+def _cli(*args):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  return subprocess.run([sys.executable, "-m", "swallow_jax.convert", *args],
+                        capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_cli_round_trip(hf_dir, tmp_path):
+  path, params = hf_dir
+  orbax_dir, out = str(tmp_path / "orbax"), str(tmp_path / "hf_out")
+  r = _cli(f"--from_hf={path}", f"--to_orbax={orbax_dir}", "--quiet")
+  assert r.returncode == 0, r.stderr
+  config, restored = convert.load_orbax(orbax_dir)
+  assert config == CFG
+  jax.tree.map(np.testing.assert_array_equal, restored, params)
+  convert.convert(from_orbax=orbax_dir, to_hf=out, dtype="float32", tokenizer_dir=path,
+                  progress=False)
+  assert os.path.exists(os.path.join(out, "tokenizer.json"))
+  config2, again = hf.load_hf(out, progress=False)
+  assert config2 == CFG
+  jax.tree.map(np.testing.assert_array_equal, again, params)
+
+
+def test_cli_help_and_bad_input(tmp_path):
+  r = _cli("--help")
+  assert "--from_hf" in r.stdout and "--to_orbax" in r.stdout  # absl exits 1 after --help
+  r = _cli(f"--from_hf={tmp_path}")
+  assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith("convert: error:")
+  r = _cli(f"--from_hf={tmp_path}", f"--to_orbax={tmp_path / 'o'}")
+  assert r.returncode != 0 and "config.json" in r.stderr.strip().splitlines()[-1]

@@ -1,0 +1,27 @@
+"""The published mixtures as configs."""
+
+import pytest
+
+from swallow_jax.data import filters
+from swallow_jax.data import mixtures
+
+
+@pytest.mark.parametrize("fn", [mixtures.llama3_swallow_8b, mixtures.llama31_swallow_8b])
+def test_mixture_shape(fn):
+  sources = fn("/data")
+  assert abs(sum(s["weight"] for s in sources) - 1.0) < 2e-3  # published shares sum to 100.1%
+  assert len({s["name"] for s in sources}) == len(sources)
+  for s in sources:
+    assert s["path"] == f"/data/{s['name']}" and s["weight"] > 0
+    filters.parse_filter(s["filter"])
+
+
+def test_llama3_swallow_shares():
+  shares = {s["name"]: s["weight"] for s in mixtures.llama3_swallow_8b("/d")}
+  assert shares == {"swallow_corpus": 0.808, "ja_wikipedia": 0.017, "laboro_paracorpus": 0.009,
+                    "en_wikipedia": 0.021, "refinedweb": 0.021, "cosmopedia": 0.051,
+                    "algebraic_stack": 0.037, "openwebmath": 0.037}
+  cosmo = next(s for s in mixtures.llama3_swallow_8b("/d") if s["name"] == "cosmopedia")
+  keep = filters.parse_filter(cosmo["filter"])
+  assert not keep({"subset": "web_samples_v1"}) and not keep({"subset": "web_samples_v2"})
+  assert keep({"subset": "stanford"})

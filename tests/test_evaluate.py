@@ -1,0 +1,64 @@
+"""Log-likelihood scoring (multiple choice, perplexity) against direct forward passes."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from swallow_jax import model as model_lib
+from swallow_jax.evaluate import loglik
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  config = model_lib.presets.get("tiny_gqa")
+  return config, model_lib.init_params(config, jax.random.key(1))
+
+
+def _direct_logprobs(config, params, seq):
+  """log p(seq[t] | seq[:t]), one unpadded forward in float64."""
+  logits = np.asarray(model_lib.forward(config, params, jnp.asarray([seq]))[0], np.float64)
+  m = logits.max(-1, keepdims=True)
+  logp = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
+  return logp[np.arange(len(seq) - 1), seq[1:]]
+
+
+def test_continuation_logprobs_equal_direct_forward(tiny):
+  config, params = tiny
+  requests = [([1, 5, 6, 7], [8, 9]), ([1, 40], [41]), ([1] + list(range(100, 130)), [3, 4, 5])]
+  got = loglik.continuation_logprobs(config, params, requests, batch_size=2)
+  want = [_direct_logprobs(config, params, c + x)[-len(x):].sum() for c, x in requests]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  # Contexts that do not fit keep their last tokens.
+  (cut,) = loglik.continuation_logprobs(config, params, [requests[2]], max_len=16)
+  seq = (requests[2][0] + requests[2][1])[-16:]
+  np.testing.assert_allclose(cut, _direct_logprobs(config, params, seq)[-3:].sum(), rtol=1e-5)
+
+
+def test_text_nll_windows_equal_hand_computation(tiny):
+  config, params = tiny
+  seq = [1] + [int(x) for x in np.random.default_rng(0).integers(3, 500, 39)]  # 40 tokens
+  (whole,) = loglik.text_nll(config, params, [seq])
+  assert whole[1] == 39
+  np.testing.assert_allclose(whole[0], -_direct_logprobs(config, params, seq).sum(), rtol=1e-5)
+  # max_len=16: windows [0:16], [15:31], [30:40]; each window's first token is context only.
+  (windowed,) = loglik.text_nll(config, params, [seq], max_len=16)
+  want = -sum(_direct_logprobs(config, params, seq[a:b]).sum()
+              for a, b in [(0, 16), (15, 31), (30, 40)])
+  assert windowed[1] == 39
+  np.testing.assert_allclose(windowed[0], want, rtol=1e-5)
+
+
+def test_perplexity_metrics_hand_values():
+  m = loglik.perplexity_metrics(nll_nats=10.0, num_tokens=5, num_chars=8, num_bytes=20)
+  assert m["token_perplexity"] == pytest.approx(math.exp(2.0))
+  assert m["bits_per_char"] == pytest.approx(10 / math.log(2) / 8)
+  assert m["bits_per_byte"] == pytest.approx(10 / math.log(2) / 20)
+  assert m["tokens_per_char"] == pytest.approx(5 / 8)
+
+
+def test_bucket_length():
+  assert [loglik.bucket_length(n) for n in (1, 16, 17, 100)] == [16, 16, 32, 128]
+  assert loglik.bucket_length(90, cap=96) == 96

@@ -1,0 +1,103 @@
+"""`run(config, workdir)` in process: NaN stop, resume onto another mesh, init_from, eval hook."""
+
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from swallow_jax import checkpoint, config_utils
+from swallow_jax.sweep import load_config
+from swallow_jax.train import loop
+
+TINY = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "tiny_cpt.py")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  """A function returning a fresh tiny_cpt config with `section.key` overrides."""
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv("SWALLOW_JAX_CACHE", str(tmp_path_factory.getbasetemp() / "swallow_cache"))
+    base = load_config(TINY)
+
+    def make(**overrides):
+      config = ml_collections.ConfigDict(base.to_dict())
+      for key, value in overrides.items():
+        *section, name = key.split("__")
+        (config[section[0]] if section else config)[name] = value
+      return config
+    yield make
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tiny, tmp_path):
+  # lr(1) = 5e29: the second update blows the parameters up.
+  config = tiny(optimizer__peak_lr=1e30, optimizer__warmup_steps=2, train__num_steps=4,
+                checkpoint__every_steps=1)
+  with pytest.raises(loop.NonFiniteLossError, match=r"non-finite values at step 2 .*last good "
+                     r"checkpoint: step 1 in"):
+    loop.run(config, str(tmp_path))
+  assert [m["step"] for m in read_metrics(tmp_path)] == [1]
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
+  model_cfg, params = checkpoint.load_params(str(tmp_path))
+  assert model_cfg == config_utils.model_config(config)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_resume_on_another_mesh_then_init_from_and_eval_hook(tiny, tmp_path, monkeypatch):
+  from swallow_jax import evaluate  # pylint: disable=g-import-not-at-top
+  calls = []
+  def fake_run_tasks(model_cfg, params, tok, tasks):
+    calls.append(tasks)
+    return {"fake": {"score": float(sum(np.abs(x).sum() for x in jax.tree.leaves(params)))}}
+  monkeypatch.setattr(evaluate, "run_tasks", fake_run_tasks)
+
+  a = str(tmp_path / "a")
+  loop.run(tiny(train__num_steps=4, checkpoint__every_steps=2, eval__every_steps=2,
+                eval__tasks=["t.jsonl"]), a)
+  first = read_metrics(a)
+  assert [m["step"] for m in first] == [1, 2, 3, 4]
+  assert calls == [["t.jsonl"], ["t.jsonl"]]
+  with open(os.path.join(a, "eval.jsonl")) as f:
+    assert [json.loads(line)["step"] for line in f] == [2, 4]
+  for key in ("loss", "lr", "grad_norm", "tokens_per_sec", "mfu", "source_tokens"):
+    assert key in first[-1]
+  assert first[-1]["mfu"] is None  # CPU: no peak FLOP/s.
+  assert first[-1]["source_tokens"] == {"towns": 4 * 8 * 64}
+
+  # Same workdir, other mesh and more steps: resumes from step 4 onto (data 2, fsdp 2, tensor 2).
+  summary = loop.run(tiny(train__num_steps=6, checkpoint__every_steps=2,
+                          mesh__data=2, mesh__fsdp=2, mesh__tensor=2), a)
+  assert summary["step"] == 6 and not summary["preempted"]
+  second = read_metrics(a)
+  assert second[:4] == first and [m["step"] for m in second] == [1, 2, 3, 4, 5, 6]
+  assert second[4]["source_tokens"]["towns"] == 5 * 8 * 64  # Iterator state restored too.
+  assert second[5]["loss"] < first[0]["loss"]
+
+  # init_from an Orbax workdir: weights of step 6, fresh optimizer (lr 0 at step 1).
+  b = str(tmp_path / "b")
+  summary = loop.run(tiny(train__num_steps=1, init_from=a), b)
+  [m] = read_metrics(b)
+  assert m["lr"] == 0.0
+  np.testing.assert_allclose(m["param_norm"], second[5]["param_norm"], rtol=1e-6)
+  _, params = checkpoint.load_params(a)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(summary["params"]), params)
+
+
+def test_unknown_keys_are_errors(tiny):
+  config = tiny()
+  config.optimizer.peak_lrr = 1.0  # Not locked: built in Python.
+  with pytest.raises(ValueError, match=r"config.optimizer.\['peak_lrr'\]"):
+    config_utils.validate(config)
+  config = tiny()
+  config.trian = {}
+  with pytest.raises(ValueError, match=r"unknown config key\(s\) \['trian'\]"):
+    config_utils.validate(config)
+  with pytest.raises(ValueError, match="unknown LlamaConfig field"):
+    config_utils.model_config(tiny(model__hiden_size=8))
