@@ -61,8 +61,9 @@ def tensor_shapes(layers, hidden, ffn, vocab):
     p = f"model.layers.{l}."
     shapes.update({
         p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,),
-        p + "self_attn.q_proj.weight": (hidden, hidden), p + "self_attn.k_proj.weight": (kv, hidden),
-        p + "self_attn.v_proj.weight": (kv, hidden), p + "self_attn.o_proj.weight": (hidden, hidden),
+        p + "self_attn.q_proj.weight": (hidden, hidden),
+        p + "self_attn.o_proj.weight": (hidden, hidden),
+        p + "self_attn.k_proj.weight": (kv, hidden), p + "self_attn.v_proj.weight": (kv, hidden),
         p + "mlp.gate_proj.weight": (ffn, hidden), p + "mlp.up_proj.weight": (ffn, hidden),
         p + "mlp.down_proj.weight": (hidden, ffn)})
   return shapes

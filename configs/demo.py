@@ -36,8 +36,8 @@ CHAT_SOURCES = ("en_dialogues", "ja_dialogues")
 
 _SIZES = {
     # scale: corpus size; steps per training stage; model; batch x length.
-    "demo": dict(scale=1.0, base_steps=300, instruct_steps=60, cpt_steps=200, sft_steps=60,
-                 hidden=128, layers=4, heads=4, kv_heads=2, mlp=384, vocab=2000, batch=16,
+    "demo": dict(scale=1.0, base_steps=200, instruct_steps=30, cpt_steps=100, sft_steps=30,
+                 hidden=96, layers=3, heads=4, kv_heads=2, mlp=256, vocab=1500, batch=8,
                  seq_len=256, eval_examples=40),
     "micro": dict(scale=0.05, base_steps=4, instruct_steps=2, cpt_steps=3, sft_steps=2,
                   hidden=32, layers=1, heads=2, kv_heads=1, mlp=64, vocab=1000, batch=8,

@@ -7,7 +7,8 @@ A config file (big_vision style) defines `get_config(arg=None)` and, for a sweep
 yields one dict per run:
 
     {"name": "no_cosmopedia",            # required; the run's workdir is WORKDIR_ROOT/name
-     "arg": "drop=cosmopedia",           # optional; passed as --config=FILE:arg
+     "arg": "drop=cosmopedia",           # optional; appended to the --config argument:
+                                         #   --config=FILE:8xh100 -> FILE:8xh100,drop=cosmopedia
      "train.num_steps": 100}             # optional dotted overrides, passed as --config.KEY=VALUE
 
 A config with `stages` is a recipe (`python -m swallow_jax.recipe`), any other a training run
@@ -113,13 +114,20 @@ def _flag_value(value: Any) -> str:
   return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def run_arg(spec: str, run: Mapping[str, Any]) -> str | None:
+  """The config argument of one run: the --config's own argument, then the run's."""
+  _, base = split_spec(spec)
+  parts = [a for a in (base, run.get("arg")) if a]
+  return ",".join(parts) if parts else None
+
+
 def command(spec: str, run: Mapping[str, Any], workdir_root: str) -> list[str]:
   """The exact command line of one run."""
   path, _ = split_spec(spec)
-  arg = run.get("arg")
-  config = load_config(f"{path}:{arg}" if arg is not None else path)
-  entry = "swallow_jax.recipe" if "stages" in config else "swallow_jax.train"
-  cmd = [sys.executable, "-m", entry, f"--config={path}" + (f":{arg}" if arg is not None else ""),
+  arg = run_arg(spec, run)
+  config_spec = path if arg is None else f"{path}:{arg}"
+  entry = "swallow_jax.recipe" if "stages" in load_config(config_spec) else "swallow_jax.train"
+  cmd = [sys.executable, "-m", entry, f"--config={config_spec}",
          f"--workdir={os.path.join(workdir_root, run['name'])}"]
   cmd += [f"--config.{k}={_flag_value(v)}" for k, v in run.items() if k not in ("name", "arg")]
   return cmd
@@ -161,6 +169,17 @@ def main(argv: list[str]) -> None:
         sys.exit(f"sweep: run {name} failed with exit code {rc}")
 
 
+def _normalize_argv(argv: list[str]) -> list[str]:
+  """Accepts --dry-run and --workdir-root as well as --dry_run and --workdir_root."""
+  out = []
+  for arg in argv:
+    if arg.startswith("--") and not arg.startswith("--config"):
+      name, eq, value = arg[2:].partition("=")
+      arg = "--" + name.replace("-", "_") + eq + value
+    out.append(arg)
+  return out
+
+
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(main, argv=_normalize_argv(sys.argv))

@@ -1,7 +1,8 @@
-"""Chat vector: exact arithmetic against a plain NumPy reference, streaming CLI, errors, sharding."""
+"""Chat vector: exact arithmetic against a NumPy reference, streaming CLI, errors, sharding."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -281,11 +282,10 @@ def param_tree(seed, dtype=np.float32, vocab=V):
 
 
 def tree_reference(t, b, i, s, exclude=(), protect=()):
-  flat = lambda x: cv._flatten(x)
-  ft, fb, fi = flat(t), flat(b), flat(i)
+  ft, fb, fi = cv._flatten(t), cv._flatten(b), cv._flatten(i)
   out = {}
   for name, x in ft.items():
-    if any(__import__("re").search(p, name) for p in exclude):
+    if any(re.search(p, name) for p in exclude):
       out[name] = x
       continue
     out[name] = reference(x, fi[name], fb[name], s)
@@ -325,7 +325,8 @@ def test_tree_functions_numpy():
 
 def test_tree_hf_names_and_vocab_mismatch():
   t, b, i = hf_tensors(0, vocab=V - 3), hf_tensors(1), hf_tensors(2)
-  with pytest.raises(cv.ChatVectorError, match=r"model.embed_tokens.weight: vocabulary size mismatch: "
+  with pytest.raises(cv.ChatVectorError,
+                     match=r"model.embed_tokens.weight: vocabulary size mismatch: "
                      r"target \(128007, 8\) vs instruct \(128010, 8\)"):
     cv.apply_chat_vector(t, b, i)
   got = cv.apply_chat_vector(t, b, i, 1.0, allow_vocab_mismatch=True, protect_token_ids=(5,),

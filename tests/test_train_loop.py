@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from swallow_jax import checkpoint, config_utils
+from swallow_jax.model import hf
 from swallow_jax.sweep import load_config
 from swallow_jax.train import loop
 
@@ -80,13 +81,15 @@ def test_resume_on_another_mesh_then_init_from_and_eval_hook(tiny, tmp_path, mon
   assert second[4]["source_tokens"]["towns"] == 5 * 8 * 64  # Iterator state restored too.
   assert second[5]["loss"] < first[0]["loss"]
 
-  # init_from an Orbax workdir: weights of step 6, fresh optimizer (lr 0 at step 1).
+  # init_from an HF export of step 6: same weights, fresh optimizer (lr 0 at step 1 keeps them).
+  # (init_from an Orbax checkpoint is checkpoint.restore_params, tested in test_checkpoint.py.)
+  model_cfg, params = checkpoint.load_params(a)
+  hf.save_hf(str(tmp_path / "hf"), model_cfg, params, dtype=np.float32, progress=False)
   b = str(tmp_path / "b")
-  summary = loop.run(tiny(train__num_steps=1, init_from=a), b)
+  summary = loop.run(tiny(train__num_steps=1, init_from=str(tmp_path / "hf")), b)
   [m] = read_metrics(b)
   assert m["lr"] == 0.0
   np.testing.assert_allclose(m["param_norm"], second[5]["param_norm"], rtol=1e-6)
-  _, params = checkpoint.load_params(a)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(summary["params"]), params)
 
 
