@@ -151,12 +151,14 @@ def run_all(cases: list[str], smoke: bool, layers_8b: int, steps: int, budget_s:
   else:
     env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
   results: dict[str, Any] = {}
-  for case in cases:
+  for i, case in enumerate(cases):
+    # Leave each later case at least 60 s of the budget.
+    deadline = start + budget_s - 60 * (len(cases) - 1 - i)
     tries = [""] if case == "decode" else [
         f"{b},{r}" for b, r in ([(2, "none"), (1, "full")] if smoke else CANDIDATES[case])]
     attempts = []
     for cand in tries:
-      left = budget_s - (time.perf_counter() - start)
+      left = deadline - time.perf_counter()
       if left < 30:
         attempts.append({"candidate": cand, "skipped": "time budget spent"})
         break

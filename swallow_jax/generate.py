@@ -10,7 +10,8 @@ How a batch is decoded (one jit per shape bucket):
     drops the vocabulary projection); the last prompt token is the first step of the decode loop;
   * a `lax.while_loop` feeds one token per row per step into slot P-1+i, samples the next one, and
     ends after max_new_tokens or when every row has produced a stop token;
-  * shapes depend only on (batch, P, new-token bucket), so recompiles are rare.
+  * shapes depend only on (batch, P, new-token bucket), so recompiles are rare; with `batch_size`,
+    prompts are sorted by length into chunks of that size (less padding), results in input order.
 Sampling applies temperature, then top-k, then top-p (the `transformers` order). Each row draws from
 its own key, fold_in(fold_in(key(seed), prompt index), step), so a prompt's sample depends only on
 the seed and its index, not on the batch it was decoded in. Parameters may be sharded: the jitted
@@ -133,27 +134,29 @@ def generate_detailed(config: model_lib.LlamaConfig, params: Any, prompts: Seque
   batch = min(batch_size, _pow2(len(prompts))) if batch_size else _pow2(len(prompts))
   stops = tuple(sorted({int(s) for s in stop_tokens})) or (-1,)
   key = jax.random.key(seed)
-  results = []
-  for start in range(0, len(prompts), batch):
-    chunk = prompts[start:start + batch]
-    p = _bucket(max(len(x) for x in chunk))
+  # Chunks of similar lengths pad less; row ids (the sampling keys) stay the prompts' indices.
+  order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+  results: list[Generation | None] = [None] * len(prompts)
+  for start in range(0, len(order), batch):
+    idx = order[start:start + batch]
+    p = _bucket(max(len(prompts[i]) for i in idx))
     tokens = np.zeros((batch, p), np.int32)
     segs = np.zeros((batch, p), np.int32)
-    for row, prompt in enumerate(chunk):
-      tokens[row, p - len(prompt):] = prompt
-      segs[row, p - len(prompt):] = 1
-    row_ids = np.arange(start, start + batch, dtype=np.int32)
+    row_ids = np.zeros((batch,), np.int32)
+    for row, i in enumerate(idx):
+      tokens[row, p - len(prompts[i]):] = prompts[i]
+      segs[row, p - len(prompts[i]):] = 1
+      row_ids[row] = i
     out, length = _decode(config, params, jnp.asarray(tokens), jnp.asarray(segs),
                           jnp.asarray(row_ids), key, p - 1 + _bucket(max_new_tokens),
                           float(temperature), int(top_k), float(top_p),
-                          jnp.asarray(stops, jnp.int32),
-                          jnp.int32(max_new_tokens))
+                          jnp.asarray(stops, jnp.int32), jnp.int32(max_new_tokens))
     out, length = np.asarray(out), np.asarray(length)
-    for row in range(len(chunk)):
+    for row, i in enumerate(idx):
       toks = out[row, :length[row]].tolist()
       stopped = bool(toks) and toks[-1] in stops
-      results.append(Generation(toks[:-1] if stopped else toks, stopped))
-  return results
+      results[i] = Generation(toks[:-1] if stopped else toks, stopped)
+  return results  # type: ignore[return-value]
 
 
 def generate(config: model_lib.LlamaConfig, params: Any, prompts: Sequence[Sequence[int]],

@@ -639,4 +639,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from swallow_jax.sweep import normalize_argv  # pylint: disable=g-import-not-at-top
+  app.run(main, argv=normalize_argv(sys.argv))

@@ -169,8 +169,9 @@ def main(argv: list[str]) -> None:
         sys.exit(f"sweep: run {name} failed with exit code {rc}")
 
 
-def _normalize_argv(argv: list[str]) -> list[str]:
-  """Accepts --dry-run and --workdir-root as well as --dry_run and --workdir_root."""
+def normalize_argv(argv: list[str]) -> list[str]:
+  """Accepts --dry-run, --workdir-root, ... as well as --dry_run, --workdir_root (not inside
+  --config=... or --config.key=... arguments)."""
   out = []
   for arg in argv:
     if arg.startswith("--") and not arg.startswith("--config"):
@@ -182,4 +183,4 @@ def _normalize_argv(argv: list[str]) -> list[str]:
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main, argv=_normalize_argv(sys.argv))
+  app.run(main, argv=normalize_argv(sys.argv))

@@ -77,8 +77,13 @@ def test_gpu_check_smoke_without_grain_or_ml_collections(tmp_path):
     (blocked / name / "__init__.py").write_text(
         f"raise ImportError('{name} is not installed on the GPU image')\n")
   out = tmp_path / "gpu.json"
-  r = _run("gpu_check.py", "--smoke", "--steps=1", "--cases=train_1b,decode", f"--out={out}",
-           env_extra={"PYTHONPATH": f"{blocked}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(PYTHON=sys.executable, PYTHONPATH=f"{blocked}{os.pathsep}{ROOT}")
+  proc = subprocess.run(["bash", os.path.join(BENCH, "gpu_check.sh"), str(out), "--smoke",
+                         "--steps=1", "--cases=train_1b,decode"], capture_output=True, text=True,
+                        env=env, timeout=900, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  r = json.loads(proc.stdout[proc.stdout.index("{"):])
   assert json.loads(out.read_text()) == r
   train = r["results"]["train_1b"]
   assert "failed" not in train, train
@@ -87,3 +92,5 @@ def test_gpu_check_smoke_without_grain_or_ml_collections(tmp_path):
   assert "decode" in r["results"]
   decode = r["results"]["decode"]
   assert "failed" not in decode, decode
+  # Tiny model on a busy CPU: the step time (a difference of two runs) is noise; only check it ran.
+  assert decode["batch"] == 1 and math.isfinite(decode["fraction_of_hbm_bound"])

@@ -28,8 +28,11 @@ from swallow_jax.model import hf
 
 
 def _direct_logprobs(config, params, seq):
-  """log p(seq[t] | seq[:t]) from one unpadded forward."""
-  logits = np.asarray(model_lib.forward(config, params, jnp.asarray([seq]))[0], np.float64)
+  """log p(seq[t] | seq[:t]) from one plain forward (right-padded to 64 tokens, which the causal
+  mask makes harmless, so every call shares one compilation)."""
+  tokens = np.zeros((1, 64), np.int32)
+  tokens[0, :len(seq)] = seq
+  logits = np.asarray(model_lib.forward(config, params, jnp.asarray(tokens))[0], np.float64)
   m = logits.max(-1, keepdims=True)
   logp = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
   return logp[np.arange(len(seq) - 1), seq[1:]]

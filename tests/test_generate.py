@@ -92,18 +92,18 @@ def test_kv_cache_equals_full_recompute(tiny):
 
 
 def test_sharded_params_same_tokens(tiny):
+  """FSDP-sharded parameters over 8 devices, under the trainer's mesh and logical axis rules."""
+  from swallow_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from swallow_jax.parallel import sharding  # pylint: disable=g-import-not-at-top
   config, params = tiny
-  mesh = jax.make_mesh((8,), ("x",), axis_types=(jax.sharding.AxisType.Auto,))
-
-  def shard(x):
-    spec = [None] * x.ndim
-    if x.shape[-1] % 8 == 0:
-      spec[-1] = "x"
-    return jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec)))
-
-  sharded = jax.tree.map(shard, params)
-  assert len(sharded["embed"]["embedding"].sharding.device_set) == 8
-  assert gen.generate(config, sharded, PROMPTS, 6) == gen.generate(config, params, PROMPTS, 6)
+  mesh = mesh_lib.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
+  shardings = sharding.param_shardings(jax.eval_shape(lambda: params),
+                                       model_lib.param_logical_axes(config), mesh)
+  sharded = jax.device_put(params, shardings)
+  assert not sharded["layers"]["mlp"]["up_proj"]["kernel"].sharding.is_fully_replicated
+  want = gen.generate(config, params, PROMPTS[:3], 6)
+  with sharding.mesh_context(mesh):
+    assert gen.generate(config, sharded, PROMPTS[:3], 6) == want
 
 
 def test_sampling_deterministic_by_seed(tiny):

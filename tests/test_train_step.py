@@ -35,7 +35,8 @@ def make_batch(rng: np.random.Generator, b: int = 8, t: int = 16) -> dict[str, n
 
 def run_steps(mesh_cfg, batches, *, accum=1, z_loss=1e-4, cfg=CFG):
   """Runs len(batches) jitted steps on `mesh_cfg`; returns (final params as numpy, metrics)."""
-  mesh = parallel.make_mesh(mesh_cfg, jax.devices()[:np.prod([v for v in mesh_cfg.values()])])
+  sizes = list(mesh_cfg.values())
+  mesh = parallel.make_mesh(mesh_cfg, None if -1 in sizes else jax.devices()[:np.prod(sizes)])
   tx, lr = optimizer_lib.make_optimizer(OPT)
   with parallel.mesh_context(mesh):
     abstract = jax.eval_shape(lambda: step_lib.init_state(cfg, tx, 0))

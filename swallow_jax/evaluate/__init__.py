@@ -126,7 +126,7 @@ def run_tasks(config, params, tokenizer, tasks: Sequence[Task | str] | str, *,
         "type": task.type, "lang": task.lang, "num_examples": len(examples),
         "num_fewshot": len(task.fewshot), "metrics": metrics, "main_metric": main,
         "score": score,
-        "samples": [{"prompt": task.prompt(ex), **s}
+        "samples": [{**({} if task.type == "perplexity" else {"prompt": task.prompt(ex)}), **s}
                     for ex, s in zip(examples[:NUM_SAMPLES], samples)],
     }
   return results

@@ -1,8 +1,8 @@
-"""Trainer CLI (continual pretraining and SFT).
+r"""Trainer CLI (continual pretraining and SFT).
 
     python -m swallow_jax.train --config=configs/tiny_cpt.py --workdir=/tmp/tiny
     python -m swallow_jax.train --config=configs/llama3_swallow_8b_cpt.py:v5p-128 \
-        --workdir=gs://bucket/run1 --config.train.num_steps=100
+        --workdir=/mnt/runs/8b --config.train.num_steps=100
 
 Resumes automatically when WORKDIR/checkpoints holds a step. `--config.a.b=value` overrides a
 field of the config; a key the config does not have is an error. Exit status: 0 when done or
@@ -10,6 +10,7 @@ stopped by SIGTERM after saving, 1 on a NaN/inf loss or a bad config (one-line r
 """
 
 import logging
+import re
 import sys
 
 from absl import app, flags
@@ -18,8 +19,9 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py, optionally with ':arg' for get_config(arg)).",
     lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (local or gs://): "
-                               "checkpoints/, metrics.jsonl, config.json, tensorboard/.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (multi-host: a filesystem all "
+                               "hosts share): checkpoints/, metrics.jsonl, config.json, "
+                               "tensorboard/.")
 _DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
                                  "Multi-host: call jax.distributed.initialize() (auto: when a "
                                  "coordinator or a multi-process launcher is detected).")
@@ -28,6 +30,20 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with one-line errors (bad config file, override of a missing key, ...)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    lines = [x for x in str(e).splitlines() if x.strip()]
+    where = lines[0].split(": Error whilst parsing")[0]
+    reason = lines[-1] if len(lines) > 1 else ""  # The exception line of a config traceback.
+    sys.exit(f"error: {where}{': ' + reason if reason else ''} (see --help)")
+  except (AttributeError, KeyError, TypeError, ValueError) as e:  # From config_flags overrides.
+    reason = " ".join(re.sub(r"\\n|[\\'\"]", " ", str(e)).split())
+    sys.exit(f"error: bad --config override: {reason}")
 
 
 def main(argv):
@@ -40,7 +56,12 @@ def main(argv):
                       mode=_DISTRIBUTED.value)
   from swallow_jax.train import loop  # pylint: disable=g-import-not-at-top
   try:
-    summary = loop.run(_CONFIG.value, _WORKDIR.value)
+    config = _CONFIG.value
+    config.keys()  # A lazy error object when the file failed to load.
+  except OSError as e:  # config_flags defers a missing/broken config file's error to here.
+    sys.exit(f"error: --config: {' '.join(str(e).split())}")
+  try:
+    summary = loop.run(config, _WORKDIR.value)
   except (loop.NonFiniteLossError, ValueError, FileNotFoundError) as e:
     logging.error("%s", e)
     sys.exit(f"error: {e}")
@@ -49,4 +70,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -78,7 +78,11 @@ def _source_tokens(data_iter: Any) -> dict[str, int]:
 
 
 def _load_init(config: ml_collections.ConfigDict, abstract_params: Any) -> Any:
+  """Weights from config.init_from (HF dir or Orbax checkpoint) onto the target shardings."""
   path = config.init_from
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"config.init_from={path!r} does not exist (an HF model directory "
+                            "or an Orbax checkpoint/workdir)")
   if config_utils.hf_config_path(path):
     from swallow_jax.model import hf  # pylint: disable=g-import-not-at-top
     shardings = jax.tree.map(lambda a: a.sharding, abstract_params)
