@@ -14,7 +14,7 @@ preset (default llama3_2_1b) in bfloat16, batch 1. The time per decode step is t
 runs of N1 and N2 new tokens divided by N2 - N1 (both in the same cache bucket, so one compiled
 program and no prefill in the difference). A decode step must read every weight except the embedding
 table (one row) plus the KV cache of the context, so
-    bound_s = (param bytes - embedding table bytes [untied] + KV bytes at the mean context) / HBM B/s
+    bound_s = (param bytes - embedding table [untied] + KV bytes at the mean context) / HBM B/s
     fraction = bound_s / measured_s.
 The KV cache holds 2 * layers * kv_heads * head_dim * dtype bytes per token of context.
 """
@@ -147,13 +147,17 @@ def decode_hbm_fraction(preset: str = "llama3_2_1b", prompt_len: int = 128,
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_bool("gpu", False, "Measure batch-1 decode against the HBM bound on the accelerator.")
-flags.DEFINE_string("preset", None, "Model preset (default: small on CPU, llama3_2_1b with --gpu).")
-flags.DEFINE_list("batch_sizes", ["1", "8"], "CPU mode: batch sizes.")
-flags.DEFINE_integer("prompt_len", None, "Prompt tokens (default 32 CPU, 128 GPU).")
-flags.DEFINE_integer("new_tokens", 64, "CPU mode: tokens generated per run.")
-flags.DEFINE_integer("repeats", 3, "Timed runs per measurement (best is kept).")
-flags.DEFINE_float("hbm_gbps", None, "GPU mode: HBM bandwidth in GB/s (default: by device kind).")
+
+
+def _define_flags() -> None:
+  """Flags exist only when run as a program, so gpu_check.py can import this module."""
+  flags.DEFINE_bool("gpu", False, "Batch-1 decode vs the HBM bound on the accelerator.")
+  flags.DEFINE_string("preset", None, "Preset (default: small; llama3_2_1b with --gpu).")
+  flags.DEFINE_list("batch_sizes", ["1", "8"], "CPU mode: batch sizes.")
+  flags.DEFINE_integer("prompt_len", None, "Prompt tokens (default 32 CPU, 128 GPU).")
+  flags.DEFINE_integer("new_tokens", 64, "CPU mode: tokens generated per run.")
+  flags.DEFINE_integer("repeats", 3, "Timed runs per measurement (best is kept).")
+  flags.DEFINE_float("hbm_gbps", None, "GPU mode: HBM bandwidth in GB/s (default: by device kind).")
 
 
 def main(argv) -> None:
@@ -170,4 +174,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

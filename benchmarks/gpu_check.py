@@ -12,7 +12,8 @@ Cases, each in its own process (clean `peak_bytes_in_use`, an OOM cannot take th
 Training uses the trainer's own step (swallow_jax.train.step: AdamW, clipping, z-loss) on a
 1-device mesh, bf16 compute with fp32 parameters and optimizer state, unpacked causal batches so
 attention='cudnn' runs jax.nn.dot_product_attention(is_causal=True) (the cuDNN flash kernel).
-Each train case tries its (batch, remat) candidates in order until one fits in memory.
+Each train case compiles its (batch, remat) candidates in order and runs the first whose compiled
+memory (XLA's own estimate on that GPU) fits; a runtime OOM moves on to the next candidate.
 MFU = tokens/s x FLOPs/token (swallow_jax.train.metrics: 6N + causal attention) / peak bf16.
 
 Imports only jax, flax, optax, numpy and swallow_jax's model/train/parallel modules: the GPU box
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -37,15 +39,22 @@ _LAYERS_8B = flags.DEFINE_integer("layers_8b", 8, "Layers of the 8B-shaped case.
 _CASES = flags.DEFINE_list("cases", ["train_1b", "train_8b", "decode"], "Cases to run.")
 _BUDGET = flags.DEFINE_integer("budget_s", 450, "Stop starting new cases/candidates after this.")
 _CASE = flags.DEFINE_string("case", "", "Internal: run one case in this process.")
-_CANDIDATE = flags.DEFINE_string("candidate", "", "Internal: 'batch,remat' for --case.")
+_CANDIDATES = flags.DEFINE_string("candidates", "", "Internal: 'batch,remat;...' for --case.")
+_PROFILE = flags.DEFINE_string("profile_dir", "", "Write a jax.profiler trace of the timed steps "
+                               "of each train case under this directory (TensorBoard/XProf).")
 
 SEQ_LEN = 8192
-# (batch, remat) candidates per case, most throughput first; the first that fits is reported.
+# (batch, remat) candidates per case, most throughput first; the first whose compiled memory fits
+# the device runs. `python -m swallow_jax.plan` (XLA:CPU, flash-attention memory model) estimated
+# per-device peaks of 1B: (4, dots_no_batch) 120 GB, (2, dots_no_batch) 70 GB, (1, none) ~60 GB;
+# 8B with 8 layers: (2, dots_no_batch) 93 GB, (1, none) 96 GB.
 CANDIDATES = {
-    "train_1b": [(4, "dots_no_batch"), (2, "none"), (2, "dots_no_batch"), (1, "none"),
-                 (2, "full"), (1, "full")],
-    "train_8b": [(2, "dots_no_batch"), (1, "none"), (1, "dots_no_batch"), (1, "full")],
+    "train_1b": [(4, "dots_no_batch"), (2, "dots_no_batch"), (1, "none"), (2, "full"),
+                 (1, "full")],
+    "train_8b": [(2, "dots_no_batch"), (1, "none"), (1, "dots_no_batch"), (2, "full"),
+                 (1, "full")],
 }
+SMOKE_CANDIDATES = [(2, "none"), (1, "full")]
 OPT = dict(peak_lr=1e-4, warmup_steps=10, decay_steps=1000, clip_norm=1.0)
 
 
@@ -65,42 +74,67 @@ def device_info() -> dict[str, Any]:
   return {"platform": d.platform, "device_kind": d.device_kind, "jax": jax.__version__}
 
 
-def train_case(case: str, batch: int, remat: str, smoke: bool, layers_8b: int,
-               steps: int) -> dict[str, Any]:
-  """Compiles and times the trainer's step for one (batch, remat); raises on OOM."""
+def _needed_bytes(compiled) -> int | None:
+  mem = compiled.memory_analysis()
+  if mem is None:
+    return None
+  return (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+          + mem.temp_size_in_bytes)
+
+
+def train_case(case: str, candidates: list[tuple[int, str]], smoke: bool, layers_8b: int,
+               steps: int, profile_dir: str = "") -> dict[str, Any]:
+  """Compiles each (batch, remat) candidate until the compiler's memory estimate fits the device,
+  then initializes and times the trainer's step with it. A runtime OOM propagates (the parent
+  retries with the candidates after it; stderr names the one that ran)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from swallow_jax import parallel, plan  # pylint: disable=g-import-not-at-top
   from swallow_jax.train import metrics, optimizer, step  # pylint: disable=g-import-not-at-top
 
-  cfg = case_config(case, smoke, layers_8b, remat)
   seq_len = 64 if smoke else SEQ_LEN
-  mesh = parallel.make_mesh({"fsdp": 1}, jax.local_devices()[:1])
+  dev = jax.local_devices()[0]
+  limit = (dev.memory_stats() or {}).get("bytes_limit")
+  mesh = parallel.make_mesh({"fsdp": 1}, [dev])
   tx, lr = optimizer.make_optimizer(OPT)
-  tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, seq_len + 1), np.int32)
-  data = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
-          "loss_weights": np.ones((batch, seq_len), np.float32),
-          "positions": None, "segment_ids": None}  # unpacked: cuDNN's is_causal path
+  rejected = []
   with parallel.mesh_context(mesh):
-    step_fn, abstract, abstract_batch, shardings = plan.abstract_train_step(
-        cfg, tx, lr, mesh, batch, seq_len, z_loss=1e-4, plain_causal=True)
-    t0 = time.perf_counter()
-    compiled = step_fn.lower(abstract, abstract_batch).compile()
-    compile_s = time.perf_counter() - t0
+    for batch, remat in candidates:
+      cfg = case_config(case, smoke, layers_8b, remat)
+      step_fn, abstract, abstract_batch, shardings = plan.abstract_train_step(
+          cfg, tx, lr, mesh, batch, seq_len, z_loss=1e-4, plain_causal=True)
+      t0 = time.perf_counter()
+      compiled = step_fn.lower(abstract, abstract_batch).compile()
+      compile_s = time.perf_counter() - t0
+      needed = _needed_bytes(compiled)
+      if limit and needed and needed > limit:
+        rejected.append({"candidate": f"{batch},{remat}", "needs_bytes": needed,
+                         "compile_s": compile_s})
+        continue
+      break
+    else:
+      raise MemoryError(f"RESOURCE_EXHAUSTED: no candidate fits {limit} bytes: {rejected}")
+    print(f"RUNNING {batch},{remat}", file=sys.stderr, flush=True)
+    tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, seq_len + 1), np.int32)
+    data = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+            "loss_weights": np.ones((batch, seq_len), np.float32),
+            "positions": None, "segment_ids": None}  # unpacked: cuDNN's is_causal path
     state = step.jit_init(cfg, tx, 0, shardings)()
     data = jax.device_put(data, parallel.batch_sharding(mesh))
     state, m = compiled(state, data)
     first_loss = float(m["loss"])
+    if profile_dir:
+      jax.profiler.start_trace(profile_dir)
     t0 = time.perf_counter()
     for _ in range(steps):
       state, m = compiled(state, data)
     last_loss = float(m["loss"])  # blocks on the last step
     step_s = (time.perf_counter() - t0) / steps
-  dev = jax.local_devices()[0]
+    if profile_dir:
+      jax.profiler.stop_trace()
   tps = batch * seq_len / step_s
   flops_token = metrics.flops_per_token(cfg, seq_len)
   peak = metrics.peak_flops_per_device(dev.device_kind)
-  mem = compiled.memory_analysis()
   stats = dev.memory_stats() or {}
   return {
       "model": {"layers": cfg.num_layers, "hidden": cfg.hidden_size, "params": cfg.num_params,
@@ -111,7 +145,7 @@ def train_case(case: str, batch: int, remat: str, smoke: bool, layers_8b: int,
       "mfu": metrics.mfu(tps, flops_token, 1, peak), "compile_s": compile_s,
       "loss_first": first_loss, "loss_last": last_loss,
       "peak_bytes_in_use": stats.get("peak_bytes_in_use"), "bytes_limit": stats.get("bytes_limit"),
-      "compiled_temp_bytes": getattr(mem, "temp_size_in_bytes", None),
+      "compiled_needs_bytes": needed, "rejected_by_compiler_estimate": rejected,
   }
 
 
@@ -126,13 +160,23 @@ def decode_case(smoke: bool) -> dict[str, Any]:
                                           dtype="bfloat16")
 
 
-def run_one(case: str, candidate: str, smoke: bool, layers_8b: int, steps: int) -> dict[str, Any]:
+def parse_candidates(text: str) -> list[tuple[int, str]]:
+  """'2,dots_no_batch;1,full' -> [(2, 'dots_no_batch'), (1, 'full')]."""
+  out = []
+  for item in filter(None, text.split(";")):
+    batch, remat = item.split(",")
+    out.append((int(batch), remat))
+  return out
+
+
+def run_one(case: str, candidates: str, smoke: bool, layers_8b: int, steps: int,
+            profile_dir: str = "") -> dict[str, Any]:
   out = {"case": case, **device_info()}
   if case == "decode":
     out.update(decode_case(smoke))
   else:
-    batch, remat = candidate.split(",")
-    out.update(train_case(case, int(batch), remat, smoke, layers_8b, steps))
+    out.update(train_case(case, parse_candidates(candidates), smoke, layers_8b, steps,
+                          profile_dir))
   return out
 
 
@@ -142,7 +186,7 @@ def _is_oom(text: str) -> bool:
 
 
 def run_all(cases: list[str], smoke: bool, layers_8b: int, steps: int, budget_s: int,
-            out_path: str = "") -> dict[str, Any]:
+            out_path: str = "", profile_dir: str = "") -> dict[str, Any]:
   """Runs each case (and its candidates) in a child process; never touches the GPU itself."""
   start = time.perf_counter()
   env = dict(os.environ)
@@ -154,35 +198,42 @@ def run_all(cases: list[str], smoke: bool, layers_8b: int, steps: int, budget_s:
   for i, case in enumerate(cases):
     # Leave each later case at least 60 s of the budget.
     deadline = start + budget_s - 60 * (len(cases) - 1 - i)
-    tries = [""] if case == "decode" else [
-        f"{b},{r}" for b, r in ([(2, "none"), (1, "full")] if smoke else CANDIDATES[case])]
+    todo = [] if case == "decode" else (SMOKE_CANDIDATES if smoke else CANDIDATES[case])
     attempts = []
-    for cand in tries:
+    while True:
       left = deadline - time.perf_counter()
       if left < 30:
-        attempts.append({"candidate": cand, "skipped": "time budget spent"})
+        attempts.append({"skipped": "time budget spent", "untried": todo})
         break
-      cmd = [sys.executable, os.path.abspath(__file__), f"--case={case}", f"--candidate={cand}",
-             f"--layers_8b={layers_8b}", f"--steps={steps}"] + (["--smoke"] if smoke else [])
+      cands = ";".join(f"{b},{r}" for b, r in todo)
+      cmd = [sys.executable, os.path.abspath(__file__), f"--case={case}",
+             f"--candidates={cands}", f"--layers_8b={layers_8b}", f"--steps={steps}"]
+      cmd += ["--smoke"] if smoke else []
+      cmd += [f"--profile_dir={profile_dir}/{case}"] if profile_dir and case != "decode" else []
       try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=left,
                               check=False)
       except subprocess.TimeoutExpired:
-        attempts.append({"candidate": cand, "error": "timed out (budget)"})
+        attempts.append({"error": "timed out (budget)", "candidates": todo})
         break
       lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
       if proc.returncode == 0 and lines:
         results[case] = json.loads(lines[-1])
         break
-      oom = _is_oom(proc.stderr)
-      attempts.append({"candidate": cand, "error": "out of memory" if oom else
+      ran = re.findall(r"^RUNNING (\d+),(\w+)$", proc.stderr, re.M)
+      attempts.append({"ran": ",".join(ran[-1]) if ran else None,
+                       "error": "out of memory" if _is_oom(proc.stderr) else
                        f"exit {proc.returncode}: {proc.stderr.strip()[-1500:]}"})
-      if not oom:
+      if not (_is_oom(proc.stderr) and ran):
+        break
+      failed = (int(ran[-1][0]), ran[-1][1])
+      todo = todo[todo.index(failed) + 1:]
+      if not todo:
         break
     if case not in results:
       results[case] = {"case": case, "failed": attempts}
     elif attempts:
-      results[case]["rejected_candidates"] = attempts
+      results[case]["runtime_oom"] = attempts
   report = {"benchmark": "gpu_check", "smoke": smoke, "seq_len": 64 if smoke else SEQ_LEN,
             "wall_s": time.perf_counter() - start, "results": results,
             "targets": {"mfu": 0.55, "decode_fraction_of_hbm_bound": 0.70}}
@@ -205,11 +256,11 @@ def main(argv):
       import jax  # pylint: disable=g-import-not-at-top
       jax.config.update("jax_platforms", "cpu")
       jax.config.update("jax_num_cpu_devices", 1)
-    print(json.dumps(run_one(_CASE.value, _CANDIDATE.value, _SMOKE.value, _LAYERS_8B.value,
-                             _STEPS.value)))
+    print(json.dumps(run_one(_CASE.value, _CANDIDATES.value, _SMOKE.value, _LAYERS_8B.value,
+                             _STEPS.value, _PROFILE.value)))
     return
   print(json.dumps(run_all(_CASES.value, _SMOKE.value, _LAYERS_8B.value, _STEPS.value,
-                           _BUDGET.value, _OUT.value), indent=1))
+                           _BUDGET.value, _OUT.value, _PROFILE.value), indent=1))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ whose `kind` says what it does:
   train        CPT or SFT with swallow_jax.train (the rest of the sub-config is a training config),
                then export the weights as a Hugging Face directory (`export_hf`)
   chat_vector  target + scale * (instruct - base), streamed over HF directories
-  eval         swallow_jax.evaluate.run_tasks on every listed model
+  eval         swallow_jax.evaluate.run_tasks on every listed model, and optional chat sets
+               (`chat_tasks`: held-out chats scored under the Llama 3 chat template)
 
 Each stage works in WORKDIR/<stage>. A string "${stage.key}" in a sub-config is replaced by an
 output of an earlier stage (e.g. "${cpt.model}"; "${workdir}" is WORKDIR). When a stage
@@ -136,7 +137,7 @@ def resolve(value: Any, outputs: Mapping[str, Any]) -> Any:
 def _demo_data(cfg: dict, stage_dir: str) -> dict:
   from swallow_jax.demo import build_demo_data  # pylint: disable=g-import-not-at-top
   paths = build_demo_data(stage_dir, seed=int(cfg.get("seed", 0)), scale=float(cfg.get("scale", 1)))
-  return {"dir": stage_dir, "raw": paths.raw, "tasks": paths.tasks}
+  return {"dir": stage_dir, "raw": paths.raw, "tasks": paths.tasks, "chat_eval": paths.chat_eval}
 
 
 def _jsonl_texts(paths: Sequence[str]):
@@ -217,22 +218,56 @@ def _chat_vector(cfg: dict, stage_dir: str) -> dict:
   return {"model": output, "scale": float(cfg.get("scale", 0.5))}
 
 
+def chat_scores(model_cfg, params, tok, rows: Sequence[Mapping[str, Any]], *,
+                batch_size: int = 8, max_len: int = 2048, max_new_tokens: int = 48
+                ) -> dict[str, Any]:
+  """Chat-format ability on held-out single-turn chats ({"messages", "answer"} rows):
+  `assistant_perplexity` of the reference replies under the Llama 3 chat template, and
+  `answer_accuracy`, the share of greedy replies to the user turn that contain `answer`."""
+  from swallow_jax import generate  # pylint: disable=g-import-not-at-top
+  from swallow_jax.data.chat import encode_chat  # pylint: disable=g-import-not-at-top
+  from swallow_jax.evaluate import loglik  # pylint: disable=g-import-not-at-top
+  encoded = [encode_chat(tok, r["messages"]) for r in rows]
+  lps = loglik.token_logprobs(model_cfg, params, [ids for ids, _ in encoded],
+                              batch_size=batch_size, max_len=max_len)
+  nll = -sum(float((lp * mask[1:]).sum()) for lp, (_, mask) in zip(lps, encoded))
+  n_tokens = sum(sum(mask[1:]) for _, mask in encoded)
+  prompts = [encode_chat(tok, [m for m in r["messages"] if m["role"] != "assistant"],
+                         add_generation_prompt=True)[0] for r in rows]
+  replies = [tok.decode(o) for o in generate.generate(
+      model_cfg, params, prompts, max_new_tokens, stop_tokens=generate.stop_tokens_for(tok))]
+  hits = [float(str(r["answer"]) in reply) for r, reply in zip(rows, replies)]
+  return {"type": "chat", "num_examples": len(rows),
+          "metrics": {"assistant_perplexity": math.exp(nll / max(n_tokens, 1)),
+                      "answer_accuracy": sum(hits) / max(len(hits), 1)},
+          "score": sum(hits) / max(len(hits), 1),
+          "samples": [{"user": r["messages"][0]["content"], "reply": reply, "gold": r["answer"]}
+                      for r, reply in list(zip(rows, replies))[:3]]}
+
+
 def _eval(cfg: dict, stage_dir: str) -> dict:
   from swallow_jax import evaluate, generate, tokenizer  # pylint: disable=g-import-not-at-top
   tasks = evaluate.load_tasks(list(cfg["tasks"].values()) if isinstance(cfg["tasks"], Mapping)
                               else cfg["tasks"])
   tok = tokenizer.load_tokenizer(cfg["tokenizer"])
+  max_examples = cfg.get("max_examples") or None
+  chats = {}
+  for name, path in (cfg.get("chat_tasks") or {}).items():
+    with open(path, encoding="utf-8") as f:
+      chats[name] = [json.loads(line) for line in f][:max_examples]
   models = {**cfg.get("models", {}), **cfg.get("ablations", {})}
+  batch_size, max_len = int(cfg.get("batch_size", 8)), int(cfg.get("max_len", 2048))
   results = {}
   for name, path in models.items():
     out = os.path.join(stage_dir, f"{name}.json")
     if not os.path.exists(out):  # per-model results: an interrupted eval resumes at a model
       t0 = time.perf_counter()
       model_cfg, params = generate.load_model(path, cfg.get("dtype", "float32"))
-      res = evaluate.run_tasks(model_cfg, params, tok, tasks,
-                               batch_size=int(cfg.get("batch_size", 8)),
-                               max_len=int(cfg.get("max_len", 2048)),
-                               max_examples=cfg.get("max_examples") or None)
+      res = evaluate.run_tasks(model_cfg, params, tok, tasks, batch_size=batch_size,
+                               max_len=max_len, max_examples=max_examples)
+      for chat_name, rows in chats.items():
+        res[chat_name] = chat_scores(model_cfg, params, tok, rows, batch_size=batch_size,
+                                     max_len=min(max_len, model_cfg.max_position_embeddings))
       _write_json(out, {"model": path, "seconds": round(time.perf_counter() - t0, 2),
                         "tasks": res})
       logging.info("eval %s: %s", name, {k: _main_value(v) for k, v in res.items()})
@@ -347,7 +382,8 @@ _BLEU_TOLERANCE = 0.02  # BLEU / 100: two BLEU points
 def _model_metrics(task_results: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, int]]:
   """{metric: value} and {metric: examples} for one model: a task's main score under the task's
   name; a perplexity task 'x_ppl' gives `x_ppl` (token perplexity), `x_bpc` (bits per
-  character) and, if not there already, `<lang>_ppl`."""
+  character) and, if not there already, `<lang>_ppl`; a chat set 'x_chat' gives `x_chat_ppl`
+  (perplexity of the assistant replies) and `x_chat_qa` (replies containing the answer)."""
   metrics, counts = {}, {}
   for task, res in task_results.items():
     n = int(res.get("num_examples", 0))
@@ -359,6 +395,10 @@ def _model_metrics(task_results: Mapping[str, Any]) -> tuple[dict[str, float], d
       lang_key = f"{res.get('lang', 'ja')}_ppl"
       metrics.setdefault(lang_key, float(m["token_perplexity"]))
       counts.setdefault(lang_key, n)
+    elif res["type"] == "chat":
+      for key, value in ((f"{task}_ppl", res["metrics"]["assistant_perplexity"]),
+                         (f"{task}_qa", res["metrics"]["answer_accuracy"])):
+        metrics[key], counts[key] = float(value), n
     else:
       metrics[task], counts[task] = float(res["score"]), n
   return metrics, counts
@@ -434,10 +474,9 @@ def _compare(models, counts, comparison: Mapping[str, Any]) -> list[dict[str, An
       rel = (a - b) / b if b else 0.0
       moved = abs(rel) > _PPL_TOLERANCE
       band = None
-    elif "translation" in metric:
-      band = _BLEU_TOLERANCE
     else:
-      band = _noise(b, a, counts[comparison["after"]].get(metric, 0))
+      band = (_BLEU_TOLERANCE if "translation" in metric
+              else _noise(b, a, counts[comparison["after"]].get(metric, 0)))
       moved = abs(a - b) > band
     direction = ("up" if a > b else "down") if moved else "same"
     finding = {"metric": metric, "before": b, "after": a, "direction": direction,

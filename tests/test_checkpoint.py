@@ -51,13 +51,14 @@ def test_restore_onto_another_mesh_with_iterator_position(tmp_path):
   mngr = checkpoint.make_manager(tmp_path / "checkpoints", dict(keep=2, async_save=True))
   checkpoint.save(mngr, 5, state, it)
   expected_next = [next(it) for _ in range(3)]  # Advancing during the async write is safe.
-  mngr.wait_until_finished()
+  mngr.close()
 
   new_mesh = parallel.make_mesh(dict(data=2, fsdp=2, tensor=2))
   _, abstract = make_state(new_mesh)
   it2 = data_iter()
-  step, restored = checkpoint.restore_latest(
-      checkpoint.make_manager(tmp_path / "checkpoints", {}), abstract, it2)
+  mngr = checkpoint.make_manager(tmp_path / "checkpoints", {})
+  step, restored = checkpoint.restore_latest(mngr, abstract, it2)
+  mngr.close()
   assert step == 5
   assert_trees_equal(restored, state)
   assert restored["params"]["w"]["kernel"].sharding == abstract["params"]["w"]["kernel"].sharding
@@ -78,7 +79,7 @@ def test_truncated_latest_is_skipped_and_moved_aside(tmp_path, caplog):
   mngr = checkpoint.make_manager(tmp_path / "checkpoints", dict(keep=3, async_save=False))
   for step in (2, 4):
     checkpoint.save(mngr, step, {**state, "step": jnp.array(step, jnp.int32)}, data_iter())
-  mngr.wait_until_finished()
+  mngr.close()
   # Truncate the array data files, as an interrupted copy or a full disk would.
   for root, _, names in os.walk(tmp_path / "checkpoints" / "4" / "state"):
     for name in names:
@@ -100,6 +101,7 @@ def test_truncated_latest_is_skipped_and_moved_aside(tmp_path, caplog):
   os.remove(tmp_path / "checkpoints" / "2" / "state" / "_METADATA")
   with pytest.raises(RuntimeError, match="no readable checkpoint"):
     checkpoint.restore_latest(mngr, abstract, data_iter())
+  mngr.close()
 
 
 def test_save_policy(monkeypatch):

@@ -4,6 +4,7 @@ Layout under `out_dir`:
   raw/{ja_web,ja_wiki,en_web,en_wiki,parallel,math}.jsonl   {"text", "lang", ...} per line
   raw/{en_dialogues,ja_dialogues}.jsonl                     {"messages": [...]} per line
   tasks/<task>.jsonl                                         swallow_jax.evaluate task files
+  chat_eval/{ja,en}_chat.jsonl                               held-out chats: {"messages", "answer"}
   world.json                                                 the facts, for reading reports
   manifest.json                                              arguments, per-file line counts
 
@@ -25,7 +26,8 @@ CHAT_SOURCES = ("en_dialogues", "ja_dialogues")
 # Lines per file at scale=1.
 _SIZES = {"ja_web": 1200, "ja_wiki": 300, "en_web": 1200, "en_wiki": 300, "parallel": 600,
           "math": 800, "en_dialogues": 500, "ja_dialogues": 500}
-_EVAL_SIZE = 40        # scored examples per task at scale=1 (at least 8)
+_EVAL_SIZE = 60        # scored examples per task at scale=1 (at least 8; at most the ~62
+                       # held-out facts per language for the knowledge tasks)
 _FEWSHOT = 3
 _MATH_JA_SHARE = 0.3   # the math source is mostly English, as OpenWebMath is
 _FAQ_SHARE = 0.15      # share of web documents that are FAQ pages
@@ -36,6 +38,7 @@ class DemoPaths:
   root: str
   raw: dict[str, str]     # source name -> JSONL path (text and chat sources)
   tasks: dict[str, str]   # task name -> task file
+  chat_eval: dict[str, str]  # lang -> held-out single-turn chats about held-out facts
 
   def task_files(self, *names: str) -> list[str]:
     return [self.tasks[n] for n in (names or self.tasks)]
@@ -142,6 +145,20 @@ def _tasks(world: World, seed: int, n: int, asked, held_out) -> dict[str, tuple[
   return out
 
 
+def _chat_eval(world: World, seed: int, n: int, held_out, lang: str) -> list[dict[str, Any]]:
+  """Questions about held-out facts, answered in a full sentence; `answer` is the bare value a
+  good reply contains. Scores chat-format ability (the chat vector's and SFT's job)."""
+  rng = random.Random(f"chat-eval-{seed}-{lang}")
+  rows = []
+  for kind, idx in rng.sample(held_out, min(n, len(held_out))):
+    q, _ = text.question(world, kind, idx, lang)
+    rows.append({"messages": [{"role": "user", "content": q},
+                              {"role": "assistant",
+                               "content": text.statement(world, kind, idx, lang, rng.randrange(3))}],
+                 "answer": text.answer_value(world, kind, idx, lang)})
+  return rows
+
+
 def _write_jsonl(path: str, rows: list[dict[str, Any]]) -> None:
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
@@ -172,9 +189,17 @@ def build_demo_data(out_dir: str, seed: int = 0, scale: float = 1.0) -> DemoPath
     tasks[name] = os.path.join(task_dir, f"{name}.jsonl")
     _write_jsonl(tasks[name], [header] + examples)
     counts[f"tasks/{name}"] = len(examples)
+  chat_dir = os.path.join(out_dir, "chat_eval")
+  os.makedirs(chat_dir, exist_ok=True)
+  chat_eval = {}
+  for lang in ("ja", "en"):
+    rows = _chat_eval(world, seed, max(8, round(_EVAL_SIZE * scale)), held_out, lang)
+    chat_eval[lang] = os.path.join(chat_dir, f"{lang}_chat.jsonl")
+    _write_jsonl(chat_eval[lang], rows)
+    counts[f"chat_eval/{lang}_chat"] = len(rows)
   with open(os.path.join(out_dir, "world.json"), "w", encoding="utf-8") as f:
     json.dump(dataclasses.asdict(world), f, ensure_ascii=False, indent=1)
   with open(os.path.join(out_dir, "manifest.json"), "w", encoding="utf-8") as f:
     json.dump({"seed": seed, "scale": scale, "lines": counts,
                "facts": {"asked": len(asked), "held_out": len(held_out)}}, f, indent=1)
-  return DemoPaths(root=out_dir, raw=raw, tasks=tasks)
+  return DemoPaths(root=out_dir, raw=raw, tasks=tasks, chat_eval=chat_eval)
