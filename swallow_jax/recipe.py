@@ -54,8 +54,9 @@ class StageError(RuntimeError):
   """A stage cannot run or did not finish; the message says which and why."""
 
 
-class Preempted(RuntimeError):
-  """A training stage stopped on SIGTERM after saving; run the recipe again to continue."""
+class Unfinished(RuntimeError):
+  """A stage stopped short without failing (SIGTERM after a checkpoint, or an HF export left
+  for a one-process run); running the recipe again continues it."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -182,14 +183,14 @@ def _train(cfg: dict, stage_dir: str) -> dict:
   if not os.path.exists(trained):
     summary = train.run(train_cfg, stage_dir)
     if summary["preempted"]:
-      raise Preempted(f"training in {stage_dir} stopped by SIGTERM at step {summary['step']}")
+      raise Unfinished(f"training in {stage_dir} stopped by SIGTERM at step {summary['step']}")
     if jax.process_index() == 0:
       _write_json(trained, {"step": summary["step"], "loss": summary["loss"]})
   out = {"workdir": stage_dir, "model": stage_dir}
   if not cfg.get("export_hf", True):
     return out
   if jax.process_count() > 1:
-    raise StageError(f"{stage_dir}: trained; its HF export runs on one process: run this stage "
+    raise Unfinished(f"{stage_dir}: trained; its HF export runs on one process: run this stage "
                      "again on one host (it will not retrain)")
   from swallow_jax.model import hf  # pylint: disable=g-import-not-at-top
   if summary is None:
@@ -668,8 +669,9 @@ def main(argv: Sequence[str]) -> None:
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                         mode=_DISTRIBUTED.value)
     run(config, workdir, only=_STAGES.value)
-  except Preempted as e:
-    logging.warning("%s; run the same command again to continue", e)
+  except Unfinished as e:
+    logging.warning("%s; run the recipe again to continue", e)
+    return
   except (StageError, ValueError, FileNotFoundError) as e:
     logging.error("%s", e)
     sys.exit(f"error: {e}")

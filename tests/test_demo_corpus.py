@@ -102,6 +102,20 @@ def test_held_out_questions_never_appear_in_training_text(demo):
                             for f in held_out for lang in ("ja", "en")}
 
 
+def test_chat_eval_asks_held_out_facts_and_its_replies_hold_the_answer(demo):
+  world = make_world(0)
+  _, held_out = text.split_facts(world, 0)
+  held_out_questions = {text.question(world, *f, lang)[0] for f in held_out for lang in ("ja", "en")}
+  for lang in ("ja", "en"):
+    rows = _rows(demo.chat_eval[lang])
+    assert len(rows) >= 8
+    for r in rows:
+      user, assistant = r["messages"]
+      assert (user["role"], assistant["role"]) == ("user", "assistant")
+      assert user["content"] in held_out_questions
+      assert r["answer"] in assistant["content"]
+
+
 def test_tasks_load_with_the_evaluation_harness(demo):
   from swallow_jax.evaluate.tasks import load_tasks
   tasks = {t.name: t for t in load_tasks(demo.task_files())}

@@ -11,7 +11,12 @@ import pytest
 from swallow_jax import recipe
 from swallow_jax.sweep import load_config
 
-CONFIGS = sorted(f for f in os.listdir("configs") if f.endswith(".py"))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(f for f in os.listdir(os.path.join(REPO, "configs")) if f.endswith(".py"))
+
+
+def _cfg(spec):
+  return load_config(os.path.join(REPO, "configs", spec))
 
 
 # --------------------------------------------------------------------------------------------
@@ -74,6 +79,31 @@ def test_a_failed_stage_is_rerun_and_later_stages_wait(tmp_path, fake_kind):
   fake_kind.clear()
   recipe.run(_config(), str(tmp_path), report=False)
   assert fake_kind == ["b", "c"]
+
+
+def test_an_unfinished_stage_is_not_marked_done(tmp_path, fake_kind, monkeypatch):
+  def stop(cfg, stage_dir):
+    raise recipe.Unfinished("stopped by SIGTERM")
+  monkeypatch.setitem(recipe.STAGE_KINDS, "stop", stop)
+  with pytest.raises(recipe.Unfinished):
+    recipe.run(_config(b=dict(kind="stop")), str(tmp_path), report=False)
+  assert recipe.status(_config(), str(tmp_path))["b"] == "partial"
+
+
+def test_cli_dry_run_and_bad_input(tmp_path):
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  cmd = [sys.executable, "-m", "swallow_jax.recipe", f"--workdir={tmp_path}"]
+  out = subprocess.run(cmd + ["--config=configs/demo.py:micro", "--dry-run"], capture_output=True,
+                       text=True, cwd=REPO)
+  assert out.returncode == 0, out.stderr
+  lines = out.stdout.splitlines()
+  assert [l.split()[0] for l in lines] == list(_cfg("demo.py").stages)
+  assert lines[3].split() == ["base", "train", "pending"]
+  bad = subprocess.run(cmd + ["--config=configs/demo.py:micro", "--stages=bake"],
+                       capture_output=True, text=True, cwd=REPO)
+  assert bad.returncode == 1 and "error: --stages names ['bake'] are not stages" in bad.stderr
+  assert subprocess.run(cmd + ["--config=configs/demo.py:nope=1"], capture_output=True,
+                        text=True, cwd=REPO).returncode != 0
 
 
 def test_only_runs_the_named_stages(tmp_path, fake_kind):
@@ -170,7 +200,7 @@ def test_report_says_what_moved_and_what_did_not(tmp_path):
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_loads_and_resolves(name):
   from swallow_jax import config_utils  # pylint: disable=g-import-not-at-top
-  config = load_config(os.path.join("configs", name))
+  config = _cfg(name)
   if "stages" not in config:
     config_utils.validate(config)
     return
@@ -183,7 +213,7 @@ def test_every_config_loads_and_resolves(name):
 
 
 def test_real_recipe_configs_carry_the_recipe_numbers():
-  c8 = load_config("configs/llama3_swallow_8b.py:8xh100,root=/r")
+  c8 = _cfg("llama3_swallow_8b.py:8xh100,root=/r")
   assert c8.stages == ("cpt", "chat_vector", "sft", "eval")
   assert c8.cpt.optimizer.peak_lr == 2.5e-5 and c8.cpt.train.num_steps == 12500
   assert c8.chat_vector.scale == 0.5 and c8.chat_vector.target == "${cpt.model}"
@@ -191,9 +221,9 @@ def test_real_recipe_configs_carry_the_recipe_numbers():
   assert c8.sft.init_from == "${chat_vector.model}" and c8.sft.data.kind == "sft"
   assert (c8.sft.optimizer.peak_lr, c8.sft.data.global_batch_size) == (2e-6, 256)
   assert c8.sft.train.neftune_alpha == 5.0
-  c70 = load_config("configs/llama3_swallow_70b.py")
+  c70 = _cfg("llama3_swallow_70b.py")
   assert c70.sft.optimizer.peak_lr == 1e-6 and c70.cpt.optimizer.peak_lr == 1e-5
-  c31 = load_config("configs/llama3_1_swallow_8b.py")
+  c31 = _cfg("llama3_1_swallow_8b.py")
   assert c31.stages == ("cpt", "sft", "eval") and c31.cpt.model.preset == "llama3_1_8b"
 
 
@@ -206,7 +236,7 @@ def micro_demo(tmp_path_factory):
   """Runs configs/demo.py:micro, first stopping `base` half-way to check it resumes."""
   from swallow_jax import train  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp("demo"))
-  config = load_config("configs/demo.py:micro")
+  config = _cfg("demo.py:micro")
   recipe.run(config, workdir, only=["data", "tokenizer", "corpus"], report=False)
   outputs = {n: json.load(open(os.path.join(workdir, n, "DONE.json")))["outputs"]
              for n in ("data", "tokenizer", "corpus")}
@@ -224,6 +254,7 @@ def test_micro_demo_report(micro_demo):
   assert set(report["models"]) == {"base", "swallow_base", "swallow_base_cv", "swallow_instruct"}
   for metrics in report["models"].values():
     assert metrics["ja_ppl"] > 1 and metrics["en_ppl"] > 1
+    assert metrics["ja_chat_ppl"] > 1 and 0 <= metrics["ja_chat_qa"] <= 1
   assert set(report["ablations"]) == {"swallow_base_no_parallel"}
   assert all(s["status"] == "done" for s in report["stages"].values())
   assert report["stages"]["cpt"]["steps"] == 3
@@ -258,7 +289,7 @@ def test_micro_demo_second_run_skips_everything(micro_demo):
 def test_full_demo(tmp_path):
   """`make demo`: the whole configs/demo.py. Budget: 10 minutes on 2 free cores."""
   t0 = time.perf_counter()
-  report = recipe.run(load_config("configs/demo.py"), str(tmp_path))
+  report = recipe.run(_cfg("demo.py"), str(tmp_path))
   seconds = time.perf_counter() - t0
   print(f"full demo: {seconds:.0f} s")
   for metrics in report["models"].values():

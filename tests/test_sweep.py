@@ -56,10 +56,11 @@ def test_ablation_sweep_dry_run_prints_exact_commands(tmp_path):
 
 
 def test_ablation_runs_remove_one_source_each():
-  full = sweep.load_config("configs/ablation.py:v5p-128")
+  path = os.path.join(REPO, "configs", "ablation.py")
+  full = sweep.load_config(f"{path}:v5p-128")
   names = {s["name"] for s in full.cpt.data.sources}
-  for run in sweep.runs("configs/ablation.py")[1:]:
-    cfg = sweep.load_config(f"configs/ablation.py:{sweep.run_arg('configs/ablation.py', run)}")
+  for run in sweep.runs(path)[1:]:
+    cfg = sweep.load_config(f"{path}:{sweep.run_arg(path, run)}")
     kept = {s["name"] for s in cfg.cpt.data.sources}
     assert names - kept == {run["name"][len("no_"):]}
     assert sum(s["weight"] for s in cfg.cpt.data.sources) == pytest.approx(

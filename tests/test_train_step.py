@@ -1,11 +1,9 @@
 """Train step: sharded == single device, grad accumulation, loss, optimizer, schedule, MFU."""
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from swallow_jax import parallel

@@ -180,7 +180,7 @@ def _loop(config, workdir, model_cfg, mesh, mngr, data_iter, step_fn, state, sta
   batch_sharding = parallel.batch_sharding(mesh)
   tokens_per_step = global_batch * seq_len
   preemption = _Preemption()
-  clock = {"step": start, "time": time.perf_counter(), "t0": time.perf_counter()}
+  clock = {"step": start, "time": time.perf_counter(), "first": None}
   last = {"loss": None}
   evaluator = _Evaluator(config, model_cfg) if eval_every else None
 
@@ -198,7 +198,11 @@ def _loop(config, workdir, model_cfg, mesh, mngr, data_iter, step_fn, state, sta
       return
     now = time.perf_counter()
     tps = (done - clock["step"]) * tokens_per_step / max(now - clock["time"], 1e-9)
-    eta = (now - clock["t0"]) / max(done - start, 1) * (num_steps - done)
+    if clock.get("first") is None:  # ETA from steady-state steps (the first one compiles).
+      clock["first"], eta = (done, now), None
+    else:
+      first_step, first_time = clock["first"]
+      eta = (now - first_time) / max(done - first_step, 1) * (num_steps - done)
     clock.update(step=done, time=now)
     record = {k: m.pop(k) for k in ("loss", "lr", "grad_norm")}
     record.update(tokens_per_sec=tps, mfu=metrics_lib.mfu(tps, flops_token, mesh.size, peak), **m)
