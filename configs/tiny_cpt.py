@@ -85,8 +85,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = dict(preset="tiny", vocab_size=VOCAB_SIZE)
   config.init_from = ""
   config.tokenizer = tok_path
+  # num_shards=8: each source cut into 8 slices, one per batch row, so that 1, 2, 4 or 8
+  # processes train on the same batches (and give the same losses).
   config.data = dict(sources=[dict(name="towns", path=data_dir, weight=1.0, filter=None)],
-                     seq_len=64, global_batch_size=8, shuffle_seed=0, kind="pretrain")
+                     seq_len=64, global_batch_size=8, shuffle_seed=0, kind="pretrain",
+                     num_shards=8)
   config.optimizer = dict(peak_lr=3e-3, min_lr_ratio=0.1, warmup_steps=30, decay_steps=300,
                           b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0)
   config.train = dict(num_steps=300, grad_accum_steps=1, z_loss=1e-4, neftune_alpha=0.0, seed=0,

@@ -77,7 +77,8 @@ tarball="/tmp/swallow_jax-$name.tgz"
 python_cmd="$(print_cmd .venv/bin/python -m "$module" "${args[@]+"${args[@]}"}")"
 remote_cmd="cd ~/swallow_jax && $python_cmd"
 (( detach )) && remote_cmd="cd ~/swallow_jax && nohup $python_cmd > ~/swallow_run.log 2>&1 &"
-setup_cmd='mkdir -p ~/swallow_jax && tar -xzf ~/swallow_jax.tgz -C ~/swallow_jax && cd ~/swallow_jax && python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt "jax[tpu]"'
+# TPU VM images ship Python 3.10; swallow_jax needs 3.11+ (Ubuntu 22.04 has it in its archive).
+setup_cmd='command -v python3.11 >/dev/null || (sudo apt-get -qq update && sudo apt-get -qq install -y python3.11 python3.11-venv); mkdir -p ~/swallow_jax && tar -xzf ~/swallow_jax.tgz -C ~/swallow_jax && cd ~/swallow_jax && python3.11 -m venv .venv && .venv/bin/pip install -q -r requirements.txt "jax[tpu]"'
 
 run() {
   if (( dry_run )); then print_cmd "$@"; else "$@"; fi

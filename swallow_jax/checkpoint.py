@@ -9,6 +9,11 @@ DIR/checkpoints_unreadable/ with a warning, and the previous one is used.
 Resume restores everything; `restore_params` (init_from) takes only the parameters onto given
 shardings; `load_params` reads a workdir's model config and parameters (for generation/eval).
 Restoring onto another mesh works: pass abstract arrays (ShapeDtypeStruct) carrying the new shardings.
+
+Multi-host: every process calls save and restore (Orbax writes and reads each process's array
+shards and coordinates the commit); each process's iterator state goes to its own file
+data/process_<i>-of-<n>.json and comes back to the same process, so a resume needs the same
+process count. The processes agree on whether a checkpoint was readable before using it.
 """
 
 from collections.abc import Mapping
@@ -21,6 +26,7 @@ from typing import Any
 from etils import epath
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -59,25 +65,56 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iter: Any = No
   mngr.save(step, args=ocp.args.Composite(**items), force=True)
 
 
+class IncompatibleCheckpointError(ValueError):
+  """A checkpoint this run cannot continue as configured (e.g. another process count)."""
+
+
+def _check_process_count(step_dir: epath.Path) -> None:
+  """Iterator states are per process: a resume with another process count cannot use them."""
+  n = jax.process_count()
+  names = [p.name for p in (step_dir / "data").glob("process_*-of-*.json")]
+  if names and not any(name.endswith(f"-of-{n}.json") for name in names):
+    counts = sorted({name.rsplit("-of-", 1)[1].removesuffix(".json") for name in names})
+    raise IncompatibleCheckpointError(
+        f"checkpoint {step_dir} was written by {' or '.join(counts)} processes, this run has {n}: "
+        "the data-iterator positions are saved per process, so resume with the same number")
+
+
+def _any_process(flag: bool) -> bool:
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(multihost_utils.process_allgather(np.array(flag)).any())
+
+
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any,
                    data_iter: Any = None) -> tuple[int, Any] | None:
   """Restores the newest readable checkpoint into `abstract_state`'s shapes/shardings.
 
   Sets `data_iter` to the saved position. Returns (step, state), or None when there is no
-  checkpoint. Unreadable checkpoints are moved aside with a warning; if none is readable, raises.
+  checkpoint. Unreadable checkpoints (on any process) are moved aside with a warning; if none is
+  readable, raises. Raises IncompatibleCheckpointError, moving nothing, when the checkpoint is
+  fine but this run cannot continue it.
   """
   steps = sorted(mngr.all_steps(), reverse=True)
   if not steps:
     return None
   for step in steps:
+    if data_iter is not None:
+      _check_process_count(epath.Path(mngr.directory) / str(step))
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    error = None
     try:
       restored = mngr.restore(step, args=ocp.args.Composite(**items))
-      return step, restored["state"]
+    except IncompatibleCheckpointError:
+      raise
     except Exception as e:  # Orbax raises many types for damaged files. pylint: disable=broad-except
-      _set_aside(mngr, step, e)
+      error = e
+    if not _any_process(error is not None):  # All processes must continue from the same step.
+      return step, restored["state"]
+    _set_aside(mngr, step, error or RuntimeError("unreadable on another process"))
   raise RuntimeError(f"no readable checkpoint in {mngr.directory} (tried steps {steps}); "
                      "see the warnings above, or start a new workdir")
 

@@ -535,6 +535,20 @@ def _markdown(report: Mapping[str, Any], config: Mapping[str, Any], plots: Seque
   lines = [f"# {report['title']}", ""]
   if report_cfg.get("intro"):
     lines += [report_cfg["intro"].strip(), ""]
+  checks = [(c.get("what") or c.get("name"), f) for c in
+            report["comparisons"] + list(report["ablations"].values()) for f in c["findings"]
+            if "expected" in f]
+  if checks:
+    seen = [f"{what}: `{f['metric']}`" for what, f in checks if f["as_expected"]]
+    missing = [f"{what}: `{f['metric']}`" for what, f in checks if not f["as_expected"]]
+    lines += ["## Summary", "",
+              f"{len(seen)} of {len(checks)} expected effects showed up in this run."]
+    if seen:
+      lines.append(f"Seen: {'; '.join(seen)}.")
+    if missing:
+      lines.append(f"Not seen (the measured change was the other way or within noise): "
+                   f"{'; '.join(missing)}.")
+    lines.append("")
   everyone = {**report["models"], **{k: v["metrics"] for k, v in report["ablations"].items()}}
   if everyone:
     metrics = sorted({k for v in everyone.values() for k in v},

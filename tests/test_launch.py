@@ -81,9 +81,11 @@ def test_tpu_vm_dry_run():
       f"--exclude=__pycache__ -C {REPO} .",
       f"gcloud compute tpus tpu-vm scp /tmp/swallow_jax-sw.tgz 'sw:~/swallow_jax.tgz' {where} "
       "--worker=all",
-      f"gcloud compute tpus tpu-vm ssh sw {where} --worker=all '--command=mkdir -p ~/swallow_jax "
-      "&& tar -xzf ~/swallow_jax.tgz -C ~/swallow_jax && cd ~/swallow_jax && python3 -m venv "
-      ".venv && .venv/bin/pip install -q -r requirements.txt \"jax[tpu]\"'",
+      f"gcloud compute tpus tpu-vm ssh sw {where} --worker=all '--command=command -v python3.11 "
+      ">/dev/null || (sudo apt-get -qq update && sudo apt-get -qq install -y python3.11 "
+      "python3.11-venv); mkdir -p ~/swallow_jax && tar -xzf ~/swallow_jax.tgz -C ~/swallow_jax "
+      "&& cd ~/swallow_jax && python3.11 -m venv .venv && .venv/bin/pip install -q -r "
+      "requirements.txt \"jax[tpu]\"'",
       f"gcloud compute tpus tpu-vm ssh sw {where} --worker=all '--command=cd ~/swallow_jax && "
       ".venv/bin/python -m swallow_jax.recipe --config=configs/llama3_swallow_8b.py:v5p-128,"
       "root=/mnt/s --workdir=/mnt/s/runs/8b --stages=cpt'",

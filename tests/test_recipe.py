@@ -262,10 +262,15 @@ def test_micro_demo_report(micro_demo):
     assert os.path.getsize(os.path.join(workdir, name)) > 100, name
   assert "## What moved" in open(os.path.join(workdir, "report.md")).read()
   # The chat vector stage really is swallow_base + 0.5 (instruct - base), tensor by tensor.
+  import glob  # pylint: disable=g-import-not-at-top
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-  get = lambda stage: load_file(os.path.join(workdir, stage, *(
-      ("model",) if stage == "chat_vector" else ("hf",)), "model.safetensors"))
+
+  def get(stage):
+    d = os.path.join(workdir, stage, "model" if stage == "chat_vector" else "hf")
+    return {k: v for f in glob.glob(os.path.join(d, "*.safetensors")) for k, v in load_file(f).items()}
+
   cv, cpt, base, inst = get("chat_vector"), get("cpt"), get("base"), get("instruct")
+  assert cv and set(cv) == set(cpt)
   for name in cv:
     assert abs(cv[name] - (cpt[name] + 0.5 * (inst[name] - base[name]))).max() < 1e-5, name
 

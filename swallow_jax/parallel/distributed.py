@@ -1,16 +1,27 @@
 """Multi-host start-up: `jax.distributed.initialize()` when this is one of several processes.
 
 Must run before anything touches a JAX backend. Launchers either set the environment that JAX
-auto-detects (Cloud TPU pods, SLURM, Open MPI, Kubernetes) or pass the coordinator explicitly:
+auto-detects (Cloud TPU VMs, SLURM, Open MPI, Kubernetes) or pass the coordinator explicitly:
 
     JAX_COORDINATOR_ADDRESS=host0:1234 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=0 python -m swallow_jax.train ...
     python -m swallow_jax.train ... --coordinator_address=host0:1234 --num_processes=2 --process_id=0
+
+A process that dies is noticed by the others through the coordination service's heartbeats: after
+about `heartbeat_timeout_seconds` every survivor is terminated (non-zero exit) with JAX's message
+"The following tasks are unhealthy (stopped sending heartbeats): <process ids>" instead of
+hanging in a collective that will never complete.
 """
 
+import glob
+import importlib.util
 import logging
 import os
 
 import jax
+
+# Seconds without heartbeats after which a process counts as dead and the others stop
+# (JAX's default is 100). Heartbeats come from a C++ thread, so long compiles and saves are safe.
+HEARTBEAT_TIMEOUT_S = 60
 
 # Environment variables whose presence means the launcher started several processes.
 _MULTI_PROCESS_ENV = {
@@ -33,13 +44,21 @@ def _launcher_detected() -> bool:
   return False
 
 
+def _on_cloud_tpu_vm() -> bool:
+  """libtpu installed and TPU chips attached: JAX finds the slice's hosts in the GCE metadata."""
+  return (importlib.util.find_spec("libtpu") is not None
+          and bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")))
+
+
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, mode: str = "auto") -> bool:
+               process_id: int | None = None, mode: str = "auto",
+               heartbeat_timeout_seconds: int = HEARTBEAT_TIMEOUT_S) -> bool:
   """Initializes multi-process JAX; returns True if this is (now) a distributed run.
 
-  mode: 'auto' initializes when a coordinator is given (argument or JAX_COORDINATOR_ADDRESS) or a
-  multi-process launcher is detected; 'on' always calls jax.distributed.initialize (JAX then
-  auto-detects the cluster); 'off' never does. Calling it again is a no-op.
+  mode: 'auto' initializes when a coordinator is given (argument or JAX_COORDINATOR_ADDRESS), a
+  multi-process launcher is detected (SLURM_NTASKS > 1, Open MPI, TPU_WORKER_HOSTNAMES) or this
+  is a Cloud TPU VM; 'on' always calls jax.distributed.initialize (JAX then auto-detects the
+  cluster); 'off' never does. Calling it again is a no-op.
   """
   if mode not in ("auto", "on", "off"):
     raise ValueError(f"distributed mode must be 'auto', 'on' or 'off', got {mode!r}")
@@ -50,10 +69,20 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     num_processes = int(os.environ["JAX_NUM_PROCESSES"])
   if process_id is None and os.environ.get("JAX_PROCESS_ID"):
     process_id = int(os.environ["JAX_PROCESS_ID"])
-  if mode == "off" or (mode == "auto" and not coordinator_address and not _launcher_detected()):
+  if mode == "off" or (mode == "auto" and not coordinator_address and not _launcher_detected()
+                       and not _on_cloud_tpu_vm()):
     return False
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id)
+  explicit = None not in (coordinator_address, num_processes, process_id)
+  if not jax.config.jax_cpu_collectives_implementation:
+    # Cross-process collectives of the CPU backend (loopback tests, CPU clusters); the flag
+    # touches only the CPU client, so TPU/GPU runs are unaffected.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(
+      coordinator_address=coordinator_address, num_processes=num_processes,
+      process_id=process_id, heartbeat_timeout_seconds=heartbeat_timeout_seconds,
+      # Explicit flags win over cluster detection, which under SLURM would also restrict each
+      # process to one GPU (SLURM_LOCALID); launch/slurm.sbatch runs one process per node.
+      cluster_detection_method="deactivate" if explicit else None)
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())

@@ -76,6 +76,14 @@ def make_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[Any] | None = None)
   return jax.sharding.Mesh(grid, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
 
 
+def required_devices(mesh_cfg: Mapping[str, int]) -> int | None:
+  """Global device count the mesh asks for (ICI x DCN sizes); None when an axis is -1 (any)."""
+  sizes = [int(mesh_cfg.get(a, DEFAULTS[a])) for a in AXES]
+  if -1 in sizes:
+    return None
+  return math.prod(sizes) * math.prod(int(mesh_cfg.get(f"dcn_{a}", 1)) for a in AXES)
+
+
 def describe(mesh: jax.sharding.Mesh) -> str:
   """'data=1 fsdp=8 tensor=1 (8 devices, cpu)' for logs."""
   axes = " ".join(f"{k}={v}" for k, v in mesh.shape.items())

@@ -15,6 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
+import numpy as np
 import optax
 
 # Logical axis name -> mesh axis (or axes, or None = replicated). Model and trainer use only these.
@@ -122,3 +123,22 @@ def shard_fraction(shapes: Any, shardings: Any) -> float:
     per_device += math.prod(sharding.shard_shape(shape.shape)) * nbytes
   return per_device / max(total, 1)
 
+
+
+def local_batch_shards(sharding: jax.sharding.Sharding, global_batch: int, shards: int) -> list[int]:
+  """Which of `shards` equal row blocks of a [global_batch, length] array this process holds.
+
+  A process supplies the rows of its addressable devices (jax.make_array_from_process_local_data
+  takes them in increasing order); each block must lie wholly on or off this process. Processes
+  that replicate rows (e.g. a tensor axis across hosts) get the same blocks.
+  """
+  if global_batch % shards:
+    raise ValueError(f"global batch {global_batch} is not divisible into {shards} data shards")
+  held = np.zeros(global_batch, bool)
+  for index in sharding.addressable_devices_indices_map((global_batch, 1)).values():
+    held[index[0]] = True
+  blocks = held.reshape(shards, global_batch // shards)
+  if not np.all(blocks.all(axis=1) | ~blocks.any(axis=1)):
+    raise ValueError(f"{shards} data shards of {global_batch} rows do not align with the rows "
+                     f"process {jax.process_index()} holds; use a multiple of the process count")
+  return np.flatnonzero(blocks.all(axis=1)).tolist()

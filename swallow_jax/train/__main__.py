@@ -29,6 +29,10 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0 (multi-host without auto-detection).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+_HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_seconds", None,
+                                  "Multi-host: if a process stops sending heartbeats for this "
+                                  "long, all others exit (non-zero) naming it (default 60).",
+                                  lower_bound=1)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -53,7 +57,8 @@ def main(argv):
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save chatter.
   from swallow_jax import parallel  # pylint: disable=g-import-not-at-top
   parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                      mode=_DISTRIBUTED.value)
+                      mode=_DISTRIBUTED.value,
+                      heartbeat_timeout_seconds=_HEARTBEAT.value or parallel.HEARTBEAT_TIMEOUT_S)
   from swallow_jax.train import loop  # pylint: disable=g-import-not-at-top
   try:
     config = _CONFIG.value

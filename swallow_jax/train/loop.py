@@ -25,6 +25,7 @@ import numpy as np
 
 from swallow_jax import checkpoint, config_utils, parallel
 from swallow_jax.model import param_logical_axes
+from swallow_jax.train import data as data_lib
 from swallow_jax.train import metrics as metrics_lib
 from swallow_jax.train import optimizer as optimizer_lib
 from swallow_jax.train import step as step_lib
@@ -61,20 +62,12 @@ def _any_process(*flags: bool) -> tuple[bool, ...]:
   return tuple(bool(x) for x in np.any(gathered.reshape(-1, len(flags)), axis=0))
 
 
-def _global_batch(local: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict:
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(local[k]))
+def _global_batch(local: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding,
+                  global_batch: int) -> dict:
+  """The global batch from each process's rows (its data shards, in row order)."""
+  return {k: jax.make_array_from_process_local_data(
+              sharding, np.asarray(local[k]), (global_batch, *local[k].shape[1:]))
           for k in step_lib.BATCH_KEYS}
-
-
-def _source_tokens(data_iter: Any) -> dict[str, int]:
-  """Tokens read so far per data source, summed over processes (if the iterator counts them)."""
-  counts = dict(getattr(data_iter, "source_tokens", {}) or {})
-  if counts and jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    names = sorted(counts)
-    total = multihost_utils.process_allgather(np.array([counts[n] for n in names])).sum(0)
-    counts = dict(zip(names, total.tolist()))
-  return counts
 
 
 def _load_init(config: ml_collections.ConfigDict, abstract_params: Any) -> Any:
@@ -107,6 +100,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   global_batch = int(config.data.global_batch_size)
   num_steps = int(config.train.num_steps)
   accum = int(config.train.get("grad_accum_steps", 1))
+  shards = data_lib.num_shards(config.data, jax.process_count())
+  if global_batch % shards:
+    raise ValueError(f"data.global_batch_size={global_batch} must be divisible by "
+                     f"data.num_shards={shards}")
   if global_batch % (jax.process_count() * accum):
     raise ValueError(f"data.global_batch_size={global_batch} must be divisible by "
                      f"process_count x grad_accum_steps = {jax.process_count()} x {accum}")
@@ -119,10 +116,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   seed = int(config.train.get("seed", 0))
   is_main = jax.process_index() == 0
 
-  from swallow_jax.data.pipeline import make_train_iterator  # pylint: disable=g-import-not-at-top
-  data_iter = make_train_iterator(
-      config.data, seq_len=seq_len, batch_size_per_process=global_batch // jax.process_count(),
-      process_index=jax.process_index(), process_count=jax.process_count(),
+  data_iter = data_lib.make_iterator(
+      config.data, seq_len=seq_len, global_batch=global_batch, shards=shards,
+      local_shards=parallel.local_batch_shards(parallel.batch_sharding(mesh), global_batch, shards),
       seed=int(config.data.get("shuffle_seed", seed)))
 
   with parallel.mesh_context(mesh):
@@ -162,12 +158,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                  neftune_alpha=float(config.train.get("neftune_alpha", 0.0)),
                                  param_shardings=param_sh),
         shardings, mesh)
-    return _loop(config, workdir, model_cfg, mesh, mngr, data_iter, step_fn, state, start,
-                 num_steps, seq_len, global_batch)
+    return _loop(config, workdir, model_cfg, mesh, mngr, data_iter, shards, step_fn, state,
+                 start, num_steps, seq_len, global_batch)
 
 
-def _loop(config, workdir, model_cfg, mesh, mngr, data_iter, step_fn, state, start, num_steps,
-          seq_len, global_batch) -> dict[str, Any]:
+def _loop(config, workdir, model_cfg, mesh, mngr, data_iter, shards, step_fn, state, start,
+          num_steps, seq_len, global_batch) -> dict[str, Any]:
   is_main = jax.process_index() == 0
   log_every = max(1, int(config.train.get("log_every", 1)))
   eval_every = int(config.get("eval", {}).get("every_steps", 0) or 0)
@@ -219,8 +215,8 @@ def _loop(config, workdir, model_cfg, mesh, mngr, data_iter, step_fn, state, sta
       for step in range(start, num_steps):
         local = next(data_iter)
         logged = (step + 1) % log_every == 0 or step + 1 == num_steps
-        counts = _source_tokens(data_iter) if logged else {}
-        state, device_metrics = step_fn(state, _global_batch(local, batch_sharding))
+        counts = data_lib.source_tokens(data_iter, shards) if logged else {}
+        state, device_metrics = step_fn(state, _global_batch(local, batch_sharding, global_batch))
         done = step + 1
         if pending is not None:  # Previous step's metrics: fetched while this one runs.
           handle(*pending)

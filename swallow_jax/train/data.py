@@ -1,0 +1,87 @@
+"""Host-local training batches, independent of how many processes share the work.
+
+Every source is cut into `config.data.num_shards` disjoint slices (default: one per process). Data
+shard k feeds rows [k*B/S, (k+1)*B/S) of every global batch of B rows; a process reads the shards
+whose rows its devices hold (`parallel.local_batch_shards`) and concatenates them. With a fixed
+num_shards the global batch is the same on 1 process x 8 devices and on 2 processes x 4 devices,
+so the losses are too. Each process checkpoints the positions of its own shards.
+"""
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+
+from swallow_jax import checkpoint
+
+
+def num_shards(data_cfg: Mapping[str, Any], process_count: int) -> int:
+  """config.data.num_shards, or one shard per process when it is 0 or missing."""
+  shards = int(data_cfg.get("num_shards", 0) or 0) or process_count
+  if shards % process_count:
+    raise ValueError(f"data.num_shards={shards} must be a multiple of the number of processes "
+                     f"({process_count})")
+  return shards
+
+
+class ShardedBatches(grain.DatasetIterator):
+  """Concatenates one batch of each of this process's data shards, in shard order."""
+
+  def __init__(self, shards: Mapping[int, grain.DatasetIterator]):
+    super().__init__(list(shards.values()))
+    self._shards = dict(sorted(shards.items()))
+
+  @property
+  def shard_ids(self) -> tuple[int, ...]:
+    return tuple(self._shards)
+
+  @property
+  def shard_source_tokens(self) -> dict[int, dict[str, int]]:
+    """{shard: {source: tokens read so far}}, from the pipeline's per-source counters."""
+    return {k: dict(getattr(it, "source_tokens", {}) or {}) for k, it in self._shards.items()}
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batches = [next(it) for it in self._shards.values()]
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+  def get_state(self) -> dict[str, Any]:
+    return {"shards": {str(k): it.get_state() for k, it in self._shards.items()}}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    saved = sorted(int(k) for k in state["shards"])
+    if saved != list(self._shards):
+      raise checkpoint.IncompatibleCheckpointError(
+          f"the checkpoint's data-iterator state of process {jax.process_index()} holds data "
+          f"shards {saved}, this process reads {list(self._shards)}: resume with the same "
+          "number of processes and data.num_shards as the run that saved it")
+    for k, it in self._shards.items():
+      it.set_state(state["shards"][str(k)])
+
+
+def make_iterator(data_cfg: Any, *, seq_len: int, global_batch: int, shards: int,
+                  local_shards: Sequence[int], seed: int) -> ShardedBatches:
+  """One Grain pipeline per local shard (see swallow_jax.data.pipeline), each B/S rows a step."""
+  from swallow_jax.data.pipeline import make_train_iterator  # pylint: disable=g-import-not-at-top
+  return ShardedBatches({
+      k: make_train_iterator(data_cfg, seq_len=seq_len, batch_size_per_process=global_batch // shards,
+                             process_index=k, process_count=shards, seed=seed)
+      for k in local_shards})
+
+
+def source_tokens(data_iter: ShardedBatches, shards: int) -> dict[str, int]:
+  """Tokens read so far per source over all shards of all processes (each shard counted once)."""
+  per_shard = data_iter.shard_source_tokens
+  names = sorted({n for counts in per_shard.values() for n in counts})
+  if not names:
+    return {}
+  table = np.zeros((shards, len(names)), np.int64)
+  for k, counts in per_shard.items():
+    table[k] = [counts.get(n, 0) for n in names]
+  if jax.process_count() > 1:  # Processes holding the same rows read the same shard: max, not sum.
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    # As int32 pairs: JAX arrays are 32-bit by default and counts pass 2^31 in real runs.
+    gathered = np.asarray(multihost_utils.process_allgather(table.view(np.int32)))
+    table = np.ascontiguousarray(gathered).view(np.int64).max(axis=0)
+  return dict(zip(names, table.sum(axis=0).tolist()))
