@@ -30,7 +30,7 @@ class ShardedBatches(grain.DatasetIterator):
   """Concatenates one batch of each of this process's data shards, in shard order."""
 
   def __init__(self, shards: Mapping[int, grain.DatasetIterator]):
-    super().__init__(list(shards.values()))
+    super().__init__()
     self._shards = dict(sorted(shards.items()))
 
   @property
