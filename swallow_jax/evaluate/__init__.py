@@ -1,5 +1,6 @@
 """Evaluation harness: task files (tasks.py), scorers (scoring.py), log-likelihoods (loglik.py),
-plots (plots.py).
+plots (plots.py), chat sets scored under the chat template (chat.py), task files built from the
+public releases of the Swallow evaluation sets (prepare.py, `python -m swallow_jax.evaluate.prepare`).
 
     from swallow_jax import evaluate
     results = evaluate.run_tasks(config, params, tokenizer, ["ja_mc.jsonl", "niilc.jsonl"])
@@ -18,9 +19,10 @@ from typing import Any
 
 from swallow_jax.evaluate import loglik
 from swallow_jax.evaluate import scoring
+from swallow_jax.evaluate.chat import load_chats, score_chats
 from swallow_jax.evaluate.tasks import Task, load_task, load_tasks
 
-__all__ = ["load_task", "load_tasks", "run_tasks", "Task"]
+__all__ = ["load_chats", "load_task", "load_tasks", "run_tasks", "score_chats", "Task"]
 
 NUM_SAMPLES = 3  # examples per task echoed into the results for inspection
 MAIN_METRIC = {"multiple_choice": "acc", "qa": "char_f1", "math": "accuracy",

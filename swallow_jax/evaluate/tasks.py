@@ -33,6 +33,9 @@ the prompt (acc); acc_norm divides by the choice's length in characters (lm-eval
 Default templates (_TEMPLATES below): e.g. qa/ja "質問: {question}\n回答:", math/ja
 "問題: {question}\nステップごとの答え:"; translation with lang "ja" is en->ja ("英語: {source}\n日本語:"),
 with lang "en" ja->en. Multiple-choice templates may use {choices_text} (the choices joined by ", ").
+
+The Swallow evaluation sets (JCommonsenseQA, JSQuAD, JEMHopQA, NIILC, MGSM, WMT20, perplexity
+text) are converted from their public releases by `python -m swallow_jax.evaluate.prepare`.
 """
 
 from collections.abc import Iterable, Sequence

@@ -124,8 +124,8 @@ def shard_fraction(shapes: Any, shardings: Any) -> float:
   return per_device / max(total, 1)
 
 
-
-def local_batch_shards(sharding: jax.sharding.Sharding, global_batch: int, shards: int) -> list[int]:
+def local_batch_shards(sharding: jax.sharding.Sharding, global_batch: int,
+                       shards: int) -> list[int]:
   """Which of `shards` equal row blocks of a [global_batch, length] array this process holds.
 
   A process supplies the rows of its addressable devices (jax.make_array_from_process_local_data

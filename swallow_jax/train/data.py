@@ -30,12 +30,8 @@ class ShardedBatches(grain.DatasetIterator):
   """Concatenates one batch of each of this process's data shards, in shard order."""
 
   def __init__(self, shards: Mapping[int, grain.DatasetIterator]):
-    super().__init__()
     self._shards = dict(sorted(shards.items()))
-
-  @property
-  def shard_ids(self) -> tuple[int, ...]:
-    return tuple(self._shards)
+    super().__init__(list(self._shards.values()))  # Grain's prefetch and close reach them all.
 
   @property
   def shard_source_tokens(self) -> dict[int, dict[str, int]]:
@@ -57,15 +53,28 @@ class ShardedBatches(grain.DatasetIterator):
           f"shards {saved}, this process reads {list(self._shards)}: resume with the same "
           "number of processes and data.num_shards as the run that saved it")
     for k, it in self._shards.items():
-      it.set_state(state["shards"][str(k)])
+      it.set_state(_untangle_json(state["shards"][str(k)]))
+
+
+def _untangle_json(state: Any) -> Any:
+  """Gives back the tuples that a JSON round trip (the checkpoint file) turned into lists.
+
+  Grain 0.2.18's ConcatThenSplit compares `remainder_slices` with the tuple (-1, -1); a list never
+  equals it, so a checkpoint taken with no remainder would restore one and skip a document.
+  """
+  if isinstance(state, dict):
+    return {k: ({f: tuple(v) for f, v in x.items()} if k == "remainder_slices"
+                else _untangle_json(x)) for k, x in state.items()}
+  return state
 
 
 def make_iterator(data_cfg: Any, *, seq_len: int, global_batch: int, shards: int,
                   local_shards: Sequence[int], seed: int) -> ShardedBatches:
   """One Grain pipeline per local shard (see swallow_jax.data.pipeline), each B/S rows a step."""
   from swallow_jax.data.pipeline import make_train_iterator  # pylint: disable=g-import-not-at-top
+  rows = global_batch // shards
   return ShardedBatches({
-      k: make_train_iterator(data_cfg, seq_len=seq_len, batch_size_per_process=global_batch // shards,
+      k: make_train_iterator(data_cfg, seq_len=seq_len, batch_size_per_process=rows,
                              process_index=k, process_count=shards, seed=seed)
       for k in local_shards})
 

@@ -7,6 +7,10 @@ Start-up picks one of three ways to get the train state:
 Then it steps until config.train.num_steps, logging metrics, saving checkpoints every N steps /
 M minutes / on SIGTERM, and stopping with NonFiniteLossError on a NaN/inf loss (before any save
 of the bad state, so the last checkpoint stays good).
+
+Multi-host: every process runs this same loop. Each reads the data shards of the batch rows its
+devices hold (swallow_jax.train.data) and the global batch is assembled from them; save and stop
+decisions are agreed between processes; only process 0 writes metrics and config.json.
 """
 
 from collections.abc import Mapping
@@ -116,10 +120,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   seed = int(config.train.get("seed", 0))
   is_main = jax.process_index() == 0
 
+  local_shards = parallel.local_batch_shards(parallel.batch_sharding(mesh), global_batch, shards)
   data_iter = data_lib.make_iterator(
       config.data, seq_len=seq_len, global_batch=global_batch, shards=shards,
-      local_shards=parallel.local_batch_shards(parallel.batch_sharding(mesh), global_batch, shards),
-      seed=int(config.data.get("shuffle_seed", seed)))
+      local_shards=local_shards, seed=int(config.data.get("shuffle_seed", seed)))
 
   with parallel.mesh_context(mesh):
     abstract = jax.eval_shape(lambda: step_lib.init_state(model_cfg, tx, seed))

@@ -1,0 +1,72 @@
+"""Chat-format ability: held-out single-turn chats scored under the Llama 3 chat template.
+
+A chat set is JSONL, one conversation per line, with no header (unlike task files):
+
+    {"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}],
+     "answer": "the bare fact a good reply contains"}
+
+Two numbers per set, both needing the template, which a task file's prompt text cannot express:
+  assistant_perplexity  token perplexity of the reference replies (content and <|eot_id|>) after
+                        the rendered conversation before them;
+  answer_accuracy       share of greedy replies to the non-assistant turns that contain `answer`
+                        (plain substring; the result's `score`).
+"""
+
+from collections.abc import Mapping, Sequence
+import json
+import math
+import os
+from typing import Any
+
+from swallow_jax.evaluate import loglik
+
+NUM_SAMPLES = 3  # replies echoed into the result for inspection
+
+
+def load_chats(path: str) -> list[dict[str, Any]]:
+  """Reads a chat set; ValueError naming the file and line of a malformed row."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"chat set not found: {path}")
+  rows = []
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
+      if (not isinstance(row, dict) or not isinstance(row.get("messages"), list)
+          or "answer" not in row):
+        raise ValueError(f"{path}:{n}: a chat row needs 'messages' (a list) and 'answer'")
+      rows.append(row)
+  if not rows:
+    raise ValueError(f"{path}: no chats")
+  return rows
+
+
+def score_chats(config, params, tokenizer, rows: Sequence[Mapping[str, Any]], *,
+                batch_size: int = 8, max_len: int = 2048, max_new_tokens: int = 48
+                ) -> dict[str, Any]:
+  """A result shaped like run_tasks' ({"type": "chat", "num_examples", "metrics", "score",
+  "samples"}) for chat rows (see the module docstring)."""
+  from swallow_jax import generate  # pylint: disable=g-import-not-at-top
+  from swallow_jax.data.chat import encode_chat  # pylint: disable=g-import-not-at-top
+  encoded = [encode_chat(tokenizer, r["messages"]) for r in rows]
+  lps = loglik.token_logprobs(config, params, [ids for ids, _ in encoded],
+                              batch_size=batch_size, max_len=max_len)
+  nll = -sum(float((lp * mask[1:]).sum()) for lp, (_, mask) in zip(lps, encoded))
+  n_tokens = sum(sum(mask[1:]) for _, mask in encoded)
+  prompts = [encode_chat(tokenizer, [m for m in r["messages"] if m["role"] != "assistant"],
+                         add_generation_prompt=True)[0] for r in rows]
+  replies = [tokenizer.decode(o) for o in generate.generate(
+      config, params, prompts, max_new_tokens, stop_tokens=generate.stop_tokens_for(tokenizer))]
+  hits = [float(str(r["answer"]) in reply) for r, reply in zip(rows, replies)]
+  return {"type": "chat", "num_examples": len(rows),
+          "metrics": {"assistant_perplexity": math.exp(nll / max(n_tokens, 1)),
+                      "answer_accuracy": sum(hits) / max(len(hits), 1)},
+          "score": sum(hits) / max(len(hits), 1),
+          "samples": [{"user": next((m["content"] for m in reversed(r["messages"])
+                                     if m["role"] == "user"), ""),
+                       "reply": reply, "gold": r["answer"]}
+                      for r, reply in list(zip(rows, replies))[:NUM_SAMPLES]]}

@@ -1,0 +1,293 @@
+"""A recipe's report: what every model scored and, in plain words, what each stage moved.
+
+Pure functions over what the stages recorded (no reading of run directories: the recipe runner
+gathers that and calls `build`):
+
+    report = build(report_cfg, stages, results, ablation_models)   # the report.json content
+    text = markdown(report, plots, intro=report_cfg.get("intro", ""))
+    write(workdir, report, intro=..., curves=...)                  # report.json, report.md, PNGs
+
+`report_cfg` is a recipe config's `report` section:
+  title        heading of report.md.
+  intro        a paragraph under it.
+  comparisons  [{what, before, after, note, expect: {metric: "up" | "down" | "same"}}]: pairs of
+               models and the change each metric is expected to show between them.
+  ablations    [{name, reference, note, expect}]: an ablation model against the model it varies.
+
+A metric "moved" when the change is beyond noise: for scores in [0, 1], two standard errors of the
+difference of two accuracies over the task's examples (two BLEU points for translation); for
+perplexities and other lower-is-better metrics, a relative change of more than 2%.
+"""
+
+from collections.abc import Collection, Mapping, Sequence
+import json
+import math
+import os
+import re
+from typing import Any
+
+LOWER_IS_BETTER = re.compile(r"(_ppl|perplexity|bits_per_(char|byte)|_bpc|_bpb|loss)$")
+PPL_TOLERANCE = 0.02  # relative change of a perplexity that we call "did not move"
+BLEU_TOLERANCE = 0.02  # BLEU / 100: two BLEU points
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Atomic: a reader sees the old file or the whole new one, never a part."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=1, ensure_ascii=False, default=str)
+  os.replace(tmp, path)
+
+
+def model_metrics(task_results: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, int]]:
+  """{metric: value} and {metric: examples} for one model: a task's main score under the task's
+  name; a perplexity task 'x_ppl' gives `x_ppl` (token perplexity), `x_bpc` (bits per
+  character) and, if not there already, `<lang>_ppl`; a chat set 'x_chat' gives `x_chat_ppl`
+  (perplexity of the assistant replies) and `x_chat_qa` (replies containing the answer)."""
+  metrics, counts = {}, {}
+  for task, res in task_results.items():
+    n = int(res.get("num_examples", 0))
+    if res["type"] == "perplexity":
+      m = res["metrics"]
+      bpc_key = (task[:-len("_ppl")] if task.endswith("_ppl") else task) + "_bpc"
+      for key, value in ((task, m["token_perplexity"]), (bpc_key, m["bits_per_char"])):
+        metrics[key], counts[key] = float(value), n
+      lang_key = f"{res.get('lang', 'ja')}_ppl"
+      metrics.setdefault(lang_key, float(m["token_perplexity"]))
+      counts.setdefault(lang_key, n)
+    elif res["type"] == "chat":
+      for key, value in ((f"{task}_ppl", res["metrics"]["assistant_perplexity"]),
+                         (f"{task}_qa", res["metrics"]["answer_accuracy"])):
+        metrics[key], counts[key] = float(value), n
+    else:
+      metrics[task], counts[task] = float(res["score"]), n
+  return metrics, counts
+
+
+def train_summary(log: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """steps, first and final loss, and the (step, loss) curve of a training log (metrics.jsonl
+  rows); {} when no row has a loss."""
+  rows = [r for r in log if "loss" in r]
+  if not rows:
+    return {}
+  return {"steps": rows[-1]["step"], "first_loss": rows[0]["loss"], "final_loss": rows[-1]["loss"],
+          "curve": [(r["step"], r["loss"]) for r in rows]}
+
+
+def noise_band(before: float, after: float, n: int) -> float:
+  """Two standard errors of the difference of two accuracies over n examples each."""
+  p = min(max((before + after) / 2, 1.0 / max(n, 1)), 1 - 1.0 / max(n, 1))
+  return 2 * math.sqrt(2 * p * (1 - p) / max(n, 1))
+
+
+def compare(models: Mapping[str, Mapping[str, float]], counts: Mapping[str, Mapping[str, int]],
+            comparison: Mapping[str, Any]) -> list[dict[str, Any]]:
+  """Per metric: did it move between two models, which way, and was that the expectation."""
+  before, after = models[comparison["before"]], models[comparison["after"]]
+  expect = comparison.get("expect", {}) or {}
+  out = []
+  for metric in sorted(set(before) & set(after)):
+    b, a = before[metric], after[metric]
+    if LOWER_IS_BETTER.search(metric):
+      rel = (a - b) / b if b else 0.0
+      moved = abs(rel) > PPL_TOLERANCE
+      band = None
+    else:
+      band = (BLEU_TOLERANCE if "translation" in metric
+              else noise_band(b, a, counts[comparison["after"]].get(metric, 0)))
+      moved = abs(a - b) > band
+    direction = ("up" if a > b else "down") if moved else "same"
+    finding = {"metric": metric, "before": b, "after": a, "direction": direction,
+               "noise_band": band}
+    if metric in expect:
+      finding["expected"] = expect[metric]
+      finding["as_expected"] = expect[metric] == direction
+    out.append(finding)
+  return out
+
+
+def build(report_cfg: Mapping[str, Any], stages: Mapping[str, Mapping[str, Any]],
+          results: Mapping[str, Mapping[str, Any]], ablation_models: Collection[str] = ()
+          ) -> dict[str, Any]:
+  """report.json's content: {"title", "models", "ablations", "stages", "comparisons", "examples"}.
+
+  stages: {stage: {"kind", "status", ["seconds"], ["train_log": metrics.jsonl rows]}};
+  results: {model: {task: result}} as evaluate.run_tasks and evaluate.score_chats return them;
+  ablation_models: the models of `results` that are ablations (reported apart from the others).
+  """
+  stage_entries = {}
+  for name, s in stages.items():
+    entry = {k: s[k] for k in ("kind", "status", "seconds") if k in s}
+    entry.update({k: v for k, v in train_summary(s.get("train_log", ())).items() if k != "curve"})
+    stage_entries[name] = entry
+  models, counts = {}, {}
+  for model, task_results in results.items():
+    models[model], counts[model] = model_metrics(task_results)
+  ablations = {}
+  for a in report_cfg.get("ablations", []) or []:
+    name, ref = a["name"], a["reference"]
+    if name in models and ref in models:
+      ablations[name] = dict(
+          a, metrics=models[name],
+          delta={k: models[name][k] - models[ref][k] for k in models[name] if k in models[ref]},
+          findings=compare(models, counts, dict(a, before=ref, after=name)))
+  comparisons = [dict(c, findings=compare(models, counts, c))
+                 for c in report_cfg.get("comparisons", []) or []
+                 if c["before"] in models and c["after"] in models]
+  return {"title": report_cfg.get("title", "Recipe report"),
+          "models": {m: v for m, v in models.items() if m not in ablation_models},
+          "ablations": ablations, "stages": stage_entries, "comparisons": comparisons,
+          "examples": counts}
+
+
+def _fmt(v: float) -> str:
+  return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+
+
+def sentence(f: Mapping[str, Any]) -> str:
+  """One finding of `compare` in plain words."""
+  metric, b, a = f["metric"], f["before"], f["after"]
+  if f["direction"] == "same":
+    how = (f"did not move ({_fmt(b)} -> {_fmt(a)}"
+           + (f", within the +/-{f['noise_band']:.2f} noise band)" if f["noise_band"] is not None
+              else f", under {PPL_TOLERANCE:.0%} relative change)"))
+  elif f["noise_band"] is None:
+    how = (f"{'rose' if f['direction'] == 'up' else 'fell'} {abs(a - b) / b:.0%} "
+           f"({_fmt(b)} -> {_fmt(a)})")
+  else:
+    how = (f"{'rose' if f['direction'] == 'up' else 'fell'} from {_fmt(b)} to {_fmt(a)} "
+           f"(beyond the +/-{f['noise_band']:.2f} noise band)")
+  text = f"`{metric}` {how}"
+  if "expected" in f:
+    words = {"up": "rise", "down": "fall", "same": "stay"}
+    text += (" -- as expected." if f["as_expected"] else
+             f" -- expected to {words[f['expected']]}; that effect is absent in this run.")
+  else:
+    text += "."
+  return text
+
+
+def findings_markdown(c: Mapping[str, Any]) -> list[str]:
+  """A comparison in plain words: its note, what moved, what did not, what was missing."""
+  lines = [c["note"].strip(), ""] if c.get("note") else []
+  moved = [f for f in c["findings"] if f["direction"] != "same" or "expected" in f]
+  still = [f["metric"] for f in c["findings"] if f["direction"] == "same" and "expected" not in f]
+  lines += [f"- {sentence(f)}" for f in moved]
+  if still:
+    lines.append(f"- Unchanged (within noise): {', '.join(f'`{m}`' for m in still)}.")
+  expected = [f for f in c["findings"] if "expected" in f]
+  missing = [f for f in expected if not f["as_expected"]]
+  if expected:
+    lines += ["", f"{len(missing)} of {len(expected)} expected effect(s) did not show up in this "
+              "run." if missing else "Every expected effect showed up in this run."]
+  return lines + [""]
+
+
+def _everyone(report: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+  return {**report["models"], **{k: v["metrics"] for k, v in report["ablations"].items()}}
+
+
+def markdown(report: Mapping[str, Any], plots: Sequence[str] = (), intro: str = "") -> str:
+  """report.md: summary of expected effects, score table, what moved, ablations, stages, plots."""
+  lines = [f"# {report['title']}", ""]
+  if intro:
+    lines += [intro.strip(), ""]
+  checks = [(c.get("what") or c.get("name"), f) for c in
+            report["comparisons"] + list(report["ablations"].values()) for f in c["findings"]
+            if "expected" in f]
+  if checks:
+    seen = [f"{what}: `{f['metric']}`" for what, f in checks if f["as_expected"]]
+    missing = [f"{what}: `{f['metric']}`" for what, f in checks if not f["as_expected"]]
+    lines += ["## Summary", "",
+              f"{len(seen)} of {len(checks)} expected effects showed up in this run."]
+    if seen:
+      lines.append(f"Seen: {'; '.join(seen)}.")
+    if missing:
+      lines.append(f"Not seen (the measured change was the other way or within noise): "
+                   f"{'; '.join(missing)}.")
+    lines.append("")
+  everyone = _everyone(report)
+  if everyone:
+    metrics = sorted({k for v in everyone.values() for k in v},
+                     key=lambda k: (bool(LOWER_IS_BETTER.search(k)), k))
+    lines += ["## Scores", "",
+              "Task scores are in [0, 1] (higher is better); `*_ppl` is token perplexity and "
+              "`*_bpc` bits per character on held-out text (lower is better).", "",
+              "| model | " + " | ".join(metrics) + " |",
+              "|---|" + "---|" * len(metrics)]
+    for model, m in everyone.items():
+      lines.append(f"| {model} | " + " | ".join(_fmt(m[k]) if k in m else "-" for k in metrics)
+                   + " |")
+    lines.append("")
+  if report["comparisons"]:
+    lines += ["## What moved", ""]
+    for c in report["comparisons"]:
+      lines += [f"### {c.get('what', c['before'] + ' -> ' + c['after'])}: "
+                f"`{c['before']}` -> `{c['after']}`", ""] + findings_markdown(c)
+  if report["ablations"]:
+    lines += ["## Ablations", ""]
+    for name, a in report["ablations"].items():
+      lines += [f"### `{name}` vs `{a['reference']}`", ""] + findings_markdown(a)
+  lines += ["## Stages", "",
+            "| stage | kind | status | seconds | steps | first loss | final loss |",
+            "|---|---|---|---|---|---|---|"]
+  for name, s in report["stages"].items():
+    cells = [name, s["kind"], s["status"], s.get("seconds", "-"), s.get("steps", "-"),
+             _fmt(s["first_loss"]) if "first_loss" in s else "-",
+             _fmt(s["final_loss"]) if "final_loss" in s else "-"]
+    lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+  total = sum(s.get("seconds", 0) for s in report["stages"].values())
+  lines += ["", f"Stage time in total: {total:.0f} s (stages skipped as already done count with "
+            "the time they took when they ran).", ""]
+  if plots:
+    lines += ["## Plots", ""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
+    lines.append("")
+  return "\n".join(lines)
+
+
+def plot(report: Mapping[str, Any], out_dir: str,
+         curves: Mapping[str, Sequence[tuple[int, float]]] | None = None) -> list[str]:
+  """PNGs in out_dir: loss_curves.png (one panel per {title: [(step, loss)]} in `curves`),
+  radar.png (scores, when >= 3 metrics) and perplexity.png; returns their paths."""
+  from swallow_jax.evaluate import plots  # pylint: disable=g-import-not-at-top  (sets Agg)
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  out = []
+  curves = {k: v for k, v in (curves or {}).items() if v}
+  if curves:
+    cols = min(3, len(curves))
+    rows = math.ceil(len(curves) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    for ax, (title, curve) in zip(axes.flat, curves.items()):
+      steps, losses = zip(*curve)
+      ax.plot(steps, losses)
+      ax.set_title(title)
+      ax.set_xlabel("step")
+      ax.set_ylabel("loss")
+    for ax in list(axes.flat)[len(curves):]:
+      ax.axis("off")
+    fig.tight_layout()
+    out.append(os.path.join(out_dir, "loss_curves.png"))
+    fig.savefig(out[-1], dpi=100)
+    plt.close(fig)
+  everyone = _everyone(report)
+  scores = {m: {k: v for k, v in vals.items() if not LOWER_IS_BETTER.search(k)}
+            for m, vals in everyone.items()}
+  if scores and len({k for v in scores.values() for k in v}) >= 3:
+    out.append(plots.radar_chart(scores, os.path.join(out_dir, "radar.png"),
+                                 title="task scores (higher is better)"))
+  ppl = {m: {k: v for k, v in vals.items() if k.endswith("_ppl")} for m, vals in everyone.items()}
+  if any(ppl.values()):
+    out.append(plots.grouped_bars(ppl, os.path.join(out_dir, "perplexity.png"),
+                                  title="held-out perplexity (lower is better)",
+                                  ylabel="token perplexity"))
+  return out
+
+
+def write(out_dir: str, report: Mapping[str, Any], *, intro: str = "",
+          curves: Mapping[str, Sequence[tuple[int, float]]] | None = None) -> list[str]:
+  """Writes out_dir/report.json, report.md and the plots; returns the paths written."""
+  plot_files = plot(report, out_dir, curves)
+  write_json(os.path.join(out_dir, "report.json"), report)
+  with open(os.path.join(out_dir, "report.md"), "w", encoding="utf-8") as f:
+    f.write(markdown(report, plot_files, intro))
+  return [os.path.join(out_dir, "report.json"), os.path.join(out_dir, "report.md"), *plot_files]
