@@ -46,6 +46,7 @@ NEFTUNE_ALPHA = 5.0         # our choice (NEFTune paper); Swallow publishes no v
 CHAT_VECTOR_SCALE = 0.5
 # Task files (swallow_jax.evaluate format) expected under TASKS_ROOT: the Japanese tasks of the
 # Swallow evaluation that the harness supports, plus held-out perplexity text per language.
+# Build them from the public releases with `python -m swallow_jax.evaluate.prepare` (docs/evaluation.md).
 TASKS = ("jcommonsenseqa", "jemhopqa", "niilc", "jsquad", "mgsm_ja", "wmt20_en_ja",
          "wmt20_ja_en", "ja_ppl", "en_ppl")
 

@@ -191,7 +191,7 @@ def test_remat_policies_and_unrolled_layers_give_same_logits_and_grads(params):
     return jnp.mean(jax.nn.logsumexp(logits, -1) - logits[..., 0])
 
   ref_loss, ref_grad = jax.jit(jax.value_and_grad(lambda p: loss(TINY, p)))(params)
-  for policy, scan in (("qkv_proj", True), ("dots", False)):
+  for policy, scan in (("qkv_proj", True), ("dots", False), ("dots_no_batch_attn_out", True)):
     cfg = dataclasses.replace(TINY, remat_policy=policy, scan_layers=scan)
     value, grad = jax.jit(jax.value_and_grad(lambda p: loss(cfg, p)))(params)
     np.testing.assert_allclose(value, ref_loss, rtol=1e-6)

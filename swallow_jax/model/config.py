@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "qkv_proj", "qkv_proj_attn_out")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "qkv_proj", "qkv_proj_attn_out",
+                  "dots_no_batch_attn_out")
 ATTENTION_BACKENDS = ("auto", "xla", "dot_product", "cudnn", "splash")
 DTYPES = ("float32", "bfloat16", "float16")
 

@@ -29,6 +29,11 @@ REMAT_POLICIES = {
                                                               "value_proj"),
     "qkv_proj_attn_out": jax.checkpoint_policies.save_only_these_names(
         "query_proj", "key_proj", "value_proj", "attn_out"),
+    # Weight matmuls plus the attention output: a fused (cuDNN/Splash) attention kernel is not a
+    # dot, so 'dots_no_batch' alone would rerun its forward pass in the backward pass.
+    "dots_no_batch_attn_out": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        jax.checkpoint_policies.save_only_these_names("attn_out")),
 }
 
 
