@@ -101,11 +101,11 @@ mkdir -p "$workdir/logs"
 echo "local_multiprocess.sh: $num processes x $per_process CPU devices, coordinator 127.0.0.1:$port, logs in $workdir/logs/" >&2
 pids=()
 stop_all() { local sig="$1" p; for p in "${pids[@]}"; do kill "-$sig" "$p" 2>/dev/null || true; done; }
-trap 'stop_all TERM' INT TERM  # Ctrl-C / preemption: every trainer saves and exits.
+trap 'stop_all TERM' INT TERM  # Ctrl-C / kill: every trainer saves a checkpoint and exits 0.
 for (( i = 0; i < num; i++ )); do
   log="$workdir/logs/process_$i.log"
   if (( i == 0 )); then
-    bash -c "exec ${cmds[i]}" > >(tee "$log") 2>&1 &
+    bash -c "exec ${cmds[i]}" > >(trap '' INT; exec tee "$log") 2>&1 &  # Outlives a Ctrl-C.
   else
     bash -c "exec ${cmds[i]}" > "$log" 2>&1 &
   fi
@@ -131,6 +131,6 @@ while (( left )); do
     echo "local_multiprocess.sh: killing the $left process(es) still running ${grace}s after the failure" >&2
     stop_all KILL
   fi
-  (( left )) && sleep 0.5
+  if (( left )); then sleep 0.5 || true; fi  # A Ctrl-C ends the sleep, not the wait.
 done
 exit "$status"

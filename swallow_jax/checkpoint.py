@@ -26,8 +26,9 @@ from typing import Any
 from etils import epath
 import grain
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
+
+from swallow_jax import parallel
 
 
 def make_manager(directory: str | epath.Path, ckpt_cfg: Mapping[str, Any]) -> ocp.CheckpointManager:
@@ -80,13 +81,6 @@ def _check_process_count(step_dir: epath.Path) -> None:
         "the data-iterator positions are saved per process, so resume with the same number")
 
 
-def _any_process(flag: bool) -> bool:
-  if jax.process_count() == 1:
-    return flag
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return bool(multihost_utils.process_allgather(np.array(flag)).any())
-
-
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any,
                    data_iter: Any = None) -> tuple[int, Any] | None:
   """Restores the newest readable checkpoint into `abstract_state`'s shapes/shardings.
@@ -112,7 +106,8 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any,
       raise
     except Exception as e:  # Orbax raises many types for damaged files. pylint: disable=broad-except
       error = e
-    if not _any_process(error is not None):  # All processes must continue from the same step.
+    (failed,) = parallel.any_process(error is not None)
+    if not failed:  # All processes must continue from the same step.
       return step, restored["state"]
     _set_aside(mngr, step, error or RuntimeError("unreadable on another process"))
   raise RuntimeError(f"no readable checkpoint in {mngr.directory} (tried steps {steps}); "

@@ -13,9 +13,14 @@ are allocated), sets up N fake CPU devices, and compiles it ahead of time
   peak                 arguments + outputs - donated aliases + temporaries
 
 and FLOPs per step: the analytical MaxText-style count (`swallow_jax.train.metrics`) beside XLA's
-own cost analysis. The compiler here is XLA:CPU, so memory is an estimate of what XLA:GPU/TPU
-will need (their fusion, collective and rematerialization passes differ); use it to rank meshes
-and remat policies and to see what clearly does or does not fit, and leave ~10% headroom.
+own cost analysis (of the compiled program, where a scanned layer loop counts once, and of the
+same step lowered with layers unrolled, which counts remat recomputation).
+
+The compiler here is XLA:CPU, so memory is an estimate of what XLA:GPU/TPU will need (their
+fusion, collective and rematerialization passes differ); use it to rank meshes and remat
+policies and to see what clearly does or does not fit, and leave ~10% headroom. Attention is
+traced as `flash_memory_model` by default: XLA:CPU's own attention would hold [B, H, T, T] scores
+that the cuDNN and Splash kernels never materialize (--noflash shows that CPU-only figure).
 """
 
 from __future__ import annotations

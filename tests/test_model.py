@@ -10,6 +10,7 @@ import pytest
 
 from swallow_jax.model import (Llama, LlamaConfig, RopeScaling, forward, forward_with_cache,
                                init_cache, init_params, param_logical_axes, presets)
+from swallow_jax.model.llama import head_kernel
 
 TINY = presets.get("tiny_gqa")
 
@@ -92,6 +93,18 @@ def test_forward_runs_without_mesh_and_on_a_logical_mesh(params):
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     sharded = jax.jit(lambda p, t: Llama(TINY).apply({"params": p}, t))(params, tokens)
   np.testing.assert_allclose(sharded, logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_return_hidden_times_head_kernel_is_the_logits(tied):
+  cfg = dataclasses.replace(TINY, tie_word_embeddings=tied)
+  p = init_params(cfg, jax.random.key(1))
+  tokens = _tokens(2, 8)
+  hidden = Llama(cfg).apply({"params": p}, tokens, return_hidden=True)
+  assert hidden.shape == (2, 8, cfg.hidden_size) and hidden.dtype == jnp.float32
+  np.testing.assert_allclose(hidden @ head_kernel(cfg, p), forward(cfg, p, tokens), atol=1e-5)
+  with pytest.raises(ValueError, match="return_hidden"):
+    Llama(cfg).apply({"params": p}, tokens, cache=init_cache(cfg, 2, 8), return_hidden=True)
 
 
 def _pack(docs, length):

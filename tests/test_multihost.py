@@ -114,22 +114,25 @@ def test_sharded_iterator_restores_exactly_after_any_step(tmp_path, kind):
     other.set_state(states[3])
 
 
-def test_checkpoint_from_another_process_count_is_refused_not_set_aside(tmp_path):
+def test_checkpoint_of_another_layout_is_refused_not_set_aside(tmp_path):
   cfg = _two_source_cfg(tmp_path)
-  make = lambda: data_lib.make_iterator(cfg, seq_len=16, global_batch=2, shards=1,
-                                        local_shards=[0], seed=0)
+  make = lambda shards: data_lib.make_iterator(cfg, seq_len=16, global_batch=4, shards=2,
+                                               local_shards=shards, seed=0)
   state = {"w": jnp.arange(4.0)}
   mngr = checkpoint.make_manager(tmp_path / "checkpoints", {"async_save": False})
-  checkpoint.save(mngr, 3, state, make())
+  checkpoint.save(mngr, 3, state, make([0, 1]))
   mngr.close()
-  data_dir = tmp_path / "checkpoints" / "3" / "data"
-  os.rename(data_dir / "process_0-of-1.json", data_dir / "process_0-of-2.json")
   mngr = checkpoint.make_manager(tmp_path / "checkpoints", {})
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
                           state)
+  with pytest.raises(checkpoint.IncompatibleCheckpointError, match=r"holds data shards \[0, 1\], "
+                     r"this process reads \[1\]"):
+    checkpoint.restore_latest(mngr, abstract, make([1]))
+  data_dir = tmp_path / "checkpoints" / "3" / "data"
+  os.rename(data_dir / "process_0-of-1.json", data_dir / "process_0-of-2.json")
   with pytest.raises(checkpoint.IncompatibleCheckpointError, match="written by 2 processes, this "
                      "run has 1"):
-    checkpoint.restore_latest(mngr, abstract, make())
+    checkpoint.restore_latest(mngr, abstract, make([0, 1]))
   assert mngr.all_steps() == [3]  # Still there: the run is wrong, not the checkpoint.
 
 

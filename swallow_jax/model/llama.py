@@ -172,16 +172,24 @@ def _layer_stack(cfg: LlamaConfig, plain_causal: bool) -> nn.Module:
 
 
 class Llama(nn.Module):
-  """Llama 3 causal LM. Returns float32 logits [B, T, V]; with `cache`, (logits, new_cache)."""
+  """Llama 3 causal LM. Returns float32 logits [B, T, V]; with `cache`, (logits, new_cache).
+
+  `return_hidden=True` returns the final-normed hidden states [B, T, D] in the compute dtype
+  instead of the logits (no cache): a loss can then apply `head_kernel` chunk by chunk and never
+  hold the [B, T, V] logits (`swallow_jax.train.loss.chunked_cross_entropy`).
+  """
 
   config: LlamaConfig
 
   @nn.compact
   def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
                segment_ids: jax.Array | None = None, neftune_alpha: float | jax.Array = 0.0, *,
-               cache: dict[str, jax.Array] | None = None, cache_index: jax.Array | int = 0):
+               cache: dict[str, jax.Array] | None = None, cache_index: jax.Array | int = 0,
+               return_hidden: bool = False):
     cfg = self.config
     b, t = tokens.shape
+    if return_hidden and cache is not None:
+      raise ValueError("return_hidden=True is for training: it does not take a KV cache")
     plain_causal = positions is None and segment_ids is None and cache is None
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
@@ -205,6 +213,8 @@ class Llama(nn.Module):
     x, new_layer_cache = _layer_stack(cfg, plain_causal)(
         x, layer_cache, positions, segment_ids, kv_positions, kv_segment_ids, cache_index)
     x = RMSNorm(cfg, name="final_norm")(x)
+    if return_hidden:
+      return _constrain(x, "batch", "length", "act_embed")
     if cfg.tie_word_embeddings:
       logits = embed.attend(x)
     else:
@@ -239,6 +249,13 @@ def param_logical_axes(config: LlamaConfig) -> Params:
   specs = nn.get_partition_spec(boxed)
   is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)
   return jax.tree.map(tuple, specs, is_leaf=is_spec)
+
+
+def head_kernel(config: LlamaConfig, params: Params) -> jax.Array:
+  """The output projection as a [D, V] kernel: lm_head's, or the embedding transposed if tied."""
+  if config.tie_word_embeddings:
+    return params["embed"]["embedding"].T
+  return params["lm_head"]["kernel"]
 
 
 @functools.partial(jax.jit, static_argnums=0)

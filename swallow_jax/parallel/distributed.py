@@ -18,6 +18,7 @@ import logging
 import os
 
 import jax
+import numpy as np
 
 # Seconds without heartbeats after which a process counts as dead and the others stop
 # (JAX's default is 100). Heartbeats come from a C++ thread, so long compiles and saves are safe.
@@ -87,3 +88,12 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())
   return True
+
+
+def any_process(*flags: bool) -> tuple[bool, ...]:
+  """Each flag True on every process if it is True on one (decisions all processes must share)."""
+  if jax.process_count() == 1:
+    return flags
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  gathered = multihost_utils.process_allgather(np.array(flags, dtype=bool))
+  return tuple(bool(x) for x in np.any(gathered.reshape(-1, len(flags)), axis=0))

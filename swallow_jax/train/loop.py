@@ -57,15 +57,6 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _any_process(*flags: bool) -> tuple[bool, ...]:
-  """Each flag True on every process if it is True on one (save decisions must agree)."""
-  if jax.process_count() == 1:
-    return flags
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  gathered = multihost_utils.process_allgather(np.array(flags, dtype=bool))
-  return tuple(bool(x) for x in np.any(gathered.reshape(-1, len(flags)), axis=0))
-
-
 def _global_batch(local: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding,
                   global_batch: int) -> dict:
   """The global batch from each process's rows (its data shards, in row order)."""
@@ -225,7 +216,7 @@ def _loop(config, workdir, model_cfg, mesh, mngr, data_iter, shards, step_fn, st
         if pending is not None:  # Previous step's metrics: fetched while this one runs.
           handle(*pending)
         pending = (done, device_metrics, counts)
-        stop, save_due = _any_process(preemption.flag, policy.due(done))
+        stop, save_due = parallel.any_process(preemption.flag, policy.due(done))
         save_due = save_due or done == num_steps or stop
         eval_due = bool(eval_every) and done % eval_every == 0
         if save_due or eval_due:

@@ -5,8 +5,14 @@ For logits z over the vocabulary and target y, per token:
     z_loss = coef * logsumexp(z)**2          (PaLM; keeps the softmax normalizer near 1)
 The training objective is sum(w * (ce + z_loss)) / sum(w) over the whole global batch, where w
 is the per-token loss weight (0 on padding and, for SFT, on non-assistant tokens).
+
+`chunked_cross_entropy` computes the same sums from the final hidden states and the output
+kernel, a chunk of positions at a time, so the [B, T, V] float32 logits never exist at once.
 """
 
+import functools
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -22,4 +28,43 @@ def weighted_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.A
                          axis=-1)
   ce = jnp.sum(weights * (lse - target_logit))
   z = jnp.sum(weights * (z_loss * jnp.square(lse))) if z_loss else jnp.zeros((), jnp.float32)
+  return ce, z
+
+
+def chunked_cross_entropy(hidden: jax.Array, kernel: jax.Array, targets: jax.Array,
+                          weights: jax.Array, z_loss: float = 0.0,
+                          chunk_size: int = 1024) -> tuple[jax.Array, jax.Array]:
+  """`weighted_cross_entropy(hidden @ kernel, ...)` without materializing the logits.
+
+  hidden [B, T, D] (compute dtype), kernel [D, V] (parameter dtype; cast per chunk so its gradient
+  accumulates over chunks in the parameter dtype), targets/weights [B, T]. Scans over chunks of
+  `chunk_size` positions of every row (B x chunk_size tokens; the batch axis keeps its sharding);
+  each chunk's float32 logits live only inside a `jax.checkpoint`, so the backward pass recomputes
+  them instead of storing them: O(B * chunk_size * V) instead of O(B * T * V) temporaries.
+  """
+  b, t = hidden.shape[:2]
+  chunk_size = min(chunk_size, t)
+  n = -(-t // chunk_size)
+  pad = n * chunk_size - t
+  if pad:  # Zero-weight padding positions: they add 0 to both sums and get zero gradients.
+    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+    targets = jnp.pad(targets, ((0, 0), (0, pad)))
+    weights = jnp.pad(weights, ((0, 0), (0, pad)))
+
+  def chunks(x):  # [B, n*c, ...] -> [n, B, c, ...]
+    return jnp.moveaxis(x.reshape(b, n, chunk_size, *x.shape[2:]), 1, 0)
+
+  @functools.partial(jax.checkpoint, prevent_cse=False)  # In a scan, CSE cannot undo the remat.
+  def chunk_loss(h, y, w):
+    logits = jnp.einsum("bcd,dv->bcv", h, kernel.astype(h.dtype),
+                        preferred_element_type=jnp.float32)
+    logits = nn.with_logical_constraint(logits, ("batch", "length", "act_vocab"))
+    return weighted_cross_entropy(logits, y, w, z_loss)
+
+  def body(carry, xs):
+    ce, z = chunk_loss(*xs)
+    return (carry[0] + ce, carry[1] + z), None
+
+  zero = jnp.zeros((), jnp.float32)
+  (ce, z), _ = jax.lax.scan(body, (zero, zero), (chunks(hidden), chunks(targets), chunks(weights)))
   return ce, z

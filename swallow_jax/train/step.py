@@ -15,7 +15,8 @@ import optax
 
 from swallow_jax import parallel
 from swallow_jax.model import Llama, init_params
-from swallow_jax.train.loss import weighted_cross_entropy
+from swallow_jax.model.llama import head_kernel
+from swallow_jax.train.loss import chunked_cross_entropy, weighted_cross_entropy
 
 State = dict[str, Any]
 Batch = Mapping[str, jax.Array]
@@ -43,17 +44,21 @@ def state_shardings(abstract_state: State, tx: optax.GradientTransformation, par
 
 
 def _microbatches(batch: Batch, n: int) -> Batch:
-  """[B, ...] -> [n, B/n, ...] with microbatch i = rows i, i+n, ...: every device keeps its rows."""
+  """[B, ...] -> [n, B/n, ...] with microbatch i = rows i, i+n, ...: every device keeps its rows.
+
+  Entries that are None (a batch without positions/segment ids) stay None.
+  """
   def split(x):
     if x.shape[0] % n:
       raise ValueError(f"batch size {x.shape[0]} is not divisible by grad_accum_steps={n}")
     x = x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1)
     return nn.with_logical_constraint(x, (None, *parallel.BATCH_AXES))
-  return {k: split(batch[k]) for k in BATCH_KEYS}
+  return jax.tree.map(split, {k: batch[k] for k in BATCH_KEYS})
 
 
 def make_train_step(model_cfg: Any, tx: optax.GradientTransformation, lr: optax.Schedule, *,
                     z_loss: float = 0.0, grad_accum_steps: int = 1, neftune_alpha: float = 0.0,
+                    loss_chunk_size: int = 0, document_masking: bool = True,
                     param_shardings: Any = None) -> Callable[[State, Batch], tuple[State, dict]]:
   """Returns the pure step `(state, batch) -> (state, metrics)`; jit it with `jit_train_step`.
 
@@ -62,6 +67,12 @@ def make_train_step(model_cfg: Any, tx: optax.GradientTransformation, lr: optax.
   cross-entropy, without z-loss), z_loss, grad_norm (before clipping), param_norm (after the
   update; non-finite means the new state is unusable), lr (used by this update), loss_tokens
   (sum of loss weights).
+
+  `loss_chunk_size` > 0 computes the loss from the final hidden states `loss_chunk_size`
+  positions at a time (`chunked_cross_entropy`: no [B, T, V] float32 logits); 0 = full logits.
+  `document_masking=False` ignores the batch's positions and segment ids: plain causal attention
+  over the whole packed row with positions 0..T-1, as Megatron-LM trains by default (and the
+  fused kernels' `is_causal` path on GPU); loss weights are used as given.
   """
   model = Llama(model_cfg)
 
@@ -69,9 +80,15 @@ def make_train_step(model_cfg: Any, tx: optax.GradientTransformation, lr: optax.
     kwargs = {}
     if neftune_alpha > 0:
       kwargs = dict(neftune_alpha=neftune_alpha, rngs={"neftune": rng})
-    logits = model.apply({"params": params}, mb["inputs"], mb["positions"], mb["segment_ids"],
-                         **kwargs)
-    ce, z = weighted_cross_entropy(logits, mb["targets"], mb["loss_weights"], z_loss)
+    positions, segment_ids = ((mb["positions"], mb["segment_ids"]) if document_masking
+                              else (None, None))
+    out = model.apply({"params": params}, mb["inputs"], positions, segment_ids,
+                      return_hidden=loss_chunk_size > 0, **kwargs)
+    if loss_chunk_size > 0:
+      ce, z = chunked_cross_entropy(out, head_kernel(model_cfg, params), mb["targets"],
+                                    mb["loss_weights"], z_loss, loss_chunk_size)
+    else:
+      ce, z = weighted_cross_entropy(out, mb["targets"], mb["loss_weights"], z_loss)
     return (ce + z) / total_weight, (ce, z)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
