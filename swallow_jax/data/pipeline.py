@@ -172,8 +172,22 @@ class _SourceCountsIterator(grain.DatasetIterator):
     return {"parent": self._parent.get_state(), "source_tokens": self.source_tokens}
 
   def set_state(self, state: dict[str, Any]) -> None:
-    self._parent.set_state(state["parent"])
+    self._parent.set_state(_untangle_json(state["parent"]))
     self._totals = np.array([state["source_tokens"].get(n, 0) for n in self._names], np.int64)
+
+
+def _untangle_json(state: Any) -> Any:
+  """Gives back the tuples that a JSON round trip (a checkpoint file) turned into lists.
+
+  Grain 0.2.18's ConcatThenSplit compares `remainder_slices` with the tuple (-1, -1); a list never
+  equals it, so a state saved with no remainder would restore one and skip a document.
+  """
+  if isinstance(state, dict):
+    return {k: ({f: tuple(v) for f, v in x.items()} if k == "remainder_slices"
+                else _untangle_json(x)) for k, x in state.items()}
+  if isinstance(state, list):
+    return [_untangle_json(x) for x in state]
+  return state
 
 
 class _SourceCountsDataset(grain.IterDataset):

@@ -53,19 +53,7 @@ class ShardedBatches(grain.DatasetIterator):
           f"shards {saved}, this process reads {list(self._shards)}: resume with the same "
           "number of processes and data.num_shards as the run that saved it")
     for k, it in self._shards.items():
-      it.set_state(_untangle_json(state["shards"][str(k)]))
-
-
-def _untangle_json(state: Any) -> Any:
-  """Gives back the tuples that a JSON round trip (the checkpoint file) turned into lists.
-
-  Grain 0.2.18's ConcatThenSplit compares `remainder_slices` with the tuple (-1, -1); a list never
-  equals it, so a checkpoint taken with no remainder would restore one and skip a document.
-  """
-  if isinstance(state, dict):
-    return {k: ({f: tuple(v) for f, v in x.items()} if k == "remainder_slices"
-                else _untangle_json(x)) for k, x in state.items()}
-  return state
+      it.set_state(state["shards"][str(k)])
 
 
 def make_iterator(data_cfg: Any, *, seq_len: int, global_batch: int, shards: int,
