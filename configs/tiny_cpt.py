@@ -93,7 +93,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer = dict(peak_lr=3e-3, min_lr_ratio=0.1, warmup_steps=30, decay_steps=300,
                           b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0)
   config.train = dict(num_steps=300, grad_accum_steps=1, z_loss=1e-4, neftune_alpha=0.0, seed=0,
-                      log_every=1)
+                      log_every=1, loss_chunk_size=0, document_masking=True)
   config.mesh = dict(data=1, fsdp=-1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
   config.checkpoint = dict(every_steps=50, every_minutes=0.0, keep=3, async_save=True)
   config.eval = dict(every_steps=0, tasks=[])

@@ -13,16 +13,8 @@
 # Every other argument is passed to the module unchanged; --config and --workdir are required.
 set -euo pipefail
 
-# Prints a command so that pasting it into bash runs exactly it.
-print_cmd() {
-  local a out=()
-  for a in "$@"; do
-    if [[ "$a" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then out+=("$a"); else out+=("${a@Q}"); fi
-  done
-  echo "${out[*]}"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 module="swallow_jax.recipe"
 python=""
 cpu_devices=""
@@ -34,19 +26,16 @@ for arg in "$@"; do
     --python=*) python="${arg#*=}" ;;
     --cpu-devices=*) cpu_devices="${arg#*=}" ;;
     --dry-run) dry_run=1 ;;
-    -h|--help) awk 'NR>1 && /^#/ {sub(/^# ?/, ""); print; next} NR>1 {exit}' "$0"; exit 0 ;;
+    -h|--help) print_help; exit 0 ;;
     *) args+=("$arg") ;;
   esac
 done
-if [[ -z "$python" ]]; then
-  if [[ -x "$repo/.venv/bin/python" ]]; then python="$repo/.venv/bin/python"; else python="python3"; fi
-fi
+python="${python:-$(default_python)}"
 have() { local a; for a in "${args[@]+"${args[@]}"}"; do [[ "$a" == "$1"* ]] && return 0; done; return 1; }
-have --config= || { echo "local.sh: --config=FILE is required" >&2; exit 2; }
-have --workdir= || { echo "local.sh: --workdir=DIR is required" >&2; exit 2; }
-if [[ -n "$cpu_devices" && ! "$cpu_devices" =~ ^[1-9][0-9]*$ ]]; then
-  echo "local.sh: --cpu-devices must be a positive integer, got '$cpu_devices'" >&2; exit 2
-fi
+have --config= || die "--config=FILE is required"
+have --workdir= || die "--workdir=DIR is required"
+[[ -z "$cpu_devices" || "$cpu_devices" =~ ^[1-9][0-9]*$ ]] \
+  || die "--cpu-devices must be a positive integer, got '$cpu_devices'"
 
 env_prefix=()
 if [[ -n "$cpu_devices" ]]; then

@@ -23,17 +23,8 @@
 # status: 0 if every process exited 0, else the status of the first one that failed.
 set -euo pipefail
 
-# Prints a command so that pasting it into bash runs exactly it.
-print_cmd() {
-  local a out=()
-  for a in "$@"; do
-    if [[ "$a" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then out+=("$a"); else out+=("${a@Q}"); fi
-  done
-  echo "${out[*]}"
-}
-die() { echo "local_multiprocess.sh: $*" >&2; exit 2; }
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 module="swallow_jax.train" python="" devices="" port="" grace=90 dry_run=0
 positional=() extra=()
 while (( $# )); do
@@ -44,7 +35,7 @@ while (( $# )); do
     --python=*) python="${1#*=}" ;;
     --grace=*) grace="${1#*=}" ;;
     --dry-run) dry_run=1 ;;
-    -h|--help) awk 'NR>1 && /^#/ {sub(/^# ?/, ""); print; next} NR>1 {exit}' "$0"; exit 0 ;;
+    -h|--help) print_help; exit 0 ;;
     --) shift; extra=("$@"); break ;;
     -*) die "unknown option '$1' (module flags go after --)" ;;
     *) positional+=("$1") ;;
@@ -57,9 +48,7 @@ num="${positional[0]}" config="${positional[1]}" workdir="${positional[2]}"
 [[ -z "$devices" || "$devices" =~ ^[1-9][0-9]*$ ]] || die "--devices must be a positive integer, got '$devices'"
 [[ -z "$port" || "$port" =~ ^[1-9][0-9]*$ ]] || die "--port must be a positive integer, got '$port'"
 [[ "$grace" =~ ^[0-9]+$ ]] || die "--grace must be a number of seconds, got '$grace'"
-if [[ -z "$python" ]]; then
-  if [[ -x "$repo/.venv/bin/python" ]]; then python="$repo/.venv/bin/python"; else python="python3"; fi
-fi
+python="${python:-$(default_python)}"
 cd "$repo"
 [[ -f "${config%%:*}" ]] || die "config file '${config%%:*}' not found (relative to $repo)"
 

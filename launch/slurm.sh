@@ -17,16 +17,8 @@
 # The repository and the workdir must be on a filesystem all nodes share.
 set -euo pipefail
 
-# Prints a command so that pasting it into bash runs exactly it.
-print_cmd() {
-  local a out=()
-  for a in "$@"; do
-    if [[ "$a" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then out+=("$a"); else out+=("${a@Q}"); fi
-  done
-  echo "${out[*]}"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 nodes="" gpus=8 partition="" account="" time_limit="" job_name="swallow" port=12355
 module="swallow_jax.recipe" python="$repo/.venv/bin/python" dry_run=0
 args=()
@@ -42,15 +34,15 @@ while (( $# )); do
     --python=*) python="${1#*=}" ;;
     --port=*) port="${1#*=}" ;;
     --dry-run) dry_run=1 ;;
-    -h|--help) awk 'NR>1 && /^#/ {sub(/^# ?/, ""); print; next} NR>1 {exit}' "$0"; exit 0 ;;
+    -h|--help) print_help; exit 0 ;;
     --) shift; args=("$@"); break ;;
-    *) echo "slurm.sh: unknown option '$1' (module flags go after --)" >&2; exit 2 ;;
+    *) die "unknown option '$1' (module flags go after --)" ;;
   esac
   shift
 done
-[[ "$nodes" =~ ^[1-9][0-9]*$ ]] || { echo "slurm.sh: --nodes=N (a positive integer) is required" >&2; exit 2; }
-[[ "$gpus" =~ ^[1-9][0-9]*$ ]] || { echo "slurm.sh: --gpus-per-node must be a positive integer" >&2; exit 2; }
-(( ${#args[@]} )) || { echo "slurm.sh: module flags are required after -- (--config=... --workdir=...)" >&2; exit 2; }
+[[ "$nodes" =~ ^[1-9][0-9]*$ ]] || die "--nodes=N (a positive integer) is required"
+[[ "$gpus" =~ ^[1-9][0-9]*$ ]] || die "--gpus-per-node must be a positive integer"
+(( ${#args[@]} )) || die "module flags are required after -- (--config=... --workdir=...)"
 
 sbatch_cmd=(sbatch --nodes="$nodes" --ntasks-per-node=1 --gpus-per-node="$gpus" --job-name="$job_name"
             --export="ALL,SWALLOW_REPO=$repo,SWALLOW_PYTHON=$python,SWALLOW_PORT=$port")

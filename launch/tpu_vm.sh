@@ -22,16 +22,8 @@
 # The workdir must be visible to all workers (a Filestore/NFS or GCS-FUSE mount).
 set -euo pipefail
 
-# Prints a command so that pasting it into bash runs exactly it.
-print_cmd() {
-  local a out=()
-  for a in "$@"; do
-    if [[ "$a" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then out+=("$a"); else out+=("${a@Q}"); fi
-  done
-  echo "${out[*]}"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 name="" zone="" accelerator="" project="" version="" spot=0 detach=0 dry_run=0
 steps="create,copy,setup,run"
 module="swallow_jax.recipe"
@@ -48,24 +40,23 @@ while (( $# )); do
     --module=*) module="${1#*=}" ;;
     --detach) detach=1 ;;
     --dry-run) dry_run=1 ;;
-    -h|--help) awk 'NR>1 && /^#/ {sub(/^# ?/, ""); print; next} NR>1 {exit}' "$0"; exit 0 ;;
+    -h|--help) print_help; exit 0 ;;
     --) shift; args=("$@"); break ;;
-    *) echo "tpu_vm.sh: unknown option '$1' (module flags go after --)" >&2; exit 2 ;;
+    *) die "unknown option '$1' (module flags go after --)" ;;
   esac
   shift
 done
 for required in name zone accelerator; do
-  [[ -n "${!required}" ]] || { echo "tpu_vm.sh: --$required is required" >&2; exit 2; }
+  [[ -n "${!required}" ]] || die "--$required is required"
 done
 IFS=',' read -r -a step_list <<< "$steps"
 for s in "${step_list[@]}"; do
   case "$s" in create|copy|setup|run|delete) ;; *)
-    echo "tpu_vm.sh: unknown step '$s' (create,copy,setup,run,delete)" >&2; exit 2 ;;
+    die "unknown step '$s' (create,copy,setup,run,delete)" ;;
   esac
 done
 if [[ " ${step_list[*]} " == *" run "* ]] && (( ${#args[@]} == 0 )); then
-  echo "tpu_vm.sh: the run step needs module flags after -- (e.g. --config=... --workdir=...)" >&2
-  exit 2
+  die "the run step needs module flags after -- (e.g. --config=... --workdir=...)"
 fi
 if [[ -z "$version" ]]; then
   if [[ "$accelerator" == v5p-* ]]; then version="v2-alpha-tpuv5"; else version="tpu-ubuntu2204-base"; fi

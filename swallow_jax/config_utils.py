@@ -21,7 +21,7 @@ SCHEMA: dict[str, frozenset[str] | None] = {
     "optimizer": frozenset({"peak_lr", "min_lr_ratio", "warmup_steps", "decay_steps", "b1", "b2",
                             "eps", "weight_decay", "clip_norm"}),
     "train": frozenset({"num_steps", "grad_accum_steps", "z_loss", "neftune_alpha", "seed",
-                        "log_every"}),
+                        "log_every", "loss_chunk_size", "document_masking"}),
     "mesh": frozenset({"data", "fsdp", "tensor", "dcn_data", "dcn_fsdp", "dcn_tensor"}),
     "checkpoint": frozenset({"every_steps", "every_minutes", "keep", "async_save"}),
     "eval": frozenset({"every_steps", "tasks"}),

@@ -50,7 +50,7 @@ def test_compile_bench_tiny_both_modes():
 
 def test_train_step_bench_tiny_jax_vs_torch():
   r = _run("train_step_bench.py", "--shape=smoke", "--batch=2", "--seq_len=32", "--steps=1",
-           "--rounds=1", "--sides=jax,torch")
+           "--rounds=1", "--sides=jax,torch", "--jax_attention=xla")
   res = r["results"]
   assert set(res) == {"swallow_jax", "transformers"}
   for side in res.values():
@@ -65,7 +65,7 @@ def test_train_step_bench_tiny_jax_vs_torch():
                     reason="set MAXTEXT_PYTHON to a Python 3.12 with maxtext[tpu] installed")
 def test_train_step_bench_tiny_maxtext():
   r = _run("train_step_bench.py", "--shape=smoke", "--batch=2", "--seq_len=32", "--steps=2",
-           "--rounds=1", "--sides=jax,maxtext")
+           "--rounds=1", "--sides=jax,maxtext", "--jax_attention=xla")
   assert r["results"]["maxtext"]["tokens_per_sec"] > 0, r["results"]["maxtext"]
 
 

@@ -1,43 +1,13 @@
 """Grain pipeline: packing and masks vs a NumPy reference, mixture, slicing, state."""
 
 import json
-import os
 
 import grain
 import numpy as np
 import pytest
 
 from swallow_jax.data import pipeline
-from swallow_jax.data import records
-
-BOS, EOS = 1, 2
-
-
-def write_dataset(path, docs, fmt="text", masks=None, metas=None, per_shard=7):
-  """A dataset directory as preprocess writes it (several shards)."""
-  os.makedirs(path)
-  writer = records.ShardWriter(str(path), per_shard)
-  for i, doc in enumerate(docs):
-    writer.write(records.encode_record(doc, None if masks is None else masks[i],
-                                       None if metas is None else metas[i]), len(doc))
-  keep = sorted(metas[0]) if metas else []
-  fields = {}
-  for doc, meta in zip(docs, metas or []):
-    for k, v in meta.items():
-      slot = fields.setdefault(k, {}).setdefault(v, {"documents": 0, "tokens": 0})
-      slot["documents"] += 1
-      slot["tokens"] += len(doc)
-  records.write_manifest(str(path), {"fields": fields,
-      "format_version": records.FORMAT_VERSION, "format": fmt, "documents": len(docs),
-      "tokens": sum(map(len, docs)), "shards": writer.close(),
-      "options": {"keep_fields": keep, "path_field": None}})
-  return str(path)
-
-
-def random_docs(rng, n, lo, hi, base=100, first_id=0):
-  """Documents [BOS, id, body..., EOS]; body tokens in [base, base + 900)."""
-  return [[BOS, first_id + i, *rng.integers(base, base + 900, rng.integers(lo, hi)), EOS]
-          for i in range(n)]
+from helpers import random_docs, two_source_cfg, write_dataset
 
 
 def reference_pretrain(docs, seq_len, rows):
@@ -239,21 +209,9 @@ def test_config_errors(tmp_path):
                                  process_count=4, seed=0)
 
 
-def _two_source_cfg(tmp_path, kind="pretrain"):
-  rng = np.random.default_rng(7)
-  fmt = "chat" if kind == "sft" else "text"
-  srcs = []
-  for name, w in (("a", 0.7), ("b", 0.3)):
-    docs = random_docs(rng, 20, 1, 30)
-    masks = [rng.integers(0, 2, len(d)) for d in docs] if fmt == "chat" else None
-    srcs.append({"name": name, "path": write_dataset(tmp_path / name, docs, fmt, masks),
-                 "weight": w})
-  return {"kind": kind, "sources": srcs, "shuffle_seed": 1}
-
-
 @pytest.mark.parametrize("kind", ["pretrain", "sft"])
 def test_state_restore_continues_identically(tmp_path, kind):
-  cfg = _two_source_cfg(tmp_path, kind)
+  cfg = two_source_cfg(tmp_path, kind)
   kw = dict(seq_len=16, batch_size_per_process=2, process_index=0, process_count=1, seed=0)
   it = pipeline.make_train_iterator(cfg, **kw)
   states, counts, batches = [], [], []
@@ -276,7 +234,7 @@ def test_state_restore_continues_identically(tmp_path, kind):
 def test_orbax_composite_checkpoint_restores_stream(tmp_path):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  cfg = _two_source_cfg(tmp_path)
+  cfg = two_source_cfg(tmp_path)
   kw = dict(seq_len=16, batch_size_per_process=2, process_index=0, process_count=1, seed=0)
   it = pipeline.make_train_iterator(cfg, **kw)
   for _ in range(5):

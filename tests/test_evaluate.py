@@ -3,12 +3,12 @@
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from swallow_jax import model as model_lib
 from swallow_jax.evaluate import loglik
+from helpers import direct_logprobs
 
 
 @pytest.fixture(scope="module")
@@ -17,27 +17,16 @@ def tiny():
   return config, model_lib.init_params(config, jax.random.key(1))
 
 
-def _direct_logprobs(config, params, seq):
-  """log p(seq[t] | seq[:t]) from one plain forward (right-padded to 64 tokens, which the causal
-  mask makes harmless, so every call shares one compilation)."""
-  tokens = np.zeros((1, 64), np.int32)
-  tokens[0, :len(seq)] = seq
-  logits = np.asarray(model_lib.forward(config, params, jnp.asarray(tokens))[0], np.float64)
-  m = logits.max(-1, keepdims=True)
-  logp = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
-  return logp[np.arange(len(seq) - 1), seq[1:]]
-
-
 def test_continuation_logprobs_equal_direct_forward(tiny):
   config, params = tiny
   requests = [([1, 5, 6, 7], [8, 9]), ([1, 40], [41]), ([1] + list(range(100, 130)), [3, 4, 5])]
   got = loglik.continuation_logprobs(config, params, requests, batch_size=2)
-  want = [_direct_logprobs(config, params, c + x)[-len(x):].sum() for c, x in requests]
+  want = [direct_logprobs(config, params, c + x)[-len(x):].sum() for c, x in requests]
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   # Contexts that do not fit keep their last tokens.
   (cut,) = loglik.continuation_logprobs(config, params, [requests[2]], max_len=16)
   seq = (requests[2][0] + requests[2][1])[-16:]
-  np.testing.assert_allclose(cut, _direct_logprobs(config, params, seq)[-3:].sum(), rtol=1e-5)
+  np.testing.assert_allclose(cut, direct_logprobs(config, params, seq)[-3:].sum(), rtol=1e-5)
 
 
 def test_text_nll_windows_equal_hand_computation(tiny):
@@ -45,10 +34,10 @@ def test_text_nll_windows_equal_hand_computation(tiny):
   seq = [1] + [int(x) for x in np.random.default_rng(0).integers(3, 500, 39)]  # 40 tokens
   (whole,) = loglik.text_nll(config, params, [seq])
   assert whole[1] == 39
-  np.testing.assert_allclose(whole[0], -_direct_logprobs(config, params, seq).sum(), rtol=1e-5)
+  np.testing.assert_allclose(whole[0], -direct_logprobs(config, params, seq).sum(), rtol=1e-5)
   # max_len=16: windows [0:16], [15:31], [30:40]; each window's first token is context only.
   (windowed,) = loglik.text_nll(config, params, [seq], max_len=16)
-  want = -sum(_direct_logprobs(config, params, seq[a:b]).sum()
+  want = -sum(direct_logprobs(config, params, seq[a:b]).sum()
               for a, b in [(0, 16), (15, 31), (30, 40)])
   assert windowed[1] == 39
   np.testing.assert_allclose(windowed[0], want, rtol=1e-5)

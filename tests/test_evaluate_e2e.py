@@ -25,17 +25,7 @@ from swallow_jax.evaluate import loglik
 from swallow_jax.evaluate import scoring
 from swallow_jax.evaluate import tasks as tasks_lib
 from swallow_jax.model import hf
-
-
-def _direct_logprobs(config, params, seq):
-  """log p(seq[t] | seq[:t]) from one plain forward (right-padded to 64 tokens, which the causal
-  mask makes harmless, so every call shares one compilation)."""
-  tokens = np.zeros((1, 64), np.int32)
-  tokens[0, :len(seq)] = seq
-  logits = np.asarray(model_lib.forward(config, params, jnp.asarray(tokens))[0], np.float64)
-  m = logits.max(-1, keepdims=True)
-  logp = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
-  return logp[np.arange(len(seq) - 1), seq[1:]]
+from helpers import direct_logprobs
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +86,7 @@ def test_run_tasks_scores_agree_with_direct_computation(tok_and_model, task_file
   for ex in mc_task.examples:
     ctx = tok.encode(mc_task.prompt(ex), add_bos=True)
     # run_tasks ran with max_len=64: longer prompts keep their last tokens.
-    scores = [_direct_logprobs(config, params, (ctx + tok.encode(c))[-64:])[-len(tok.encode(c)):]
+    scores = [direct_logprobs(config, params, (ctx + tok.encode(c))[-64:])[-len(tok.encode(c)):]
               .sum() for c in ex["choices"]]
     np.testing.assert_allclose(scores, results["mc"]["samples"][len(correct)]["logprobs"],
                                rtol=1e-5)

@@ -21,14 +21,11 @@ import pytest
 from swallow_jax import checkpoint, parallel
 from swallow_jax.data import pipeline
 from swallow_jax.train import data as data_lib
-from test_data_pipeline import _two_source_cfg, random_docs, write_dataset  # Reused helpers.
+from helpers import (REPO, exact, finish, metrics, random_docs, start_trainer, trainer_env,
+                     two_source_cfg, write_dataset)
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 LAUNCHER = os.path.join(REPO, "launch", "local_multiprocess.sh")
 STEPS, EVERY = 12, 5
-# Everything metrics.jsonl records except the timing-dependent fields.
-EXACT = ("step", "loss", "lr", "grad_norm", "param_norm", "z_loss", "loss_tokens",
-         "source_tokens")
 
 
 # --- Which rows, shards and documents each process reads. ---------------------------------------
@@ -92,7 +89,7 @@ def test_num_shards_default_and_checks():
 
 @pytest.mark.parametrize("kind", ["pretrain", "sft"])
 def test_sharded_iterator_restores_exactly_after_any_step(tmp_path, kind):
-  cfg = _two_source_cfg(tmp_path, kind)
+  cfg = two_source_cfg(tmp_path, kind)
   make = lambda: data_lib.make_iterator(cfg, seq_len=16, global_batch=8, shards=4,
                                         local_shards=[1, 3], seed=0)
   it = make()
@@ -115,7 +112,7 @@ def test_sharded_iterator_restores_exactly_after_any_step(tmp_path, kind):
 
 
 def test_checkpoint_of_another_layout_is_refused_not_set_aside(tmp_path):
-  cfg = _two_source_cfg(tmp_path)
+  cfg = two_source_cfg(tmp_path)
   make = lambda shards: data_lib.make_iterator(cfg, seq_len=16, global_batch=4, shards=2,
                                                local_shards=shards, seed=0)
   state = {"w": jnp.arange(4.0)}
@@ -185,13 +182,8 @@ def test_launcher_dry_run_and_errors():
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-  base = tmp_path_factory.getbasetemp()
-  env = {**os.environ, "SWALLOW_JAX_CACHE": str(base / "swallow_cache"),
-         "JAX_PLATFORMS": "cpu",
-         # Restarts and the 2-process run reuse compiled programs instead of compiling again.
-         "JAX_COMPILATION_CACHE_DIR": str(base / "jax_cache"),
-         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+  # Restarts and the 2-process run reuse compiled programs instead of compiling again.
+  env = {**trainer_env(tmp_path_factory.getbasetemp()), "JAX_PLATFORMS": "cpu"}
   subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, 'configs'); "
                   "import tiny_cpt; tiny_cpt.tiny_corpus()"], cwd=REPO, env=env, check=True)
   return env
@@ -205,12 +197,7 @@ def free_port():
 
 def trainer(workdir, env, devices, *flags):
   """One trainer process with `devices` fake CPU devices."""
-  cmd = [sys.executable, "-m", "swallow_jax.train", "--config=configs/tiny_cpt.py",
-         f"--workdir={workdir}", f"--config.train.num_steps={STEPS}",
-         f"--config.checkpoint.every_steps={EVERY}", *flags]
-  env = {**env, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-  return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  return start_trainer(workdir, env, *flags, steps=STEPS, every=EVERY, devices=devices)
 
 
 def launch_two(workdir, env):
@@ -221,23 +208,6 @@ def launch_two(workdir, env):
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   logs = [open(workdir / "logs" / f"process_{i}.log").read() for i in range(2)]
   return out.returncode, logs
-
-
-def finish(proc, timeout=600):
-  out, _ = proc.communicate(timeout=timeout)
-  return proc.returncode, out
-
-
-def metrics(workdir):
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.endswith("\n")]
-
-
-def exact(rows):
-  return [{k: r.get(k) for k in EXACT} for r in rows]
 
 
 @pytest.fixture(scope="module")

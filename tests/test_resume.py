@@ -1,50 +1,23 @@
 """The trainer CLI survives SIGKILL and SIGTERM anywhere with bit-identical losses (tiny_cpt)."""
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
+from helpers import exact, finish, metrics, start_trainer, trainer_env
+
 STEPS, EVERY = 60, 10
-# Everything metrics.jsonl records except the timing-dependent fields.
-EXACT = ("step", "loss", "lr", "grad_norm", "param_norm", "z_loss", "loss_tokens",
-         "source_tokens")
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-  base = tmp_path_factory.getbasetemp()
-  return {**os.environ, "SWALLOW_JAX_CACHE": str(base / "swallow_cache"),
-          # Restarts reuse compiled programs (same executables, so the same numbers).
-          "JAX_COMPILATION_CACHE_DIR": str(base / "jax_cache"),
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+  return trainer_env(tmp_path_factory.getbasetemp())
 
 
 def start(workdir, env, *extra):
-  cmd = [sys.executable, "-m", "swallow_jax.train", "--config=configs/tiny_cpt.py",
-         f"--workdir={workdir}", f"--config.train.num_steps={STEPS}",
-         f"--config.checkpoint.every_steps={EVERY}", *extra]
-  return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-
-
-def finish(proc, timeout=300):
-  out, _ = proc.communicate(timeout=timeout)
-  return proc.returncode, out
-
-
-def metrics(workdir):
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.endswith("\n")]
+  return start_trainer(workdir, env, *extra, steps=STEPS, every=EVERY)
 
 
 def wait_for_step(proc, workdir, step):
@@ -55,10 +28,6 @@ def wait_for_step(proc, workdir, step):
     time.sleep(0.01)
   raise AssertionError(f"trainer exited ({proc.returncode}) before step {step}: "
                        f"{proc.stdout.read()[-3000:]}")
-
-
-def exact(rows):
-  return [{k: r.get(k) for k in EXACT} for r in rows]
 
 
 @pytest.fixture(scope="module")

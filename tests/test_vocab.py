@@ -16,8 +16,8 @@ from swallow_jax import tokenizer as tokenizer_lib
 from swallow_jax.tokenizer import load_tokenizer
 from swallow_jax.vocab import expand as expand_lib
 from swallow_jax.vocab import resize, stats
-from test_tokenizer import (LLAMA3_DIR, TINY_MERGES, write_tiny_sentencepiece,
-                            write_tiny_tiktoken)
+from helpers import (LLAMA3_DIR, TINY_MERGES, write_tiny_sentencepiece,
+                     write_tiny_tiktoken)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = ["東京", "大阪", "京都", "天気", "晴れ", "学校", "先生", "学生", "電車", "会社", "仕事",

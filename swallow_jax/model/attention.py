@@ -13,7 +13,8 @@ Backends:
                and padding (sequence-length) masks, so with packed documents (`segment_ids` given)
                JAX turns our boolean mask into an additive [B, 1, T, S] bias: correct, but it
                materialises O(T*S) per sequence. Plain causal batches (no positions/segment ids
-               passed to `forward`) use `is_causal=True` and skip the mask entirely.
+               passed to `forward`; in training `document_masking=False`) use `is_causal=True`
+               and skip the mask entirely. cuDNN's own packed layout: docs/model.md.
   splash       TPU Splash attention (Pallas): causal-by-index mask + `SegmentIds`, which equals the
                rule above for packed batches (positions rise by one inside each document).
                Needs T % 128 == 0 (or T < 128); not used with a KV cache.

@@ -151,6 +151,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         step_lib.make_train_step(model_cfg, tx, lr, z_loss=float(config.train.get("z_loss", 0.0)),
                                  grad_accum_steps=accum,
                                  neftune_alpha=float(config.train.get("neftune_alpha", 0.0)),
+                                 loss_chunk_size=int(config.train.get("loss_chunk_size", 0)),
+                                 document_masking=bool(config.train.get("document_masking", True)),
                                  param_shardings=param_sh),
         shardings, mesh)
     return _loop(config, workdir, model_cfg, mesh, mngr, data_iter, shards, step_fn, state,

@@ -1,4 +1,5 @@
-"""Train state and the jitted train step (gradient accumulation, z-loss, NEFTune, AdamW).
+"""Train state and the jitted train step (gradient accumulation, z-loss, NEFTune, AdamW,
+token-chunked loss, document masking on or off).
 
 The state is a plain dict so Orbax saves it as-is and restores it onto any mesh:
     {'step': int32[], 'params': ..., 'opt_state': ..., 'rng': uint32[2]}
@@ -74,6 +75,8 @@ def make_train_step(model_cfg: Any, tx: optax.GradientTransformation, lr: optax.
   over the whole packed row with positions 0..T-1, as Megatron-LM trains by default (and the
   fused kernels' `is_causal` path on GPU); loss weights are used as given.
   """
+  if loss_chunk_size < 0:
+    raise ValueError(f"loss_chunk_size must be >= 0 (0 = full logits), got {loss_chunk_size}")
   model = Llama(model_cfg)
 
   def loss_fn(params, mb, rng, total_weight):
