@@ -103,7 +103,7 @@ def train_case(case: str, candidates: list[tuple[int, str]], smoke: bool, layers
     for batch, remat in candidates:
       cfg = case_config(case, smoke, layers_8b, remat, attention)
       step_fn, abstract, abstract_batch, shardings = plan.abstract_train_step(
-          cfg, tx, lr, mesh, batch, seq_len, z_loss=1e-4, plain_causal=True)
+          cfg, tx, lr, mesh, batch, seq_len, z_loss=1e-4, loss_chunk_size=1024, plain_causal=True)
       t0 = time.perf_counter()
       compiled = step_fn.lower(abstract, abstract_batch).compile()
       compile_s = time.perf_counter() - t0

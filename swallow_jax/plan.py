@@ -72,11 +72,11 @@ def num_devices_for(mesh_cfg: dict[str, int], devices: int) -> int:
 
 
 def abstract_train_step(model_cfg: Any, tx: Any, lr: Any, mesh: Any, global_batch: int,
-                        seq_len: int, *, z_loss: float = 0.0, grad_accum_steps: int = 1,
-                        neftune_alpha: float = 0.0, seed: int = 0,
-                        plain_causal: bool = False) -> tuple[Any, Any, Any, Any]:
+                        seq_len: int, *, seed: int = 0, plain_causal: bool = False,
+                        **step_options: Any) -> tuple[Any, Any, Any, Any]:
   """(jitted step, abstract state, abstract batch, state shardings), as `train.loop.run` builds
-  them, with ShapeDtypeStructs carrying the shardings instead of arrays. Call inside
+  them, with ShapeDtypeStructs carrying the shardings instead of arrays; `step_options` go to
+  `make_train_step` (see `train.step.step_options`). Call inside
   `parallel.mesh_context(mesh)`. `plain_causal` drops positions/segment_ids from the batch so
   the model may use `is_causal` kernels (unpacked sequences)."""
   abstract = jax.eval_shape(lambda: step_lib.init_state(model_cfg, tx, seed))
@@ -91,8 +91,7 @@ def abstract_train_step(model_cfg: Any, tx: Any, lr: Any, mesh: Any, global_batc
   if plain_causal:
     batch["positions"] = batch["segment_ids"] = None
   step_fn = step_lib.jit_train_step(
-      step_lib.make_train_step(model_cfg, tx, lr, z_loss=z_loss, grad_accum_steps=grad_accum_steps,
-                               neftune_alpha=neftune_alpha, param_shardings=param_sh),
+      step_lib.make_train_step(model_cfg, tx, lr, param_shardings=param_sh, **step_options),
       shardings, mesh)
   return step_fn, abstract, batch, shardings
 
@@ -160,10 +159,9 @@ def plan(config: Any, devices: int = 0, mesh_override: dict[str, int] | None = N
     model_cfg = dataclasses.replace(model_cfg, remat_policy=remat)
   seq_len = int(config.data.seq_len)
   global_batch = int(config.data.global_batch_size)
-  accum = int(config.train.get("grad_accum_steps", 1))
+  kwargs = step_lib.step_options(config.train)
+  accum = kwargs["grad_accum_steps"]
   mesh = parallel.make_mesh(mesh_cfg)
-  kwargs = dict(z_loss=float(config.train.get("z_loss", 0.0)), grad_accum_steps=accum,
-                neftune_alpha=float(config.train.get("neftune_alpha", 0.0)))
 
   tx, lr = optimizer_lib.make_optimizer(config.optimizer)
   with parallel.mesh_context(mesh), attention_memory_model(flash):

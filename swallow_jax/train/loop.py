@@ -148,11 +148,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         json.dump(config_utils.resolved_dict(config, model_cfg), f, indent=2)
 
     step_fn = step_lib.jit_train_step(
-        step_lib.make_train_step(model_cfg, tx, lr, z_loss=float(config.train.get("z_loss", 0.0)),
-                                 grad_accum_steps=accum,
-                                 neftune_alpha=float(config.train.get("neftune_alpha", 0.0)),
-                                 loss_chunk_size=int(config.train.get("loss_chunk_size", 0)),
-                                 document_masking=bool(config.train.get("document_masking", True)),
+        step_lib.make_train_step(model_cfg, tx, lr, **step_lib.step_options(config.train),
                                  param_shardings=param_sh),
         shardings, mesh)
     return _loop(config, workdir, model_cfg, mesh, mngr, data_iter, shards, step_fn, state,
