@@ -19,6 +19,7 @@ process count. The processes agree on whether a checkpoint was readable before u
 from collections.abc import Mapping
 import json
 import logging
+import os
 import shutil
 import time
 from typing import Any
@@ -37,8 +38,14 @@ def make_manager(directory: str | epath.Path, ckpt_cfg: Mapping[str, Any]) -> oc
       max_to_keep=int(ckpt_cfg.get("keep", 3)) or None,
       enable_async_checkpointing=bool(ckpt_cfg.get("async_save", True)),
       cleanup_tmp_directories=True, create=True)
-  return ocp.CheckpointManager(epath.Path(directory), options=options,
+  return ocp.CheckpointManager(_absolute(directory), options=options,
                                item_names=("state", "data"))
+
+
+def _absolute(path: str | epath.Path) -> epath.Path:
+  """Orbax refuses relative paths; `--workdir=runs/x` is what people type."""
+  path = epath.Path(path)
+  return path if "://" in str(path) else epath.Path(os.path.abspath(path))
 
 
 class SavePolicy:
@@ -128,7 +135,7 @@ def _set_aside(mngr: ocp.CheckpointManager, step: int, error: Exception) -> None
 
 def resolve(path: str | epath.Path) -> epath.Path:
   """A step directory from: a step dir, a checkpoints dir or a workdir (-> its newest step)."""
-  path = epath.Path(path)
+  path = _absolute(path)
   if (path / "state").exists():
     return path
   for root in (path, path / "checkpoints"):

@@ -37,16 +37,18 @@ def read_metrics(workdir):
     return [json.loads(line) for line in f]
 
 
-def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tiny, tmp_path):
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tiny, tmp_path, monkeypatch):
   # lr(1) = 5e29: the second update blows the parameters up.
   config = tiny(optimizer__peak_lr=1e30, optimizer__warmup_steps=2, train__num_steps=4,
                 checkpoint__every_steps=1)
+  monkeypatch.chdir(tmp_path)  # A relative workdir, as typed on a command line (Orbax needs abspath).
   with pytest.raises(loop.NonFiniteLossError, match=r"non-finite values at step 2 .*last good "
                      r"checkpoint: step 1 in"):
-    loop.run(config, str(tmp_path))
-  assert [m["step"] for m in read_metrics(tmp_path)] == [1]
-  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
-  model_cfg, params = checkpoint.load_params(str(tmp_path))
+    loop.run(config, "run")
+  workdir = tmp_path / "run"
+  assert [m["step"] for m in read_metrics(workdir)] == [1]
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["1"]
+  model_cfg, params = checkpoint.load_params("run")
   assert model_cfg == config_utils.model_config(config)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
