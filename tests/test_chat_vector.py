@@ -122,7 +122,8 @@ def test_cli_bf16_within_one_rounding(tmp_path):
     # One bf16 rounding of the result, plus the fp32 rounding of the operands (which matters
     # only where the sum cancels to nearly zero).
     ulp = np.spacing(np.abs(out[name].astype(np.float32))).astype(np.float64) * 2**16
-    operands = np.maximum(np.abs(t[name]), np.abs(i[name]), np.abs(b[name])).astype(np.float32)
+    operands = np.maximum(np.maximum(np.abs(t[name]), np.abs(i[name])),
+                          np.abs(b[name])).astype(np.float32)
     tol = ulp + 4 * np.spacing(operands).astype(np.float64)
     assert np.all(np.abs(out[name].astype(np.float64) - exact) <= tol), name
 
