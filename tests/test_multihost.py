@@ -202,7 +202,8 @@ def trainer(workdir, env, devices, *flags):
 
 def launch_two(workdir, env):
   """launch/local_multiprocess.sh 2 (x 4 devices): (exit status, process 0's and 1's output)."""
-  out = subprocess.run(["bash", LAUNCHER, "2", "configs/tiny_cpt.py", str(workdir), "--",
+  out = subprocess.run(["bash", LAUNCHER, "2", "configs/tiny_cpt.py", str(workdir),
+                        f"--python={sys.executable}", "--",
                         f"--config.train.num_steps={STEPS}",
                         f"--config.checkpoint.every_steps={EVERY}"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -127,13 +127,13 @@ def make_train_step(model_cfg: Any, tx: optax.GradientTransformation, lr: optax.
       (grads, ce, z), _ = jax.lax.scan(
           body, (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)),
           (_microbatches(batch, grad_accum_steps), jnp.arange(grad_accum_steps)))
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
     new_state = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state,
                  "rng": state["rng"]}
     metrics = {"loss": ce / total_weight, "z_loss": z / total_weight, "grad_norm": grad_norm,
-               "param_norm": optax.global_norm(new_params),
+               "param_norm": optax.tree.norm(new_params),
                "lr": jnp.asarray(lr(state["step"]), jnp.float32), "loss_tokens": total}
     return new_state, metrics
 
