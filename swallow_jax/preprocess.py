@@ -40,6 +40,7 @@ from typing import Any
 from absl import app
 from absl import flags
 
+from swallow_jax import cli
 from swallow_jax.data import chat
 from swallow_jax.data import filters
 from swallow_jax.data import records
@@ -285,17 +286,6 @@ def preprocess(input_pattern: str, tokenizer: str, output: str, *, fmt: str = "t
           "seconds": round(time.perf_counter() - start, 3)}
 
 
-def _normalize_argv(argv: Sequence[str]) -> list[str]:
-  """Accepts --text-field as well as --text_field."""
-  out = []
-  for arg in argv:
-    if arg.startswith("--") and len(arg) > 2:
-      name, eq, value = arg[2:].partition("=")
-      arg = "--" + name.replace("-", "_") + eq + value
-    out.append(arg)
-  return out
-
-
 def _define_flags() -> None:
   """CLI flags; defined only when run as a program so importing never clashes."""
   flags.DEFINE_string("input", None, "Comma-separated globs of .jsonl[.gz] / .parquet files.")
@@ -349,4 +339,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main, argv=_normalize_argv(sys.argv))
+  app.run(main, argv=cli.normalize_argv(sys.argv))

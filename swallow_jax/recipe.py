@@ -453,5 +453,5 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   _define_flags()
-  from swallow_jax.sweep import normalize_argv  # pylint: disable=g-import-not-at-top
+  from swallow_jax.cli import normalize_argv  # pylint: disable=g-import-not-at-top
   app.run(main, argv=normalize_argv(sys.argv))

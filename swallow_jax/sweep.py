@@ -30,6 +30,9 @@ from typing import Any
 from absl import app, flags
 import ml_collections
 
+from swallow_jax import cli
+
+
 def load_module(path: str) -> Any:
   """Imports a config file by path (config files are not a package)."""
   if not os.path.isfile(path):
@@ -169,18 +172,6 @@ def main(argv: list[str]) -> None:
         sys.exit(f"sweep: run {name} failed with exit code {rc}")
 
 
-def normalize_argv(argv: list[str]) -> list[str]:
-  """Accepts --dry-run, --workdir-root, ... as well as --dry_run, --workdir_root (not inside
-  --config=... or --config.key=... arguments)."""
-  out = []
-  for arg in argv:
-    if arg.startswith("--") and not arg.startswith("--config"):
-      name, eq, value = arg[2:].partition("=")
-      arg = "--" + name.replace("-", "_") + eq + value
-    out.append(arg)
-  return out
-
-
 if __name__ == "__main__":
   _define_flags()
-  app.run(main, argv=normalize_argv(sys.argv))
+  app.run(main, argv=cli.normalize_argv(sys.argv))
