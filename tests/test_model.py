@@ -146,6 +146,37 @@ def test_backends_match_reference_on_packed_batches(params, backend):
   np.testing.assert_allclose(forward(cfg, params, plain), forward(TINY, params, plain), atol=1e-5)
 
 
+@pytest.mark.parametrize("t,blocks", [(9, 1), (128, 2), (256, 4), (512, 8), (520, 8)])
+def test_causal_block_skipping_equals_masked_reference(t, blocks):
+  """Plain-causal attention skips the key blocks above the diagonal; outputs and gradients must
+  equal the fully masked reference (GQA 4:2, odd T falls back to one block)."""
+  from swallow_jax.model.attention import causal_blocks, causal_xla_attention, make_mask, xla_attention
+  assert causal_blocks(t) == blocks
+  q, k, v = (jax.random.normal(key, (2, t, n, 16)) for key, n in
+             zip(jax.random.split(jax.random.key(t), 3), (4, 2, 2)))
+  pos = jnp.broadcast_to(jnp.arange(t), (2, t))
+  seg = jnp.ones((2, t), jnp.int32)
+  ref_fn = lambda q, k, v: xla_attention(q, k, v, make_mask(pos, seg, pos, seg))
+  np.testing.assert_allclose(causal_xla_attention(q, k, v), ref_fn(q, k, v), atol=1e-5)
+  loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)))
+  got = jax.grad(loss(causal_xla_attention), argnums=(0, 1, 2))(q, k, v)
+  want = jax.grad(loss(ref_fn), argnums=(0, 1, 2))(q, k, v)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, atol=1e-5)
+
+
+def test_token_matmul_equals_einsum():
+  from swallow_jax.model.llama import token_matmul
+  x = jax.random.normal(jax.random.key(0), (2, 3, 5))
+  w = jax.random.normal(jax.random.key(1), (5, 7))
+  np.testing.assert_allclose(token_matmul(x, w), jnp.einsum("btd,df->btf", x, w), atol=1e-6)
+  np.testing.assert_allclose(token_matmul(x, w.T, contract=1), jnp.einsum("btd,df->btf", x, w),
+                             atol=1e-6)
+  out = token_matmul(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16),
+                     preferred_element_type=jnp.float32)
+  assert out.shape == (2, 3, 7) and out.dtype == jnp.float32
+
+
 def test_gpu_tpu_backends_fail_clearly_on_cpu(params):
   for backend in ("cudnn", "splash"):
     with pytest.raises(ValueError, match=f"attention='{backend}' needs"):

@@ -5,7 +5,8 @@ positions[j] <= positions[i]. Queries arrive unscaled (HF layout); the 1/sqrt(Dh
 here. Shapes: q [B, T, H, Dh], k/v [B, S, KV, Dh] with H a multiple of KV (grouped-query attention).
 
 Backends:
-  xla          reference: einsum, logits and softmax in float32, explicit [B, T, S] mask.
+  xla          reference: einsum, logits and softmax in float32, explicit [B, T, S] mask; under
+               `plain_causal` the key blocks above the diagonal are skipped instead.
   dot_product  `jax.nn.dot_product_attention(implementation=None)` with the same mask; in jax
                0.10 that is JAX's XLA path (JAX may start picking cuDNN by itself later).
   cudnn        `jax.nn.dot_product_attention(implementation='cudnn')`: GPU only, float16/bfloat16,
@@ -40,23 +41,59 @@ def make_mask(q_positions: jax.Array, q_segment_ids: jax.Array, kv_positions: ja
   return (same_doc & causal)[:, None]
 
 
-def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-  """Reference attention; mask [B, 1, T, S] boolean.
-
-  Heads go first and a KV head's G query heads are stacked along the query axis, so both
-  einsums are batched [G*T, Dh] x [Dh, S] GEMMs over (B, KV): XLA:CPU runs the forward and
-  backward 1.5x faster than with the token-major einsum "btkgd,bskd->bkgts"."""
-  b, t, h, dh = q.shape
-  s, kv = k.shape[1], k.shape[2]
-  g = h // kv
-  qh = q.reshape(b, t, kv, g, dh).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, dh)
-  kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KV, S, Dh]
-  logits = jnp.einsum("bkqd,bksd->bkqs", qh, kh, preferred_element_type=jnp.float32)
+def _attend(qh: jax.Array, kh: jax.Array, vh: jax.Array, mask: jax.Array) -> jax.Array:
+  """Heads-first attention: qh [B, KV, G, T, Dh], kh/vh [B, KV, S, Dh], boolean mask
+  broadcastable to [B, KV, G, T, S] -> [B, KV, G, T, Dh]. A KV head's G query heads are stacked
+  along the query axis, so both einsums are batched [G*T, Dh] x [Dh, S] GEMMs over (B, KV):
+  XLA:CPU runs forward and backward 1.5x faster than with the token-major "btkgd,bskd->bkgts"."""
+  b, kv, g, t, dh = qh.shape
+  s = kh.shape[2]
+  logits = jnp.einsum("bkqd,bksd->bkqs", qh.reshape(b, kv, g * t, dh), kh,
+                      preferred_element_type=jnp.float32)
   logits = logits.reshape(b, kv, g, t, s) * np.float32(1.0 / np.sqrt(dh))
-  logits = jnp.where(mask[:, :, None], logits, _NEG_INF)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype).reshape(b, kv, g * t, s)
-  out = jnp.einsum("bkqs,bksd->bkqd", probs, vh)
-  return out.reshape(b, kv, g, t, dh).transpose(0, 3, 1, 2, 4).reshape(b, t, h, dh)
+  logits = jnp.where(mask, logits, _NEG_INF)
+  probs = jax.nn.softmax(logits, axis=-1).astype(vh.dtype).reshape(b, kv, g * t, s)
+  return jnp.einsum("bkqs,bksd->bkqd", probs, vh).reshape(b, kv, g, t, dh)
+
+
+def _heads_first(q: jax.Array, k: jax.Array, v: jax.Array):
+  b, t, h, dh = q.shape
+  kv = k.shape[2]
+  qh = q.reshape(b, t, kv, h // kv, dh).transpose(0, 2, 3, 1, 4)  # [B, KV, G, T, Dh]
+  return qh, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # k, v: [B, KV, S, Dh]
+
+
+def _tokens_first(out: jax.Array) -> jax.Array:  # [B, KV, G, T, Dh] -> [B, T, H, Dh]
+  b, kv, g, t, dh = out.shape
+  return out.transpose(0, 3, 1, 2, 4).reshape(b, t, kv * g, dh)
+
+
+def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """Reference attention; mask [B, 1, T, S] boolean."""
+  qh, kh, vh = _heads_first(q, k, v)
+  return _tokens_first(_attend(qh, kh, vh, mask[:, :, None]))
+
+
+def causal_blocks(t: int) -> int:
+  """How many query blocks `causal_xla_attention` splits T into: 8, 4 or 2 blocks of >= 64."""
+  return next((n for n in (8, 4, 2) if t % n == 0 and t // n >= 64), 1)
+
+
+def causal_xla_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+  """`xla_attention` under the plain causal mask (self-attention, positions 0..T-1), skipping
+  the key blocks above the diagonal: query block i attends keys [0, (i+1)*T/n) only, so n blocks
+  compute (n+1)/2n of the scores (T=512: 1.8x faster forward+backward on CPU)."""
+  qh, kh, vh = _heads_first(q, k, v)
+  t = q.shape[1]
+  n = causal_blocks(t)
+  size = t // n
+  diagonal = np.tril(np.ones((size, size), bool))
+  outs = []
+  for i in range(n):
+    end = (i + 1) * size
+    mask = np.concatenate([np.ones((size, i * size), bool), diagonal], axis=1)
+    outs.append(_attend(qh[:, :, :, i * size:end], kh[:, :, :end], vh[:, :, :end], mask))
+  return _tokens_first(jnp.concatenate(outs, axis=3))
 
 
 def _cudnn_ok(q: jax.Array) -> bool:
@@ -128,6 +165,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, q_positions: jax.Array,
   """
   backend = resolve_backend(backend, q, with_cache)
   if backend == "xla":
+    if plain_causal:
+      return causal_xla_attention(q, k, v)
     return xla_attention(q, k, v, make_mask(q_positions, q_segment_ids, kv_positions,
                                             kv_segment_ids))
   if backend in ("dot_product", "cudnn"):

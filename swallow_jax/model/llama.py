@@ -71,10 +71,6 @@ class Dense(nn.Module):
     return token_matmul(x.astype(dtype), kernel.astype(dtype))
 
 
-def _dense(features: int, axes: tuple[str, str], cfg: LlamaConfig, name: str) -> Dense:
-  return Dense(features, axes, cfg, name=name)
-
-
 class RMSNorm(nn.Module):
   """HF LlamaRMSNorm: normalise in float32, multiply by the scale in the compute dtype."""
 
@@ -132,9 +128,9 @@ class Attention(nn.Module):
     cfg = self.config
     b, t, _ = x.shape
     h, kv, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    q = _dense(h * dh, ("embed", "heads"), cfg, "q_proj")(x).reshape(b, t, h, dh)
-    k = _dense(kv * dh, ("embed", "kv_heads"), cfg, "k_proj")(x).reshape(b, t, kv, dh)
-    v = _dense(kv * dh, ("embed", "kv_heads"), cfg, "v_proj")(x).reshape(b, t, kv, dh)
+    q = Dense(h * dh, ("embed", "heads"), cfg, name="q_proj")(x).reshape(b, t, h, dh)
+    k = Dense(kv * dh, ("embed", "kv_heads"), cfg, name="k_proj")(x).reshape(b, t, kv, dh)
+    v = Dense(kv * dh, ("embed", "kv_heads"), cfg, name="v_proj")(x).reshape(b, t, kv, dh)
     inv_freq = inv_frequencies(dh, cfg.rope_theta, cfg.rope_scaling)
     q = checkpoint_name(apply_rope(q, positions, inv_freq), "query_proj")
     k = checkpoint_name(apply_rope(k, positions, inv_freq), "key_proj")
@@ -152,7 +148,7 @@ class Attention(nn.Module):
                     backend=cfg.attention, plain_causal=self.plain_causal,
                     with_cache=cache is not None)
     out = checkpoint_name(out.reshape(b, t, h * dh), "attn_out")
-    out = _dense(cfg.hidden_size, ("heads", "embed"), cfg, "o_proj")(out)
+    out = Dense(cfg.hidden_size, ("heads", "embed"), cfg, name="o_proj")(out)
     return out, new_cache
 
 
@@ -162,10 +158,10 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x):
     cfg = self.config
-    gate = _dense(cfg.intermediate_size, ("embed", "mlp"), cfg, "gate_proj")(x)
-    up = _dense(cfg.intermediate_size, ("embed", "mlp"), cfg, "up_proj")(x)
+    gate = Dense(cfg.intermediate_size, ("embed", "mlp"), cfg, name="gate_proj")(x)
+    up = Dense(cfg.intermediate_size, ("embed", "mlp"), cfg, name="up_proj")(x)
     hidden = _constrain(nn.silu(gate) * up, "batch", "length", "act_mlp")
-    return _dense(cfg.hidden_size, ("mlp", "embed"), cfg, "down_proj")(hidden)
+    return Dense(cfg.hidden_size, ("mlp", "embed"), cfg, name="down_proj")(hidden)
 
 
 class Block(nn.Module):

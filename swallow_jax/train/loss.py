@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from swallow_jax.model.llama import token_matmul
+
 
 def weighted_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array,
                            z_loss: float = 0.0) -> tuple[jax.Array, jax.Array]:
@@ -56,8 +58,7 @@ def chunked_cross_entropy(hidden: jax.Array, kernel: jax.Array, targets: jax.Arr
 
   @functools.partial(jax.checkpoint, prevent_cse=False)  # In a scan, CSE cannot undo the remat.
   def chunk_loss(h, y, w):
-    logits = jnp.einsum("bcd,dv->bcv", h, kernel.astype(h.dtype),
-                        preferred_element_type=jnp.float32)
+    logits = token_matmul(h, kernel.astype(h.dtype), preferred_element_type=jnp.float32)
     logits = nn.with_logical_constraint(logits, ("batch", "length", "act_vocab"))
     return weighted_cross_entropy(logits, y, w, z_loss)
 
