@@ -8,7 +8,8 @@ than 8B so a step takes seconds on 2 cores), one batch of random tokens, float32
 the same update: cross-entropy, global-norm clipping 1.0, AdamW(0.9, 0.95, wd 0.1).
 
   swallow_jax   the trainer's jitted step (swallow_jax.train.step), 1 CPU device, no remat;
-                once per --jax_attention backend ('xla' = what attention='auto' picks on CPU).
+                once per --jax_attention backend ('xla' = what attention='auto' picks on CPU),
+                layers scanned (the default) and, with --jax_unrolled, unrolled.
   transformers  LlamaForCausalLM (sdpa attention) + torch.optim.AdamW(foreach), eager; with
                 --torch_compile also torch.compile'd.
   MaxText       `maxtext.trainers.pre_train.train` with hardware=cpu, dataset_type=synthetic and
@@ -55,8 +56,10 @@ _STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds (swallow_jax, transformers).")
 _SIDES = flags.DEFINE_list("sides", ["jax", "torch", "maxtext"], "Which of jax,torch,maxtext.")
 _JAX_ATTN = flags.DEFINE_list(
-    "jax_attention", ["xla", "dot_product"],
+    "jax_attention", ["xla"],
     "swallow_jax attention backends to time ('xla' is what attention='auto' picks on CPU).")
+_JAX_UNROLLED = flags.DEFINE_bool(
+    "jax_unrolled", True, "Also time swallow_jax with scan_layers=False (layers unrolled).")
 _TORCH_COMPILE = flags.DEFINE_bool("torch_compile", False, "Also time torch.compile(model).")
 _MAXTEXT_PY = flags.DEFINE_string(
     "maxtext_python", os.environ.get("MAXTEXT_PYTHON", ""),
@@ -198,7 +201,7 @@ def maxtext_side(python: str, cfg, batch: int, seq_len: int, steps: int) -> dict
 
 def run(shape: str, batch: int, seq_len: int, steps: int, rounds: int, sides: list[str],
         torch_compile: bool = False, maxtext_python: str = "",
-        jax_attention: tuple[str, ...] = ("xla",)) -> dict[str, Any]:
+        jax_attention: tuple[str, ...] = ("xla",), jax_unrolled: bool = False) -> dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
   from swallow_jax.train import metrics  # pylint: disable=g-import-not-at-top
 
@@ -211,6 +214,9 @@ def run(shape: str, batch: int, seq_len: int, steps: int, rounds: int, sides: li
     for i, attn in enumerate(jax_attention):
       name = "swallow_jax" if i == 0 else f"swallow_jax[attention={attn}]"
       runners[name] = jax_runner(dataclasses.replace(cfg, attention=attn), batch, seq_len)
+    if jax_unrolled:
+      runners["swallow_jax[scan_layers=False]"] = jax_runner(
+          dataclasses.replace(cfg, attention=jax_attention[0], scan_layers=False), batch, seq_len)
   if "torch" in sides:
     runners["transformers"] = torch_runner(cfg, batch, seq_len)
     if torch_compile:
@@ -267,7 +273,7 @@ def main(argv):
   jax.config.update("jax_num_cpu_devices", 1)  # one device: no fake-device split of the 2 cores
   print(json.dumps(run(_SHAPE.value, _BATCH.value, _SEQ.value, _STEPS.value, _ROUNDS.value,
                        _SIDES.value, _TORCH_COMPILE.value, _MAXTEXT_PY.value,
-                       tuple(_JAX_ATTN.value)), indent=1))
+                       tuple(_JAX_ATTN.value), _JAX_UNROLLED.value), indent=1))
 
 
 if __name__ == "__main__":

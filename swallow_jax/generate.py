@@ -15,7 +15,10 @@ How a batch is decoded (one jit per shape bucket):
 Sampling applies temperature, then top-k, then top-p (the `transformers` order). Each row draws from
 its own key, fold_in(fold_in(key(seed), prompt index), step), so a prompt's sample depends only on
 the seed and its index, not on the batch it was decoded in. Parameters may be sharded: the jitted
-decode takes them as they are.
+decode takes them as they are. Decoding runs on the per-layer parameter layout
+(`model.unstack_layers`: no layer's weights are copied out of the stack at each step); stacked
+parameters are unstacked on every call, a transient copy of the layer weights that callers who
+decode repeatedly avoid by passing `unstack_layers(params)` once.
 
 Command line:
     python -m swallow_jax.generate --model=DIR --tokenizer=PATH --prompt="日本の首都は"
@@ -89,7 +92,7 @@ def _decode(config, params, tokens, segment_ids, row_ids, key, num_slots: int, t
   b, p = tokens.shape
   n = num_slots - p + 1
   positions = jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0).astype(jnp.int32)
-  cache = model_lib.init_cache(config, b, num_slots)
+  cache = model_lib.init_cache(config, b, num_slots, per_layer=True)
   _, cache = model_lib.forward_with_cache(config, params, tokens[:, :-1], positions[:, :-1],
                                           segment_ids[:, :-1], cache, 0)
   done0 = segment_ids[:, -1] == 0  # dummy rows that only fill the batch bucket
@@ -134,6 +137,8 @@ def generate_detailed(config: model_lib.LlamaConfig, params: Any, prompts: Seque
   batch = min(batch_size, _pow2(len(prompts))) if batch_size else _pow2(len(prompts))
   stops = tuple(sorted({int(s) for s in stop_tokens})) or (-1,)
   key = jax.random.key(seed)
+  if not model_lib.is_per_layer(params):  # a transient copy; callers may pass unstack_layers(params)
+    params = model_lib.unstack_layers(params)
   # Chunks of similar lengths pad less; row ids (the sampling keys) stay the prompts' indices.
   order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
   results: list[Generation | None] = [None] * len(prompts)

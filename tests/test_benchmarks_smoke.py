@@ -52,7 +52,10 @@ def test_train_step_bench_tiny_jax_vs_torch():
   r = _run("train_step_bench.py", "--shape=smoke", "--batch=2", "--seq_len=32", "--steps=1",
            "--rounds=1", "--sides=jax,torch", "--jax_attention=xla")
   res = r["results"]
-  assert set(res) == {"swallow_jax", "transformers"}
+  assert set(res) == {"swallow_jax", "swallow_jax[scan_layers=False]", "transformers"}
+  # Same parameters and batch: scanned and unrolled layers give the same first loss.
+  assert res["swallow_jax[scan_layers=False]"]["first_loss"] == pytest.approx(
+      res["swallow_jax"]["first_loss"], abs=1e-5)
   for side in res.values():
     assert side["tokens_per_sec"] > 0 and side["mfu_vs_measured_matmul_peak"] > 0
     assert abs(side["first_loss"] - math.log(256)) < 0.3  # random init: ~uniform predictions

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from swallow_jax.model import (Llama, LlamaConfig, RopeScaling, forward, forward_with_cache,
-                               init_cache, init_params, param_logical_axes, presets)
+                               init_cache, init_params, is_per_layer, param_logical_axes, presets,
+                               unstack_layers)
 from swallow_jax.model.llama import head_kernel
 
 TINY = presets.get("tiny_gqa")
@@ -211,20 +212,37 @@ def test_cache_prefill_and_decode_match_full_forward_left_padded(params):
   segments = jnp.asarray([[0] * (width - len(p)) + [1] * len(p) for p in prompts], jnp.int32)
   positions = jnp.asarray([[0] * (width - len(p)) + list(range(len(p))) for p in prompts],
                           jnp.int32)
-  cache = init_cache(TINY, batch=2, max_len=width + 3)
-  logits, cache = forward_with_cache(TINY, params, tokens, positions, segments, cache, 0)
-  steps = [logits]
-  for s in range(3):
-    step_tokens = jnp.asarray([[c[s]] for c in continuation], jnp.int32)
-    step_pos = jnp.asarray([[len(p) + s] for p in prompts], jnp.int32)
-    logits, cache = forward_with_cache(TINY, params, step_tokens, step_pos,
-                                       jnp.ones((2, 1), jnp.int32), cache, width + s)
-    steps.append(logits)
   full = forward(TINY, params, jnp.asarray(  # unpadded sequences, right-padded to one width
       [p + c + [0] * (width - len(p)) for p, c in zip(prompts, continuation)], jnp.int32))
-  for row, p in enumerate(prompts):
-    got = jnp.concatenate([steps[0][row, width - len(p):]] + [s[row] for s in steps[1:]])
-    np.testing.assert_allclose(got, full[row, :len(p) + 3], atol=1e-5)
+  # Both parameter layouts: stacked (scan) and per-layer (what generation decodes from).
+  for layer_params, per_layer in ((params, False), (unstack_layers(params), True)):
+    assert is_per_layer(layer_params) == per_layer
+    cache = init_cache(TINY, batch=2, max_len=width + 3, per_layer=per_layer)
+    logits, cache = forward_with_cache(TINY, layer_params, tokens, positions, segments, cache, 0)
+    steps = [logits]
+    for s in range(3):
+      step_tokens = jnp.asarray([[c[s]] for c in continuation], jnp.int32)
+      step_pos = jnp.asarray([[len(p) + s] for p in prompts], jnp.int32)
+      logits, cache = forward_with_cache(TINY, layer_params, step_tokens, step_pos,
+                                         jnp.ones((2, 1), jnp.int32), cache, width + s)
+      steps.append(logits)
+    for row, p in enumerate(prompts):
+      got = jnp.concatenate([steps[0][row, width - len(p):]] + [s[row] for s in steps[1:]])
+      np.testing.assert_allclose(got, full[row, :len(p) + 3], atol=1e-5)
+
+
+def test_per_layer_params_give_the_same_logits_and_reject_a_mismatched_cache(params):
+  per_layer = unstack_layers(params)
+  assert set(per_layer) == {k for k in params if k != "layers"} | {
+      f"layers_{i}" for i in range(TINY.num_layers)}
+  np.testing.assert_array_equal(per_layer["layers_1"]["mlp"]["up_proj"]["kernel"],
+                                params["layers"]["mlp"]["up_proj"]["kernel"][1])
+  tokens, positions, segments = _pack(_docs(), 20)
+  np.testing.assert_allclose(forward(TINY, per_layer, tokens, positions, segments),
+                             forward(TINY, params, tokens, positions, segments), atol=1e-5)
+  with pytest.raises(ValueError, match="per_layer=True"):
+    forward_with_cache(TINY, per_layer, tokens, positions, segments,
+                       init_cache(TINY, 1, 20), 0)
 
 
 def test_remat_policies_and_unrolled_layers_give_same_logits_and_grads(params):

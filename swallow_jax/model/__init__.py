@@ -3,7 +3,8 @@
 from swallow_jax.model import presets
 from swallow_jax.model.config import LlamaConfig, RopeScaling
 from swallow_jax.model.llama import (Llama, forward, forward_with_cache, init_cache, init_params,
-                                     param_logical_axes)
+                                     is_per_layer, param_logical_axes, unstack_layers)
 
 __all__ = ["LlamaConfig", "RopeScaling", "Llama", "presets", "init_params", "forward",
-           "init_cache", "forward_with_cache", "param_logical_axes"]
+           "init_cache", "forward_with_cache", "param_logical_axes", "unstack_layers",
+           "is_per_layer"]

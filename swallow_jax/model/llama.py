@@ -139,9 +139,9 @@ class Attention(nn.Module):
     k = _constrain(k, "batch", "length", "act_kv_heads", None)
     v = _constrain(v, "batch", "length", "act_kv_heads", None)
     new_cache = None
-    if cache is not None:  # write the T new entries into slots [index, index + T)
-      k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, index, 0, 0))
-      v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, index, 0, 0))
+    if cache is not None:  # write the T new entries into slots [index, index + T), heads first
+      k, v = (jax.lax.dynamic_update_slice(c, x.transpose(0, 2, 1, 3).astype(c.dtype),
+                                           (0, 0, index, 0)) for c, x in zip(cache, (k, v)))
       new_cache = (k, v)
       k, v = k.astype(q.dtype), v.astype(q.dtype)
     out = attention(q, k, v, positions, segment_ids, kv_positions, kv_segment_ids,
@@ -181,14 +181,17 @@ class Block(nn.Module):
     return _constrain(x, "batch", "length", "act_embed"), new_cache
 
 
+def _block_class(cfg: LlamaConfig, prevent_cse: bool) -> type[Block]:
+  if cfg.remat_policy == "none":
+    return Block
+  return nn.remat(Block, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=prevent_cse)
+
+
 def _layer_stack(cfg: LlamaConfig, plain_causal: bool) -> nn.Module:
-  block = Block
-  if cfg.remat_policy != "none":
-    # prevent_cse is only needed outside a scan (the scan already stops CSE across layers).
-    block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat_policy],
-                     prevent_cse=not cfg.scan_layers)
+  # prevent_cse is only needed outside a scan (the scan already stops CSE across layers).
   stack = nn.scan(
-      block, variable_axes={"params": 0}, split_rngs={"params": True},
+      _block_class(cfg, prevent_cse=not cfg.scan_layers), variable_axes={"params": 0},
+      split_rngs={"params": True},
       in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
       length=cfg.num_layers, unroll=1 if cfg.scan_layers else cfg.num_layers,
       metadata_params={nn.PARTITION_NAME: "layers"})
@@ -201,9 +204,15 @@ class Llama(nn.Module):
   `return_hidden=True` returns the final-normed hidden states [B, T, D] in the compute dtype
   instead of the logits (no cache): a loss can then apply `head_kernel` chunk by chunk and never
   hold the [B, T, V] logits (`swallow_jax.train.loss.chunked_cross_entropy`).
+
+  `per_layer=True` takes the layers' parameters as separate subtrees "layers_0", "layers_1", ...
+  (`unstack_layers`) and the cache's "k"/"v" as tuples of per-layer arrays (`init_cache(...,
+  per_layer=True)`); the math is the same. Decoding uses it: a scan over stacked layers slices
+  (copies) every layer's weights and cache out of the stack at every step.
   """
 
   config: LlamaConfig
+  per_layer: bool = False
 
   @nn.compact
   def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
@@ -234,8 +243,18 @@ class Llama(nn.Module):
       kv_segment_ids = jax.lax.dynamic_update_slice(
           cache["segment_ids"], segment_ids.astype(jnp.int32), (0, cache_index))
       layer_cache = (cache["k"], cache["v"])
-    x, new_layer_cache = _layer_stack(cfg, plain_causal)(
-        x, layer_cache, positions, segment_ids, kv_positions, kv_segment_ids, cache_index)
+    if self.per_layer:
+      block = _block_class(cfg, prevent_cse=True)
+      new_kv = []
+      for i in range(cfg.num_layers):
+        x, kv = block(cfg, plain_causal, name=f"layers_{i}")(
+            x, None if cache is None else (cache["k"][i], cache["v"][i]), positions, segment_ids,
+            kv_positions, kv_segment_ids, cache_index)
+        new_kv.append(kv)
+      new_layer_cache = None if cache is None else tuple(map(tuple, zip(*new_kv)))
+    else:
+      x, new_layer_cache = _layer_stack(cfg, plain_causal)(
+          x, layer_cache, positions, segment_ids, kv_positions, kv_segment_ids, cache_index)
     x = RMSNorm(cfg, name="final_norm")(x)
     if return_hidden:
       return _constrain(x, "batch", "length", "act_embed")
@@ -282,30 +301,61 @@ def head_kernel(config: LlamaConfig, params: Params) -> jax.Array:
   return params["lm_head"]["kernel"]
 
 
+def is_per_layer(params: Params) -> bool:
+  """True for the per-layer layout ("layers_0", ...) of `unstack_layers`."""
+  return "layers" not in params
+
+
+@jax.jit
+def unstack_layers(params: Params) -> Params:
+  """The params with the stacked "layers" subtree (leading axis L) split into "layers_0" ...
+  "layers_{L-1}" (copies; shardings of the other axes are kept). `forward`, `forward_with_cache`
+  and `swallow_jax.generate` take either layout; decoding from this one reads each weight where it
+  lies instead of copying it out of the stack at every step."""
+  layers = params["layers"]
+  num_layers = jax.tree.leaves(layers)[0].shape[0]
+  out = {k: v for k, v in params.items() if k != "layers"}
+  for i in range(num_layers):
+    out[f"layers_{i}"] = jax.tree.map(lambda a: a[i], layers)  # pylint: disable=cell-var-from-loop
+  return out
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def forward(config: LlamaConfig, params: Params, tokens: jax.Array,
             positions: jax.Array | None = None, segment_ids: jax.Array | None = None) -> jax.Array:
   """Float32 logits [B, T, V]; masking: same segment and key position <= query position."""
-  return Llama(config).apply({"params": params}, tokens, positions, segment_ids)
+  return Llama(config, per_layer=is_per_layer(params)).apply({"params": params}, tokens,
+                                                             positions, segment_ids)
 
 
-def init_cache(config: LlamaConfig, batch: int, max_len: int,
-               dtype: Any = None) -> dict[str, jax.Array]:
-  """Empty KV cache (segment id 0 marks empty slots, which no real query can see)."""
+def init_cache(config: LlamaConfig, batch: int, max_len: int, dtype: Any = None,
+               per_layer: bool = False) -> dict[str, Any]:
+  """Empty KV cache (segment id 0 marks empty slots, which no real query can see). "k"/"v" are
+  [L, B, KV, S, Dh] (heads first: decoding reads them as attention's GEMM operands without a
+  transpose), or with `per_layer` (for per-layer params) tuples of L [B, KV, S, Dh]."""
   dtype = jnp.dtype(dtype or config.dtype)
-  shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
-  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
-          "positions": jnp.zeros((batch, max_len), jnp.int32),
+  shape = (batch, config.num_kv_heads, max_len, config.head_dim)
+  def zeros():  # k and v must be distinct buffers: forward_with_cache donates both
+    if per_layer:
+      return tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
+    return jnp.zeros((config.num_layers, *shape), dtype)
+
+  return {"k": zeros(), "v": zeros(), "positions": jnp.zeros((batch, max_len), jnp.int32),
           "segment_ids": jnp.zeros((batch, max_len), jnp.int32)}
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=5)
 def forward_with_cache(config: LlamaConfig, params: Params, tokens: jax.Array,
-                       positions: jax.Array, segment_ids: jax.Array, cache: dict[str, jax.Array],
-                       index: jax.Array | int) -> tuple[jax.Array, dict[str, jax.Array]]:
+                       positions: jax.Array, segment_ids: jax.Array, cache: dict[str, Any],
+                       index: jax.Array | int) -> tuple[jax.Array, dict[str, Any]]:
   """Writes the T new keys/values into cache slots [index, index+T) and attends over all slots.
 
-  Returns (float32 logits [B, T, V], new cache). The cache argument is donated.
+  Returns (float32 logits [B, T, V], new cache). The cache argument is donated; its layout
+  (`init_cache`'s `per_layer`) must match the params' (`is_per_layer`).
   """
-  return Llama(config).apply({"params": params}, tokens, positions, segment_ids, cache=cache,
-                             cache_index=index)
+  per_layer = is_per_layer(params)
+  if isinstance(cache["k"], (tuple, list)) != per_layer:
+    raise ValueError("KV cache layout does not match the params: use init_cache(..., per_layer="
+                     f"{per_layer}) with {'per-layer' if per_layer else 'stacked'} params")
+  return Llama(config, per_layer=per_layer).apply(
+      {"params": params}, tokens, positions, segment_ids, cache=cache, cache_index=index)
