@@ -179,8 +179,10 @@ def stop_tokens_for(tokenizer) -> tuple[int, ...]:
   return tuple(t for t in (tokenizer.eos_id, getattr(tokenizer, "eot_id", None)) if t is not None)
 
 
-def load_model(path: str, dtype: str = "float32") -> tuple[model_lib.LlamaConfig, Any]:
-  """(config, params) from an HF safetensors dir or a training workdir / Orbax checkpoint."""
+def load_model(path: str, dtype: str = "float32",
+               per_layer: bool = False) -> tuple[model_lib.LlamaConfig, Any]:
+  """(config, params) from an HF safetensors dir or a training workdir / Orbax checkpoint;
+  `per_layer` returns the decoding layout (`model.unstack_layers`, converted in place)."""
   if not os.path.isdir(path):
     raise FileNotFoundError(f"model directory not found: {path}")
   if any(f.endswith(".safetensors") for f in os.listdir(path)):
@@ -190,15 +192,18 @@ def load_model(path: str, dtype: str = "float32") -> tuple[model_lib.LlamaConfig
     from swallow_jax import checkpoint  # pylint: disable=g-import-not-at-top
     config, params = checkpoint.load_params(path)
     params = jax.tree.map(lambda x: x.astype(dtype), params)
+  if per_layer:
+    params = model_lib.unstack_layers(params, consume=True)
   return dataclasses.replace(config, param_dtype=dtype, dtype=dtype), params
 
 
-def load_for_cli(model: str, tokenizer: str | None, dtype: str = "float32"):
+def load_for_cli(model: str, tokenizer: str | None, dtype: str = "float32",
+                 per_layer: bool = False):
   """(config, params, tokenizer) for the command lines; exits with a one-line reason on failure."""
   from swallow_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   try:
     tok = tokenizer_lib.load_tokenizer(tokenizer or model)
-    config, params = load_model(model, dtype)
+    config, params = load_model(model, dtype, per_layer)
   except (OSError, ValueError, KeyError) as e:
     sys.exit(f"error: {e}")
   return config, params, tok
@@ -250,7 +255,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError("give exactly one of --prompt=TEXT or --chat")
   if FLAGS.max_new_tokens < 1:
     raise app.UsageError("--max_new_tokens must be >= 1")
-  config, params, tok = load_for_cli(FLAGS.model, FLAGS.tokenizer, FLAGS.dtype)
+  config, params, tok = load_for_cli(FLAGS.model, FLAGS.tokenizer, FLAGS.dtype, per_layer=True)
   sample_kw = dict(max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature,
                    top_k=FLAGS.top_k, top_p=FLAGS.top_p, stop_tokens=stop_tokens_for(tok))
   try:

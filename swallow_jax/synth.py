@@ -186,7 +186,8 @@ def main(argv: Sequence[str]) -> None:
   except (OSError, ValueError) as e:
     sys.exit(f"error: {e}")
   from swallow_jax import generate as gen  # pylint: disable=g-import-not-at-top
-  config, params, tokenizer = gen.load_for_cli(FLAGS.model, FLAGS.tokenizer, FLAGS.dtype)
+  config, params, tokenizer = gen.load_for_cli(FLAGS.model, FLAGS.tokenizer, FLAGS.dtype,
+                                               per_layer=True)
   examples, stats = synthesize(
       config, params, tokenizer, prompts, num_samples=FLAGS.num_samples,
       max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature, top_p=FLAGS.top_p,

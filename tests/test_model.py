@@ -243,6 +243,10 @@ def test_per_layer_params_give_the_same_logits_and_reject_a_mismatched_cache(par
   with pytest.raises(ValueError, match="per_layer=True"):
     forward_with_cache(TINY, per_layer, tokens, positions, segments,
                        init_cache(TINY, 1, 20), 0)
+  stacked = jax.tree.map(jnp.copy, params)
+  consumed = unstack_layers(stacked, consume=True)  # one stacked array at a time, then deleted
+  assert all(a.is_deleted() for a in jax.tree.leaves(stacked["layers"]))
+  jax.tree.map(np.testing.assert_array_equal, consumed, per_layer)
 
 
 def test_remat_policies_and_unrolled_layers_give_same_logits_and_grads(params):

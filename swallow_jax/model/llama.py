@@ -307,16 +307,36 @@ def is_per_layer(params: Params) -> bool:
 
 
 @jax.jit
-def unstack_layers(params: Params) -> Params:
+def _unstack(layers: Params) -> list[Params]:
+  num_layers = jax.tree.leaves(layers)[0].shape[0]
+  return [jax.tree.map(lambda a: a[i], layers) for i in range(num_layers)]  # pylint: disable=cell-var-from-loop
+
+
+@jax.jit
+def _split_leading(a: jax.Array) -> tuple[jax.Array, ...]:
+  return tuple(a[i] for i in range(a.shape[0]))
+
+
+def unstack_layers(params: Params, consume: bool = False) -> Params:
   """The params with the stacked "layers" subtree (leading axis L) split into "layers_0" ...
   "layers_{L-1}" (copies; shardings of the other axes are kept). `forward`, `forward_with_cache`
   and `swallow_jax.generate` take either layout; decoding from this one reads each weight where it
-  lies instead of copying it out of the stack at every step."""
-  layers = params["layers"]
-  num_layers = jax.tree.leaves(layers)[0].shape[0]
+  lies instead of copying it out of the stack at every step.
+
+  The copy briefly doubles the layer weights' memory; `consume=True` splits one stacked array at a
+  time and deletes it (the caller's `params` become unusable), so the peak is one array more."""
   out = {k: v for k, v in params.items() if k != "layers"}
-  for i in range(num_layers):
-    out[f"layers_{i}"] = jax.tree.map(lambda a: a[i], layers)  # pylint: disable=cell-var-from-loop
+  if not consume:
+    layers = _unstack(params["layers"])
+  else:
+    leaves, treedef = jax.tree.flatten(params["layers"])
+    split = []
+    for leaf in leaves:
+      split.append(_split_leading(leaf))
+      if isinstance(leaf, jax.Array):
+        leaf.delete()
+    layers = [treedef.unflatten(parts) for parts in zip(*split)]
+  out.update((f"layers_{i}", layer) for i, layer in enumerate(layers))
   return out
 
 
