@@ -137,7 +137,7 @@ def generate_detailed(config: model_lib.LlamaConfig, params: Any, prompts: Seque
   batch = min(batch_size, _pow2(len(prompts))) if batch_size else _pow2(len(prompts))
   stops = tuple(sorted({int(s) for s in stop_tokens})) or (-1,)
   key = jax.random.key(seed)
-  if not model_lib.is_per_layer(params):  # a transient copy; callers may pass unstack_layers(params)
+  if not model_lib.is_per_layer(params):  # a transient copy: callers may unstack once themselves
     params = model_lib.unstack_layers(params)
   # Chunks of similar lengths pad less; row ids (the sampling keys) stay the prompts' indices.
   order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))

@@ -239,7 +239,7 @@ def _eval(cfg: dict, stage_dir: str) -> dict:
     out = os.path.join(stage_dir, f"{name}.json")
     if not os.path.exists(out):  # per-model results: an interrupted eval resumes at a model
       t0 = time.perf_counter()
-      model_cfg, params = generate.load_model(path, cfg.get("dtype", "float32"))
+      model_cfg, params = generate.load_model(path, cfg.get("dtype", "float32"), per_layer=True)
       res = evaluate.run_tasks(model_cfg, params, tok, tasks, batch_size=batch_size,
                                max_len=max_len, max_examples=max_examples)
       for chat_name, rows in chats.items():

@@ -72,7 +72,8 @@ def main(argv: Sequence[str]) -> None:
   os.makedirs(FLAGS.output, exist_ok=True)
   all_results = {}
   for path, name, tok_path in zip(models, names, tokenizers):
-    config, params, tokenizer = gen.load_for_cli(path, tok_path, FLAGS.dtype)
+    config, params, tokenizer = gen.load_for_cli(path, tok_path, FLAGS.dtype,
+                                                 per_layer=True)  # generation decodes per layer
     try:
       results = evaluate.run_tasks(config, params, tokenizer, tasks, batch_size=FLAGS.batch_size,
                                    max_len=FLAGS.max_len, max_examples=FLAGS.max_examples or None)

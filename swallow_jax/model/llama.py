@@ -307,12 +307,6 @@ def is_per_layer(params: Params) -> bool:
 
 
 @jax.jit
-def _unstack(layers: Params) -> list[Params]:
-  num_layers = jax.tree.leaves(layers)[0].shape[0]
-  return [jax.tree.map(lambda a: a[i], layers) for i in range(num_layers)]  # pylint: disable=cell-var-from-loop
-
-
-@jax.jit
 def _split_leading(a: jax.Array) -> tuple[jax.Array, ...]:
   return tuple(a[i] for i in range(a.shape[0]))
 
@@ -325,18 +319,14 @@ def unstack_layers(params: Params, consume: bool = False) -> Params:
 
   The copy briefly doubles the layer weights' memory; `consume=True` splits one stacked array at a
   time and deletes it (the caller's `params` become unusable), so the peak is one array more."""
+  leaves, treedef = jax.tree.flatten(params["layers"])
+  split = []
+  for leaf in leaves:
+    split.append(_split_leading(leaf))
+    if consume and isinstance(leaf, jax.Array):
+      leaf.delete()
   out = {k: v for k, v in params.items() if k != "layers"}
-  if not consume:
-    layers = _unstack(params["layers"])
-  else:
-    leaves, treedef = jax.tree.flatten(params["layers"])
-    split = []
-    for leaf in leaves:
-      split.append(_split_leading(leaf))
-      if isinstance(leaf, jax.Array):
-        leaf.delete()
-    layers = [treedef.unflatten(parts) for parts in zip(*split)]
-  out.update((f"layers_{i}", layer) for i, layer in enumerate(layers))
+  out.update((f"layers_{i}", treedef.unflatten(parts)) for i, parts in enumerate(zip(*split)))
   return out
 
 
