@@ -104,6 +104,11 @@ def test_sharded_params_same_tokens(tiny):
   want = gen.generate(config, params, PROMPTS[:3], 6)
   with sharding.mesh_context(mesh):
     assert gen.generate(config, sharded, PROMPTS[:3], 6) == want
+    # The decoding layout keeps each weight's FSDP sharding (only the layer axis is split off).
+    per_layer = model_lib.unstack_layers(sharded, consume=True)
+    kernel = per_layer["layers_1"]["mlp"]["up_proj"]["kernel"]
+    assert tuple(kernel.sharding.spec)[:1] == ("fsdp",)
+    assert gen.generate(config, per_layer, PROMPTS[:3], 6) == want
 
 
 def test_sampling_deterministic_by_seed(tiny):

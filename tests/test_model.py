@@ -85,10 +85,11 @@ def test_param_tree_and_logical_axes(params):
   assert "lm_head" not in tied
 
 
-def test_forward_runs_without_mesh_and_on_a_logical_mesh(params):
-  tokens = _tokens(2, 8)
+@pytest.mark.parametrize("t", [8, 128])  # 128: plain-causal attention in 2 key-skipping blocks
+def test_forward_runs_without_mesh_and_on_a_logical_mesh(params, t):
+  tokens = _tokens(2, t)
   logits = forward(TINY, params, tokens)
-  assert logits.shape == (2, 8, TINY.vocab_size) and logits.dtype == jnp.float32
+  assert logits.shape == (2, t, TINY.vocab_size) and logits.dtype == jnp.float32
   mesh = jax.make_mesh((2, 4), ("data", "fsdp"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
   rules = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("act_heads", None))
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
