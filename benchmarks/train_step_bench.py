@@ -49,23 +49,6 @@ SHAPES = {
 OPT = dict(peak_lr=1e-4, warmup_steps=1, decay_steps=1000, b1=0.9, b2=0.95, eps=1e-8,
            weight_decay=0.1, clip_norm=1.0)
 
-_SHAPE = flags.DEFINE_enum("shape", "bench", list(SHAPES), "Model shape.")
-_BATCH = flags.DEFINE_integer("batch", 4, "Sequences per step.")
-_SEQ = flags.DEFINE_integer("seq_len", 512, "Tokens per sequence.")
-_STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per round.")
-_ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds (swallow_jax, transformers).")
-_SIDES = flags.DEFINE_list("sides", ["jax", "torch", "maxtext"], "Which of jax,torch,maxtext.")
-_JAX_ATTN = flags.DEFINE_list(
-    "jax_attention", ["xla"],
-    "swallow_jax attention backends to time ('xla' is what attention='auto' picks on CPU).")
-_JAX_UNROLLED = flags.DEFINE_bool(
-    "jax_unrolled", True, "Also time swallow_jax with scan_layers=False (layers unrolled).")
-_TORCH_COMPILE = flags.DEFINE_bool("torch_compile", False, "Also time torch.compile(model).")
-_MAXTEXT_PY = flags.DEFINE_string(
-    "maxtext_python", os.environ.get("MAXTEXT_PYTHON", ""),
-    "Python >= 3.12 with `pip install maxtext[tpu]` (default: $MAXTEXT_PYTHON); empty: skipped.")
-
-
 def model_config(shape: str, seq_len: int):
   from swallow_jax.model import presets  # pylint: disable=g-import-not-at-top
   return presets.get("llama3_8b", **SHAPES[shape], max_position_embeddings=max(seq_len, 8192))
@@ -260,21 +243,43 @@ def run(shape: str, batch: int, seq_len: int, steps: int, rounds: int, sides: li
   return out
 
 
+def _define_flags() -> None:
+  flags.DEFINE_enum("shape", "bench", list(SHAPES), "Model shape.")
+  flags.DEFINE_integer("batch", 4, "Sequences per step.")
+  flags.DEFINE_integer("seq_len", 512, "Tokens per sequence.")
+  flags.DEFINE_integer("steps", 3, "Timed steps per round.")
+  flags.DEFINE_integer("rounds", 3, "Alternating rounds (swallow_jax, transformers).")
+  flags.DEFINE_list("sides", ["jax", "torch", "maxtext"], "Which of jax,torch,maxtext.")
+  flags.DEFINE_list(
+      "jax_attention", ["xla"],
+      "swallow_jax attention backends to time ('xla' is what attention='auto' picks on CPU).")
+  flags.DEFINE_bool(
+      "jax_unrolled", True, "Also time swallow_jax with scan_layers=False (layers unrolled).")
+  flags.DEFINE_bool("torch_compile", False, "Also time torch.compile(model).")
+  flags.DEFINE_string(
+      "maxtext_python", os.environ.get("MAXTEXT_PYTHON", ""),
+      "Python >= 3.12 with `pip install maxtext[tpu]` (default: $MAXTEXT_PYTHON); empty: skipped.")
+
+
+FLAGS = flags.FLAGS
+
+
 def main(argv):
   if len(argv) > 1:
     sys.exit(f"unexpected arguments: {argv[1:]}")
-  bad = set(_SIDES.value) - {"jax", "torch", "maxtext"}
+  bad = set(FLAGS.sides) - {"jax", "torch", "maxtext"}
   if bad:
     sys.exit(f"--sides: unknown {sorted(bad)}; choose from jax,torch,maxtext")
-  if min(_BATCH.value, _SEQ.value, _STEPS.value, _ROUNDS.value) < 1:
+  if min(FLAGS.batch, FLAGS.seq_len, FLAGS.steps, FLAGS.rounds) < 1:
     sys.exit("--batch, --seq_len, --steps and --rounds must be positive")
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_platforms", "cpu")
   jax.config.update("jax_num_cpu_devices", 1)  # one device: no fake-device split of the 2 cores
-  print(json.dumps(run(_SHAPE.value, _BATCH.value, _SEQ.value, _STEPS.value, _ROUNDS.value,
-                       _SIDES.value, _TORCH_COMPILE.value, _MAXTEXT_PY.value,
-                       tuple(_JAX_ATTN.value), _JAX_UNROLLED.value), indent=1))
+  print(json.dumps(run(FLAGS.shape, FLAGS.batch, FLAGS.seq_len, FLAGS.steps, FLAGS.rounds,
+                       FLAGS.sides, FLAGS.torch_compile, FLAGS.maxtext_python,
+                       tuple(FLAGS.jax_attention), FLAGS.jax_unrolled), indent=1))
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -63,6 +63,17 @@ def test_train_step_bench_tiny_jax_vs_torch():
       res["swallow_jax"]["tokens_per_sec"] / res["transformers"]["tokens_per_sec"])
 
 
+def test_train_step_parts_tiny():
+  r = _run("train_step_parts.py", "--shape=smoke", "--batch=2", "--seq_len=64", "--repeats=1")
+  parts = r["parts"]
+  assert set(parts) == {"mlp", "attention", "attention[masked reference]", "block", "head_loss",
+                        "loss", "optimizer"}
+  for name, row in parts.items():
+    assert row["swallow_jax_s"] > 0
+    if name != "attention[masked reference]":
+      assert row["torch_over_jax"] == pytest.approx(row["transformers_s"] / row["swallow_jax_s"])
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("MAXTEXT_PYTHON"),
                     reason="set MAXTEXT_PYTHON to a Python 3.12 with maxtext[tpu] installed")
