@@ -167,6 +167,18 @@ def test_causal_block_skipping_equals_masked_reference(t, blocks):
     np.testing.assert_allclose(g, w, atol=1e-5)
 
 
+@pytest.mark.parametrize("platform,dtype,with_cache,want", [
+    ("gpu", jnp.bfloat16, False, "cudnn"), ("gpu", jnp.float32, False, "dot_product"),
+    ("gpu", jnp.bfloat16, True, "xla"), ("tpu", jnp.bfloat16, False, "splash"),
+    ("tpu", jnp.bfloat16, True, "xla"), ("cpu", jnp.bfloat16, False, "xla")])
+def test_auto_backend_per_platform(monkeypatch, platform, dtype, with_cache, want):
+  from swallow_jax.model import attention as attn
+  monkeypatch.setattr(attn.jax, "default_backend", lambda: platform)
+  q = jnp.zeros((1, 128, 4, 64), dtype)
+  assert attn.resolve_backend("auto", q, with_cache) == want
+  assert attn.resolve_backend("dot_product", q, with_cache) == "dot_product"
+
+
 def test_token_matmul_equals_einsum():
   from swallow_jax.model.llama import token_matmul
   x = jax.random.normal(jax.random.key(0), (2, 3, 5))

@@ -21,8 +21,9 @@ Backends:
                Needs T % 128 == 0 (or T < 128); not used with a KV cache.
                Under a mesh it runs per shard (`jax.shard_map`), batch and heads split by the
                logical rules for 'batch', 'act_heads', 'act_kv_heads'; the sequence must be whole.
-  auto         GPU: cudnn when the dtype/head_dim allow and there is no KV cache, else dot_product;
-               TPU: splash when T % 128 == 0 and there is no KV cache, else xla; CPU: xla.
+  auto         GPU: with a KV cache xla (decoding reads the heads-first cache without transposing
+               it), else cudnn when the dtype/head_dim allow, else dot_product; TPU: splash when
+               T % 128 == 0 and there is no KV cache, else xla; CPU: xla.
 """
 
 import flax.linen as nn
@@ -113,7 +114,9 @@ def resolve_backend(backend: str, q: jax.Array, with_cache: bool) -> str:
     return backend
   platform = jax.default_backend()
   if platform == "gpu":
-    return "cudnn" if _cudnn_ok(q) and not with_cache else "dot_product"
+    if with_cache:  # reads the heads-first cache as it lies; the fused kernels want [B, S, KV, Dh]
+      return "xla"
+    return "cudnn" if _cudnn_ok(q) else "dot_product"
   if platform == "tpu" and not with_cache and q.shape[1] % 128 == 0:
     return "splash"
   return "xla"
