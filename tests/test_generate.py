@@ -105,7 +105,7 @@ def test_sharded_params_same_tokens(tiny):
   with sharding.mesh_context(mesh):
     assert gen.generate(config, sharded, PROMPTS[:3], 6) == want
     # The decoding layout keeps each weight's FSDP sharding (only the layer axis is split off).
-    per_layer = model_lib.unstack_layers(sharded, consume=True)
+    per_layer = model_lib.unstack_layers(sharded)
     kernel = per_layer["layers_1"]["mlp"]["up_proj"]["kernel"]
     assert tuple(kernel.sharding.spec)[:1] == ("fsdp",)
     assert gen.generate(config, per_layer, PROMPTS[:3], 6) == want
