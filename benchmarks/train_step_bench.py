@@ -100,10 +100,9 @@ def jax_runner(cfg, batch: int, seq_len: int) -> tuple[Callable[[int], float], f
   return run, time.perf_counter() - t0, first
 
 
-def torch_runner(cfg, batch: int, seq_len: int,
-                 compile_model: bool = False) -> tuple[Callable[[int], float], float, float]:
-  """Same contract as jax_runner for transformers' LlamaForCausalLM + AdamW."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
+def torch_llama(cfg):
+  """transformers' LlamaForCausalLM of `cfg`'s shape (sdpa attention, float32, train mode, seed 0),
+  with torch using every core."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
 
@@ -113,7 +112,16 @@ def torch_runner(cfg, batch: int, seq_len: int,
       k: v for k, v in cfg.to_hf().items()
       if k not in ("architectures", "torch_dtype", "bos_token_id", "eos_token_id")})
   hf_cfg._attn_implementation = "sdpa"  # pylint: disable=protected-access
-  model = transformers.LlamaForCausalLM(hf_cfg).float().train()
+  return transformers.LlamaForCausalLM(hf_cfg).float().train()
+
+
+def torch_runner(cfg, batch: int, seq_len: int,
+                 compile_model: bool = False) -> tuple[Callable[[int], float], float, float]:
+  """Same contract as jax_runner for transformers' LlamaForCausalLM + AdamW."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+
+  model = torch_llama(cfg)
   opt = torch.optim.AdamW(model.parameters(), lr=OPT["peak_lr"], betas=(OPT["b1"], OPT["b2"]),
                           eps=OPT["eps"], weight_decay=OPT["weight_decay"], foreach=True)
   forward = torch.compile(model) if compile_model else model

@@ -111,15 +111,8 @@ def _jax_parts(cfg, batch: int, seq_len: int) -> dict[str, Callable[[], Any]]:
 def _torch_parts(cfg, batch: int, seq_len: int) -> dict[str, Callable[[], Any]]:
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
 
-  torch.manual_seed(0)
-  torch.set_num_threads(os.cpu_count() or 1)
-  hf_cfg = transformers.LlamaConfig(**{
-      k: v for k, v in cfg.to_hf().items()
-      if k not in ("architectures", "torch_dtype", "bos_token_id", "eos_token_id")})
-  hf_cfg._attn_implementation = "sdpa"  # pylint: disable=protected-access
-  model = transformers.LlamaForCausalLM(hf_cfg).float().train()
+  model = train_step_bench.torch_llama(cfg)
   rng = np.random.default_rng(0)
   b, t, d = batch, seq_len, cfg.hidden_size
   h, kv, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim

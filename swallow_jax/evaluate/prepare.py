@@ -208,17 +208,23 @@ def read_niilc(paths: Sequence[str]) -> list[Example]:
   return out
 
 
+def _tsv_pairs(path: str, expected: str):
+  """(line number, (first, second)) for lines of exactly two non-blank tab-separated fields."""
+  for n, line in _lines(path):
+    fields = line.split("\t")
+    if len(fields) != 2 or not all(f.strip() for f in fields):
+      raise InputError(f"{path}:{n}: expected {expected}, got {len(fields)} field(s)")
+    yield n, tuple(fields)
+
+
 def read_mgsm(paths: Sequence[str]) -> list[Example]:
   """question<TAB>answer lines. A non-numeric answer is a worked solution (the exemplars'
   "ステップごとの答え：..."): it is shown in demonstrations and its last number is the answer."""
   path = _one(paths, "mgsm")
   out = []
-  for n, line in _lines(path):
-    fields = line.split("\t")
-    if len(fields) != 2 or not all(f.strip() for f in fields):
-      raise InputError(f"{path}:{n}: expected question<TAB>answer, got {len(fields)} field(s)")
-    question = fields[0].strip().removeprefix("問題：").strip()
-    answer = fields[1].strip().removeprefix("ステップごとの答え：").strip()
+  for n, (question, answer) in _tsv_pairs(path, "question<TAB>answer"):
+    question = question.strip().removeprefix("問題：").strip()
+    answer = answer.strip().removeprefix("ステップごとの答え：").strip()
     number = scoring.extract_last_number(answer)
     if number is None:
       raise InputError(f"{path}:{n}: answer {answer[:40]!r} holds no number")
@@ -233,12 +239,7 @@ def read_translation(paths: Sequence[str]) -> list[Example]:
   """SOURCE,REFERENCE plain-text files with one segment a line, or one source<TAB>reference TSV."""
   if len(paths) == 1:
     path = _one(paths, "translation")
-    pairs = []
-    for n, line in _lines(path):
-      fields = line.split("\t")
-      if len(fields) != 2 or not all(f.strip() for f in fields):
-        raise InputError(f"{path}:{n}: expected source<TAB>reference, got {len(fields)} field(s)")
-      pairs.append(tuple(fields))
+    pairs = [fields for _, fields in _tsv_pairs(path, "source<TAB>reference")]
   elif len(paths) == 2:
     sides = []
     for path in paths:
