@@ -2,29 +2,36 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
+TEST_STAMP := $(VENV)/.installed-test
 export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 export JAX_PLATFORMS ?= cpu
 export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: venv test test-all test-compat demo clean
 
-$(STAMP): requirements.txt requirements-test.txt pyproject.toml
+# What the demo needs: the runtime requirements and the package (console scripts included).
+$(DEMO_STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt
+	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
-	touch $(STAMP)
+	touch $@
 
-venv: $(STAMP)
+# The tests also need the reference implementations (torch, transformers) and pytest.
+$(TEST_STAMP): $(DEMO_STAMP) requirements-test.txt
+	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt
+	touch $@
 
-test: $(STAMP)
+venv: $(TEST_STAMP)
+
+test: $(TEST_STAMP)
 	$(PY) -m pytest -q tests
 
-test-all: $(STAMP)
+test-all: $(TEST_STAMP)
 	$(PY) -m pytest -q -m "" tests
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(PY) -m swallow_jax.recipe --config=configs/demo.py --workdir=runs/demo
 
 clean:

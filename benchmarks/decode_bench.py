@@ -4,7 +4,7 @@ r"""Decode speed: swallow_jax.generate vs transformers.generate on CPU; HBM-boun
     python benchmarks/decode_bench.py --gpu           # accelerator: batch-1 decode vs HBM bound
 
 CPU mode builds one random HF LlamaForCausalLM (default: the 'small' preset's shape, ~7M params),
-saves it as safetensors and loads it with swallow_jax.model.hf.load_hf, so both libraries decode the
+saves it as safetensors and loads it with swallow_jax.model.io.load, so both libraries decode the
 same float32 weights. For each batch size it times greedy decoding of --new_tokens tokens after a
 --prompt_len-token prompt (prefill included, compilation excluded: one warm-up call first), checks
 the two produce the same tokens, and reports tokens/s for each and the ratio (ours / transformers).
@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from swallow_jax import generate as gen
+from swallow_jax import decode as gen
 from swallow_jax import model as model_lib
 
 # Peak HBM bandwidth (bytes/s) by device_kind substring; first match wins (order matters).
@@ -67,7 +67,7 @@ def cpu_side_by_side(preset: str = "small", batch_sizes=(1, 8), prompt_len: int 
   """tokens/s of swallow_jax vs transformers greedy decoding, same weights, on the CPU."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
-  from swallow_jax.model import hf  # pylint: disable=g-import-not-at-top
+  from swallow_jax.model import io as model_io  # pylint: disable=g-import-not-at-top
 
   cfg = model_lib.presets.get(preset)
   hf_cfg = transformers.LlamaConfig(**cfg.to_hf())
@@ -75,7 +75,7 @@ def cpu_side_by_side(preset: str = "small", batch_sizes=(1, 8), prompt_len: int 
   hf_model = transformers.LlamaForCausalLM(hf_cfg).eval()
   with tempfile.TemporaryDirectory() as d:
     hf_model.save_pretrained(d)
-    config, params = hf.load_hf(d)
+    config, params = model_io.load(d)
   rng = np.random.default_rng(0)
   rows = []
   for b in batch_sizes:

@@ -10,7 +10,7 @@ Each run is a recipe with two stages: `cpt` (configs/llama3_swallow_8b_cpt.py wi
 removed) and `eval` (the CPT model on the tasks of configs/llama3_swallow_8b.py). Removing a
 source RENORMALISES the others: every remaining weight is multiplied by the same factor, so the
 run trains on the same number of tokens and the removed share goes to the other sources in
-proportion (swallow_jax.sweep.drop_source) -- mostly to the Swallow Corpus, which holds 81%.
+proportion (swallow_jax.data.mixtures.drop_source) -- mostly to the Swallow Corpus, which holds 81%.
 
 Arg: HARDWARE[,drop=SOURCE][,steps=N][,root=...,data_root=...,models_root=...,tasks_root=...]
   drop: '' (the full mixture) or one of cosmopedia, laboro_paracorpus, openwebmath (any source
@@ -22,24 +22,22 @@ import os
 
 import ml_collections
 
-from swallow_jax.sweep import drop_source, load_module
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_CPT = load_module(os.path.join(_HERE, "llama3_swallow_8b_cpt.py"))
-_8B = load_module(os.path.join(_HERE, "llama3_swallow_8b.py"))
+from swallow_jax import recipe
+from swallow_jax.data.mixtures import drop_source
+from configs import common
+from configs import llama3_swallow_8b_cpt as cpt_8b
 
 ABLATIONS = ("cosmopedia", "laboro_paracorpus", "openwebmath")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  hardware, opts = _CPT.split_arg(arg, _CPT.HARDWARE, default="v5p-128", drop="", steps="0",
-                                  root=".", data_root="", models_root="", tasks_root="")
-  data_root = opts.data_root or os.path.join(opts.root, "data")
-  models_root = opts.models_root or os.path.join(opts.root, "hf")
-  tasks_root = opts.tasks_root or os.path.join(opts.root, "tasks")
-  base = os.path.join(models_root, "Meta-Llama-3-8B")
-  cpt = _CPT.build_config(preset="llama3_8b", peak_lr=_CPT.PEAK_LR, hw=_CPT.HARDWARE[hardware],
-                          data_root=data_root, init_from=base)
+  """One ablation run for 'HARDWARE[,drop=SOURCE][,steps=N][,root=...,...]'."""
+  hardware, opts = common.split_arg(arg, cpt_8b.HARDWARE, default="v5p-128", drop="", steps="0",
+                                    **common.ROOT_OPTIONS)
+  opts = common.with_roots(opts)
+  base = os.path.join(opts.models_root, "Meta-Llama-3-8B")
+  cpt = common.cpt_config(preset="llama3_8b", peak_lr=cpt_8b.PEAK_LR,
+                          hw=cpt_8b.HARDWARE[hardware], data_root=opts.data_root, init_from=base)
   if opts.drop:
     cpt.data.sources = drop_source(cpt.data.sources, opts.drop)
   steps = int(opts.steps)
@@ -51,8 +49,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   name = f"no_{opts.drop}" if opts.drop else "full"
   config = ml_collections.ConfigDict()
   config.stages = ("cpt", "eval")
-  config.cpt = _8B.train_stage(cpt)
-  config.eval = _8B.eval_stage({name: "${cpt.model}"}, tokenizer=base, tasks_root=tasks_root)
+  config.cpt = common.train_stage(cpt)
+  config.eval = common.eval_stage({name: recipe.stage("cpt")}, tokenizer=base,
+                                  tasks_root=opts.tasks_root)
   config.report = dict(title=f"Llama 3 Swallow 8B CPT ablation: {name}")
   return config
 

@@ -26,7 +26,9 @@ Arg: '' (the demo) or 'micro' (tiny sizes and a few steps: the test suite's smok
 
 import ml_collections
 
-from swallow_jax.sweep import drop_source, parse_arg
+from swallow_jax import recipe
+from swallow_jax.data.mixtures import drop_source
+from swallow_jax.sweep import parse_arg
 
 # Token shares. "Llama 3"-like pretraining: English with a little Japanese.
 BASE_MIXTURE = {"en_web": 0.55, "en_wiki": 0.25, "math": 0.15, "ja_web": 0.05}
@@ -50,7 +52,12 @@ _SIZES = {
 
 
 def _sources(mixture: dict[str, float]) -> list[dict]:
-  return [dict(name=n, path=f"${{corpus.{n}}}", weight=w) for n, w in mixture.items()]
+  return [dict(name=n, path=recipe.stage("corpus", n), weight=w) for n, w in mixture.items()]
+
+
+def raw(source: str) -> str:
+  """The demo_data stage's JSONL file of one source."""
+  return recipe.stage("data", "raw", f"{source}.jsonl")
 
 
 def _train_stage(size: dict, *, init_from: str, sources: list[dict], kind: str, steps: int,
@@ -63,26 +70,27 @@ def _train_stage(size: dict, *, init_from: str, sources: list[dict], kind: str, 
   if init_from:
     c.model = dict(preset="")  # the architecture comes from the HF config.json of init_from
   else:
-    c.model = dict(preset="tiny", vocab_size="${tokenizer.vocab_size}",
+    c.model = dict(preset="tiny", vocab_size=0,  # 0: the trained tokenizer's size
                    hidden_size=size["hidden"], intermediate_size=size["mlp"],
                    num_layers=size["layers"], num_heads=size["heads"],
                    num_kv_heads=size["kv_heads"], head_dim=size["hidden"] // size["heads"],
                    max_position_embeddings=512)
   c.init_from = init_from
-  c.tokenizer = "${tokenizer.model}"
+  c.tokenizer = recipe.stage("tokenizer")
   c.data = dict(sources=sources, seq_len=size["seq_len"], global_batch_size=size["batch"],
                 shuffle_seed=0, kind=kind)
   c.optimizer = dict(peak_lr=peak_lr, min_lr_ratio=0.1, warmup_steps=max(1, steps // 10),
                      decay_steps=steps, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,
                      clip_norm=1.0)
   c.train = dict(num_steps=steps, grad_accum_steps=1, z_loss=1e-4, neftune_alpha=neftune_alpha,
-                 seed=0, log_every=max(1, steps // 50))
+                 seed=0, log_every=max(1, steps // 50), tensorboard=True, wandb_project="")
   c.mesh = dict(data=1, fsdp=-1, tensor=1)
   c.checkpoint = dict(every_steps=max(1, steps // 2), every_minutes=0, keep=1, async_save=False)
   return c
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The demo recipe ('' or 'micro')."""
   size = _SIZES["micro" if parse_arg(arg, micro=False).micro else "demo"]
   config = ml_collections.ConfigDict()
   config.stages = ("data", "tokenizer", "corpus", "base", "instruct", "cpt", "cpt_no_parallel",
@@ -90,42 +98,45 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.data = dict(kind="demo_data", seed=0, scale=size["scale"])
   config.tokenizer = dict(kind="tokenizer", vocab_size=size["vocab"], model_type="bpe",
-                          inputs=[f"${{data.raw.{n}}}" for n in TEXT_SOURCES + CHAT_SOURCES])
+                          inputs=[raw(n) for n in TEXT_SOURCES + CHAT_SOURCES])
   config.corpus = dict(
-      kind="preprocess", tokenizer="${tokenizer.model}", workers=1,
-      sources={**{n: dict(input=f"${{data.raw.{n}}}", format="text") for n in TEXT_SOURCES},
-               **{n: dict(input=f"${{data.raw.{n}}}", format="chat") for n in CHAT_SOURCES}})
+      kind="preprocess", tokenizer=recipe.stage("tokenizer"), workers=1,
+      sources={**{n: dict(input=raw(n), format="text") for n in TEXT_SOURCES},
+               **{n: dict(input=raw(n), format="chat") for n in CHAT_SOURCES}})
 
   # The stand-ins for Meta's pair.
   config.base = _train_stage(size, init_from="", sources=_sources(BASE_MIXTURE), kind="pretrain",
                              steps=size["base_steps"], peak_lr=3e-3)
   config.instruct = _train_stage(
-      size, init_from="${base.model}", kind="sft", steps=size["instruct_steps"], peak_lr=1e-3,
-      sources=[dict(name="en_dialogues", path="${corpus.en_dialogues}", weight=1.0)])
+      size, init_from=recipe.stage("base"), kind="sft", steps=size["instruct_steps"], peak_lr=1e-3,
+      sources=[dict(name="en_dialogues", path=recipe.stage("corpus", "en_dialogues"), weight=1.0)])
 
   # The Swallow stages.
   cpt_sources = _sources(CPT_MIXTURE)
-  config.cpt = _train_stage(size, init_from="${base.model}", sources=cpt_sources, kind="pretrain",
+  config.cpt = _train_stage(size, init_from=recipe.stage("base"), sources=cpt_sources, kind="pretrain",
                             steps=size["cpt_steps"], peak_lr=1e-3)
   config.cpt_no_parallel = _train_stage(
-      size, init_from="${base.model}", sources=drop_source(cpt_sources, "parallel"),
+      size, init_from=recipe.stage("base"), sources=drop_source(cpt_sources, "parallel"),
       kind="pretrain", steps=size["cpt_steps"], peak_lr=1e-3)
-  config.chat_vector = dict(kind="chat_vector", base="${base.model}",
-                            instruct="${instruct.model}", target="${cpt.model}", scale=0.5)
+  config.chat_vector = dict(kind="chat_vector", base=recipe.stage("base"),
+                            instruct=recipe.stage("instruct"), target=recipe.stage("cpt"),
+                            scale=0.5)
   # A lower LR than the CPT's, as in the recipe (2e-6 vs 2.5e-5), though not as much lower: the
   # tiny model has only a few dozen steps to learn the Japanese chats.
   config.sft = _train_stage(
-      size, init_from="${chat_vector.model}", kind="sft", steps=size["sft_steps"], peak_lr=3e-4,
+      size, init_from=recipe.stage("chat_vector"), kind="sft", steps=size["sft_steps"], peak_lr=3e-4,
       neftune_alpha=5.0,
-      sources=[dict(name="ja_dialogues", path="${corpus.ja_dialogues}", weight=1.0)])
+      sources=[dict(name="ja_dialogues", path=recipe.stage("corpus", "ja_dialogues"), weight=1.0)])
 
   config.eval = dict(
-      kind="eval", tokenizer="${tokenizer.model}", tasks="${data.tasks}", batch_size=16,
-      max_len=512, max_examples=size["eval_examples"],
-      chat_tasks=dict(ja_chat="${data.chat_eval.ja}", en_chat="${data.chat_eval.en}"),
-      models=dict(base="${base.model}", swallow_base="${cpt.model}",
-                  swallow_base_cv="${chat_vector.model}", swallow_instruct="${sft.model}"),
-      ablations=dict(swallow_base_no_parallel="${cpt_no_parallel.model}"))
+      kind="eval", tokenizer=recipe.stage("tokenizer"), tasks=recipe.stage("data", "tasks"),
+      batch_size=16, max_len=512, max_examples=size["eval_examples"],
+      chat_tasks={f"{lang}_chat": recipe.stage("data", "chat_eval", f"{lang}_chat.jsonl")
+                  for lang in ("ja", "en")},
+      models=dict(base=recipe.stage("base"), swallow_base=recipe.stage("cpt"),
+                  swallow_base_cv=recipe.stage("chat_vector"),
+                  swallow_instruct=recipe.stage("sft")),
+      ablations=dict(swallow_base_no_parallel=recipe.stage("cpt_no_parallel")))
 
   config.report = dict(
       title="Swallow recipe demo (tiny models, generated data, CPU)",

@@ -21,12 +21,11 @@ import os
 
 import ml_collections
 
+from swallow_jax import recipe
 from swallow_jax.data import mixtures
-from swallow_jax.sweep import load_module
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_CPT = load_module(os.path.join(_HERE, "llama3_swallow_8b_cpt.py"))
-_8B = load_module(os.path.join(_HERE, "llama3_swallow_8b.py"))
+from configs import common
+from configs import llama3_swallow_8b as recipe_8b
+from configs import llama3_swallow_8b_cpt as cpt_8b
 
 CPT_TOKENS = 200e9
 # SFT sets named by the Llama 3.1 Swallow 8B Instruct v0.1 card; sizes unconfirmed, so equal
@@ -37,11 +36,12 @@ SFT_SETS = (("lmsys_chat_1m_synth_ja", 250_000), ("filtered_magpie_ultra_ja", 25
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  hardware, opts = _8B.recipe_options(arg, _CPT.HARDWARE, "v5p-128", "Llama-3.1-8B",
-                                      _CPT.split_arg)
-  base = os.path.join(opts.models_root, opts.base_name)
-  cpt = _CPT.build_config(preset="llama3_1_8b", peak_lr=_CPT.PEAK_LR, hw=_CPT.HARDWARE[hardware],
-                          data_root=opts.data_root, init_from=base)
+  """The Llama 3.1 Swallow 8B recipe for 'HARDWARE[,root=...,...]'."""
+  hardware, opts = common.split_arg(arg, cpt_8b.HARDWARE, "v5p-128", **common.ROOT_OPTIONS)
+  opts = common.with_roots(opts)
+  base = os.path.join(opts.models_root, "Llama-3.1-8B")
+  cpt = common.cpt_config(preset="llama3_1_8b", peak_lr=cpt_8b.PEAK_LR,
+                          hw=cpt_8b.HARDWARE[hardware], data_root=opts.data_root, init_from=base)
   cpt.data.sources = mixtures.llama31_swallow_8b(opts.data_root)
   steps = math.ceil(CPT_TOKENS / (cpt.data.global_batch_size * cpt.data.seq_len))
   cpt.train.num_steps = steps
@@ -49,12 +49,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config = ml_collections.ConfigDict()
   config.stages = ("cpt", "sft", "eval")
-  config.cpt = _8B.train_stage(cpt)
-  config.sft = _8B.sft_stage(cpt, init_from="${cpt.model}", tokenizer=base, lr=_8B.SFT_LR,
-                             sets=SFT_SETS, data_root=opts.data_root, epochs=1)
-  config.eval = _8B.eval_stage(
+  config.cpt = common.train_stage(cpt)
+  config.sft = common.sft_stage(cpt, init_from=recipe.stage("cpt"), tokenizer=base,
+                                lr=recipe_8b.SFT_LR, sets=SFT_SETS, data_root=opts.data_root,
+                                epochs=1)
+  config.eval = common.eval_stage(
       {"llama3_1": base, "llama3_1_instruct": base + "-Instruct",
-       "swallow_base": "${cpt.model}", "swallow_instruct": "${sft.model}"},
+       "swallow_base": recipe.stage("cpt"), "swallow_instruct": recipe.stage("sft")},
       tokenizer=base, tasks_root=opts.tasks_root)
   config.report = dict(title="Llama 3.1 Swallow 8B", comparisons=[
       dict(what="Continual pretraining", before="llama3_1", after="swallow_base",

@@ -15,17 +15,19 @@ import os
 
 import ml_collections
 
-from swallow_jax.sweep import load_module
+from configs import common
+from configs import llama3_swallow_70b_cpt as cpt_70b
+from configs import llama3_swallow_8b as recipe_8b
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_CPT = load_module(os.path.join(_HERE, "llama3_swallow_70b_cpt.py"))
-_8B = load_module(os.path.join(_HERE, "llama3_swallow_8b.py"))
 SFT_LR = 1e-6
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  hardware, opts = _8B.recipe_options(arg, _CPT.HARDWARE, "v5p-512", "Meta-Llama-3-70B",
-                                      _CPT._8B.split_arg)  # pylint: disable=protected-access
-  cpt = _CPT.get_config(f"{hardware},data_root={opts.data_root},"
-                        f"init_from={os.path.join(opts.models_root, opts.base_name)}")
-  return _8B.build(cpt, opts, sft_lr=SFT_LR, title="Llama 3 Swallow 70B")
+  """The 70B recipe for 'HARDWARE[,root=...,data_root=...,models_root=...,tasks_root=...]'."""
+  hardware, opts = common.split_arg(arg, cpt_70b.HARDWARE, "v5p-512", **common.ROOT_OPTIONS)
+  opts = common.with_roots(opts)
+  base_name = "Meta-Llama-3-70B"
+  cpt = cpt_70b.get_config(f"{hardware},data_root={opts.data_root},"
+                           f"init_from={os.path.join(opts.models_root, base_name)}")
+  return common.swallow_recipe(cpt, opts, base_name=base_name, sft_lr=SFT_LR,
+                               sft_sets=recipe_8b.SFT_SETS, title="Llama 3 Swallow 70B")

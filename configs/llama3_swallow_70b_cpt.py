@@ -10,14 +10,10 @@ Adam moments take 16 bytes x 70.6B = 1.13 TB, more than 8 H100 80GB hold (640 GB
 so instead of failing later with an out-of-memory error.
 """
 
-import os
-
 import ml_collections
 
-from swallow_jax.sweep import load_module
+from configs import common
 
-_8B = load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                               "llama3_swallow_8b_cpt.py"))
 HARDWARE = {
     # 256 v5p chips (v5p-512): FSDP over all of them (4.4 GB of train state per chip),
     # 1 sequence per chip per microbatch.
@@ -30,10 +26,11 @@ PEAK_LR = 1e-5
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  hardware, opts = _8B.split_arg(arg, HARDWARE, default="v5p-512",
-                                 data_root="data/swallow", init_from="hf/Meta-Llama-3-70B")
+  """The 70B CPT training config for 'HARDWARE[,data_root=...,init_from=...]'."""
+  hardware, opts = common.split_arg(arg, HARDWARE, default="v5p-512",
+                                    data_root="data/swallow", init_from="hf/Meta-Llama-3-70B")
   if HARDWARE[hardware] is None:
     raise ValueError("70B on 8xh100: the fp32 train state (1.13 TB) exceeds 8 x 80 GB; use "
                      "64xh100 (8 nodes) or a v5p slice")
-  return _8B.build_config(preset="llama3_70b", peak_lr=PEAK_LR, hw=HARDWARE[hardware],
-                          data_root=opts.data_root, init_from=opts.init_from)
+  return common.cpt_config(preset="llama3_70b", peak_lr=PEAK_LR, hw=HARDWARE[hardware],
+                           data_root=opts.data_root, init_from=opts.init_from)

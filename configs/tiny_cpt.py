@@ -50,7 +50,8 @@ def _document(rng: random.Random) -> str:
 
 def tiny_corpus(num_documents: int = 4000) -> tuple[str, str]:
   """(tokenizer model path, preprocessed data dir), built once per cache version."""
-  from swallow_jax import preprocess, tokenizer  # pylint: disable=g-import-not-at-top
+  from swallow_jax import preprocess  # pylint: disable=g-import-not-at-top
+  from swallow_jax.vocab import train  # pylint: disable=g-import-not-at-top
   cache = os.environ.get("SWALLOW_JAX_CACHE") or os.path.expanduser("~/.cache/swallow_jax")
   root = os.path.join(cache, CACHE_VERSION)
   tok_path, data_dir = os.path.join(root, "tokenizer.model"), os.path.join(root, "data")
@@ -66,9 +67,9 @@ def tiny_corpus(num_documents: int = 4000) -> tuple[str, str]:
       f.write(json.dumps({"text": _document(rng)}, ensure_ascii=False) + "\n")
   with open(os.path.join(tmp, "lines.txt"), "w", encoding="utf-8") as f:
     f.writelines(json.loads(line)["text"] + "\n" for line in open(text_path, encoding="utf-8"))
-  tokenizer.train_sentencepiece(os.path.join(tmp, "lines.txt"), VOCAB_SIZE,
-                                os.path.join(tmp, "tokenizer"), num_threads=1,
-                                shuffle_input_sentence=False)
+  train.train_sentencepiece(os.path.join(tmp, "lines.txt"), VOCAB_SIZE,
+                            os.path.join(tmp, "tokenizer"), num_threads=1,
+                            shuffle_input_sentence=False)
   preprocess.preprocess(text_path, os.path.join(tmp, "tokenizer.model"),
                         os.path.join(tmp, "data"), fmt="text", workers=1)
   try:
@@ -93,7 +94,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer = dict(peak_lr=3e-3, min_lr_ratio=0.1, warmup_steps=30, decay_steps=300,
                           b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0)
   config.train = dict(num_steps=300, grad_accum_steps=1, z_loss=1e-4, neftune_alpha=0.0, seed=0,
-                      log_every=1, loss_chunk_size=0, document_masking=True)
+                      log_every=1, loss_chunk_size=0, document_masking=True,
+                      tensorboard=True, wandb_project="")
   config.mesh = dict(data=1, fsdp=-1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
   config.checkpoint = dict(every_steps=50, every_minutes=0.0, keep=3, async_save=True)
   config.eval = dict(every_steps=0, tasks=[])

@@ -9,8 +9,10 @@
 #   --module=M      python module to run (default swallow_jax.recipe)
 #   --python=PATH   interpreter (default .venv/bin/python if present, else python3)
 #   --cpu-devices=N fake N CPU devices (XLA_FLAGS) to exercise sharding without accelerators
-#   --dry-run       print the exact command and exit
-# Every other argument is passed to the module unchanged; --config and --workdir are required.
+#   --dry-run       check the config's mesh against --cpu-devices (when given), print the exact
+#                   command and exit
+# Every other argument is passed to the module; --config and --workdir are required, and relative
+# paths in them are taken from the directory you run this from (the module runs in the repository).
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -41,7 +43,9 @@ env_prefix=()
 if [[ -n "$cpu_devices" ]]; then
   env_prefix=(env "JAX_PLATFORMS=cpu" "XLA_FLAGS=--xla_force_host_platform_device_count=$cpu_devices")
 fi
-cmd=("${env_prefix[@]+"${env_prefix[@]}"}" "$python" -m "$module" "${args[@]}")
+resolve_paths "${args[@]}"
+[[ -z "$cpu_devices" ]] || check_mesh "$cpu_devices" "${resolved[@]}"
+cmd=("${env_prefix[@]+"${env_prefix[@]}"}" "$python" -m "$module" "${resolved[@]}")
 
 if (( dry_run )); then
   print_cmd cd "$repo"

@@ -3,13 +3,15 @@
 # slice runs one process per host: the multi-host code paths (jax.distributed, per-process data,
 # coordinated checkpoints, failure handling) without a cluster.
 #
-#   launch/local_multiprocess.sh 2 configs/tiny_cpt.py runs/tiny2
-#   launch/local_multiprocess.sh 2 configs/tiny_cpt.py runs/tiny2 -- --config.train.num_steps=50
-#   launch/local_multiprocess.sh --dry-run 2 configs/tiny_cpt.py runs/tiny2
+#   launch/local_multiprocess.sh --processes=2 --config=configs/tiny_cpt.py --workdir=runs/tiny2
+#   launch/local_multiprocess.sh --processes=2 --config=configs/tiny_cpt.py --workdir=runs/tiny2 \
+#       -- --config.train.num_steps=50
+#   launch/local_multiprocess.sh --dry-run --processes=2 --config=configs/tiny_cpt.py --workdir=runs/tiny2
 #
-# Arguments: N CONFIG WORKDIR, then options, then -- and flags for the module (CONFIG, WORKDIR and
-# relative paths are taken from the repository root, like launch/local.sh).
-# Options:
+# Options (everything after -- goes to the python module):
+#   --processes=N   number of JAX processes (required)
+#   --config=FILE[:arg] --workdir=DIR   required; relative paths are taken from the directory
+#                   you run this from (the processes run in the repository)
 #   --devices=D     global device count (default: what the config's mesh asks for, ICI x DCN
 #                   sizes with --config.mesh.* overrides applied; 8 if an axis is -1); each
 #                   process fakes D/N CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count)
@@ -18,7 +20,7 @@
 #   --python=PATH   interpreter (default .venv/bin/python if present, else python3)
 #   --grace=S       after a process fails, seconds the others get to stop by themselves (the
 #                   trainer's heartbeat timeout) before they are killed (default 90)
-#   --dry-run       print the exact commands and exit
+#   --dry-run       check the config's mesh against D devices, print the exact commands and exit
 # Output: process I logs to WORKDIR/logs/process_I.log; process 0 also to this terminal. Exit
 # status: 0 if every process exited 0, else the status of the first one that failed.
 set -euo pipefail
@@ -26,9 +28,12 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 module="swallow_jax.train" python="" devices="" port="" grace=90 dry_run=0
-positional=() extra=()
+num="" config="" workdir="" extra=()
 while (( $# )); do
   case "$1" in
+    --processes=*) num="${1#*=}" ;;
+    --config=*) config="${1#*=}" ;;
+    --workdir=*) workdir="${1#*=}" ;;
     --devices=*) devices="${1#*=}" ;;
     --port=*) port="${1#*=}" ;;
     --module=*) module="${1#*=}" ;;
@@ -37,23 +42,25 @@ while (( $# )); do
     --dry-run) dry_run=1 ;;
     -h|--help) print_help; exit 0 ;;
     --) shift; extra=("$@"); break ;;
-    -*) die "unknown option '$1' (module flags go after --)" ;;
-    *) positional+=("$1") ;;
+    -*) die "unknown option '$1' (module flags go after --; see --help)" ;;
+    *) die "unexpected argument '$1' (see --help)" ;;
   esac
   shift
 done
-(( ${#positional[@]} == 3 )) || die "usage: local_multiprocess.sh N CONFIG WORKDIR [options] [-- flags] (see --help)"
-num="${positional[0]}" config="${positional[1]}" workdir="${positional[2]}"
-[[ "$num" =~ ^[1-9][0-9]*$ ]] || die "N must be a positive integer, got '$num'"
+[[ "$num" =~ ^[1-9][0-9]*$ ]] || die "--processes=N (a positive integer) is required, got '$num'"
+[[ -n "$config" ]] || die "--config=FILE is required"
+[[ -n "$workdir" ]] || die "--workdir=DIR is required"
 [[ -z "$devices" || "$devices" =~ ^[1-9][0-9]*$ ]] || die "--devices must be a positive integer, got '$devices'"
 [[ -z "$port" || "$port" =~ ^[1-9][0-9]*$ ]] || die "--port must be a positive integer, got '$port'"
 [[ "$grace" =~ ^[0-9]+$ ]] || die "--grace must be a number of seconds, got '$grace'"
 python="${python:-$(default_python)}"
+resolve_paths --config="$config" --workdir="$workdir"
+config="${resolved[0]#--config=}" workdir="${resolved[1]#--workdir=}"
+[[ -f "${config%%:*}" ]] || die "config file '${config%%:*}' not found"
 cd "$repo"
-[[ -f "${config%%:*}" ]] || die "config file '${config%%:*}' not found (relative to $repo)"
 
 if [[ -z "$devices" ]]; then  # The mesh's device count, from the config and its overrides.
-  devices="$("$python" - "$config" "${extra[@]+"${extra[@]}"}" <<'PY'
+  devices="$("$(default_python)" - "$config" "${extra[@]+"${extra[@]}"}" <<'PY'
 import re, sys
 from swallow_jax.parallel.mesh import required_devices
 from swallow_jax.sweep import load_config
@@ -65,6 +72,7 @@ print(required_devices(mesh) or 8)
 PY
 )" || die "could not read the mesh of $config"
 fi
+check_mesh "$devices" --config="$config" "${extra[@]+"${extra[@]}"}"
 (( devices % num == 0 )) || die "$devices devices cannot be split evenly over $num processes (--devices=D)"
 per_process=$(( devices / num ))
 if [[ -z "$port" ]]; then

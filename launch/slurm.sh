@@ -13,8 +13,11 @@
 #   --module=M           default swallow_jax.recipe
 #   --python=PATH        interpreter on the nodes (default REPO/.venv/bin/python)
 #   --port=PORT          coordinator port on the first node (default 12355)
-#   --dry-run            print the sbatch command and what each task runs, and exit
-# The repository and the workdir must be on a filesystem all nodes share.
+#   --dry-run            check the config's mesh against NODES x G devices, print the sbatch
+#                        command and what each task runs, and exit
+# The repository and the workdir must be on a filesystem all nodes share. Relative --config and
+# --workdir paths are taken from the directory you run this from. The mesh check (also before a
+# real submission) runs with the local interpreter (.venv/bin/python if present, else python3).
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -43,6 +46,10 @@ done
 [[ "$nodes" =~ ^[1-9][0-9]*$ ]] || die "--nodes=N (a positive integer) is required"
 [[ "$gpus" =~ ^[1-9][0-9]*$ ]] || die "--gpus-per-node must be a positive integer"
 (( ${#args[@]} )) || die "module flags are required after -- (--config=... --workdir=...)"
+
+resolve_paths "${args[@]}"
+args=("${resolved[@]}")
+check_mesh $(( nodes * gpus )) "${args[@]}"
 
 sbatch_cmd=(sbatch --nodes="$nodes" --ntasks-per-node=1 --gpus-per-node="$gpus" --job-name="$job_name"
             --export="ALL,SWALLOW_REPO=$repo,SWALLOW_PYTHON=$python,SWALLOW_PORT=$port")

@@ -18,8 +18,11 @@
 #                                          (default create,copy,setup,run)
 #   --module=M                             default swallow_jax.recipe
 #   --detach                               run under nohup, logging to ~/swallow_run.log
-#   --dry-run                              print the exact commands and exit
-# The workdir must be visible to all workers (a Filestore/NFS or GCS-FUSE mount).
+#   --dry-run                              check the config's mesh against the slice's chips,
+#                                          print the exact commands and exit
+# The workdir must be an absolute path visible to all workers (a Filestore/NFS or GCS-FUSE
+# mount). --config must be a file inside this repository (the copy the workers get); a relative
+# path is taken from the directory you run this from.
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -27,7 +30,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 name="" zone="" accelerator="" project="" version="" spot=0 detach=0 dry_run=0
 steps="create,copy,setup,run"
 module="swallow_jax.recipe"
-args=()
+args=() resolved_args=()
 while (( $# )); do
   case "$1" in
     --name=*) name="${1#*=}" ;;
@@ -61,6 +64,31 @@ fi
 if [[ -z "$version" ]]; then
   if [[ "$accelerator" == v5p-* ]]; then version="v2-alpha-tpuv5"; else version="tpu-ubuntu2204-base"; fi
 fi
+
+# --config: a caller-relative path becomes the same file's path inside the workers' copy.
+resolved=()
+for a in "${args[@]+"${args[@]}"}"; do
+  case "$a" in
+    --config=*)
+      resolve_paths "$a"
+      file="${resolved[0]#--config=}"
+      file="$(realpath -m "${file%%:*}")" spec="${a#--config=}"
+      [[ "$spec" == *:* ]] && arg=":${spec#*:}" || arg=""
+      [[ "$file" == "$repo"/* ]] || die "--config file $file is not inside $repo (the workers get a copy of it)"
+      a="--config=${file#"$repo"/}$arg" ;;
+    --workdir=/*) ;;
+    --workdir=*) die "--workdir must be an absolute path all workers share, got '${a#*=}'" ;;
+  esac
+  resolved_args+=("$a")
+done
+args=("${resolved_args[@]+"${resolved_args[@]}"}")
+# JAX devices of a slice: v2/v3 count TensorCores (one device each); v4/v5p count TensorCores
+# with two per chip (one device per chip); v5e/v6e count chips.
+chips="${accelerator##*-}"
+[[ "$chips" =~ ^[1-9][0-9]*$ ]] || die "--accelerator must be TYPE-SIZE (e.g. v5p-128), got '$accelerator'"
+[[ "$accelerator" == v4-* || "$accelerator" == v5p-* ]] && chips=$(( chips / 2 ))
+cd "$repo"
+if (( ${#args[@]} )); then check_mesh "$chips" "${args[@]}"; fi
 
 where=(--zone="$zone")
 [[ -n "$project" ]] && where+=(--project="$project")

@@ -6,9 +6,9 @@ directory and renames it when complete, so a killed save never looks like a chec
 finalized checkpoint that cannot be read (e.g. truncated files) is moved to
 DIR/checkpoints_unreadable/ with a warning, and the previous one is used.
 
-Resume restores everything; `restore_params` (init_from) takes only the parameters onto given
-shardings; `load_params` reads a workdir's model config and parameters (for generation/eval).
-Restoring onto another mesh works: pass abstract arrays (ShapeDtypeStruct) carrying the new shardings.
+Resume restores everything (weights only, for init_from / generation / eval: swallow_jax.model.io).
+A checkpoint whose state has other shapes, dtypes or structure than the run's is refused
+(IncompatibleCheckpointError), never set aside. Restoring onto another mesh works: pass abstract arrays (ShapeDtypeStruct) carrying the new shardings.
 
 Multi-host: every process calls save and restore (Orbax writes and reads each process's array
 shards and coordinates the commit); each process's iterator state goes to its own file
@@ -17,7 +17,6 @@ process count. The processes agree on whether a checkpoint was readable before u
 """
 
 from collections.abc import Mapping
-import json
 import logging
 import os
 import shutil
@@ -30,13 +29,15 @@ import jax
 import orbax.checkpoint as ocp
 
 from swallow_jax import parallel
+from swallow_jax.config_utils import CheckpointSpec, as_section
 
 
-def make_manager(directory: str | epath.Path, ckpt_cfg: Mapping[str, Any]) -> ocp.CheckpointManager:
+def make_manager(directory: str | epath.Path,
+                 ckpt_cfg: CheckpointSpec | Mapping[str, Any]) -> ocp.CheckpointManager:
   """CheckpointManager keeping the newest `keep` steps; saving is asynchronous by default."""
+  spec = as_section(CheckpointSpec, ckpt_cfg, "checkpoint")
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=int(ckpt_cfg.get("keep", 3)) or None,
-      enable_async_checkpointing=bool(ckpt_cfg.get("async_save", True)),
+      max_to_keep=spec.keep or None, enable_async_checkpointing=spec.async_save,
       cleanup_tmp_directories=True, create=True)
   return ocp.CheckpointManager(_absolute(directory), options=options,
                                item_names=("state", "data"))
@@ -49,19 +50,27 @@ def _absolute(path: str | epath.Path) -> epath.Path:
 
 
 class SavePolicy:
-  """Save every `every_steps` steps and whenever `every_minutes` passed since the last save."""
+  """Save every `every_steps` steps and whenever `every_minutes` passed since the last save.
 
-  def __init__(self, ckpt_cfg: Mapping[str, Any]):
-    self.every_steps = int(ckpt_cfg.get("every_steps", 0))
-    self.every_seconds = 60.0 * float(ckpt_cfg.get("every_minutes", 0))
+  Not Orbax's save_decision_policy: the loop must agree on the decision across processes
+  (`parallel.any_process`) before calling save, and Orbax's time policy
+  (ContinuousCheckpointingPolicy) skips a due save while the previous one is still writing.
+  """
+
+  def __init__(self, ckpt_cfg: CheckpointSpec | Mapping[str, Any]):
+    spec = as_section(CheckpointSpec, ckpt_cfg, "checkpoint")
+    self.every_steps = spec.every_steps
+    self.every_seconds = 60.0 * spec.every_minutes
     self.last_save = time.monotonic()
 
   def due(self, step: int) -> bool:
+    """Whether a save is due after `step` (by step count or elapsed time)."""
     if self.every_steps and step % self.every_steps == 0:
       return True
     return bool(self.every_seconds) and time.monotonic() - self.last_save >= self.every_seconds
 
   def saved(self) -> None:
+    """Restarts the time interval."""
     self.last_save = time.monotonic()
 
 
@@ -77,6 +86,58 @@ class IncompatibleCheckpointError(ValueError):
   """A checkpoint this run cannot continue as configured (e.g. another process count)."""
 
 
+class CheckpointSaveError(RuntimeError):
+  """An asynchronous checkpoint save failed; the run stops before doing more work."""
+
+
+def check_save(mngr: ocp.CheckpointManager) -> None:
+  """Raises CheckpointSaveError if a finished asynchronous save failed."""
+  try:
+    mngr.check_for_errors()
+  except Exception as e:  # pylint: disable=broad-except  (whatever the writer thread raised)
+    good = mngr.latest_step()
+    first = (str(e).splitlines() or [type(e).__name__])[0][:300]
+    raise CheckpointSaveError(
+        f"saving a checkpoint to {mngr.directory} failed ({type(e).__name__}: {first}); last "
+        f"good checkpoint: {'none' if good is None else f'step {good}'}") from e
+
+
+def _flat_names(tree: Any) -> dict[str, Any]:
+  """{'params.layers.q.kernel': leaf}: one naming for abstract states and Orbax metadata trees
+  (Orbax stores tuples as lists and named tuples as dicts, so only the key names are compared)."""
+  def name(k):
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        return str(getattr(k, attr))
+    return str(k)
+  return {".".join(name(k) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def check_compatible(step_dir: epath.Path, abstract_state: Any) -> None:
+  """Raises IncompatibleCheckpointError when the saved state's structure, shapes or dtypes differ
+  from `abstract_state`; an unreadable metadata file is left to the restore (set aside there)."""
+  try:
+    meta = ocp.StandardCheckpointer().metadata(step_dir / "state")
+    saved = _flat_names(getattr(meta, "item_metadata", meta).tree)
+  except Exception:  # pylint: disable=broad-except  (damaged files: not a mismatch)
+    return
+  wanted = _flat_names(abstract_state)
+  fix = ("start a new workdir, or set config.init_from to this workdir to take its weights only")
+  if set(saved) != set(wanted):
+    only_saved = sorted(set(saved) - set(wanted))[:3]
+    only_wanted = sorted(set(wanted) - set(saved))[:3]
+    raise IncompatibleCheckpointError(
+        f"checkpoint {step_dir} holds another train-state structure (only in the checkpoint: "
+        f"{only_saved}; only in this config: {only_wanted}): {fix}")
+  for key, want in wanted.items():
+    got = saved[key]
+    if tuple(got.shape) != tuple(want.shape) or str(got.dtype) != str(want.dtype):
+      raise IncompatibleCheckpointError(
+          f"{key}: checkpoint {got.dtype}{list(got.shape)}, config {want.dtype}"
+          f"{list(want.shape)} ({step_dir}): {fix}")
+
+
 def _check_process_count(step_dir: epath.Path) -> None:
   """Iterator states are per process: a resume with another process count cannot use them."""
   n = jax.process_count()
@@ -85,7 +146,9 @@ def _check_process_count(step_dir: epath.Path) -> None:
     counts = sorted({name.rsplit("-of-", 1)[1].removesuffix(".json") for name in names})
     raise IncompatibleCheckpointError(
         f"checkpoint {step_dir} was written by {' or '.join(counts)} processes, this run has {n}: "
-        "the data-iterator positions are saved per process, so resume with the same number")
+        "the data-iterator positions are saved per process; resume with the same launch "
+        f"(`python -m swallow_jax.train ... --num_processes={counts[0]}` or as many hosts), or "
+        "start a new workdir with `--config.init_from=` this workdir (weights only)")
 
 
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any,
@@ -95,12 +158,13 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any,
   Sets `data_iter` to the saved position. Returns (step, state), or None when there is no
   checkpoint. Unreadable checkpoints (on any process) are moved aside with a warning; if none is
   readable, raises. Raises IncompatibleCheckpointError, moving nothing, when the checkpoint is
-  fine but this run cannot continue it.
+  fine but this run cannot continue it (other shapes/dtypes/structure, other process count).
   """
   steps = sorted(mngr.all_steps(), reverse=True)
   if not steps:
     return None
   for step in steps:
+    check_compatible(epath.Path(mngr.directory) / str(step), abstract_state)
     if data_iter is not None:
       _check_process_count(epath.Path(mngr.directory) / str(step))
     items = {"state": ocp.args.StandardRestore(abstract_state)}
@@ -131,49 +195,3 @@ def _set_aside(mngr: ocp.CheckpointManager, step: int, error: Exception) -> None
     shutil.move(str(src), str(dst))
   ocp.multihost.sync_global_processes(f"swallow_jax_set_aside_{step}")
   mngr.reload()
-
-
-def resolve(path: str | epath.Path) -> epath.Path:
-  """A step directory from: a step dir, a checkpoints dir or a workdir (-> its newest step)."""
-  path = _absolute(path)
-  if (path / "state").exists():
-    return path
-  for root in (path, path / "checkpoints"):
-    if root.is_dir():
-      steps = [int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / "state").exists()]
-      if steps:
-        return root / str(max(steps))
-  raise FileNotFoundError(f"no Orbax checkpoint at {path} (expected <step>/state/ inside it, "
-                          "its checkpoints/ folder, or the step directory itself)")
-
-
-def restore_params(path: str | epath.Path, abstract_params: Any) -> Any:
-  """Parameters only (no optimizer state) from a train checkpoint, onto the given shardings."""
-  step_dir = resolve(path)
-  restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_params)
-  with ocp.PyTreeCheckpointer() as ckptr:
-    restored = ckptr.restore(
-        step_dir / "state",
-        args=ocp.args.PyTreeRestore(item={"params": abstract_params},
-                                    restore_args={"params": restore_args}, partial_restore=True))
-  logging.info("loaded parameters from %s", step_dir)
-  return restored["params"]
-
-
-def load_params(path: str | epath.Path) -> tuple[Any, Any]:
-  """(LlamaConfig, params) of a training workdir, its checkpoints/ or one step directory.
-
-  The model config comes from the workdir's config.json; arrays land on the default device.
-  """
-  from swallow_jax import config_utils  # pylint: disable=g-import-not-at-top
-  from swallow_jax.model import init_params  # pylint: disable=g-import-not-at-top
-  step_dir = resolve(path)
-  config_json = step_dir.parent.parent / "config.json"
-  if not config_json.exists():
-    raise FileNotFoundError(f"{config_json} not found: cannot tell the model config of {step_dir}")
-  model_cfg = config_utils.model_config_from_resolved(json.loads(config_json.read_text()))
-  abstract = jax.eval_shape(init_params, model_cfg, jax.random.PRNGKey(0))
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                          abstract)
-  return model_cfg, restore_params(step_dir, abstract)

@@ -1,18 +1,253 @@
-"""Shared command-line plumbing for the `python -m swallow_jax.*` programs."""
+"""The command-line convention of every `python -m swallow_jax.*` program.
 
-from collections.abc import Sequence
+`run` wraps `absl.app.run`:
+  * `--help`, `-h`, `--helpshort`, `-?` print the module docstring and its flags, `--helpfull`
+    every flag; all exit 0.
+  * Flag names take hyphens or underscores (`--dry-run` = `--dry_run`); `--config...` arguments
+    are left as typed (their paths and keys are the user's own spelling).
+  * Bad input is one line `PROG: error: ...` on stderr: exit 2 for usage errors (unknown flag, bad
+    value, missing required flag, bad `--config` file or `--config.a.b=v` override, `UsageError`),
+    exit 1 for failures (`Failure`, `ValueError`, `OSError`; anything else too, named by its type).
+    `--verbose` shows the traceback, and log lines keep absl's full prefix.
+  * Log lines are `HH:MM:SS message` (no `I1201 20:04:52.377593 1398... loop.py:202]` prefix).
+  * `--verbose` is defined by `run` (unless the module has its own); Ctrl-C is one line, exit 130.
+
+Adopting it in a `__main__` (replaces `app.run(...)`, any `flags_parser`, `normalize_argv`, the
+`if len(argv) > 1` check and the `try: ... except ...: sys.exit(...)` around the work):
+
+    from swallow_jax import cli
+
+    _OUT = flags.DEFINE_string("output", None, "...", required=True)  # flags as today
+    _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --output.")
+    cli.alias("out", "output")             # an old flag name: still accepted, with one notice
+
+    def main(argv: list[str]) -> None:     # absl's main; argv[1:] only with positional=True
+      cli.check_output(_OUT.value, _OVERWRITE.value)  # before any work
+      ...  # raise cli.Failure / ValueError / OSError (exit 1), cli.UsageError (exit 2); no logging of it
+      cli.print_json(summary)            # what a --json flag prints: one line of JSON
+
+    if __name__ == "__main__":
+      cli.run(main, prog="convert")        # define_flags=_define_flags if flags live in a function
+"""
+
+from collections.abc import Callable, Iterator, Sequence
+import json
+import logging
+import os
+import runpy
+import sys
+import traceback
+from typing import Any, NoReturn
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections.config_flags import config_flags
+
+FLAGS = flags.FLAGS
+HELP_ARGS = ("--help", "-h", "--helpshort", "-?", "--helpfull")
+_ALIASES: dict[str, str] = {}
+
+
+class Failure(Exception):
+  """The work failed for a reason the user can act on: one line on stderr, exit status 1."""
+
+
+class UsageError(Exception):
+  """The command line is wrong: one line on stderr, exit status 2."""
 
 
 def normalize_argv(argv: Sequence[str]) -> list[str]:
   """Accepts --dry-run, --text-field, ... as well as absl's --dry_run, --text_field.
 
   `--config=...` and `--config.key=...` arguments are left alone: their paths and keys are the
-  user's own spelling.
+  user's own spelling. Arguments after a bare `--` are not flags and are left alone too.
   """
   out = []
-  for arg in argv:
+  for i, arg in enumerate(argv):
+    if arg == "--":
+      return out + list(argv[i:])
     if arg.startswith("--") and len(arg) > 2 and not arg.startswith("--config"):
       name, eq, value = arg[2:].partition("=")
       arg = "--" + name.replace("-", "_") + eq + value
     out.append(arg)
   return out
+
+
+def alias(old: str, new: str) -> None:
+  """Accepts `--old` (and `--noold` for a boolean) as a deprecated spelling of `--new`.
+
+  `run` rewrites it before parsing and prints one notice on stderr.
+  """
+  _ALIASES[old.replace("-", "_")] = new
+
+
+def _apply_aliases(argv: list[str], prog: str) -> list[str]:
+  """`--old=v` -> `--new=v` (and `--noold` -> `--nonew`), one notice per alias used."""
+  out, noticed = [], set()
+  for i, arg in enumerate(argv):
+    if arg == "--":
+      return out + argv[i:]
+    name, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+    negated = name.startswith("no") and name[2:] in _ALIASES and name not in _ALIASES
+    old = name[2:] if negated else name
+    if old in _ALIASES:
+      new = _ALIASES[old]
+      if old not in noticed:
+        print(f"{prog}: warning: --{old} is deprecated; use --{new}", file=sys.stderr)
+        noticed.add(old)
+      arg = f"--{'no' if negated else ''}{new}{eq}{value}"
+    out.append(arg)
+  return out
+
+
+def check_output(path: str, overwrite: bool) -> None:
+  """Refuses an existing non-empty output file or directory unless `overwrite` (call it first).
+
+  Raises FileExistsError (an OSError: exit 1) naming the path and --overwrite.
+  """
+  if not os.path.exists(path) or overwrite:
+    return
+  empty = not os.listdir(path) if os.path.isdir(path) else os.path.getsize(path) == 0
+  if not empty:
+    raise FileExistsError(f"{path} already exists and is not empty (pass --overwrite to "
+                          "replace it)")
+
+
+def print_json(obj: Any) -> None:
+  """Prints `obj` as one line of JSON on stdout (what `--json` flags print), non-ASCII as is."""
+  print(json.dumps(obj, ensure_ascii=False), flush=True)
+
+
+def _one_line(error: BaseException) -> str:
+  """The exception's message on one line (KeyError's repr quotes dropped)."""
+  text = error.args[0] if isinstance(error, KeyError) and error.args else error
+  return " ".join(str(text).split()) or type(error).__name__
+
+
+def _exit(prog: str, message: str, status: int) -> NoReturn:
+  print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def _config_flags() -> Iterator[flags.Flag]:
+  """The ml_collections config flags that were given a value."""
+  for name in FLAGS:
+    flag = FLAGS[name]
+    if config_flags.is_config_flag(flag) and flag.present:
+      yield flag
+
+
+def _override_error(argv: Sequence[str], error: Exception) -> str:
+  """'bad --config override --config.a.c=3: no field 'c'' from config_flags' bare KeyError."""
+  reason = _one_line(error).strip("\"'")
+  if isinstance(error, (AttributeError, KeyError)):
+    overrides = [a for a in argv if a.startswith("--config") and "." in a.partition("=")[0]]
+    named = [a for a in overrides if reason in a.partition("=")[0].split(".")]
+    return f"bad --config override {' '.join(named or overrides)}: no field {reason!r}"
+  return f"bad --config override: {reason}"
+
+
+def _innermost(error: BaseException) -> BaseException:
+  """The first exception of a `raise ... from` chain: the reason, not its wrappers."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  return error
+
+
+def _parser(prog: str, positional: bool) -> Callable[[list[str]], list[str]]:
+  """absl's flags_parser: help on stdout (exit 0), one-line usage errors (exit 2)."""
+
+  def parse(argv: list[str]) -> list[str]:
+    flag_args = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+    if any(a in HELP_ARGS for a in flag_args):
+      short = "--helpfull" not in flag_args
+      app.usage(shorthelp=short, writeto_stdout=True)
+      if short:
+        print("Also: --verbose (tracebacks, absl's log prefix); --helpfull (every flag).")
+      sys.exit(0)
+    try:
+      rest = FLAGS(argv)
+    except flags.Error as e:
+      lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+      # A config file that raised: absl's "flag --config=...: Error whilst parsing" + traceback;
+      # its first and last lines are the file and the reason.
+      message = lines[0] if len(lines) < 2 else f"{lines[0].split(': Error whilst')[0]}: {lines[-1]}"
+      _exit(prog, f"{message} (see --help)", 2)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:  # config_flags overrides.
+      _exit(prog, _override_error(argv, e), 2)
+    for flag in _config_flags():
+      try:
+        flag.value.keys  # pylint: disable=pointless-statement
+      except OSError as e:  # config_flags defers a missing or broken file's error to first use.
+        path = flag.config_filename.split(":")[0]
+        reason = "no such file" if not os.path.exists(path) else _one_line(_innermost(e))
+        _exit(prog, f"--{flag.name}={flag.config_filename}: {reason}", 2)
+    if len(rest) > 1 and not positional:
+      _exit(prog, f"unexpected arguments: {' '.join(rest[1:])} (see --help)", 2)
+    return rest
+
+  return parse
+
+
+def run(main: Callable[[list[str]], Any], *, prog: str,
+        define_flags: Callable[[], None] | None = None, positional: bool = False) -> NoReturn:
+  """Runs absl's `main(argv)` under the convention of this module's docstring; never returns.
+
+  Args:
+    main: absl-style main; its return value is the exit status (None = 0).
+    prog: the program's name in messages, e.g. "convert".
+    define_flags: called once before parsing, for modules that define flags in a function.
+    positional: whether `main` takes positional arguments (else they are a usage error).
+  """
+  if define_flags is not None:
+    define_flags()
+  if "verbose" not in FLAGS:
+    flags.DEFINE_bool("verbose", False, "Show tracebacks and absl's full log prefix.")
+  argv = _apply_aliases(normalize_argv(sys.argv), prog)
+
+  def guarded_main(args: list[str]) -> Any:
+    verbose = FLAGS.verbose
+    if not verbose:
+      absl_logging.get_absl_handler().setFormatter(
+          logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    try:
+      return main(args)
+    except (SystemExit, KeyboardInterrupt) as e:
+      if isinstance(e, SystemExit) or verbose:
+        raise
+      _exit(prog, "interrupted", 130)
+    except Exception as e:  # pylint: disable=broad-except
+      if verbose:
+        traceback.print_exc()
+      if isinstance(e, (UsageError, app.UsageError)):
+        _exit(prog, f"{_one_line(e)} (see --help)", 2)
+      if isinstance(e, (Failure, ValueError, OSError)):
+        _exit(prog, _one_line(e), 1)
+      hint = "" if verbose else " (--verbose shows the traceback)"
+      _exit(prog, f"{type(e).__name__}: {_one_line(e)}{hint}", 1)
+
+  app.run(guarded_main, argv=argv, flags_parser=_parser(prog, positional))
+  sys.exit(0)  # Not reached: app.run exits.
+
+
+def _entry(module: str) -> Callable[[], None]:
+  """A console-script entry point that runs `python -m swallow_jax.<module>`."""
+
+  def entry() -> None:
+    runpy.run_module(f"swallow_jax.{module}", run_name="__main__", alter_sys=True)
+
+  entry.__doc__ = f"Runs `python -m swallow_jax.{module}` (the `swallow-...` console script)."
+  return entry
+
+
+entry_train = _entry("train")
+entry_recipe = _entry("recipe")
+entry_preprocess = _entry("preprocess")
+entry_generate = _entry("generate")
+entry_evaluate = _entry("evaluate")
+entry_convert = _entry("convert")
+entry_chat_vector = _entry("chat_vector")
+entry_plan = _entry("plan")
+entry_vocab = _entry("vocab")
+entry_synth = _entry("synth")
+entry_sweep = _entry("sweep")

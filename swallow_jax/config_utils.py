@@ -1,89 +1,211 @@
-"""Training-config checks and resolution: unknown keys are errors, the model config is built once.
+"""The training config's schema: one frozen dataclass per section, built once, then passed down.
 
-Config files return a locked `ml_collections.ConfigDict`, so `--config.a.b=v` for a missing key
-fails at flag parsing; `validate` catches the same mistakes in configs built in Python.
+Config files return a locked `ml_collections.ConfigDict` (the user's surface: `--config.a.b=v`
+for a missing key fails at flag parsing). `TrainSpec.from_config(config)` turns it into frozen
+dataclasses; every default and check of a key lives here, and an unknown key is an error naming
+the known ones. Code below the entry points reads `spec.train.seed`, never `config.get(...)`.
 """
 
 from collections.abc import Mapping
 import dataclasses
 import json
-import os
-from typing import Any
-
-import ml_collections
+from typing import Any, TypeVar
 
 from swallow_jax.model import LlamaConfig, presets
 
-# Section -> allowed keys (None: checked by the section's owner, e.g. data by the data pipeline).
-SCHEMA: dict[str, frozenset[str] | None] = {
-    "model": None,
-    "data": None,
-    "optimizer": frozenset({"peak_lr", "min_lr_ratio", "warmup_steps", "decay_steps", "b1", "b2",
-                            "eps", "weight_decay", "clip_norm"}),
-    "train": frozenset({"num_steps", "grad_accum_steps", "z_loss", "neftune_alpha", "seed",
-                        "log_every", "loss_chunk_size", "document_masking"}),
-    "mesh": frozenset({"data", "fsdp", "tensor", "dcn_data", "dcn_fsdp", "dcn_tensor"}),
-    "checkpoint": frozenset({"every_steps", "every_minutes", "keep", "async_save"}),
-    "eval": frozenset({"every_steps", "tasks"}),
-}
+_S = TypeVar("_S")
+_REQUIRED = dataclasses.MISSING
+
+
+def as_section(cls: type[_S], values: "_S | Mapping[str, Any] | None", name: str) -> _S:
+  """`values` if already a `cls`, else `cls(**values)` with one-line errors for unknown and
+  missing keys and bad scalar types; `name` is the section (`optimizer`) for the messages."""
+  if isinstance(values, cls):
+    return values
+  values = dict(values or {})
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  bad = set(values) - set(fields)
+  if bad:
+    raise ValueError(f"unknown key(s) config.{name}.{sorted(bad)}; known: {sorted(fields)}")
+  for key, f in fields.items():
+    if key not in values and f.default is _REQUIRED and f.default_factory is _REQUIRED:
+      raise ValueError(f"config.{name}.{key} is required")
+  out = {}
+  for key, value in values.items():
+    kind = fields[key].type
+    try:
+      if kind in (int, float, str) and value is not None:
+        value = kind(value)
+      elif kind is bool:
+        value = bool(value)
+      elif kind is tuple:
+        value = tuple(value or ())
+    except (TypeError, ValueError):
+      raise ValueError(f"config.{name}.{key}={value!r} is not a {kind.__name__}") from None
+    out[key] = value
+  return cls(**out)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+  """config.optimizer: AdamW, global-norm clipping (0 = off), warmup + cosine schedule."""
+  peak_lr: float
+  warmup_steps: int
+  decay_steps: int
+  min_lr_ratio: float = 0.1
+  b1: float = 0.9
+  b2: float = 0.95
+  eps: float = 1e-8
+  weight_decay: float = 0.1
+  clip_norm: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSection:
+  """config.train: length, step options, seed, logging writers."""
+  num_steps: int
+  grad_accum_steps: int = 1
+  z_loss: float = 0.0
+  neftune_alpha: float = 0.0
+  seed: int = 0
+  log_every: int = 1
+  loss_chunk_size: int = 0
+  document_masking: bool = True
+  tensorboard: bool = True  # WORKDIR/tensorboard/ event files (tensorboardX).
+  wandb_project: str = ""  # Non-empty: also log to Weights & Biases (`wandb` imported only then).
+
+  def step_options(self) -> dict[str, Any]:
+    """make_train_step's keyword options."""
+    return dict(z_loss=self.z_loss, grad_accum_steps=self.grad_accum_steps,
+                neftune_alpha=self.neftune_alpha, loss_chunk_size=self.loss_chunk_size,
+                document_masking=self.document_masking)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSpec:
+  """config.mesh: see swallow_jax.parallel.mesh (-1 = the remaining devices)."""
+  data: int = 1
+  fsdp: int = -1
+  tensor: int = 1
+  dcn_data: int = 1
+  dcn_fsdp: int = 1
+  dcn_tensor: int = 1
+
+  def as_dict(self) -> dict[str, int]:
+    return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSpec:
+  """config.checkpoint: save every N steps and/or M minutes, keep the newest `keep` (0 = all)."""
+  every_steps: int = 0
+  every_minutes: float = 0.0
+  keep: int = 3
+  async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+  """config.eval: run swallow_jax.evaluate tasks every N steps (0 = never)."""
+  every_steps: int = 0
+  tasks: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """config.data: the keys the trainer and swallow_jax.data.pipeline read."""
+  seq_len: int
+  global_batch_size: int
+  sources: tuple = ()
+  kind: str = "pretrain"
+  shuffle_seed: int | None = None  # None: config.train.seed.
+  num_shards: int = 0  # 0: one per process.
+  packing_bins: int = 64
+
+  def pipeline_config(self) -> dict[str, Any]:
+    """What swallow_jax.data.pipeline.make_train_iterator reads."""
+    return {"sources": list(self.sources), "kind": self.kind,
+            "shuffle_seed": self.shuffle_seed, "packing_bins": self.packing_bins}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+  """The whole training config, checked; `model` is the resolved LlamaConfig."""
+  model: LlamaConfig
+  model_overrides: Mapping[str, Any]  # config.model as written (preset + field overrides).
+  data: DataSpec
+  optimizer: OptimizerSpec
+  train: TrainSection
+  mesh: MeshSpec
+  checkpoint: CheckpointSpec
+  eval: EvalSpec
+  init_from: str = ""
+  tokenizer: str = ""
+
+  @classmethod
+  def from_config(cls, config: Mapping[str, Any]) -> "TrainSpec":
+    """Checks `config` (unknown/missing keys, types) and resolves the model config."""
+    validate(config)
+    return cls(model=model_config(config), model_overrides=dict(config["model"]),
+               data=as_section(DataSpec, config["data"], "data"),
+               optimizer=as_section(OptimizerSpec, config["optimizer"], "optimizer"),
+               train=as_section(TrainSection, config["train"], "train"),
+               mesh=as_section(MeshSpec, _opt(config, "mesh"), "mesh"),
+               checkpoint=as_section(CheckpointSpec, _opt(config, "checkpoint"), "checkpoint"),
+               eval=as_section(EvalSpec, _opt(config, "eval"), "eval"),
+               init_from=str(_opt(config, "init_from") or ""),
+               tokenizer=str(_opt(config, "tokenizer") or ""))
+
+
+SECTIONS: dict[str, type] = {"data": DataSpec, "optimizer": OptimizerSpec, "train": TrainSection,
+                             "mesh": MeshSpec, "checkpoint": CheckpointSpec, "eval": EvalSpec}
 TOP_LEVEL_SCALARS = frozenset({"init_from", "tokenizer"})
-REQUIRED = {"optimizer": ("peak_lr", "warmup_steps", "decay_steps"), "train": ("num_steps",),
-            "data": ("seq_len", "global_batch_size")}
+_REQUIRED_SECTIONS = ("model", "data", "optimizer", "train")
+
+
+def _opt(config: Mapping[str, Any], key: str) -> Any:
+  return config[key] if key in config else None
 
 
 def validate(config: Mapping[str, Any]) -> None:
   """Raises ValueError naming the first unknown or missing key."""
-  known = set(SCHEMA) | TOP_LEVEL_SCALARS
+  known = set(SECTIONS) | {"model"} | TOP_LEVEL_SCALARS
   unknown = set(config.keys()) - known
   if unknown:
     raise ValueError(f"unknown config key(s) {sorted(unknown)}; known: {sorted(known)}")
-  for section, keys in SCHEMA.items():
+  for section in _REQUIRED_SECTIONS:
     if section not in config:
-      if section in ("model", "data", "optimizer", "train"):
-        raise ValueError(f"config.{section} is missing")
-      continue
-    if keys is not None:
-      bad = set(config[section].keys()) - keys
-      if bad:
-        raise ValueError(f"unknown key(s) config.{section}.{sorted(bad)}; known: {sorted(keys)}")
-  for section, keys in REQUIRED.items():
-    for key in keys:
-      if key not in config[section]:
-        raise ValueError(f"config.{section}.{key} is required")
-
-
-def hf_config_path(init_from: str) -> str | None:
-  """config.json of an HF model directory (config.json + *.safetensors), else None."""
-  if not init_from or not os.path.isdir(init_from):
-    return None
-  path = os.path.join(init_from, "config.json")
-  has_weights = any(f.endswith(".safetensors") for f in os.listdir(init_from))
-  return path if has_weights and os.path.isfile(path) else None
+      raise ValueError(f"config.{section} is missing")
+  for section, cls in SECTIONS.items():
+    if section in config:
+      as_section(cls, config[section], section)
 
 
 def model_config(config: Mapping[str, Any]) -> LlamaConfig:
-  """LlamaConfig: the HF config.json of `init_from` if it is an HF dir, else `model.preset`;
-  the other `model.*` keys override fields of either."""
+  """LlamaConfig: that of `init_from` (any path swallow_jax.model.io resolves) if set, else
+  `model.preset`; the other `model.*` keys override fields of either."""
   overrides = {k: v for k, v in dict(config["model"]).items() if k != "preset"}
   if isinstance(overrides.get("eos_token_id"), list):
     overrides["eos_token_id"] = tuple(overrides["eos_token_id"])
-  hf = hf_config_path(config.get("init_from", ""))
-  if hf:
-    fields = {f.name for f in dataclasses.fields(LlamaConfig)}
-    unknown = set(overrides) - fields
-    if unknown:
-      raise ValueError(f"unknown LlamaConfig field(s) config.model.{sorted(unknown)}")
-    with open(hf, encoding="utf-8") as f:
-      return LlamaConfig.from_hf(json.load(f), **overrides)
-  if not config["model"].get("preset"):
-    raise ValueError("config.model.preset is empty and config.init_from is not an HF directory")
-  return presets.get(config["model"]["preset"], **overrides)
+  fields = {f.name for f in dataclasses.fields(LlamaConfig)}
+  unknown = set(overrides) - fields
+  if unknown:
+    raise ValueError(f"unknown LlamaConfig field(s) config.model.{sorted(unknown)}; "
+                     f"known: {sorted(fields)}")
+  init_from = _opt(config, "init_from")
+  if init_from:
+    from swallow_jax.model import io as model_io  # pylint: disable=g-import-not-at-top
+    return dataclasses.replace(model_io.resolve(init_from).config, **overrides)
+  preset = dict(config["model"]).get("preset")
+  if not preset:
+    raise ValueError("config.model.preset is empty and config.init_from is not set")
+  return presets.get(preset, **overrides)
 
 
-def resolved_dict(config: ml_collections.ConfigDict, model_cfg: LlamaConfig) -> dict[str, Any]:
+def resolved_dict(config: Mapping[str, Any], model_cfg: LlamaConfig) -> dict[str, Any]:
   """The config with every model field filled in (written to the workdir as config.json)."""
-  out = config.to_dict()
-  model = {"preset": config.model.get("preset", "")}
+  out = config.to_dict() if hasattr(config, "to_dict") else json.loads(json.dumps(dict(config)))
+  model = {"preset": dict(config["model"]).get("preset", "")}
   model.update({f.name: _plain(getattr(model_cfg, f.name)) for f in dataclasses.fields(model_cfg)})
   out["model"] = model
   return out

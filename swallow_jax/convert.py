@@ -1,111 +1,76 @@
 r"""Convert model weights between HF safetensors and Orbax.
 
-  python -m swallow_jax.convert --from_hf=Meta-Llama-3-8B --to_orbax=/ckpt/llama3_8b
-  python -m swallow_jax.convert --from_orbax=WORKDIR --to_hf=out_hf --tokenizer_dir=Meta-Llama-3-8B
+  python -m swallow_jax.convert --model=Meta-Llama-3-8B --to_orbax=/ckpt/llama3_8b
+  python -m swallow_jax.convert --model=WORKDIR --to_hf=out_hf --tokenizer=Meta-Llama-3-8B
 
-Orbax side:
-  * written by this tool: DIR/params/ (orbax StandardCheckpointer of the params tree) and
-    DIR/hf_config.json (the model's HF config.json);
-  * read by this tool: that layout, or a training run (its workdir, its checkpoints/ dir or one
-    step dir), whose parameters come through `swallow_jax.checkpoint.load_params`.
+--model is any path `swallow_jax.model.io.resolve` accepts: an HF dir, a Hub id in the local
+cache, a dir written by --to_orbax (DIR/params + DIR/hf_config.json), or a training run (its
+workdir, checkpoints/ dir, one step dir). A training run's tokenizer defaults to the one its
+config names. An existing non-empty output is refused unless --overwrite, before any work.
 The whole model passes through host memory once (8B: 32 GB in float32, 16 GB in bfloat16).
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
 
-import jax
 import jax.numpy as jnp
 
-from swallow_jax.model import LlamaConfig, init_params
-from swallow_jax.model import hf
-
-_PARAMS, _CONFIG = "params", "hf_config.json"
+from swallow_jax.model import io as model_io
 
 
 class ConvertError(ValueError):
-  pass
+  """Bad command-line input; the message is one line."""
 
 
-def save_orbax(path: str, config: LlamaConfig, params: Any) -> None:
-  """Writes params (any sharding) + config to a new directory `path`."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  path = os.path.abspath(path)
-  if os.path.exists(path) and os.listdir(path):
-    raise ConvertError(f"{path} exists and is not empty")
-  os.makedirs(path, exist_ok=True)
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(os.path.join(path, _PARAMS), params)
-  with open(os.path.join(path, _CONFIG), "w") as f:  # last: marks the directory complete
-    json.dump({**config.to_hf(), "torch_dtype": config.param_dtype}, f, indent=2)
-
-
-def load_orbax(path: str, dtype: Any = None, shardings: Any = None) -> tuple[LlamaConfig, Any]:
-  """(config, params) from this tool's layout or from a training checkpoint.
-
-  `dtype` (default: as saved) and `shardings` (default: first local device) apply to this tool's
-  layout; training checkpoints load as `swallow_jax.checkpoint.load_params` does, then are cast.
-  """
-  path = os.path.abspath(path)
-  if not os.path.isdir(path):
-    raise ConvertError(f"{path} is not a directory")
-  if os.path.exists(os.path.join(path, _CONFIG)):
-    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-    with open(os.path.join(path, _CONFIG)) as f:
-      d = json.load(f)
-    config = LlamaConfig.from_hf(d, param_dtype=d.get("torch_dtype", "float32"))
-    abstract = jax.eval_shape(init_params, config, jax.random.key(0))
-    if shardings is None:
-      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-      shardings = jax.tree.map(lambda _: device, abstract)
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            abstract, shardings)
-    with ocp.StandardCheckpointer() as ckptr:
-      params = ckptr.restore(os.path.join(path, _PARAMS), abstract)
-  else:
-    from swallow_jax import checkpoint  # pylint: disable=g-import-not-at-top
-    config, params = checkpoint.load_params(path)
-  if dtype is not None and jnp.dtype(dtype).name != config.param_dtype:
-    params = jax.tree.map(lambda x: x.astype(dtype), params)
-    config = LlamaConfig(**{**config.__dict__, "param_dtype": jnp.dtype(dtype).name})
-  return config, params
-
-
-def convert(*, from_hf: str = "", to_orbax: str = "", from_orbax: str = "", to_hf: str = "",
-            dtype: str = "", tokenizer_dir: str = "", max_shard_gb: float = 5.0,
+def convert(model: str, *, to_hf: str = "", to_orbax: str = "", dtype: str = "",
+            tokenizer: str = "", overwrite: bool = False, max_shard_gb: float = 5.0,
             progress: bool = True) -> str:
-  """Runs one conversion; returns the output directory."""
-  if from_hf and to_orbax and not (from_orbax or to_hf):
-    if not os.path.exists(os.path.join(from_hf, "config.json")):
-      raise ConvertError(f"--from_hf={from_hf}: no config.json (expected an HF Llama dir)")
-    config, params = hf.load_hf(from_hf, dtype=jnp.dtype(dtype or "float32"), progress=progress)
-    save_orbax(to_orbax, config, params)
-    return to_orbax
-  if from_orbax and to_hf and not (from_hf or to_orbax):
-    config, params = load_orbax(from_orbax)
-    hf.save_hf(to_hf, config, params, dtype=jnp.dtype(dtype or "bfloat16"),
-               tokenizer_dir=tokenizer_dir or None, max_shard_bytes=int(max_shard_gb * 1e9),
-               progress=progress)
-    return to_hf
-  raise ConvertError("give either --from_hf and --to_orbax, or --from_orbax and --to_hf")
+  """Writes `model` to exactly one of `to_hf` / `to_orbax`; returns the output directory.
+
+  dtype: default float32 for Orbax, bfloat16 for HF. tokenizer: files copied into an HF output
+  (default: the model's own tokenizer dir, e.g. a training run's config.tokenizer).
+  """
+  if bool(to_hf) == bool(to_orbax):
+    raise ConvertError("give exactly one of --to_hf=DIR or --to_orbax=DIR")
+  out = to_hf or to_orbax
+  if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)) and not overwrite:
+    raise ConvertError(f"{out} exists and is not empty (pass --overwrite to replace it)")
+  ref = model_io.resolve(model)
+  if to_orbax:
+    config, params = model_io.load(ref, dtype=jnp.dtype(dtype or "float32"), progress=progress)
+    model_io.save_orbax(to_orbax, config, params, overwrite=True)
+  else:
+    config, params = model_io.load(ref, progress=progress)
+    model_io.save_hf(to_hf, config, params, dtype=jnp.dtype(dtype or "bfloat16"),
+                     tokenizer_dir=tokenizer or ref.tokenizer_dir, overwrite=True,
+                     max_shard_bytes=int(max_shard_gb * 1e9), progress=progress)
+  return out
 
 
 def main(argv: Sequence[str]) -> None:
+  """Command-line entry point (absl)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     sys.exit(f"convert: error: unexpected arguments {argv[1:]} (see --help)")
   f = flags.FLAGS
+  model = f.model
+  for alias in ("from_hf", "from_orbax"):
+    if getattr(f, alias):
+      print(f"convert: --{alias} is deprecated; use --model", file=sys.stderr)
+      model = model or getattr(f, alias)
+  tokenizer = f.tokenizer or f.tokenizer_dir
+  if f.tokenizer_dir:
+    print("convert: --tokenizer_dir is deprecated; use --tokenizer", file=sys.stderr)
   try:
+    if not model:
+      raise ConvertError("--model is required (see --help)")
     if f.dtype and f.dtype not in ("float32", "bfloat16", "float16"):
       raise ConvertError(f"--dtype={f.dtype}: expected float32, bfloat16 or float16")
-    out = convert(from_hf=f.from_hf, to_orbax=f.to_orbax, from_orbax=f.from_orbax,
-                  to_hf=f.to_hf, dtype=f.dtype, tokenizer_dir=f.tokenizer_dir,
-                  max_shard_gb=f.max_shard_gb, progress=not f.quiet)
+    out = convert(model, to_hf=f.to_hf, to_orbax=f.to_orbax, dtype=f.dtype, tokenizer=tokenizer,
+                  overwrite=f.overwrite, max_shard_gb=f.max_shard_gb, progress=not f.quiet)
   except (ValueError, KeyError, OSError) as e:
     sys.exit(f"convert: error: {e}")
   print(out)
@@ -113,16 +78,19 @@ def main(argv: Sequence[str]) -> None:
 
 def _define_flags() -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string("from_hf", "", "HF Llama safetensors dir to read (config.json + "
-                      "model.safetensors or model-*.safetensors + index).")
-  flags.DEFINE_string("to_orbax", "", "New Orbax directory to write (with --from_hf).")
-  flags.DEFINE_string("from_orbax", "", "Orbax dir to read: one written by --to_orbax, or a "
-                      "training workdir / its checkpoints dir / one step dir.")
-  flags.DEFINE_string("to_hf", "", "HF dir to write (with --from_orbax); replaced if it exists.")
+  flags.DEFINE_string("model", "", "Model to read: HF dir, Hub id in the local HF cache, "
+                      "--to_orbax output, or a training workdir / checkpoints dir / step dir.")
+  flags.DEFINE_string("from_hf", "", "Deprecated alias of --model.")
+  flags.DEFINE_string("from_orbax", "", "Deprecated alias of --model.")
+  flags.DEFINE_string("to_orbax", "", "New Orbax directory to write (params/ + hf_config.json).")
+  flags.DEFINE_string("to_hf", "", "New HF safetensors directory to write.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing non-empty output directory.")
   flags.DEFINE_string("dtype", "", "Weights dtype written: float32, bfloat16 or float16 "
                       "(default float32 for --to_orbax, bfloat16 for --to_hf).")
-  flags.DEFINE_string("tokenizer_dir", "", "Copy tokenizer files (tokenizer.json, "
-                      "tokenizer_config.json, *.model, ...) from this dir or file into --to_hf.")
+  flags.DEFINE_string("tokenizer", "", "Copy tokenizer files (tokenizer.json, "
+                      "tokenizer_config.json, *.model, ...) from this dir or file into --to_hf "
+                      "(default: the model's own, or a training run's config.tokenizer).")
+  flags.DEFINE_string("tokenizer_dir", "", "Deprecated alias of --tokenizer.")
   flags.DEFINE_float("max_shard_gb", 5.0, "Largest safetensors shard written by --to_hf (GB).")
   flags.DEFINE_bool("quiet", False, "No progress bars.")
 

@@ -1,213 +1,22 @@
-r"""KV-cache decoding with greedy / temperature / top-k / top-p sampling, and a chat CLI.
+r"""Decode from any model: a plain prompt or a chat on stdin with the model's own chat template.
 
-    new_tokens = sj.generate(config, params, prompts, max_new_tokens, temperature=0.0,
-                             top_k=0, top_p=1.0, stop_tokens=(eot_id,), seed=0)
+    python -m swallow_jax.generate --model=DIR --prompt="日本の首都は"
+    python -m swallow_jax.generate --model=DIR --chat [--system="..."]
 
-How a batch is decoded (one jit per shape bucket):
-  * prompts are LEFT-padded to a power-of-two length P; pad tokens get segment id 0 and every
-    prompt's positions count from 0 at its first real token, so padding changes nothing;
-  * prefill writes prompt tokens [0, P-1) into the KV cache (their logits are never used, so XLA
-    drops the vocabulary projection); the last prompt token is the first step of the decode loop;
-  * a `lax.while_loop` feeds one token per row per step into slot P-1+i, samples the next one, and
-    ends after max_new_tokens or when every row has produced a stop token;
-  * shapes depend only on (batch, P, new-token bucket), so recompiles are rare; with `batch_size`,
-    prompts are sorted by length into chunks of that size (less padding), results in input order.
-Sampling applies temperature, then top-k, then top-p (the `transformers` order). Each row draws from
-its own key, fold_in(fold_in(key(seed), prompt index), step), so a prompt's sample depends only on
-the seed and its index, not on the batch it was decoded in. Parameters may be sharded: the jitted
-decode takes them as they are. Decoding runs on the per-layer parameter layout
-(`model.unstack_layers`: no layer's weights are copied out of the stack at each step); stacked
-parameters are unstacked on every call, a transient copy of the layer weights that callers who
-decode repeatedly avoid by passing `unstack_layers(params)` once.
-
-Command line:
-    python -m swallow_jax.generate --model=DIR --tokenizer=PATH --prompt="日本の首都は"
-    python -m swallow_jax.generate --model=DIR --tokenizer=PATH --chat [--system="..."]
---model is an HF safetensors dir (swallow_jax.model.hf.load_hf) or a training workdir / Orbax
-checkpoint (swallow_jax.checkpoint).
+--model is any path swallow_jax.model.io.resolve accepts (HF dir, Hub id in the local cache,
+`convert --to_orbax` dir, training run); --tokenizer defaults to the model's own. The prompt gets
+a BOS only if the tokenizer's own config adds one, and generation stops at the tokenizer's stop
+tokens. The decoding itself is `swallow_jax.decode` (`sj.generate`).
 """
 
 from collections.abc import Sequence
-import dataclasses
-import functools
 import itertools
-import os
 import sys
-from typing import Any, NamedTuple
 
-from absl import app
 from absl import flags
-import jax
-import jax.numpy as jnp
-import numpy as np
 
-from swallow_jax import model as model_lib
-
-MIN_BUCKET = 16
-
-
-class Generation(NamedTuple):
-  tokens: list[int]  # new tokens, stop token excluded
-  stopped: bool      # True if a stop token ended it (False: ran out of max_new_tokens)
-
-
-def _pow2(n: int) -> int:
-  return 1 << max(0, n - 1).bit_length()
-
-
-def _bucket(n: int) -> int:
-  return max(MIN_BUCKET, _pow2(n))
-
-
-def filter_logits(logits: jax.Array, temperature: float = 1.0, top_k: int = 0,
-                  top_p: float = 1.0) -> jax.Array:
-  """Temperature, then top-k, then top-p on [B, V] logits; removed tokens become -inf."""
-  logits = logits / temperature
-  if 0 < top_k < logits.shape[-1]:
-    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
-    logits = jnp.where(logits < kth, -jnp.inf, logits)
-  if top_p < 1.0:
-    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
-    probs = jax.nn.softmax(sorted_logits, axis=-1)
-    # Keep the smallest prefix whose mass reaches top_p: a token stays if the mass before it < p.
-    keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p
-    threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
-    logits = jnp.where(logits < threshold, -jnp.inf, logits)
-  return logits
-
-
-def sample_logits(logits: jax.Array, keys: jax.Array, temperature: float = 0.0, top_k: int = 0,
-                  top_p: float = 1.0) -> jax.Array:
-  """Next tokens [B] from float32 logits [B, V], one key per row; greedy if temperature is 0."""
-  if temperature == 0.0:
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  logits = filter_logits(logits, temperature, top_k, top_p)
-  return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 6, 7, 8, 9))
-def _decode(config, params, tokens, segment_ids, row_ids, key, num_slots: int, temperature: float,
-            top_k: int, top_p: float, stops, max_new_tokens):
-  """tokens/segment_ids [B, P] left-padded; returns (new tokens [B, N], number generated [B])."""
-  b, p = tokens.shape
-  n = num_slots - p + 1
-  positions = jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0).astype(jnp.int32)
-  cache = model_lib.init_cache(config, b, num_slots, per_layer=True)
-  _, cache = model_lib.forward_with_cache(config, params, tokens[:, :-1], positions[:, :-1],
-                                          segment_ids[:, :-1], cache, 0)
-  done0 = segment_ids[:, -1] == 0  # dummy rows that only fill the batch bucket
-
-  def body(state):
-    i, cache, token, pos, out, length, done = state
-    logits, cache = model_lib.forward_with_cache(config, params, token[:, None], pos[:, None],
-                                                 jnp.ones((b, 1), jnp.int32), cache, p - 1 + i)
-    keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.fold_in(key, r), i))(row_ids)
-    nxt = sample_logits(logits[:, 0], keys, temperature, top_k, top_p)
-    out = out.at[:, i].set(jnp.where(done, 0, nxt))
-    length = jnp.where(done, length, i + 1)
-    done = done | jnp.isin(nxt, stops)
-    return i + 1, cache, nxt, pos + 1, out, length, done
-
-  def cond(state):
-    i, *_, done = state
-    return (i < max_new_tokens) & ~jnp.all(done)
-
-  state = (jnp.int32(0), cache, tokens[:, -1], positions[:, -1], jnp.zeros((b, n), jnp.int32),
-           jnp.zeros((b,), jnp.int32), done0)
-  _, _, _, _, out, length, _ = jax.lax.while_loop(cond, body, state)
-  return out, length
-
-
-def generate_detailed(config: model_lib.LlamaConfig, params: Any, prompts: Sequence[Sequence[int]],
-                      max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0,
-                      top_p: float = 1.0, stop_tokens: Sequence[int] = (), seed: int = 0,
-                      batch_size: int | None = None) -> list[Generation]:
-  """Like `generate`, also saying whether each generation ended on a stop token."""
-  if not prompts or any(len(p) == 0 for p in prompts):
-    raise ValueError("prompts must be a non-empty list of non-empty token lists")
-  if max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-  if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
-    raise ValueError(f"need temperature >= 0, top_k >= 0, 0 < top_p <= 1; got "
-                     f"{temperature}, {top_k}, {top_p}")
-  longest = max(len(p) for p in prompts)
-  if longest + max_new_tokens > config.max_position_embeddings:
-    raise ValueError(f"prompt of {longest} tokens + {max_new_tokens} new tokens exceeds "
-                     f"max_position_embeddings={config.max_position_embeddings}")
-  batch = min(batch_size, _pow2(len(prompts))) if batch_size else _pow2(len(prompts))
-  stops = tuple(sorted({int(s) for s in stop_tokens})) or (-1,)
-  key = jax.random.key(seed)
-  if not model_lib.is_per_layer(params):  # a transient copy: callers may unstack once themselves
-    params = model_lib.unstack_layers(params)
-  # Chunks of similar lengths pad less; row ids (the sampling keys) stay the prompts' indices.
-  order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-  results: list[Generation | None] = [None] * len(prompts)
-  for start in range(0, len(order), batch):
-    idx = order[start:start + batch]
-    p = _bucket(max(len(prompts[i]) for i in idx))
-    tokens = np.zeros((batch, p), np.int32)
-    segs = np.zeros((batch, p), np.int32)
-    row_ids = np.zeros((batch,), np.int32)
-    for row, i in enumerate(idx):
-      tokens[row, p - len(prompts[i]):] = prompts[i]
-      segs[row, p - len(prompts[i]):] = 1
-      row_ids[row] = i
-    out, length = _decode(config, params, jnp.asarray(tokens), jnp.asarray(segs),
-                          jnp.asarray(row_ids), key, p - 1 + _bucket(max_new_tokens),
-                          float(temperature), int(top_k), float(top_p),
-                          jnp.asarray(stops, jnp.int32), jnp.int32(max_new_tokens))
-    out, length = np.asarray(out), np.asarray(length)
-    for row, i in enumerate(idx):
-      toks = out[row, :length[row]].tolist()
-      stopped = bool(toks) and toks[-1] in stops
-      results[i] = Generation(toks[:-1] if stopped else toks, stopped)
-  return results  # type: ignore[return-value]
-
-
-def generate(config: model_lib.LlamaConfig, params: Any, prompts: Sequence[Sequence[int]],
-             max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-             stop_tokens: Sequence[int] = (), seed: int = 0,
-             batch_size: int | None = None) -> list[list[int]]:
-  """New tokens per prompt (stop token excluded). batch_size=None decodes all prompts at once."""
-  return [g.tokens for g in generate_detailed(
-      config, params, prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-      stop_tokens=stop_tokens, seed=seed, batch_size=batch_size)]
-
-
-def stop_tokens_for(tokenizer) -> tuple[int, ...]:
-  """The tokenizer's end tokens (<|end_of_text|>, <|eot_id|>) that end a generation."""
-  return tuple(t for t in (tokenizer.eos_id, getattr(tokenizer, "eot_id", None)) if t is not None)
-
-
-def load_model(path: str, dtype: str = "float32",
-               per_layer: bool = False) -> tuple[model_lib.LlamaConfig, Any]:
-  """(config, params) from an HF safetensors dir or a training workdir / Orbax checkpoint;
-  `per_layer` returns the decoding layout (`model.unstack_layers`, converted in place)."""
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"model directory not found: {path}")
-  if any(f.endswith(".safetensors") for f in os.listdir(path)):
-    from swallow_jax.model import hf  # pylint: disable=g-import-not-at-top
-    config, params = hf.load_hf(path, dtype=jnp.dtype(dtype))
-  else:
-    from swallow_jax import checkpoint  # pylint: disable=g-import-not-at-top
-    config, params = checkpoint.load_params(path)
-    params = jax.tree.map(lambda x: x.astype(dtype), params)
-  if per_layer:
-    params = model_lib.unstack_layers(params, consume=True)
-  return dataclasses.replace(config, param_dtype=dtype, dtype=dtype), params
-
-
-def load_for_cli(model: str, tokenizer: str | None, dtype: str = "float32",
-                 per_layer: bool = False):
-  """(config, params, tokenizer) for the command lines; exits with a one-line reason on failure."""
-  from swallow_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  try:
-    tok = tokenizer_lib.load_tokenizer(tokenizer or model)
-    config, params = load_model(model, dtype, per_layer)
-  except (OSError, ValueError, KeyError) as e:
-    sys.exit(f"error: {e}")
-  return config, params, tok
-
+from swallow_jax import cli
+from swallow_jax import decode
 
 FLAGS = flags.FLAGS
 
@@ -233,42 +42,38 @@ def _chat(config, params, tok, sample_kw) -> None:
   print("Chat: type a message, an empty line or Ctrl-D to quit.", file=sys.stderr)
   for turn in itertools.count():
     try:
-      text = input("user> ").strip()
+      print("user> ", end="", file=sys.stderr, flush=True)  # stdout carries only the replies
+      text = input().strip()
     except EOFError:
       break
     if not text:
       break
     messages.append({"role": "user", "content": text})
     ids, _ = chat.encode_chat(tok, messages, add_generation_prompt=True)
-    (reply,) = generate(config, params, [ids], **sample_kw, seed=FLAGS.seed + turn)
+    (reply,) = decode.generate(config, params, [ids], **sample_kw, seed=FLAGS.seed + turn)
     answer = tok.decode(reply).strip()
     print(f"assistant> {answer}", flush=True)
     messages.append({"role": "assistant", "content": answer})
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv
   if not FLAGS.model:
-    raise app.UsageError("--model is required")
+    raise cli.UsageError("--model is required")
   if FLAGS.chat == (FLAGS.prompt is not None):
-    raise app.UsageError("give exactly one of --prompt=TEXT or --chat")
+    raise cli.UsageError("give exactly one of --prompt=TEXT or --chat")
   if FLAGS.max_new_tokens < 1:
-    raise app.UsageError("--max_new_tokens must be >= 1")
-  config, params, tok = load_for_cli(FLAGS.model, FLAGS.tokenizer, FLAGS.dtype, per_layer=True)
+    raise cli.UsageError("--max_new_tokens must be >= 1")
+  config, params, tok = decode.load_for_decoding(FLAGS.model, FLAGS.tokenizer, FLAGS.dtype)
   sample_kw = dict(max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature,
-                   top_k=FLAGS.top_k, top_p=FLAGS.top_p, stop_tokens=stop_tokens_for(tok))
-  try:
-    if FLAGS.chat:
-      _chat(config, params, tok, sample_kw)
-    else:
-      (out,) = generate(config, params, [tok.encode(FLAGS.prompt, add_bos=True)], **sample_kw,
-                        seed=FLAGS.seed)
-      print(tok.decode(out))
-  except ValueError as e:
-    sys.exit(f"error: {e}")
+                   top_k=FLAGS.top_k, top_p=FLAGS.top_p, stop_tokens=decode.stop_tokens_for(tok))
+  if FLAGS.chat:
+    _chat(config, params, tok, sample_kw)
+  else:
+    (out,) = decode.generate(config, params, [tok.encode(FLAGS.prompt, add_bos=True)],
+                             **sample_kw, seed=FLAGS.seed)
+    print(tok.decode(out))
 
 
 if __name__ == "__main__":
-  _define_flags()
-  app.run(main)
+  cli.run(main, prog="generate", define_flags=_define_flags)

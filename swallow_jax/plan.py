@@ -76,7 +76,7 @@ def abstract_train_step(model_cfg: Any, tx: Any, lr: Any, mesh: Any, global_batc
                         **step_options: Any) -> tuple[Any, Any, Any, Any]:
   """(jitted step, abstract state, abstract batch, state shardings), as `train.loop.run` builds
   them, with ShapeDtypeStructs carrying the shardings instead of arrays; `step_options` go to
-  `make_train_step` (see `train.step.step_options`). Call inside
+  `make_train_step` (`TrainSection.step_options()` in swallow_jax.config_utils). Call inside
   `parallel.mesh_context(mesh)`. `plain_causal` drops positions/segment_ids from the batch so
   the model may use `is_causal` kernels (unpacked sequences)."""
   abstract = jax.eval_shape(lambda: step_lib.init_state(model_cfg, tx, seed))
@@ -146,24 +146,24 @@ def plan(config: Any, devices: int = 0, mesh_override: dict[str, int] | None = N
   """
   from swallow_jax import config_utils  # pylint: disable=g-import-not-at-top  (ml_collections)
 
-  config_utils.validate(config)
-  mesh_cfg = dict(mesh_override or config.get("mesh", {}) or {"fsdp": -1})
+  spec = config_utils.TrainSpec.from_config(config)
+  mesh_cfg = dict(mesh_override or spec.mesh.as_dict())
   n = num_devices_for(mesh_cfg, devices)
   jax.config.update("jax_platforms", "cpu")
   jax.config.update("jax_num_cpu_devices", n)
   if jax.device_count() != n:
     raise RuntimeError(f"wanted {n} fake CPU devices, JAX has {jax.device_count()} (a backend "
                        "was initialised before plan() ran)")
-  model_cfg = config_utils.model_config(config)
+  model_cfg = spec.model
   if remat:
     model_cfg = dataclasses.replace(model_cfg, remat_policy=remat)
-  seq_len = int(config.data.seq_len)
-  global_batch = int(config.data.global_batch_size)
-  kwargs = step_lib.step_options(config.train)
+  seq_len = spec.data.seq_len
+  global_batch = spec.data.global_batch_size
+  kwargs = spec.train.step_options()
   accum = kwargs["grad_accum_steps"]
   mesh = parallel.make_mesh(mesh_cfg)
 
-  tx, lr = optimizer_lib.make_optimizer(config.optimizer)
+  tx, lr = optimizer_lib.make_optimizer(spec.optimizer)
   with parallel.mesh_context(mesh), attention_memory_model(flash):
     step_fn, state, batch, _ = abstract_train_step(model_cfg, tx, lr, mesh,
                                                    global_batch, seq_len, **kwargs)

@@ -7,21 +7,27 @@ r"""Tokenize raw text or chat data into ArrayRecord shards + manifest.json.
 Inputs are JSONL (plain or .gz) or Parquet files (comma-separated globs). Every record
 is parsed and tokenized in worker processes; results are written in input order, so
 re-running over the same input gives byte-identical shards. ``--format=text`` stores
-``[bos] + encode(text) + [eos]``; ``--format=chat`` reads ``{"messages": [{"role",
-"content"}, ...]}`` and stores the Llama 3 Instruct rendering with its SFT loss mask
+``encode(text, add_bos=True) + [eos]`` (BOS only where the model's tokenizer adds one; no EOS
+for a tokenizer without one); ``--format=chat`` reads ``{"messages": [{"role", "content"},
+...]}`` and stores the model's own chat-template rendering with its SFT loss mask
 (`swallow_jax.data.chat`). The record layout is described in `swallow_jax.data.records`.
 
 Bad records are skipped and counted by reason (invalid_json, invalid_utf8,
 missing_field, empty_text; for chat also unknown_role, empty_conversation,
-no_assistant_turn); with ``--strict`` the first one is an error naming its file and
-line. An input file whose records are all bad (or that has none) is always an error,
+no_assistant_turn, invalid_conversation (the template rejects it)); with ``--strict`` the
+first one is an error naming its file and line. A .gz input that ends early or is corrupt is
+``FILE: truncated gzip stream after N lines``: an error with ``--strict``, else counted as
+``truncated_file`` with the records read before it kept. An input file whose records are all bad (or that has none) is always an error,
 and so is an input that yields no document. ``--filter`` (see
 `swallow_jax.data.filters`) drops records by raw JSON fields; they are counted as
 ``filtered``. ``--keep-fields`` stores those JSON fields in each record so a training
 config can filter at load time; ``--path-field=NAME`` stores the name of each input
 file's parent directory as field NAME (e.g. Cosmopedia's subset directories).
 
-The output directory is built under a temporary name and renamed into place.
+The output directory is built under a temporary name and renamed into place
+(`swallow_jax.fileio.atomic_dir`); leftovers of killed runs are removed with a notice.
+``--overwrite`` replaces only a previous preprocess output (manifest.json and shards) that
+holds none of the inputs.
 """
 
 from __future__ import annotations
@@ -30,8 +36,8 @@ import collections
 import dataclasses
 import json
 import multiprocessing
+import logging
 import os
-import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -41,6 +47,7 @@ from absl import app
 from absl import flags
 
 from swallow_jax import cli
+from swallow_jax import fileio
 from swallow_jax.data import chat
 from swallow_jax.data import filters
 from swallow_jax.data import records
@@ -96,7 +103,8 @@ def _encode(obj: dict[str, Any], spec: Spec, tok) -> tuple[list[int], list[int] 
     raise sources.InvalidRecord(f"{what} {spec.field!r}", "missing_field")
   if not value.strip():
     raise sources.InvalidRecord(f"field {spec.field!r} is empty", "empty_text")
-  return [tok.bos_id, *tok.encode(sources.require_utf8(value)), tok.eos_id], None
+  eos = [] if tok.eos_id is None else [tok.eos_id]
+  return [*tok.encode(sources.require_utf8(value), add_bos=True), *eos], None
 
 
 def process_chunk(spec: Spec, path_value: str | None, items: Sequence[tuple[int, Any]],
@@ -122,33 +130,41 @@ def process_chunk(spec: Spec, path_value: str | None, items: Sequence[tuple[int,
   return out
 
 
-def _tasks(files: Sequence[str], spec: Spec) -> Iterator[tuple]:
-  """('chunk', file_index, path_value, items) ... ('end', file_index) per file."""
+def _tasks(files: Sequence[str], spec: Spec, strict: bool) -> Iterator[tuple]:
+  """('chunk', file_index, path_value, items) ... [('truncated', file_index, message)]
+  ('end', file_index) per file; a truncated file is an error when `strict`."""
   for index, path in enumerate(files):
     path_value = os.path.basename(os.path.dirname(os.path.abspath(path)))
-    chunk = []
-    for item in sources.iter_records(path, spec.columns):
-      chunk.append(item)
-      if len(chunk) == _CHUNK:
-        yield ("chunk", index, path_value, chunk)
-        chunk = []
+    chunk, truncated = [], None
+    try:
+      for item in sources.iter_records(path, spec.columns):
+        chunk.append(item)
+        if len(chunk) == _CHUNK:
+          yield ("chunk", index, path_value, chunk)
+          chunk = []
+    except sources.TruncatedFile as e:
+      if strict:
+        raise PreprocessError(str(e)) from None
+      truncated = str(e)
     if chunk:
       yield ("chunk", index, path_value, chunk)
+    if truncated:
+      yield ("truncated", index, truncated)
     yield ("end", index)
 
 
-def _results(files, spec, tokenizer_path, workers, tok) -> Iterator[tuple]:
+def _results(files, spec, tokenizer_path, workers, tok, strict) -> Iterator[tuple]:
   """Task results in input order; at most 2 * workers tasks in flight."""
   if workers <= 1:
-    for task in _tasks(files, spec):
-      yield task if task[0] == "end" else ("chunk", task[1],
-                                           process_chunk(spec, task[2], task[3], tok))
+    for task in _tasks(files, spec, strict):
+      yield task if task[0] != "chunk" else ("chunk", task[1],
+                                             process_chunk(spec, task[2], task[3], tok))
     return
   ctx = multiprocessing.get_context("spawn")  # fork is unsafe with tokenizer threads
   with ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer_path,)) as pool:
     pending = collections.deque()
-    for task in _tasks(files, spec):
-      if task[0] == "end":
+    for task in _tasks(files, spec, strict):
+      if task[0] != "chunk":
         pending.append(task)
       else:
         result = pool.apply_async(process_chunk, (spec, task[2], task[3]))
@@ -160,7 +176,7 @@ def _results(files, spec, tokenizer_path, workers, tok) -> Iterator[tuple]:
 
 
 def _resolve(item: tuple) -> tuple:
-  return item if item[0] == "end" else (item[0], item[1], item[2].get())
+  return item if item[0] != "chunk" else (item[0], item[1], item[2].get())
 
 
 class _Counts:
@@ -175,14 +191,20 @@ class _Counts:
             "skipped": dict(self.skipped)}
 
 
-def _move_into_place(tmp: str, output: str) -> None:
-  if os.path.exists(output):
-    old = f"{output}.old-{os.getpid()}"
-    os.rename(output, old)
-    os.rename(tmp, output)
-    shutil.rmtree(old)
-  else:
-    os.rename(tmp, output)
+def _check_overwrite(output: str, files: Sequence[str]) -> None:
+  """--overwrite replaces only a previous preprocess output that holds none of the inputs."""
+  out = os.path.realpath(output)
+  for f in files:
+    if os.path.realpath(f).startswith(out + os.sep):
+      raise PreprocessError(f"--overwrite: --output {output} contains the input {f}; "
+                            "refusing to replace it")
+  if not os.path.isdir(output):
+    raise PreprocessError(f"--overwrite: --output {output} is not a directory; refusing to "
+                          "replace it")
+  if other := sorted(n for n in os.listdir(output) if not records.is_dataset_file(n)):
+    raise PreprocessError(f"--overwrite: --output {output} is not a preprocess output (it holds "
+                          f"{', '.join(other[:3])}{' ...' if len(other) > 3 else ''}); "
+                          "refusing to replace it")
 
 
 def _write_shards(files, spec, tokenizer, tok, workers, strict, writer, reasons, progress):
@@ -192,8 +214,13 @@ def _write_shards(files, spec, tokenizer, tok, workers, strict, writer, reasons,
   fields: dict[str, dict[str, dict[str, int]]] = {}
   with tqdm(unit=" docs", disable=not progress, file=sys.stderr, mininterval=1.0,
             leave=False) as bar:
-    for kind, index, *rest in _results(files, spec, tokenizer, workers, tok):
+    for kind, index, *rest in _results(files, spec, tokenizer, workers, tok, strict):
       counts = per_file[index]
+      if kind == "truncated":
+        logging.warning("%s; keeping the records read before it", rest[0])
+        counts.skipped["truncated_file"] += 1
+        total.skipped["truncated_file"] += 1
+        continue
       if kind == "end":
         if counts.documents == 0 and counts.filtered == 0:
           bad = {k: v for k, v in counts.skipped.items() if v}
@@ -244,19 +271,19 @@ def preprocess(input_pattern: str, tokenizer: str, output: str, *, fmt: str = "t
   except ValueError as e:
     raise PreprocessError(str(e)) from None
   output = output.rstrip("/")
-  if os.path.exists(output) and not overwrite:
-    raise PreprocessError(f"--output {output} exists (pass --overwrite to replace it)")
+  fileio.remove_stale_tmp(output)
+  if os.path.exists(output):
+    if not overwrite:
+      raise PreprocessError(f"--output {output} exists (pass --overwrite to replace it)")
+    _check_overwrite(output, files)
   try:
     tok = _load_tokenizer(tokenizer)
   except (OSError, ValueError, KeyError) as e:
     raise PreprocessError(f"cannot load tokenizer {tokenizer!r}: {e}") from None
 
   reasons = sources.CHAT_REASONS if fmt == "chat" else sources.TEXT_REASONS
-  tmp = f"{output}.tmp-{os.getpid()}"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
   start = time.perf_counter()
-  try:
+  with fileio.atomic_dir(output, overwrite=overwrite) as tmp:
     writer = records.ShardWriter(tmp, records_per_shard)
     try:
       total, per_file, fields = _write_shards(files, spec, tokenizer, tok, workers, strict,
@@ -270,7 +297,8 @@ def preprocess(input_pattern: str, tokenizer: str, output: str, *, fmt: str = "t
         "format": fmt,
         **total.as_dict(),
         "tokenizer": {"path": tokenizer, "identity": tok.identity, "bos_id": tok.bos_id,
-                      "eos_id": tok.eos_id, "vocab_size": tok.vocab_size},
+                      "add_bos": tok.add_bos, "eos_id": tok.eos_id,
+                      "vocab_size": tok.vocab_size},
         "options": {"field": spec.field, "filter": filter_expr or None,
                     "keep_fields": list(spec.keep_fields), "path_field": spec.path_field,
                     "system_prompt": spec.system_prompt},
@@ -278,10 +306,6 @@ def preprocess(input_pattern: str, tokenizer: str, output: str, *, fmt: str = "t
         "inputs": [{**sources.file_digest(p), **c.as_dict()} for p, c in zip(files, per_file)],
         "shards": shards,
     })
-    _move_into_place(tmp, output)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return {**total.as_dict(), "output": output, "shards": len(shards),
           "seconds": round(time.perf_counter() - start, 3)}
 

@@ -8,22 +8,32 @@ A recipe config names its stages in order (`config.stages`) and has one sub-conf
 whose `kind` says what it does:
 
   demo_data    build the demo's generated corpus and tasks (swallow_jax.demo)
-  tokenizer    train a sentencepiece tokenizer on text files (swallow_jax.tokenizer)
+  tokenizer    train a sentencepiece tokenizer on text files (swallow_jax.vocab.train)
   preprocess   tokenize raw JSONL sources into ArrayRecord datasets (swallow_jax.preprocess)
   train        CPT or SFT with swallow_jax.train (the rest of the sub-config is a training config),
                then export the weights as a Hugging Face directory (`export_hf`)
   chat_vector  target + scale * (instruct - base), streamed over HF directories
-  eval         swallow_jax.evaluate.run_tasks on every listed model, and optional chat sets
-               (`chat_tasks`: held-out chats scored under the Llama 3 chat template by
-               swallow_jax.evaluate.score_chats)
+  eval         swallow_jax.evaluate.evaluate_models on every listed model, and optional chat
+               sets (`chat_tasks`: held-out chats scored under the chat template); `tasks` is a
+               list of task files or a directory of them
 
-Each stage works in WORKDIR/<stage>. A string "${stage.key}" in a sub-config is replaced by an
-output of an earlier stage (e.g. "${cpt.model}"; "${workdir}" is WORKDIR). When a stage
-succeeds, WORKDIR/<stage>/DONE.json (its outputs, written atomically) marks it complete and
-later runs skip it; an interrupted stage is simply run again (training resumes from its Orbax
-checkpoints, the others redo their work into fresh temporary outputs). After the stages,
-WORKDIR/report.json, report.md and PNG plots are (re)written from what the stages recorded
-(swallow_jax.report says how).
+Each stage works in WORKDIR/<stage> and leaves its outputs at fixed paths there:
+  demo_data    WORKDIR/<stage>/{raw/<source>.jsonl, tasks/<task>.jsonl, chat_eval/<lang>_chat.jsonl}
+  tokenizer    WORKDIR/<stage>/tokenizer.model
+  preprocess   WORKDIR/<stage>/<source>/ (one ArrayRecord dataset per source)
+  train        WORKDIR/<stage>/ (a training workdir), WORKDIR/<stage>/hf (the HF export)
+  chat_vector  WORKDIR/<stage>/model (an HF directory)
+  eval         WORKDIR/<stage>/results.json, plots, tensorboard/<model>/ (evaluate_models)
+A stage refers to an earlier one by name: `stage("cpt")` is that stage's main output (the HF
+export of a train stage, the model of chat_vector, the tokenizer file of tokenizer, else the
+stage directory) and `stage("data", "tasks")` a path under WORKDIR/data. These are plain strings
+("stage://cpt"), so they can be overridden on the command line like any other value. A train stage
+with `model.vocab_size = 0` takes its tokenizer's vocabulary size. When a stage succeeds,
+WORKDIR/<stage>/DONE.json (its outputs, written atomically) marks it complete and later runs skip
+it; an interrupted stage is simply run again (training resumes from its Orbax checkpoints, the
+evaluation at the task it stopped in, the others redo their work into fresh temporary outputs).
+After the stages, WORKDIR/report.json, report.md and PNG plots are (re)written from what the
+stages recorded (swallow_jax.report says how).
 
 Multi-host: training stages run on every process (start all of them with the same command
 and --stages=<train stage>); the other stages run on one process, so run them separately. The
@@ -36,7 +46,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import sys
 import time
@@ -46,11 +55,12 @@ from absl import app, flags
 import ml_collections
 from ml_collections import config_flags
 
+from swallow_jax import fileio
 from swallow_jax import report as report_lib
-from swallow_jax.report import write_json
+from swallow_jax.train import lock as lock_lib
 
 DONE = "DONE.json"
-_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)((?:\.[A-Za-z0-9_]+)*)\}")
+STAGE_REF = "stage://"
 # Keys of a train stage that belong to the recipe, not to the training config.
 _TRAIN_STAGE_KEYS = ("kind", "export_hf", "export_dtype")
 
@@ -65,10 +75,17 @@ class Unfinished(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------
-# Config handling: stage list, ${...} references.
+# Config handling: stage list, references between stages.
+
+
+def stage(name: str, *path: str) -> str:
+  """A reference to stage `name`: its main output, or the file or directory `path` (parts
+  joined by "/") under WORKDIR/<name>. Resolved when the recipe runs."""
+  return STAGE_REF + "/".join((name, *path))
 
 
 def stage_names(config: Mapping[str, Any]) -> list[str]:
+  """config.stages, checked: each has a sub-config of a known kind, names are unique."""
   names = list(config["stages"])
   for name in names:
     if name not in config:
@@ -76,8 +93,8 @@ def stage_names(config: Mapping[str, Any]) -> list[str]:
     kind = config[name].get("kind")
     if kind not in STAGE_KINDS:
       raise ValueError(f"config.{name}.kind={kind!r}; known kinds: {sorted(STAGE_KINDS)}")
-  if len(set(names)) != len(names) or "workdir" in names:
-    raise ValueError(f"stage names must be unique and not 'workdir': {names}")
+  if len(set(names)) != len(names):
+    raise ValueError(f"stage names must be unique: {names}")
   return names
 
 
@@ -87,53 +104,65 @@ def _to_plain(value: Any) -> Any:
   return copy.deepcopy(value)
 
 
-def references(value: Any) -> set[str]:
-  """Stage names that ${...} strings inside `value` refer to."""
+def _walk(value: Any, fn: Callable[[str], Any]) -> Any:
+  """`value` with every string s replaced by fn(s), through dicts, lists and tuples."""
   if isinstance(value, str):
-    return {m.group(1) for m in _REF.finditer(value)} - {"workdir"}
+    return fn(value)
   if isinstance(value, Mapping):
-    return set().union(*(references(v) for v in value.values())) if value else set()
+    return {k: _walk(v, fn) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
-    return set().union(*(references(v) for v in value)) if value else set()
-  return set()
+    return [_walk(v, fn) for v in value]
+  return value
+
+
+def _split_ref(ref: str) -> tuple[str, str]:
+  name, _, path = ref[len(STAGE_REF):].partition("/")
+  return name, path
+
+
+def references(value: Any) -> set[str]:
+  """Stage names that `stage(...)` references inside `value` refer to."""
+  found: set[str] = set()
+  _walk(value, lambda s: found.add(_split_ref(s)[0]) if s.startswith(STAGE_REF) else None)
+  return found
 
 
 def check_references(config: Mapping[str, Any]) -> None:
-  """Every ${stage...} must name a stage listed before the one using it."""
+  """Every reference must name a stage listed before the one using it."""
   names = stage_names(config)
   for i, name in enumerate(names):
     for ref in sorted(references(_to_plain(config[name]))):
       if ref not in names[:i]:
         where = "a later stage" if ref in names else "no stage"
-        raise ValueError(f"config.{name} refers to ${{{ref}...}}, which is {where}; a stage "
+        raise ValueError(f"config.{name} refers to stage {ref!r}, which is {where}; a stage "
                          f"can only use outputs of stages before it ({names[:i]})")
 
 
-def _lookup(outputs: Mapping[str, Any], stage: str, keys: str) -> Any:
-  if stage not in outputs:
-    raise StageError(f"${{{stage}{keys}}}: stage {stage!r} has not completed")
-  value = outputs[stage]
-  for key in filter(None, keys.split(".")):
-    if not isinstance(value, Mapping) or key not in value:
-      raise StageError(f"${{{stage}{keys}}}: stage {stage!r} has no output {keys[1:]!r} "
-                       f"(it has {sorted(outputs[stage])})")
-    value = value[key]
-  return value
+def main_output(config: Mapping[str, Any], workdir: str, name: str) -> str:
+  """The path `stage(name)` stands for (see the module docstring)."""
+  stage_dir = os.path.join(os.path.abspath(workdir), name)
+  kind = config[name]["kind"]
+  if kind == "train" and config[name].get("export_hf", True):
+    return os.path.join(stage_dir, "hf")
+  sub = {"tokenizer": "tokenizer.model", "chat_vector": "model"}.get(kind, "")
+  return os.path.join(stage_dir, sub) if sub else stage_dir
 
 
-def resolve(value: Any, outputs: Mapping[str, Any]) -> Any:
-  """Replaces ${stage.key} strings by stage outputs; a string that is only a reference becomes
-  the output itself (a path, a dict, a list)."""
-  if isinstance(value, str):
-    whole = _REF.fullmatch(value)
-    if whole:
-      return _lookup(outputs, whole.group(1), whole.group(2))
-    return _REF.sub(lambda m: str(_lookup(outputs, m.group(1), m.group(2))), value)
-  if isinstance(value, Mapping):
-    return {k: resolve(v, outputs) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [resolve(v, outputs) for v in value]
-  return value
+def resolve(value: Any, config: Mapping[str, Any], workdir: str) -> Any:
+  """`value` with every stage reference replaced by its path; StageError when the stage has
+  not completed or has no such output."""
+  def one(s: str) -> str:
+    if not s.startswith(STAGE_REF):
+      return s
+    name, path = _split_ref(s)
+    if not os.path.exists(os.path.join(workdir, name, DONE)):
+      raise StageError(f"{s}: stage {name!r} has not completed")
+    out = (os.path.join(os.path.abspath(workdir), name, path) if path
+           else main_output(config, workdir, name))
+    if not os.path.exists(out):
+      raise StageError(f"{s}: stage {name!r} has no output {path!r} ({out} does not exist)")
+    return out
+  return _walk(value, one)
 
 
 # ------------------------------------------------------------------------------------------
@@ -143,7 +172,7 @@ def resolve(value: Any, outputs: Mapping[str, Any]) -> Any:
 def _demo_data(cfg: dict, stage_dir: str) -> dict:
   from swallow_jax.demo import build_demo_data  # pylint: disable=g-import-not-at-top
   paths = build_demo_data(stage_dir, seed=int(cfg.get("seed", 0)), scale=float(cfg.get("scale", 1)))
-  return {"dir": stage_dir, "raw": paths.raw, "tasks": paths.tasks, "chat_eval": paths.chat_eval}
+  return {"raw": paths.raw, "tasks": paths.tasks, "chat_eval": paths.chat_eval}
 
 
 def _jsonl_texts(paths: Sequence[str]):
@@ -159,8 +188,9 @@ def _jsonl_texts(paths: Sequence[str]):
 
 def _tokenizer(cfg: dict, stage_dir: str) -> dict:
   from swallow_jax import tokenizer  # pylint: disable=g-import-not-at-top
+  from swallow_jax.vocab import train  # pylint: disable=g-import-not-at-top
   inputs = list(cfg["inputs"].values()) if isinstance(cfg["inputs"], Mapping) else cfg["inputs"]
-  model = tokenizer.train_sentencepiece(
+  model = train.train_sentencepiece(
       _jsonl_texts(inputs), int(cfg["vocab_size"]), os.path.join(stage_dir, "tokenizer"),
       model_type=cfg.get("model_type", "bpe"), shrink_to_fit=True, num_threads=1)
   tok = tokenizer.load_tokenizer(model)
@@ -182,7 +212,11 @@ def _preprocess(cfg: dict, stage_dir: str) -> dict:
 def _train(cfg: dict, stage_dir: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from swallow_jax import train  # pylint: disable=g-import-not-at-top
+  from swallow_jax.model import io as model_io  # pylint: disable=g-import-not-at-top
   train_cfg = ml_collections.ConfigDict({k: v for k, v in cfg.items() if k not in _TRAIN_STAGE_KEYS})
+  if train_cfg.model.get("vocab_size", None) == 0:  # the size of the tokenizer this stage uses
+    from swallow_jax import tokenizer  # pylint: disable=g-import-not-at-top
+    train_cfg.model.vocab_size = tokenizer.load_tokenizer(cfg["tokenizer"]).vocab_size
   trained = os.path.join(stage_dir, "TRAINED.json")
   summary = None
   if not os.path.exists(trained):
@@ -190,22 +224,21 @@ def _train(cfg: dict, stage_dir: str) -> dict:
     if summary["preempted"]:
       raise Unfinished(f"training in {stage_dir} stopped by SIGTERM at step {summary['step']}")
     if jax.process_index() == 0:
-      write_json(trained, {"step": summary["step"], "loss": summary["loss"]})
+      fileio.write_json(trained, {"step": summary["step"], "loss": summary["loss"]})
   out = {"workdir": stage_dir, "model": stage_dir}
   if not cfg.get("export_hf", True):
     return out
   if jax.process_count() > 1:
     raise Unfinished(f"{stage_dir}: trained; its HF export runs on one process: run this stage "
                      "again on one host (it will not retrain)")
-  from swallow_jax.model import hf  # pylint: disable=g-import-not-at-top
   if summary is None:
-    from swallow_jax import generate  # pylint: disable=g-import-not-at-top
-    model_cfg, params = generate.load_model(stage_dir)
+    model_cfg, params = model_io.load(stage_dir, progress=False)
   else:
     model_cfg, params = summary["model_config"], summary["params"]
   tok = cfg.get("tokenizer") or None
-  hf.save_hf(os.path.join(stage_dir, "hf"), model_cfg, params,
-             dtype=cfg.get("export_dtype", "bfloat16"), tokenizer_dir=tok, progress=False)
+  model_io.save_hf(os.path.join(stage_dir, "hf"), model_cfg, params,
+                   dtype=cfg.get("export_dtype", "bfloat16"), tokenizer_dir=tok, overwrite=True,
+                   progress=False)
   out["model"] = os.path.join(stage_dir, "hf")
   return out
 
@@ -224,33 +257,27 @@ def _chat_vector(cfg: dict, stage_dir: str) -> dict:
   return {"model": output, "scale": float(cfg.get("scale", 0.5))}
 
 
+def _task_files(tasks: str | Sequence[str]) -> list[str]:
+  """A list of task files, or every *.jsonl of a directory (sorted)."""
+  if isinstance(tasks, str) and os.path.isdir(tasks):
+    return [os.path.join(tasks, f) for f in sorted(os.listdir(tasks)) if f.endswith(".jsonl")]
+  return [tasks] if isinstance(tasks, str) else list(tasks)
+
+
 def _eval(cfg: dict, stage_dir: str) -> dict:
-  from swallow_jax import evaluate, generate, tokenizer  # pylint: disable=g-import-not-at-top
-  tasks = evaluate.load_tasks(list(cfg["tasks"].values()) if isinstance(cfg["tasks"], Mapping)
-                              else cfg["tasks"])
-  tok = tokenizer.load_tokenizer(cfg["tokenizer"])
+  from swallow_jax import evaluate  # pylint: disable=g-import-not-at-top
   max_examples = cfg.get("max_examples") or None
   chats = {name: evaluate.load_chats(path)[:max_examples]
            for name, path in (cfg.get("chat_tasks") or {}).items()}
   models = {**cfg.get("models", {}), **cfg.get("ablations", {})}
-  batch_size, max_len = int(cfg.get("batch_size", 8)), int(cfg.get("max_len", 2048))
-  results = {}
-  for name, path in models.items():
-    out = os.path.join(stage_dir, f"{name}.json")
-    if not os.path.exists(out):  # per-model results: an interrupted eval resumes at a model
-      t0 = time.perf_counter()
-      model_cfg, params = generate.load_model(path, cfg.get("dtype", "float32"), per_layer=True)
-      res = evaluate.run_tasks(model_cfg, params, tok, tasks, batch_size=batch_size,
-                               max_len=max_len, max_examples=max_examples)
-      for chat_name, rows in chats.items():
-        res[chat_name] = evaluate.score_chats(
-            model_cfg, params, tok, rows, batch_size=batch_size,
-            max_len=min(max_len, model_cfg.max_position_embeddings))
-      write_json(out, {"model": path, "seconds": round(time.perf_counter() - t0, 2),
-                       "tasks": res})
-      logging.info("eval %s: %s", name, {k: _main_value(v) for k, v in res.items()})
-    results[name] = out
-  return {"results": results}
+  results = evaluate.evaluate_models(
+      models, evaluate.load_tasks(_task_files(cfg["tasks"])), cfg.get("tokenizer") or None,
+      stage_dir, chats=chats, batch_size=int(cfg.get("batch_size", 8)),
+      max_len=int(cfg.get("max_len", 2048)), max_examples=max_examples,
+      dtype=cfg.get("dtype", "float32"), resume=True, progress=False)
+  for name, entry in results["models"].items():
+    logging.info("eval %s: %s", name, {k: _main_value(v) for k, v in entry["tasks"].items()})
+  return {"results": os.path.join(stage_dir, evaluate.RESULTS)}
 
 
 STAGE_KINDS: dict[str, Callable[[dict, str], dict]] = {
@@ -299,17 +326,24 @@ def run(config: Mapping[str, Any], workdir: str, only: Sequence[str] = (),
     raise ValueError(f"--stages names {sorted(unknown)} are not stages of this config {names}")
   os.makedirs(workdir, exist_ok=True)
   process, num_processes = _process_info()
-  outputs: dict[str, Any] = {"workdir": os.path.abspath(workdir)}
+  with lock_lib.workdir_lock(workdir, enabled=process == 0):
+    _run_stages(config, workdir, names, only, process, num_processes)
+  if not report or process != 0:
+    return {}
+  return write_report(config, workdir)
+
+
+def _run_stages(config: Mapping[str, Any], workdir: str, names: Sequence[str],
+                only: Sequence[str], process: int, num_processes: int) -> None:
   for name in names:
     stage_dir = os.path.join(workdir, name)
     done_path = os.path.join(stage_dir, DONE)
     kind = config[name]["kind"]
     if os.path.exists(done_path):
       done = _read_json(done_path)
-      outputs[name] = done["outputs"]
       if only and name in only:
         logging.info("stage %s: already complete (delete %s to run it again)", name, stage_dir)
-      if done.get("config") != _json_roundtrip(resolve(_to_plain(config[name]), outputs)):
+      if done.get("config") != _json_roundtrip(resolve(_to_plain(config[name]), config, workdir)):
         logging.warning("stage %s was completed with a different config; its outputs are used "
                         "as they are (delete %s to redo it)", name, stage_dir)
       continue
@@ -318,21 +352,17 @@ def run(config: Mapping[str, Any], workdir: str, only: Sequence[str] = (),
     if num_processes > 1 and kind not in _ANY_PROCESS_KINDS:
       raise StageError(f"stage {name} ({kind}) runs on one process; start it without "
                        "multi-host (e.g. --stages={name} on one host)")
-    stage_cfg = resolve(_to_plain(config[name]), outputs)
+    stage_cfg = resolve(_to_plain(config[name]), config, workdir)
     os.makedirs(stage_dir, exist_ok=True)
     logging.info("stage %s (%s): starting in %s", name, kind, stage_dir)
     t0 = time.perf_counter()
     result = STAGE_KINDS[kind](stage_cfg, stage_dir)
     seconds = round(time.perf_counter() - t0, 2)
     if process == 0:
-      write_json(done_path, {"kind": kind, "outputs": result, "seconds": seconds,
-                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                             "config": stage_cfg})
-    outputs[name] = result
+      fileio.write_json(done_path, {"kind": kind, "outputs": result, "seconds": seconds,
+                                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                    "config": stage_cfg})
     logging.info("stage %s: done in %.1fs", name, seconds)
-  if not report or process != 0:
-    return {}
-  return write_report(config, workdir)
 
 
 def _main_value(result: Mapping[str, Any]) -> Any:
@@ -367,12 +397,14 @@ def report_inputs(config: Mapping[str, Any], workdir: str
     if kind == "train":
       stages[name]["train_log"] = _read_jsonl(os.path.join(stage_dir, "metrics.jsonl"))
     if kind == "eval":
+      from swallow_jax.evaluate import RESULTS  # pylint: disable=g-import-not-at-top
       ablations = list(config[name].get("ablations", {}) or {})
       ablation_models |= set(ablations)
+      path = os.path.join(stage_dir, RESULTS)
+      evaluated = _read_json(path)["models"] if os.path.exists(path) else {}
       for model in list(config[name].get("models", {}) or {}) + ablations:
-        path = os.path.join(stage_dir, f"{model}.json")
-        if os.path.exists(path):
-          results[model] = _read_json(path)["tasks"]
+        if model in evaluated:
+          results[model] = evaluated[model]["tasks"]
   return stages, results, ablation_models
 
 

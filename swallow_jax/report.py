@@ -20,23 +20,17 @@ perplexities and other lower-is-better metrics, a relative change of more than 2
 """
 
 from collections.abc import Collection, Mapping, Sequence
-import json
 import math
 import os
 import re
 from typing import Any
 
+from swallow_jax import fileio
+
+REPORT_PLOTS = ("loss_curves.png", "radar.png", "perplexity.png")
 LOWER_IS_BETTER = re.compile(r"(_ppl|perplexity|bits_per_(char|byte)|_bpc|_bpb|loss)$")
 PPL_TOLERANCE = 0.02  # relative change of a perplexity that we call "did not move"
 BLEU_TOLERANCE = 0.02  # BLEU / 100: two BLEU points
-
-
-def write_json(path: str, obj: Any) -> None:
-  """Atomic: a reader sees the old file or the whole new one, never a part."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=1, ensure_ascii=False, default=str)
-  os.replace(tmp, path)
 
 
 def model_metrics(task_results: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, int]]:
@@ -262,7 +256,8 @@ def plot(report: Mapping[str, Any], out_dir: str,
       ax.plot(steps, losses)
       ax.set_title(title)
       ax.set_xlabel("step")
-      ax.set_ylabel("loss")
+      ax.set_ylabel("training loss (nats per token)")
+      ax.xaxis.get_major_locator().set_params(integer=True)
     for ax in list(axes.flat)[len(curves):]:
       ax.axis("off")
     fig.tight_layout()
@@ -273,21 +268,27 @@ def plot(report: Mapping[str, Any], out_dir: str,
   scores = {m: {k: v for k, v in vals.items() if not LOWER_IS_BETTER.search(k)}
             for m, vals in everyone.items()}
   if scores and len({k for v in scores.values() for k in v}) >= 3:
-    out.append(plots.radar_chart(scores, os.path.join(out_dir, "radar.png"),
-                                 title="task scores (higher is better)"))
+    labels = {k: f"{k} (BLEU/100)" for v in scores.values() for k in v if "translation" in k}
+    out.append(plots.radar_chart(scores, os.path.join(out_dir, "radar.png"), labels=labels,
+                                 title="task scores in [0, 1] (higher is better)"))
   ppl = {m: {k: v for k, v in vals.items() if k.endswith("_ppl")} for m, vals in everyone.items()}
   if any(ppl.values()):
-    out.append(plots.grouped_bars(ppl, os.path.join(out_dir, "perplexity.png"),
-                                  title="held-out perplexity (lower is better)",
-                                  ylabel="token perplexity"))
+    out.append(plots.metric_panels(ppl, os.path.join(out_dir, "perplexity.png"),
+                                   title="held-out perplexity (lower is better)",
+                                   ylabel="token perplexity"))
   return out
 
 
 def write(out_dir: str, report: Mapping[str, Any], *, intro: str = "",
           curves: Mapping[str, Sequence[tuple[int, float]]] | None = None) -> list[str]:
-  """Writes out_dir/report.json, report.md and the plots; returns the paths written."""
+  """Writes out_dir/report.json, report.md and the plots (removing a plot of an earlier report
+  that this one no longer has); returns the paths written."""
   plot_files = plot(report, out_dir, curves)
-  write_json(os.path.join(out_dir, "report.json"), report)
-  with open(os.path.join(out_dir, "report.md"), "w", encoding="utf-8") as f:
+  for name in REPORT_PLOTS:
+    stale = os.path.join(out_dir, name)
+    if stale not in plot_files and os.path.exists(stale):
+      os.remove(stale)
+  fileio.write_json(os.path.join(out_dir, "report.json"), report, indent=1)
+  with fileio.atomic_file(os.path.join(out_dir, "report.md")) as f:
     f.write(markdown(report, plot_files, intro))
   return [os.path.join(out_dir, "report.json"), os.path.join(out_dir, "report.md"), *plot_files]

@@ -15,8 +15,8 @@ A config with `stages` is a recipe (`python -m swallow_jax.recipe`), any other a
 (`python -m swallow_jax.train`). Runs go one after another on this machine; to fan them out over a
 cluster, hand each printed command to a launcher in launch/.
 
-This module also holds `load_config`, which config files use to build on one another
-(e.g. the 8B recipe reuses the 8B CPT config), so it imports nothing heavy.
+Config files are the `configs` package and import one another as modules
+(`from configs import common`); `load_config` loads the one a --config=FILE names.
 """
 
 from collections.abc import Iterator, Mapping
@@ -34,7 +34,7 @@ from swallow_jax import cli
 
 
 def load_module(path: str) -> Any:
-  """Imports a config file by path (config files are not a package)."""
+  """Imports the config file a --config=FILE names, by path (as ml_collections does)."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"config file not found: {path}")
   name = "_swallow_config_" + os.path.splitext(os.path.basename(path))[0]
@@ -53,8 +53,7 @@ def split_spec(spec: str) -> tuple[str, str | None]:
 def load_config(spec: str, relative_to: str | None = None) -> ml_collections.ConfigDict:
   """`get_config(arg)` of a config file given as FILE or FILE:arg.
 
-  `relative_to` (a config file's __file__) resolves FILE next to that file, so configs can say
-  `load_config("llama3_swallow_8b_cpt.py", __file__)`.
+  `relative_to` (a file's __file__) resolves a relative FILE next to that file.
   """
   path, arg = split_spec(spec)
   if relative_to and not os.path.isabs(path):
@@ -80,22 +79,6 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
       value = type(default)(value)
     out[key] = value
   return out
-
-
-def drop_source(sources: list[Mapping[str, Any]], name: str) -> list[dict[str, Any]]:
-  """The mixture without source `name`, the other weights rescaled to the same total.
-
-  Every remaining source keeps its share relative to the others, so the run sees the same
-  number of tokens and the removed source's tokens go to the rest in proportion (mostly to the
-  largest, the Japanese web corpus in Swallow's mixture).
-  """
-  kept = [dict(s) for s in sources if s["name"] != name]
-  if len(kept) == len(sources):
-    raise ValueError(f"no source named {name!r} in {[s['name'] for s in sources]}")
-  total, rest = sum(s["weight"] for s in sources), sum(s["weight"] for s in kept)
-  for s in kept:
-    s["weight"] = s["weight"] * total / rest
-  return kept
 
 
 def runs(spec: str) -> list[dict[str, Any]]:
@@ -148,7 +131,7 @@ def expand(spec: str, workdir_root: str, only: list[str] = ()) -> Iterator[tuple
 
 
 def _define_flags() -> None:
-  """Flags only when run as a program: config files import this module for its helpers."""
+  """Flags only when run as a program: config files import this module for parse_arg."""
   flags.DEFINE_string("config", None, "Config file with a sweep() function (FILE or FILE:arg).",
                       required=True)
   flags.DEFINE_bool("dry_run", False, "Print the commands and launch nothing.")

@@ -4,12 +4,13 @@ r"""Imitation-data synthesis: sample an instruct model's answers, filter them, w
         --output=sft.jsonl --num_samples=1 --temperature=1.0 --top_p=0.95 [--json]
 
 Input: JSONL with a `messages` list per line (OpenAI roles). A trailing assistant turn is dropped,
-so existing SFT data can be re-answered. Each prompt is encoded with the Llama 3 chat template
-(swallow_jax.data.chat) and answered `--num_samples` times (Swallow: temperature 1.0, top_p 0.95).
+so existing SFT data can be re-answered. Each prompt is encoded with the model's own chat template
+(swallow_jax.data.chat; Llama 3's for Llama 3 tokenizer files without one) and answered `--num_samples` times (Swallow: temperature 1.0, top_p 0.95).
 
 Each response goes through the filters in this order and is counted under the first that rejects it:
   empty       nothing but whitespace;
-  truncated   no stop token (<|eot_id|> / <|end_of_text|>) within --max_new_tokens;
+  truncated   no stop token (the tokenizer's stop_ids: generation_config.json's EOS list and the
+              end-of-turn token, e.g. <|eot_id|> or <|im_end|>) within --max_new_tokens;
   length      fewer than --min_chars or more than --max_chars characters;
   language    Japanese ratio below --min_ja_ratio or no kana (with --lang=ja; Chinese text is all
               CJK ideographs and has no kana, so the kana test tells it apart);
@@ -33,6 +34,8 @@ from typing import Any
 
 from absl import app
 from absl import flags
+
+from swallow_jax import fileio
 
 KANA_RANGES = ((0x3040, 0x309F), (0x30A0, 0x30FF), (0x31F0, 0x31FF), (0xFF66, 0xFF9D))
 CJK_RANGES = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2FFFF))
@@ -130,7 +133,7 @@ def synthesize(config, params, tokenizer, prompts: Sequence[list[dict[str, str]]
                top_p: float = 0.95, top_k: int = 0, seed: int = 0, batch_size: int = 8,
                **filter_kw) -> tuple[list[dict[str, Any]], dict[str, Any]]:
   """Samples, filters, and returns (SFT examples, stats)."""
-  from swallow_jax import generate as gen  # pylint: disable=g-import-not-at-top
+  from swallow_jax import decode as gen  # pylint: disable=g-import-not-at-top
   from swallow_jax.data import chat  # pylint: disable=g-import-not-at-top
 
   encoded = [chat.encode_chat(tokenizer, m, add_generation_prompt=True)[0] for m in prompts]
@@ -185,21 +188,18 @@ def main(argv: Sequence[str]) -> None:
     prompts = read_prompts(FLAGS.prompts)
   except (OSError, ValueError) as e:
     sys.exit(f"error: {e}")
-  from swallow_jax import generate as gen  # pylint: disable=g-import-not-at-top
-  config, params, tokenizer = gen.load_for_cli(FLAGS.model, FLAGS.tokenizer, FLAGS.dtype,
-                                               per_layer=True)
+  from swallow_jax import decode as gen  # pylint: disable=g-import-not-at-top
+  config, params, tokenizer = gen.load_for_decoding(FLAGS.model, FLAGS.tokenizer, FLAGS.dtype)
   examples, stats = synthesize(
       config, params, tokenizer, prompts, num_samples=FLAGS.num_samples,
       max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature, top_p=FLAGS.top_p,
       top_k=FLAGS.top_k, seed=FLAGS.seed, batch_size=FLAGS.batch_size, lang=FLAGS.lang,
       min_ja_ratio=FLAGS.min_ja_ratio, min_chars=FLAGS.min_chars, max_chars=FLAGS.max_chars,
       repeat_n=FLAGS.repeat_n, max_repeat_ratio=FLAGS.max_repeat_ratio)
-  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
-  with open(FLAGS.output, "w", encoding="utf-8") as f:
+  with fileio.atomic_file(FLAGS.output) as f:
     for ex in examples:
       f.write(json.dumps(ex, ensure_ascii=False) + "\n")
-  with open(FLAGS.output + ".stats.json", "w", encoding="utf-8") as f:
-    json.dump(stats, f, ensure_ascii=False, indent=2)
+  fileio.write_json(FLAGS.output + ".stats.json", stats)
   if FLAGS.json:
     print(json.dumps(stats, ensure_ascii=False))
   else:

@@ -9,3 +9,5 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from smollm2 import smollm2_dir  # noqa: E402,F401  pylint: disable=g-import-not-at-top,unused-import

@@ -144,3 +144,111 @@ def test_mask_stays_exact_when_newlines_merge_with_content():
   ids, mask = chat.encode_chat(tok, CONVERSATIONS["single"])
   masked = [i for i, m in zip(ids, mask) if m]
   assert masked == [1000 + ord(c) for c in "約1400万人です。"] + [4]
+
+
+# --- The model's own template: ChatML (no BOS) and Llama 2 [INST] on real tokenizer files. ---
+
+CHATML_TEMPLATE = (  # SmolLM2-Instruct's
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+    "Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}")
+LLAMA2_TEMPLATE = (  # meta-llama/Llama-2-7b-chat-hf's
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+    "{% set system_message = messages[0]['content'] %}{% else %}"
+    "{% set loop_messages = messages %}{% set system_message = false %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}"
+    "{% endif %}{% endfor %}")
+
+
+def _model_dir(tmp_path, name, template, bos, eos):
+  """Llama 3's tokenizer.json (two reserved specials renamed to ChatML's) with a
+  tokenizer_config.json holding `template`, as a model directory ships it."""
+  import json  # pylint: disable=g-import-not-at-top
+  d = tmp_path / name
+  d.mkdir()
+  with open(os.path.join(TOKDIR, "tokenizer.json"), encoding="utf-8") as f:
+    config = json.load(f)
+  rename = {"<|reserved_special_token_0|>": "<|im_start|>",
+            "<|reserved_special_token_1|>": "<|im_end|>"}
+  for t in config["added_tokens"]:
+    t["content"] = rename.get(t["content"], t["content"])
+  (d / "tokenizer.json").write_text(json.dumps(config), encoding="utf-8")
+  (d / "tokenizer_config.json").write_text(json.dumps(
+      {"bos_token": bos, "eos_token": eos, "add_bos_token": False, "chat_template": template}))
+  return d
+
+
+@pytest.fixture(scope="module", params=["chatml", "llama2"])
+def own_template(request, tmp_path_factory):
+  from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
+  tmp = tmp_path_factory.mktemp("own")
+  if request.param == "chatml":
+    d = _model_dir(tmp, "chatml", CHATML_TEMPLATE, "<|im_start|>", "<|im_end|>")
+  else:
+    d = _model_dir(tmp, "llama2", LLAMA2_TEMPLATE, "<|begin_of_text|>", "<|end_of_text|>")
+  return request.param, load_tokenizer(d), AutoTokenizer.from_pretrained(str(d))
+
+
+def _masked_runs(ids, mask):
+  runs, run = [], []
+  for i, m in zip(ids, mask):
+    if m:
+      run.append(i)
+    elif run:
+      runs.append(run)
+      run = []
+  return runs + [run] * bool(run)
+
+
+@pytest.mark.parametrize("name", sorted(CONVERSATIONS))
+@pytest.mark.parametrize("generation_prompt", [False, True])
+def test_own_template_matches_apply_chat_template(own_template, name, generation_prompt):
+  kind, tok, hf = own_template
+  messages = CONVERSATIONS[name]
+  if generation_prompt:
+    messages = _prompt(messages)
+  want = hf.apply_chat_template(messages, add_generation_prompt=generation_prompt,
+                                tokenize=True, return_dict=False)
+  ids, mask = chat.encode_chat(tok, messages, add_generation_prompt=generation_prompt)
+  assert ids == want
+  assert chat.render_chat(messages, generation_prompt, tok) == hf.apply_chat_template(
+      messages, add_generation_prompt=generation_prompt, tokenize=False)
+  end = tok.token_to_id("<|im_end|>" if kind == "chatml" else "<|end_of_text|>")
+  replies = [m["content"] for m in messages if m["role"] == "assistant"]
+  runs = _masked_runs(ids, mask)
+  assert len(runs) == len(replies)
+  for run, text in zip(runs, replies):
+    assert run[-1] == end
+    assert tok.decode(run[:-1]).strip() == text.strip()
+  if kind == "chatml":
+    assert tok.bos_id == tok.token_to_id("<|im_start|>") and not tok.add_bos
+    assert tok.eot_id == end and tok.encode("hi", add_bos=True) == tok.encode("hi")
+
+
+def test_template_errors_are_chat_errors(tmp_path):
+  tok = load_tokenizer(_model_dir(tmp_path, "llama2", LLAMA2_TEMPLATE, "<|begin_of_text|>",
+                                  "<|end_of_text|>"))
+  bad = [{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"},
+         {"role": "assistant", "content": "z"}]
+  with pytest.raises(chat.ChatError, match="roles must alternate") as info:
+    chat.encode_chat(tok, bad)
+  assert info.value.reason == "invalid_conversation"
+
+
+def test_chat_special_ids(tokenizer, own_template):
+  ids = [tokenizer.token_to_id(t) for t in (chat.BOS, chat.START_HEADER, chat.END_HEADER,
+                                            chat.EOT)]
+  assert chat.chat_special_ids(tokenizer) == tuple(sorted(ids))
+  kind, tok, _ = own_template
+  names = ("<|im_start|>", "<|im_end|>") if kind == "chatml" else ("<|begin_of_text|>",
+                                                                    "<|end_of_text|>")
+  assert chat.chat_special_ids(tok) == tuple(sorted(tok.token_to_id(t) for t in names))

@@ -11,13 +11,19 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
 from swallow_jax import chat_vector as cv
+from swallow_jax import task_arithmetic as ta
+from swallow_jax.model import io as model_io
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 V, D, F, L = 128010, 8, 16, 2  # vocabulary just large enough for the Llama 3 chat specials
-SIDE_FILES = {"config.json": '{"torch_dtype": "float32", "vocab_size": 128010}',
+LLAMA_CONFIG = {"model_type": "llama", "torch_dtype": "float32", "vocab_size": V,
+                "hidden_size": D, "intermediate_size": F, "num_hidden_layers": L,
+                "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": D // 2}
+SIDE_FILES = {"config.json": json.dumps(LLAMA_CONFIG),
               "generation_config.json": "{}", "tokenizer.json": '{"model": {}}'}
 
 
@@ -36,7 +42,7 @@ def hf_tensors(seed: int, dtype=np.float32, vocab: int = V) -> dict[str, np.ndar
   return {k: rng.standard_normal(s, np.float32).astype(dtype) for k, s in shapes.items()}
 
 
-def write_hf(path, tensors, shards: int = 1, side_files: bool = True) -> str:
+def write_hf(path, tensors, shards: int = 1, side_files: bool = True, vocab: int = V) -> str:
   """A HF checkpoint directory: model.safetensors, or `shards` files plus the index."""
   os.makedirs(path)
   names = sorted(tensors)
@@ -49,17 +55,22 @@ def write_hf(path, tensors, shards: int = 1, side_files: bool = True) -> str:
       part = {n: tensors[n] for n in names[k::shards]}
       save_file(part, os.path.join(path, file), metadata={"format": "pt"})
       weight_map.update({n: file for n in part})
-    with open(os.path.join(path, cv._INDEX), "w") as f:
+    with open(os.path.join(path, model_io.INDEX), "w") as f:
       json.dump({"metadata": {}, "weight_map": weight_map}, f)
   if side_files:
+    vocab = tensors["model.embed_tokens.weight"].shape[0]
     for name, text in SIDE_FILES.items():
+      if name == "config.json":
+        text = json.dumps({**LLAMA_CONFIG, "vocab_size": vocab})
       with open(os.path.join(path, name), "w") as f:
         f.write(text)
   return str(path)
 
 
 def read_hf(path) -> dict[str, np.ndarray]:
-  with open(os.path.join(path, cv._INDEX)) as f:
+  if not os.path.exists(os.path.join(path, model_io.INDEX)):  # one shard: no index
+    return load_file(os.path.join(path, "model.safetensors"))
+  with open(os.path.join(path, model_io.INDEX)) as f:
     index = json.load(f)
   out = {}
   for file in sorted(set(index["weight_map"].values())):
@@ -188,8 +199,7 @@ def _assert_clean(tmp_path):
      r"instruct \(8, 17\)"),
     ("truncated", r"base .*model.safetensors: not a valid safetensors file"),
     ("garbage", r"base .*model.safetensors: not a valid safetensors file"),
-    ("not_a_checkpoint", r"--instruct=.*: neither a Hugging Face safetensors directory nor an "
-     r"Orbax checkpoint"),
+    ("not_a_checkpoint", r"--instruct=.*: config.json but no \*.safetensors"),
     ("bad_protect", r"lm_head.weight: protected token id 999999 is outside its 128010 rows"),
     ("bad_dtype", r"--dtype=int8: expected float32, bfloat16 or float16"),
     ("same_scale", r"--scale=0.5,0.5: give distinct scales"),
@@ -223,14 +233,14 @@ def test_cli_errors(tmp_path, case, message):
 
 def test_cli_failure_midway_leaves_nothing(tmp_path, monkeypatch):
   dirs = [write_hf(tmp_path / n, hf_tensors(s)) for s, n in enumerate("tbi")]
-  real_read = cv._SafetensorsReader.read
+  real_read = model_io.SafetensorsReader.read
 
-  def failing_read(self, name, lo, hi):
+  def failing_read(self, name, lo=0, hi=None):
     if name == "model.norm.weight":
-      raise cv.ChatVectorError(f"{self.role}: {name}: short read")
+      raise model_io.ModelPathError(f"{name}: short read")
     return real_read(self, name, lo, hi)
 
-  monkeypatch.setattr(cv._SafetensorsReader, "read", failing_read)
+  monkeypatch.setattr(model_io.SafetensorsReader, "read", failing_read)
   with pytest.raises(cv.ChatVectorError, match="short read"):
     merge(dirs, tmp_path / "out", scales=(0.5, 1.0))
   _assert_clean(tmp_path)
@@ -271,6 +281,15 @@ def test_command_line(ckpts, tmp_path):
 # Tree functions: our param layout (lm_head kernel is [D, V]: token columns).
 
 
+def flat(tree):
+  return traverse_util.flatten_dict(tree, sep="/")
+
+
+def difference(a, b):
+  """The task vector a - b, in fp32."""
+  return jax.tree.map(lambda x, y: x.astype(np.float32) - y.astype(np.float32), a, b)
+
+
 def param_tree(seed, dtype=np.float32, vocab=V):
   rng = np.random.default_rng(seed)
   r = lambda *s: rng.standard_normal(s, np.float32).astype(dtype)
@@ -283,7 +302,7 @@ def param_tree(seed, dtype=np.float32, vocab=V):
 
 
 def tree_reference(t, b, i, s, exclude=(), protect=()):
-  ft, fb, fi = cv._flatten(t), cv._flatten(b), cv._flatten(i)
+  ft, fb, fi = flat(t), flat(b), flat(i)
   out = {}
   for name, x in ft.items():
     if any(re.search(p, name) for p in exclude):
@@ -299,7 +318,7 @@ def tree_reference(t, b, i, s, exclude=(), protect=()):
 
 def test_tree_functions_numpy():
   t, b, i = param_tree(0), param_tree(1), param_tree(2)
-  got = cv._flatten(cv.apply_chat_vector(t, b, i, 0.5, exclude=(r".*norm.*",),
+  got = flat(ta.apply_chat_vector(t, b, i, 0.5, exclude=(r".*norm.*",),
                                          protect_token_ids=cv.LLAMA3_CHAT_TOKEN_IDS))
   want = tree_reference(t, b, i, 0.5, (r".*norm.*",), cv.LLAMA3_CHAT_TOKEN_IDS)
   assert set(got) == set(want)
@@ -307,20 +326,20 @@ def test_tree_functions_numpy():
     np.testing.assert_array_equal(got[name], want[name], name)
     assert isinstance(got[name], np.ndarray)
   # difference + add_scaled is the same computation.
-  vec = cv.difference(i, b)
+  vec = difference(i, b)
   assert vec["lm_head"]["kernel"].dtype == np.float32
-  again = cv._flatten(cv.add_scaled(t, vec, 0.5, exclude=(r".*norm.*",),
+  again = flat(ta.task_arithmetic(t, [vec], [0.5], exclude=(r".*norm.*",),
                                     protect_token_ids=cv.LLAMA3_CHAT_TOKEN_IDS))
   for name in want:
     np.testing.assert_array_equal(again[name], want[name], name)
   # Two vectors with weights, bf16 target: fp32 arithmetic, result in bf16.
   tb = jax.tree.map(lambda x: x.astype(BF16), t)
-  v2 = cv.difference(param_tree(3), param_tree(4))
-  mixed = cv._flatten(cv.task_arithmetic(tb, [vec, v2], [0.5, 0.25]))
-  for name, x in cv._flatten(tb).items():
+  v2 = difference(param_tree(3), param_tree(4))
+  mixed = flat(ta.task_arithmetic(tb, [vec, v2], [0.5, 0.25]))
+  for name, x in flat(tb).items():
     f32 = np.float32
-    want = (x.astype(f32) + (f32(0.5) * cv._flatten(vec)[name]
-                             + f32(0.25) * cv._flatten(v2)[name])).astype(BF16)
+    want = (x.astype(f32) + (f32(0.5) * flat(vec)[name]
+                             + f32(0.25) * flat(v2)[name])).astype(BF16)
     np.testing.assert_array_equal(mixed[name], want, name)
 
 
@@ -329,8 +348,8 @@ def test_tree_hf_names_and_vocab_mismatch():
   with pytest.raises(cv.ChatVectorError,
                      match=r"model.embed_tokens.weight: vocabulary size mismatch: "
                      r"target \(128007, 8\) vs instruct \(128010, 8\)"):
-    cv.apply_chat_vector(t, b, i)
-  got = cv.apply_chat_vector(t, b, i, 1.0, allow_vocab_mismatch=True, protect_token_ids=(5,),
+    ta.apply_chat_vector(t, b, i)
+  got = ta.apply_chat_vector(t, b, i, 1.0, allow_vocab_mismatch=True, protect_token_ids=(5,),
                              exclude=("model.norm",))
   for name in ("model.embed_tokens.weight", "lm_head.weight"):
     want = reference(t[name], i[name][:V - 3], b[name][:V - 3], 1.0)
@@ -345,16 +364,16 @@ def test_tree_errors():
   bad["layers"]["attn"]["q_proj"]["kernel"] = np.zeros((L, D, D + 1), np.float32)
   with pytest.raises(cv.ChatVectorError, match=r"layers/attn/q_proj/kernel: shape mismatch: "
                      r"target \(2, 8, 8\) vs instruct \(2, 8, 9\)"):
-    cv.apply_chat_vector(t, b, bad)
+    ta.apply_chat_vector(t, b, bad)
   del i["final_norm"]
   with pytest.raises(cv.ChatVectorError, match="final_norm/scale: missing from the instruct"):
-    cv.apply_chat_vector(t, b, i)
-  cv.apply_chat_vector(t, b, i, exclude=("final_norm",))  # excluded: may be absent
+    ta.apply_chat_vector(t, b, i)
+  ta.apply_chat_vector(t, b, i, exclude=("final_norm",))  # excluded: may be absent
   b["extra"] = np.zeros(2)
   with pytest.raises(cv.ChatVectorError, match="extra: in the base tree but not in the target"):
-    cv.apply_chat_vector(t, b, param_tree(2))
+    ta.apply_chat_vector(t, b, param_tree(2))
   with pytest.raises(cv.ChatVectorError, match="2 vectors but 1 weights"):
-    cv.task_arithmetic(t, [t, t], [1.0])
+    ta.task_arithmetic(t, [t, t], [1.0])
 
 
 def test_sharded_jit_matches_numpy_and_keeps_shardings():
@@ -371,12 +390,12 @@ def test_sharded_jit_matches_numpy_and_keeps_shardings():
   t, b, i = (param_tree(s, BF16, vocab=128016) for s in range(3))  # divisible by 8
   put = lambda x: jax.device_put(x, shardings)
   kw = dict(exclude=("final_norm",), protect_token_ids=cv.LLAMA3_CHAT_TOKEN_IDS)
-  fn = jax.jit(lambda t, b, i, s: cv.apply_chat_vector(t, b, i, s, **kw))
+  fn = jax.jit(lambda t, b, i, s: ta.apply_chat_vector(t, b, i, s, **kw))
   got = fn(put(t), put(b), put(i), jnp.float32(0.5))  # a traced scale works too
-  want = cv._flatten(cv.apply_chat_vector(t, b, i, 0.5, **kw))
-  for name, x in cv._flatten(got).items():
+  want = flat(ta.apply_chat_vector(t, b, i, 0.5, **kw))
+  for name, x in flat(got).items():
     assert x.dtype == jnp.bfloat16
-    assert x.sharding.is_equivalent_to(cv._flatten(shardings)[name], x.ndim), name
+    assert x.sharding.is_equivalent_to(flat(shardings)[name], x.ndim), name
     np.testing.assert_array_equal(np.asarray(x), want[name], name)
 
 
@@ -384,22 +403,29 @@ def test_sharded_jit_matches_numpy_and_keeps_shardings():
 # Orbax parameter checkpoints.
 
 
-def test_orbax_checkpoints(tmp_path):
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  trees = [param_tree(s, vocab=300) for s in range(3)]
-  dirs = []
-  for name, tree in zip("tbi", trees):
-    state = {"params": tree, "step": np.int64(7)} if name == "t" else tree  # a train state too
-    ckpt = ocp.StandardCheckpointer()
-    ckpt.save(str(tmp_path / name), state)
-    ckpt.wait_until_finished()
-    dirs.append(str(tmp_path / name))
-  merge(dirs, tmp_path / "out", scales=(0.5,), protect_token_ids=(1, 299),
-        exclude=("attn_norm",))
-  restored = ocp.StandardCheckpointer().restore(str(tmp_path / "out"))
-  want = tree_reference(*trees[:1], trees[1], trees[2], 0.5, ("attn_norm",), (1, 299))
-  got = cv._flatten(restored)
+def test_mixed_kinds_orbax_and_training_checkpoints(tmp_path):
+  """HF base + `--instruct=WORKDIR/checkpoints/N` + a training-run target; and an orbax base."""
+  from test_model_io import write_train_run  # pylint: disable=g-import-not-at-top
+  from swallow_jax.model import init_params, presets  # pylint: disable=g-import-not-at-top
+  config = presets.get("tiny_gqa", num_layers=2, vocab_size=300)
+  trees = [jax.tree.map(np.asarray, init_params(config, jax.random.key(s))) for s in range(3)]
+  target = write_train_run(tmp_path / "t", config, trees[0], step=7, tokenizer=None)
+  model_io.save_hf(str(tmp_path / "b"), config, trees[1], dtype=np.float32, progress=False)
+  write_train_run(tmp_path / "i", config, trees[2], step=4)
+  instruct = str(tmp_path / "i" / "checkpoints" / "4")
+  merge((target, str(tmp_path / "b"), instruct), tmp_path / "out", scales=(0.5,),
+        protect_token_ids=(1, 299), exclude=("attn_norm",))
+  loaded_config, restored = model_io.load(str(tmp_path / "out"), progress=False)
+  assert loaded_config.vocab_size == 300 and loaded_config.param_dtype == "float32"
+  want = tree_reference(trees[0], trees[1], trees[2], 0.5, ("attn_norm",), (1, 299))
+  got = flat(restored)
   assert set(got) == set(want)
   for name in want:
-    np.testing.assert_array_equal(np.asarray(got[name]), want[name], name)
-  assert sorted(os.listdir(tmp_path)) == ["b", "i", "out", "t"]
+    np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(want[name]), name)
+  assert json.load(open(tmp_path / "out" / "config.json"))["vocab_size"] == 300
+  # A `convert --to_orbax` base gives the same result.
+  model_io.save_orbax(str(tmp_path / "bo"), config, trees[1])
+  merge((target, str(tmp_path / "bo"), instruct), tmp_path / "out2", scales=(0.5,),
+        protect_token_ids=(1, 299), exclude=("attn_norm",))
+  _, again = model_io.load(str(tmp_path / "out2"), progress=False)
+  jax.tree.map(np.testing.assert_array_equal, again, restored)

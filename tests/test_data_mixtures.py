@@ -25,3 +25,15 @@ def test_llama3_swallow_shares():
   keep = filters.parse_filter(cosmo["filter"])
   assert not keep({"subset": "web_samples_v1"}) and not keep({"subset": "web_samples_v2"})
   assert keep({"subset": "stanford"})
+
+
+def test_drop_source_renormalises_to_the_same_total():
+  sources = [dict(name="ja", weight=0.8), dict(name="para", weight=0.05),
+             dict(name="en", weight=0.15)]
+  kept = mixtures.drop_source(sources, "para")
+  assert [s["name"] for s in kept] == ["ja", "en"]
+  assert sum(s["weight"] for s in kept) == pytest.approx(1.0)
+  assert kept[0]["weight"] / kept[1]["weight"] == pytest.approx(0.8 / 0.15)
+  assert sources[0]["weight"] == 0.8  # the input is left alone
+  with pytest.raises(ValueError, match="no source named 'x'"):
+    mixtures.drop_source(sources, "x")

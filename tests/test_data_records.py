@@ -50,3 +50,20 @@ def test_filter_syntax_errors(expr):
 
 def test_no_filter():
   assert filters.parse_filter(None) is None and filters.parse_filter("  ") is None
+
+
+def test_shard_source_names_a_corrupt_shard_and_record(tmp_path):
+  writer = records.ShardWriter(str(tmp_path), 3)
+  for i in range(5):
+    writer.write(records.encode_record([i, i + 1]), 2)
+  manifest = {"shards": writer.close()}
+  source = records.ShardSource(str(tmp_path), manifest)
+  assert len(source) == 5
+  assert records.decode_record(source[4], "text")[0].tolist() == [4, 5]
+  shard = tmp_path / records.shard_name(1)
+  data = shard.read_bytes()
+  shard.write_bytes(data[:len(data) // 2])  # a copy cut short
+  source = records.ShardSource(str(tmp_path), manifest)
+  assert records.decode_record(source[0], "text")[0].tolist() == [0, 1]
+  with pytest.raises(ValueError, match=rf"{shard}: record 1: corrupt ArrayRecord shard"):
+    source[4]

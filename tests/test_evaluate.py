@@ -54,3 +54,43 @@ def test_perplexity_metrics_hand_values():
 def test_bucket_length():
   assert [loglik.bucket_length(n) for n in (1, 16, 17, 100)] == [16, 16, 32, 128]
   assert loglik.bucket_length(90, cap=96) == 96
+
+
+class _Tok:
+  """Ids are characters' code points mod 500 (+3); `bos_id` None: a tokenizer without BOS."""
+
+  def __init__(self, bos_id):
+    self.bos_id = bos_id
+
+  def encode(self, text, *, add_bos=False):
+    return self.bos_prefix() * add_bos + [3 + ord(c) % 500 for c in text]
+
+  def bos_prefix(self):
+    return [] if self.bos_id is None else [self.bos_id]
+
+
+@pytest.mark.parametrize("bos_id", [1, None])
+def test_fit_prompt_keeps_bos_and_the_end(bos_id):
+  from swallow_jax import evaluate  # pylint: disable=g-import-not-at-top
+  tok, truncated = _Tok(bos_id), []
+  ids = tok.encode("abcdefghij", add_bos=True)
+  assert evaluate.fit_prompt(tok, ids, 20, truncated) == ids and not truncated
+  cut = evaluate.fit_prompt(tok, ids, 4, truncated)
+  assert cut == tok.bos_prefix() + tok.encode("abcdefghij")[-(4 - len(tok.bos_prefix())):]
+  assert len(cut) == 4 and truncated == [1]
+
+
+def test_truncated_prompts_are_counted_and_warned_once(tiny, caplog):
+  import logging  # pylint: disable=g-import-not-at-top
+  from swallow_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from swallow_jax.evaluate import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
+  config, params = tiny
+  task = tasks_lib.make_task({"task": "mc", "type": "multiple_choice"},
+                             [{"question": "x" * n, "choices": ["a", "b"], "answer": 0}
+                              for n in (5, 60, 80)])
+  for bos_id in (1, None):
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+      res = evaluate.run_task(config, params, _Tok(bos_id), task, max_len=32)
+    assert res["truncated_prompts"] == 2 and res["num_examples"] == 3
+    assert caplog.text.count("task mc: 2 of 3 prompts exceed max_len=32") == 1

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from swallow_jax import evaluate
-from swallow_jax import generate as generate_lib
+from swallow_jax import decode as generate_lib
 from swallow_jax import model as model_lib
 from swallow_jax.data import chat
 

@@ -17,14 +17,15 @@ import pytest
 import sacrebleu
 
 from swallow_jax import evaluate
-from swallow_jax import generate as gen
+from swallow_jax import decode as gen
 from swallow_jax import synth
 from swallow_jax import model as model_lib
 from swallow_jax import tokenizer as tokenizer_lib
 from swallow_jax.evaluate import loglik
 from swallow_jax.evaluate import scoring
 from swallow_jax.evaluate import tasks as tasks_lib
-from swallow_jax.model import hf
+from swallow_jax.model import io as model_io
+from swallow_jax.vocab import train as vocab_train
 from helpers import direct_logprobs
 
 
@@ -36,13 +37,13 @@ def tok_and_model(tmp_path_factory):
   lines = [f"{rng.choice(words)}の{rng.choice(words)}は{rng.choice(words)}です。 {i}"
            for i in range(300)]
   root = tmp_path_factory.mktemp("eval_model")
-  tok_path = tokenizer_lib.train_sentencepiece(iter(lines), 400, root / "sp")
+  tok_path = vocab_train.train_sentencepiece(iter(lines), 400, root / "sp")
   tok = tokenizer_lib.load_tokenizer(tok_path)
   config = dataclasses.replace(model_lib.presets.get("tiny"), vocab_size=tok.vocab_size,
                                bos_token_id=tok.bos_id, eos_token_id=(tok.eos_id,))
   params = model_lib.init_params(config, jax.random.key(2))
   model_dir = str(root / "model")
-  hf.save_hf(model_dir, config, params, dtype=jnp.float32, progress=False)
+  model_io.save_hf(model_dir, config, params, dtype=jnp.float32, progress=False)
   shutil.copy(tok_path, os.path.join(model_dir, "tokenizer.model"))
   return tok, config, params, model_dir
 
@@ -85,8 +86,12 @@ def test_run_tasks_scores_agree_with_direct_computation(tok_and_model, task_file
   correct = []
   for ex in mc_task.examples:
     ctx = tok.encode(mc_task.prompt(ex), add_bos=True)
-    # run_tasks ran with max_len=64: longer prompts keep their last tokens.
-    scores = [direct_logprobs(config, params, (ctx + tok.encode(c))[-64:])[-len(tok.encode(c)):]
+    # run_tasks ran with max_len=64: longer prompts keep BOS and their last tokens, leaving room
+    # for the longest choice.
+    room = 64 - max(len(tok.encode(c)) for c in ex["choices"])
+    if len(ctx) > room:
+      ctx = ctx[:1] + ctx[len(ctx) - room + 1:]
+    scores = [direct_logprobs(config, params, ctx + tok.encode(c))[-len(tok.encode(c)):]
               .sum() for c in ex["choices"]]
     np.testing.assert_allclose(scores, results["mc"]["samples"][len(correct)]["logprobs"],
                                rtol=1e-5)
@@ -128,11 +133,55 @@ def test_evaluate_cli_two_models_writes_results_and_plots(tok_and_model, task_fi
   results = json.loads((out / "results.json").read_text())
   assert set(results["models"]) == {"a", "b"}
   assert results["models"]["a"]["tasks"]["qa"]["num_examples"] == 1
-  # Same weights under two names: same numbers.
-  assert results["models"]["a"]["tasks"] == results["models"]["b"]["tasks"]
+  # Same weights under two names: same numbers (only the timings differ).
+  untimed = lambda m: {t: {k: v for k, v in r.items() if k != "seconds"}
+                       for t, r in results["models"][m]["tasks"].items()}
+  assert untimed("a") == untimed("b")
+  assert {r["truncated_prompts"] for r in results["models"]["a"]["tasks"].values()} <= {0, 1}
   for png in ("radar.png", "scores.png", "perplexity.png"):
     assert (out / png).read_bytes()[:4] == b"\x89PNG"
   assert "| mc | acc |" in r.stdout
+  # TensorBoard scalars, one run per model.
+  assert all(os.listdir(out / "tensorboard" / m) for m in ("a", "b"))
+  # A non-empty output is refused before any work; --overwrite replaces it; --json prints it.
+  args = [sys.executable, "-m", "swallow_jax.evaluate", f"--model={model_dir}", "--names=a",
+          f"--tasks={task_files['ppl']}", f"--output={out}", "--max_len=64", "--max_examples=1"]
+  r = subprocess.run(args, capture_output=True, text=True, timeout=600)
+  assert r.returncode != 0 and "is not empty (pass --overwrite" in r.stderr
+  r = subprocess.run(args + ["--overwrite", "--json"], capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-2000:]
+  printed = json.loads(r.stdout)
+  assert printed == json.loads((out / "results.json").read_text())
+  assert set(printed["models"]) == {"a"} and set(printed["models"]["a"]["tasks"]) == {"ppl"}
+  # The stale plots of the first run are gone (one perplexity task: no score plots).
+  assert not (out / "radar.png").exists() and not (out / "scores.png").exists()
+
+
+def test_evaluate_models_writes_results_after_each_task_and_resumes(tok_and_model, task_files,
+                                                                     tmp_path, monkeypatch):
+  _, _, _, model_dir = tok_and_model
+  out = str(tmp_path / "out")
+  tasks = [task_files["ppl"], task_files["mc"]]
+  real = evaluate.run_task
+
+  def killed_at_second(config, params, tok, task, **kw):
+    if task.name == "mc":
+      raise KeyboardInterrupt
+    return real(config, params, tok, task, **kw)
+
+  monkeypatch.setattr(evaluate, "run_task", killed_at_second)
+  with pytest.raises(KeyboardInterrupt):
+    evaluate.evaluate_models({"m": model_dir}, tasks, None, out, max_len=64, max_examples=1,
+                             progress=False)
+  kept = json.loads(open(os.path.join(out, "results.json")).read())
+  assert set(kept["models"]["m"]["tasks"]) == {"ppl"}  # the finished task survived the kill
+  with pytest.raises(FileExistsError, match="is not empty"):
+    evaluate.evaluate_models({"m": model_dir}, tasks, None, out, progress=False)
+  ran = []
+  monkeypatch.setattr(evaluate, "run_task", lambda *a, **kw: ran.append(a[3].name) or real(*a, **kw))
+  res = evaluate.evaluate_models({"m": model_dir}, tasks, None, out, max_len=64, max_examples=1,
+                                 resume=True, progress=False)
+  assert ran == ["mc"] and list(res["models"]["m"]["tasks"]) == ["ppl", "mc"]
 
 
 def test_evaluate_cli_help_and_bad_input(tmp_path, task_files):

@@ -10,10 +10,10 @@ import jax
 import pytest
 
 from swallow_jax import evaluate
-from swallow_jax import generate as generate_lib
+from swallow_jax import decode as generate_lib
 from swallow_jax import model as model_lib
 from swallow_jax.evaluate import loglik, prepare
-from swallow_jax.sweep import load_module
+from configs import common
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -131,8 +131,7 @@ def task_files(sources, tmp_path_factory):
 
 
 def test_every_recipe_task_has_a_converter():
-  config = load_module(os.path.join(REPO, "configs", "llama3_swallow_8b.py"))
-  assert set(config.TASKS) == set(prepare.TASKS)
+  assert set(common.TASKS) == set(prepare.TASKS)
 
 
 def test_task_files_load_with_the_swallow_fewshot_counts(task_files):
@@ -295,6 +294,9 @@ class ByteTokenizer:
   def encode(self, text, *, add_bos=False):
     return [self.bos_id] * add_bos + [b + 3 for b in text.encode("utf-8")]
 
+  def bos_prefix(self):
+    return [self.bos_id]
+
   def decode(self, ids):
     return bytes(i - 3 for i in ids if i >= 3).decode("utf-8", "replace")
 
@@ -315,8 +317,10 @@ def oracle(monkeypatch):
   def fake_generate(config, params, prompts, max_new_tokens, **kw):
     outs = []
     for p in prompts:
+      # A prompt cut to max_len keeps its BOS and its end.
       hits = [(t, ex) for t in state["tasks"] for ex in t.examples
-              if tok.encode(t.prompt(ex), add_bos=True)[-len(p):] == list(p)]
+              if p[:1] == [tok.bos_id]
+              and tok.encode(t.prompt(ex), add_bos=True)[-(len(p) - 1):] == list(p[1:])]
       assert len(hits) == 1, "each prompt belongs to exactly one example"
       t, ex = hits[0]
       answer = "まったく別の答え" if state["wrong"] else _gold_text(t, ex)
@@ -363,9 +367,10 @@ def test_multiple_choice_and_perplexity_scores(task_files, tiny, monkeypatch):
         res[name]["metrics"]["nll_per_token"] / 0.6931471805599453)  # one token per byte
   # An oracle likelihood that prefers the labelled choice scores 1: labels map to choices.
   mc = tasks[0]
-  gold = {(tuple(tok.encode(mc.prompt(ex), add_bos=True)),
+  # Contexts are matched by their last 50 tokens: a prompt over max_len is cut at its start.
+  gold = {(tuple(tok.encode(mc.prompt(ex), add_bos=True)[-50:]),
            tuple(tok.encode(mc.target_delimiter + ex["choices"][ex["answer"]])))
           for ex in mc.examples}
   monkeypatch.setattr(loglik, "continuation_logprobs", lambda c, p, requests, **kw: [
-      0.0 if (tuple(ctx), tuple(cont)) in gold else -5.0 for ctx, cont in requests])
+      0.0 if (tuple(ctx[-50:]), tuple(cont)) in gold else -5.0 for ctx, cont in requests])
   assert evaluate.run_tasks(config, params, tok, [mc])["jcommonsenseqa"]["score"] == 1.0

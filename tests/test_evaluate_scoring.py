@@ -2,6 +2,7 @@
 
 import decimal
 import json
+import os
 
 import pytest
 import sacrebleu
@@ -127,9 +128,33 @@ def test_bad_json_line(tmp_path):
 def test_plots_write_png(tmp_path):
   scores = {"base": {"jcqa": 0.5, "niilc": 0.3, "mgsm": 0.1, "wmt": 0.2},
             "swallow": {"jcqa": 0.7, "niilc": 0.5, "mgsm": 0.2, "wmt": 0.25}}
-  for fn in (plots.radar_chart, plots.grouped_bars):
+  for fn in (plots.radar_chart, plots.metric_panels):
     path = fn(scores, str(tmp_path / f"{fn.__name__}.png"))
     with open(path, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   with pytest.raises(ValueError, match="at least 3"):
     plots.radar_chart({"m": {"a": 1, "b": 1}}, str(tmp_path / "x.png"))
+
+
+def _result(kind, main, value, score=None, **metrics):
+  return {"type": kind, "main_metric": main, "metrics": {main: value, **metrics},
+          "score": value if score is None and kind != "perplexity" else score}
+
+
+def test_plot_results_every_png(tmp_path):
+  """All of evaluate's plots from results where two models coincide; PNG_DIR keeps them."""
+  out = os.environ.get("PNG_DIR") or str(tmp_path)
+  same = {"jcqa": _result("multiple_choice", "acc", 0.45),
+          "niilc": _result("qa", "char_f1", 0.31),
+          "mgsm": _result("math", "accuracy", 0.08),
+          "wmt20_en_ja": _result("translation", "bleu", 17.3, score=0.173),
+          "ja_chat": {"type": "chat", "metrics": {"answer_accuracy": 0.25,
+                                                  "assistant_perplexity": 12.5}, "score": 0.25},
+          "ja_ppl": _result("perplexity", "bits_per_byte", 1.21)}
+  other = dict(same, jcqa=_result("multiple_choice", "acc", 0.62),
+               wmt20_en_ja=_result("translation", "bleu", 21.9, score=0.219))
+  paths = plots.plot_results({"base": same, "base_copy": same, "swallow": other}, out)
+  assert [os.path.basename(p) for p in paths] == list(plots.PLOT_FILES)
+  for path in paths:
+    with open(path, "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -11,7 +11,7 @@ import torch
 import transformers
 from transformers.generation import logits_process as hf_lp
 
-from swallow_jax import generate as gen
+from swallow_jax import decode as gen
 from swallow_jax import model as model_lib
 
 # Mixed lengths, all in one 16-token prompt bucket so the tests compile the decode loop rarely.
@@ -22,7 +22,7 @@ NEW = 12
 @pytest.fixture(scope="module")
 def hf_model(tmp_path_factory):
   """A tiny random HF Llama (GQA, RoPE scaling) saved as safetensors, and our load of it."""
-  from swallow_jax.model import hf  # pylint: disable=g-import-not-at-top
+  from swallow_jax.model import io as model_io  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
   cfg = transformers.LlamaConfig(
       vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -33,7 +33,7 @@ def hf_model(tmp_path_factory):
   model = transformers.LlamaForCausalLM(cfg).eval()
   path = tmp_path_factory.mktemp("hf_tiny")
   model.save_pretrained(path)
-  config, params = hf.load_hf(str(path))
+  config, params = model_io.load(str(path))
   return model, config, params
 
 
@@ -175,3 +175,36 @@ def test_cli_help_and_bad_input(tmp_path):
   assert r.returncode != 0 and "exactly one of" in r.stderr
   r = run(f"--model={tmp_path}/missing", "--tokenizer=x", "--prompt=hi")
   assert r.returncode != 0 and "error:" in r.stderr
+  assert r.stderr.strip().splitlines() == [r.stderr.strip().splitlines()[-1]]  # one line
+  assert r.stderr.strip().startswith("generate: error: ")
+  assert run("--help").returncode == 0
+
+
+def test_load_for_decoding_any_path_decoding_layout(tmp_path):
+  """HF dir or training run; params come in the per-layer decoding layout, in --dtype."""
+  from helpers import write_tiny_tiktoken  # pylint: disable=g-import-not-at-top
+  from test_model_io import write_train_run  # pylint: disable=g-import-not-at-top
+  from swallow_jax.model import io as model_io  # pylint: disable=g-import-not-at-top
+  config = model_lib.presets.get("tiny", num_layers=2)
+  params = model_lib.init_params(config, jax.random.key(0))
+  tok_file = write_tiny_tiktoken(str(tmp_path / "tok.tiktoken"))
+  model_io.save_hf(str(tmp_path / "hf"), config, params, dtype=jnp.float32, progress=False)
+  workdir = write_train_run(tmp_path / "run", config, params, tokenizer=tok_file)
+  for path, tok in ((str(tmp_path / "hf"), tok_file), (workdir, None)):
+    cfg, got, tokenizer = gen.load_for_decoding(path, tok, "bfloat16")
+    assert (cfg.param_dtype, cfg.dtype) == ("bfloat16", "bfloat16")
+    assert model_lib.is_per_layer(got) and tokenizer is not None
+    np.testing.assert_array_equal(
+        np.asarray(got["layers_1"]["mlp"]["up_proj"]["kernel"], np.float32),
+        np.asarray(params["layers"]["mlp"]["up_proj"]["kernel"][1].astype(jnp.bfloat16),
+                   np.float32))
+  with pytest.raises((ValueError, OSError), match=r"missing"):
+    gen.load_for_decoding(str(tmp_path / "missing"), tok_file)
+
+
+def test_stop_tokens_for():
+  class Tok:
+    eos_id, eot_id = 2, None
+  assert gen.stop_tokens_for(Tok()) == (2,)
+  Tok.stop_ids = (7, 9)
+  assert gen.stop_tokens_for(Tok()) == (7, 9)

@@ -14,6 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 from swallow_jax.model import LlamaConfig, RopeScaling, forward  # noqa: E402
 from swallow_jax.model import hf  # noqa: E402
+from swallow_jax.model import io as model_io  # noqa: E402
 from swallow_jax.model.rope import inv_frequencies  # noqa: E402
 
 # (name, LlamaConfig kwargs): GQA ratios 1/2/4, rope scaling on/off, tied/untied, theta,
@@ -64,7 +65,7 @@ def hf_dir(request, tmp_path_factory):
 
 def test_logit_parity_with_transformers(hf_dir):
   config, path, tokens, want = hf_dir
-  loaded, params = hf.load_hf(path, progress=False)
+  loaded, params = model_io.load(path, progress=False)
   assert dataclasses.replace(loaded, attention="xla") == config
   got = forward(dataclasses.replace(loaded, attention="xla"), params, jnp.asarray(tokens))
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
@@ -80,28 +81,28 @@ def test_rope_frequencies_match_transformers(hf_dir):
 
 def test_save_hf_loads_in_transformers_and_round_trips(hf_dir, tmp_path):
   config, path, tokens, want = hf_dir
-  loaded, params = hf.load_hf(path, progress=False)
+  loaded, params = model_io.load(path, progress=False)
   out = str(tmp_path / "saved")
-  hf.save_hf(out, loaded, params, dtype=jnp.float32, max_shard_bytes=20_000, progress=False)
+  model_io.save_hf(out, loaded, params, dtype=jnp.float32, max_shard_bytes=20_000, progress=False)
   assert os.path.exists(os.path.join(out, "model.safetensors.index.json"))
   assert len([f for f in os.listdir(out) if f.endswith(".safetensors")]) > 1
   assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]  # no temp dirs left
   model = transformers.LlamaForCausalLM.from_pretrained(out)
   np.testing.assert_allclose(_hf_logits(model, tokens), want, atol=1e-5, rtol=0)
-  again_config, again = hf.load_hf(out, progress=False)
+  again_config, again = model_io.load(out, progress=False)
   assert again_config == loaded
   jax.tree.map(np.testing.assert_array_equal, again, params)
 
 
 def test_bf16_save_load_is_bit_exact(tmp_path):
   config = _config(**CASES["gqa2_scaled_tied"])
-  _, params = hf.load_hf(_save(_hf_model(config, 0), tmp_path / "a"), progress=False)
-  hf.save_hf(str(tmp_path / "b"), config, params, progress=False)  # bfloat16 default
-  c16, p16 = hf.load_hf(str(tmp_path / "b"), dtype=jnp.bfloat16, progress=False)
+  _, params = model_io.load(_save(_hf_model(config, 0), tmp_path / "a"), progress=False)
+  model_io.save_hf(str(tmp_path / "b"), config, params, progress=False)  # bfloat16 default
+  c16, p16 = model_io.load(str(tmp_path / "b"), dtype=jnp.bfloat16, progress=False)
   assert c16.param_dtype == "bfloat16"
   assert jax.tree.leaves(p16)[0].dtype == jnp.bfloat16
-  hf.save_hf(str(tmp_path / "c"), c16, p16, progress=False)
-  _, p16b = hf.load_hf(str(tmp_path / "c"), dtype=jnp.bfloat16, progress=False)
+  model_io.save_hf(str(tmp_path / "c"), c16, p16, progress=False)
+  _, p16b = model_io.load(str(tmp_path / "c"), dtype=jnp.bfloat16, progress=False)
   jax.tree.map(np.testing.assert_array_equal, p16b, p16)
   with open(tmp_path / "b" / "config.json") as f:
     assert json.load(f)["torch_dtype"] == "bfloat16"
@@ -115,7 +116,7 @@ def _save(model, path) -> str:
 def test_load_with_shardings_places_shards(tmp_path):
   config = _config(**CASES["gqa4_headdim_scaled"])
   path = _save(_hf_model(config, 1), tmp_path / "m")
-  _, ref = hf.load_hf(path, progress=False)
+  _, ref = model_io.load(path, progress=False)
   mesh = jax.make_mesh((2, 4), ("data", "fsdp"), axis_types=(jax.sharding.AxisType.Explicit,) * 2)
   P = jax.sharding.PartitionSpec
 
@@ -129,7 +130,7 @@ def test_load_with_shardings_places_shards(tmp_path):
     return jax.sharding.NamedSharding(mesh, P(*axes))
 
   shardings = jax.tree.map(spec, ref)
-  _, params = hf.load_hf(path, shardings=shardings, progress=False)
+  _, params = model_io.load(path, shardings=shardings, progress=False)
   for got, want, s in zip(jax.tree.leaves(params), jax.tree.leaves(ref),
                           jax.tree.leaves(shardings)):
     assert got.sharding == s
@@ -156,10 +157,10 @@ def test_bad_checkpoints_name_the_tensor(tmp_path):
   name = "model.layers.1.mlp.up_proj.weight"
   save_file({k: v for k, v in tensors.items() if k != name}, file, metadata={"format": "pt"})
   with pytest.raises(ValueError, match=f"{name}.*missing"):
-    hf.load_hf(path, progress=False)
+    model_io.load(path, progress=False)
   save_file({**tensors, name: tensors[name][:, :-1]}, file, metadata={"format": "pt"})
   with pytest.raises(ValueError, match=f"{name}.*model.safetensors.*shape"):
-    hf.load_hf(path, progress=False)
+    model_io.load(path, progress=False)
   save_file({**tensors, "model.extra.weight": tensors[name]}, file, metadata={"format": "pt"})
   with pytest.raises(ValueError, match="model.extra.weight"):
-    hf.load_hf(path, progress=False)
+    model_io.load(path, progress=False)

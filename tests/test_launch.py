@@ -15,9 +15,9 @@ PY = os.path.join(REPO, ".venv", "bin", "python")
 PYTHON = PY if os.path.exists(PY) else "python3"
 
 
-def _run(script, *args, env=None):
+def _run(script, *args, env=None, cwd=REPO):
   return subprocess.run(["bash", os.path.join(LAUNCH, script), *args], capture_output=True,
-                        text=True, env=env)
+                        text=True, env=env, cwd=cwd)
 
 
 @pytest.mark.parametrize("script", sorted(glob.glob(os.path.join(LAUNCH, "*.sh"))
@@ -39,11 +39,104 @@ def test_local_dry_run():
   assert out.stdout.splitlines() == [
       f"cd {REPO}",
       f"env JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 {PYTHON} -m "
-      "swallow_jax.recipe --config=configs/demo.py '--workdir=runs/my demo' --stages=data"]
+      f"swallow_jax.recipe --config={REPO}/configs/demo.py '--workdir={REPO}/runs/my demo' "
+      "--stages=data"]
   train = _run("local.sh", "--dry-run", "--module=swallow_jax.train", "--python=python3",
                "--config=configs/tiny_cpt.py", "--workdir=/tmp/t")
   assert train.stdout.splitlines()[1] == (
-      "python3 -m swallow_jax.train --config=configs/tiny_cpt.py --workdir=/tmp/t")
+      f"python3 -m swallow_jax.train --config={REPO}/configs/tiny_cpt.py --workdir=/tmp/t")
+
+
+def test_relative_paths_are_the_callers(tmp_path):
+  """Run from another directory, relative --config/--workdir name files there, not in the repo."""
+  (tmp_path / "cfg.py").write_text("import ml_collections\n"
+                                   "def get_config(arg=None):\n"
+                                   "  return ml_collections.ConfigDict(dict(mesh=dict(fsdp=-1)))\n")
+  local = _run("local.sh", "--dry-run", "--config=cfg.py:x", "--workdir=w", cwd=tmp_path)
+  assert local.returncode == 0, local.stderr
+  assert local.stdout.splitlines()[1].endswith(f"--config={tmp_path}/cfg.py:x --workdir={tmp_path}/w")
+  multi = _run("local_multiprocess.sh", "--dry-run", "--processes=2", "--config=cfg.py",
+               "--workdir=w", "--python=python3", "--port=1234", cwd=tmp_path)
+  assert multi.returncode == 0, multi.stderr
+  assert multi.stdout.splitlines()[1] == (
+      "env JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=4 python3 -m "
+      f"swallow_jax.train --config={tmp_path}/cfg.py --workdir={tmp_path}/w "
+      "--coordinator_address=127.0.0.1:1234 --num_processes=2 --process_id=0")
+  slurm = _run("slurm.sh", "--dry-run", "--nodes=1", "--", "--config=cfg.py", "--workdir=w",
+               cwd=tmp_path)
+  assert slurm.returncode == 0, slurm.stderr
+  assert f"--config={tmp_path}/cfg.py --workdir={tmp_path}/w" in slurm.stdout
+  tpu = _run("tpu_vm.sh", "--dry-run", "--name=a", "--zone=z", "--accelerator=v4-8",
+             "--steps=run", "--", "--config=../configs/tiny_cpt.py", "--workdir=/w",
+             cwd=os.path.join(REPO, "docs"))
+  assert tpu.returncode == 0, tpu.stderr
+  assert "--config=configs/tiny_cpt.py --workdir=/w" in tpu.stdout  # the workers' copy
+  outside = _run("tpu_vm.sh", "--dry-run", "--name=a", "--zone=z", "--accelerator=v4-8", "--",
+                 "--config=cfg.py", "--workdir=/w", cwd=tmp_path)
+  assert outside.returncode == 2 and "is not inside" in outside.stderr
+  rel = _run("tpu_vm.sh", "--dry-run", "--name=a", "--zone=z", "--accelerator=v4-8", "--",
+             "--config=configs/tiny_cpt.py", "--workdir=runs/x")
+  assert rel.returncode == 2 and "--workdir must be an absolute path" in rel.stderr
+
+
+@pytest.mark.parametrize("script, args", [
+    ("local.sh", ["--cpu-devices=16", "--config=configs/llama3_swallow_8b.py:8xh100",
+                  "--workdir=/tmp/w"]),
+    ("slurm.sh", ["--nodes=2", "--", "--config=configs/llama3_swallow_8b.py:8xh100",
+                  "--workdir=/tmp/w"]),
+    ("local_multiprocess.sh", ["--processes=2", "--devices=16",
+                               "--config=configs/llama3_swallow_8b_cpt.py:8xh100",
+                               "--workdir=/tmp/w"]),
+    ("tpu_vm.sh", ["--name=a", "--zone=z", "--accelerator=v4-32", "--",
+                   "--config=configs/llama3_swallow_8b.py:8xh100", "--workdir=/w"]),
+])
+def test_dry_run_rejects_a_mesh_that_does_not_fit_the_devices(script, args):
+  """The 8B config's 8xh100 mesh (fsdp=8) on 16 devices: one line naming the stage, exit 2."""
+  out = _run(script, "--dry-run", *args)
+  assert out.returncode == 2, out.stdout
+  err = out.stderr.strip().splitlines()
+  assert len(err) == 1 and "does not fit the 16 devices" in err[0], out.stderr
+  assert "need 8 devices, have 16" in err[0] and not out.stdout
+
+
+def test_dry_run_accepts_a_mesh_that_fits():
+  ok = _run("slurm.sh", "--dry-run", "--nodes=1", "--", "--config=configs/llama3_swallow_8b.py:8xh100",
+            "--workdir=/tmp/w")
+  assert ok.returncode == 0, ok.stderr
+  two = _run("local.sh", "--dry-run", "--cpu-devices=16", "--config=configs/llama3_swallow_8b.py:8xh100",
+             "--config.cpt.mesh.dcn_data=2", "--config.sft.mesh.dcn_data=2", "--workdir=/tmp/w")
+  assert two.returncode == 0, two.stderr
+  any_size = _run("local.sh", "--dry-run", "--cpu-devices=6", "--config=configs/tiny_cpt.py",
+                  "--workdir=/tmp/w")
+  assert any_size.returncode == 0, any_size.stderr
+  bad_axis = _run("local.sh", "--dry-run", "--cpu-devices=6", "--config=configs/tiny_cpt.py",
+                  "--config.mesh.fsdp=4", "--workdir=/tmp/w")
+  assert bad_axis.returncode == 2 and "need 4 devices, have 6" in bad_axis.stderr
+  missing = _run("local.sh", "--dry-run", "--cpu-devices=8", "--config=nope.py", "--workdir=/w")
+  assert missing.returncode == 2 and "cannot load --config=" in missing.stderr
+
+
+def test_local_multiprocess_flags_and_errors():
+  out = _run("local_multiprocess.sh", "--dry-run", "--processes=2", "--config=configs/tiny_cpt.py",
+             "--workdir=/tmp/w", "--python=python3", "--port=1234", "--",
+             "--config.train.num_steps=5")
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.splitlines() == [f"cd {REPO}"] + [
+      "env JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=4 python3 -m "
+      f"swallow_jax.train --config={REPO}/configs/tiny_cpt.py --workdir=/tmp/w "
+      f"--coordinator_address=127.0.0.1:1234 --num_processes=2 --process_id={i} "
+      "--config.train.num_steps=5" for i in (0, 1)]
+  old = _run("local_multiprocess.sh", "--dry-run", "2", "configs/tiny_cpt.py", "/tmp/w",
+             "--python=python3", "--port=1234", "--", "--config.train.num_steps=5")
+  assert old.stdout == out.stdout and "deprecated" in old.stderr
+  for args, message in [(["--config=c", "--workdir=w"], "--processes=N"),
+                        (["--processes=2", "--workdir=w"], "--config=FILE is required"),
+                        (["--processes=2", "--config=nope.py", "--workdir=w"], "not found"),
+                        (["--processes=2", "--config=configs/tiny_cpt.py", "--workdir=w",
+                          "--devices=9"], "cannot be split evenly"),
+                        (["--processes=2", "--steps=3"], "unknown option '--steps=3'")]:
+    bad = _run("local_multiprocess.sh", "--dry-run", *args)
+    assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr)
 
 
 def test_local_errors():
@@ -113,19 +206,21 @@ def test_tpu_vm_errors():
 
 
 def test_slurm_dry_run():
+  mesh = ["--config.cpt.mesh.dcn_data=2", "--config.sft.mesh.dcn_data=2"]  # 8 GPUs x 2 nodes
   out = _run("slurm.sh", "--dry-run", "--nodes=2", "--partition=gpu", "--time=48:00:00",
              "--python=/opt/venv/bin/python", "--", "--config=configs/llama3_swallow_8b.py:8xh100",
-             "--workdir=/shared/runs/8b", "--stages=cpt")
+             "--workdir=/shared/runs/8b", "--stages=cpt", *mesh)
   assert out.returncode == 0, out.stderr
   assert out.stdout.splitlines() == [
       "sbatch --nodes=2 --ntasks-per-node=1 --gpus-per-node=8 --job-name=swallow "
       f"--export=ALL,SWALLOW_REPO={REPO},SWALLOW_PYTHON=/opt/venv/bin/python,SWALLOW_PORT=12355 "
       f"--partition=gpu --time=48:00:00 {LAUNCH}/slurm.sbatch swallow_jax.recipe "
-      "--config=configs/llama3_swallow_8b.py:8xh100 --workdir=/shared/runs/8b --stages=cpt",
+      f"--config={REPO}/configs/llama3_swallow_8b.py:8xh100 --workdir=/shared/runs/8b "
+      f"--stages=cpt {' '.join(mesh)}",
       "# task i of 2 on each node runs:",
       "/opt/venv/bin/python -m swallow_jax.recipe '--coordinator_address=<first node>:12355' "
-      "--num_processes=2 '--process_id=<i>' --config=configs/llama3_swallow_8b.py:8xh100 "
-      "--workdir=/shared/runs/8b --stages=cpt"]
+      f"--num_processes=2 '--process_id=<i>' --config={REPO}/configs/llama3_swallow_8b.py:8xh100 "
+      f"--workdir=/shared/runs/8b --stages=cpt {' '.join(mesh)}"]
   assert "--nodes=N" in _run("slurm.sh", "--dry-run", "--", "--config=x").stderr
   assert "module flags are required" in _run("slurm.sh", "--dry-run", "--nodes=1").stderr
 
@@ -155,16 +250,3 @@ def test_slurm_sbatch_passes_each_task_its_process_id(tmp_path):
       f"-m swallow_jax.train --coordinator_address=node7:5555 --num_processes=2 --process_id={i} "
       "--config=c.py --workdir=/w x" for i in (0, 1)]
 
-
-def test_colab_notebook_installs_and_runs_the_demo():
-  nb = json.load(open(os.path.join(LAUNCH, "colab_demo.ipynb"), encoding="utf-8"))
-  assert nb["nbformat"] == 4
-  code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
-  text = "\n".join(code)
-  assert "pip install" in text
-  assert "python -m swallow_jax.recipe --config=configs/demo.py --workdir=runs/demo" in text
-  assert "report.md" in text
-  for cell in code:  # every cell is Python once IPython's ! and % lines are set aside
-    plain = "\n".join(line for line in cell.splitlines()
-                      if not line.strip().startswith(("!", "%")))
-    compile(plain, "<cell>", "exec")

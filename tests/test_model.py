@@ -138,33 +138,41 @@ def test_packed_documents_equal_documents_alone(params):
     start += len(d)
 
 
-@pytest.mark.parametrize("backend", ["dot_product", "auto"])
+@pytest.mark.parametrize("backend", ["xla", "dot_product", "auto"])
 def test_backends_match_reference_on_packed_batches(params, backend):
-  tokens, positions, segments = _pack(_docs(), 20)
-  ref = forward(TINY, params, tokens, positions, segments)
+  """Every CPU-runnable backend gives the spec's (`reference`) logits and parameter gradients, on
+  packed batches and on plain-causal ones (where `xla` skips the blocks above the diagonal)."""
+  spec = dataclasses.replace(TINY, attention="reference")
   cfg = dataclasses.replace(TINY, attention=backend)
-  np.testing.assert_allclose(forward(cfg, params, tokens, positions, segments), ref, atol=1e-5)
-  plain = _tokens(2, 9)
-  np.testing.assert_allclose(forward(cfg, params, plain), forward(TINY, params, plain), atol=1e-5)
+  loss = lambda c, *batch: lambda p: jnp.sum(jnp.sin(forward(c, p, *batch)))
+  for batch in (_pack(_docs(), 20), (_tokens(2, 9),)):
+    np.testing.assert_allclose(forward(cfg, params, *batch), forward(spec, params, *batch),
+                               atol=1e-5)
+    got, want = (jax.grad(loss(c, *batch))(params) for c in (cfg, spec))
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, atol=1e-4), got, want)
 
 
 @pytest.mark.parametrize("t,blocks", [(9, 1), (128, 2), (256, 4), (512, 8), (520, 8)])
 def test_causal_block_skipping_equals_masked_reference(t, blocks):
   """Plain-causal attention skips the key blocks above the diagonal; outputs and gradients must
-  equal the fully masked reference (GQA 4:2, odd T falls back to one block)."""
-  from swallow_jax.model.attention import causal_blocks, causal_xla_attention, make_mask, xla_attention
+  equal the spec's (`reference_attention`), as must the fully masked `xla_attention` (GQA 4:2,
+  odd T falls back to one block)."""
+  from swallow_jax.model.attention import (causal_blocks, causal_xla_attention, make_mask,
+                                           reference_attention, xla_attention)
   assert causal_blocks(t) == blocks
   q, k, v = (jax.random.normal(key, (2, t, n, 16)) for key, n in
              zip(jax.random.split(jax.random.key(t), 3), (4, 2, 2)))
   pos = jnp.broadcast_to(jnp.arange(t), (2, t))
   seg = jnp.ones((2, t), jnp.int32)
-  ref_fn = lambda q, k, v: xla_attention(q, k, v, make_mask(pos, seg, pos, seg))
-  np.testing.assert_allclose(causal_xla_attention(q, k, v), ref_fn(q, k, v), atol=1e-5)
+  ref_fn = lambda q, k, v: reference_attention(q, k, v, make_mask(pos, seg, pos, seg))
+  masked_fn = lambda q, k, v: xla_attention(q, k, v, make_mask(pos, seg, pos, seg))
   loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)))
-  got = jax.grad(loss(causal_xla_attention), argnums=(0, 1, 2))(q, k, v)
   want = jax.grad(loss(ref_fn), argnums=(0, 1, 2))(q, k, v)
-  for g, w in zip(got, want):
-    np.testing.assert_allclose(g, w, atol=1e-5)
+  for fn in (causal_xla_attention, masked_fn):
+    np.testing.assert_allclose(fn(q, k, v), ref_fn(q, k, v), atol=1e-5)
+    got = jax.grad(loss(fn), argnums=(0, 1, 2))(q, k, v)
+    for g, w in zip(got, want):
+      np.testing.assert_allclose(g, w, atol=1e-5)
 
 
 @pytest.mark.parametrize("platform,dtype,with_cache,want", [
@@ -176,7 +184,8 @@ def test_auto_backend_per_platform(monkeypatch, platform, dtype, with_cache, wan
   monkeypatch.setattr(attn.jax, "default_backend", lambda: platform)
   q = jnp.zeros((1, 128, 4, 64), dtype)
   assert attn.resolve_backend("auto", q, with_cache) == want
-  assert attn.resolve_backend("dot_product", q, with_cache) == "dot_product"
+  for explicit in ("reference", "xla", "dot_product"):
+    assert attn.resolve_backend(explicit, q, with_cache) == explicit
 
 
 def test_token_matmul_equals_einsum():
@@ -216,7 +225,9 @@ def test_splash_kernel_matches_reference_in_interpret_mode():
   np.testing.assert_allclose(out[real], ref[real], atol=1e-5)
 
 
-def test_cache_prefill_and_decode_match_full_forward_left_padded(params):
+@pytest.mark.parametrize("backend", ["auto", "reference"])  # xla reads the cache in place
+def test_cache_prefill_and_decode_match_full_forward_left_padded(params, backend):
+  cfg = dataclasses.replace(TINY, attention=backend)
   rng = np.random.default_rng(2)
   prompts = [list(rng.integers(0, TINY.vocab_size, n)) for n in (5, 3)]
   continuation = [list(rng.integers(0, TINY.vocab_size, 3)) for _ in prompts]
@@ -231,12 +242,12 @@ def test_cache_prefill_and_decode_match_full_forward_left_padded(params):
   for layer_params, per_layer in ((params, False), (unstack_layers(params), True)):
     assert is_per_layer(layer_params) == per_layer
     cache = init_cache(TINY, batch=2, max_len=width + 3, per_layer=per_layer)
-    logits, cache = forward_with_cache(TINY, layer_params, tokens, positions, segments, cache, 0)
+    logits, cache = forward_with_cache(cfg, layer_params, tokens, positions, segments, cache, 0)
     steps = [logits]
     for s in range(3):
       step_tokens = jnp.asarray([[c[s]] for c in continuation], jnp.int32)
       step_pos = jnp.asarray([[len(p) + s] for p in prompts], jnp.int32)
-      logits, cache = forward_with_cache(TINY, layer_params, step_tokens, step_pos,
+      logits, cache = forward_with_cache(cfg, layer_params, step_tokens, step_pos,
                                          jnp.ones((2, 1), jnp.int32), cache, width + s)
       steps.append(logits)
     for row, p in enumerate(prompts):

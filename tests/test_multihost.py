@@ -78,11 +78,11 @@ def test_process_shards_read_disjoint_documents_covering_each_source(tmp_path):
 
 
 def test_num_shards_default_and_checks():
-  assert data_lib.num_shards({}, 2) == 2
-  assert data_lib.num_shards({"num_shards": 0}, 4) == 4
-  assert data_lib.num_shards({"num_shards": 8}, 2) == 8
+  assert data_lib.num_shards(0, 2) == 2
+  assert data_lib.num_shards(0, 4) == 4
+  assert data_lib.num_shards(8, 2) == 8
   with pytest.raises(ValueError, match="multiple of the number of processes"):
-    data_lib.num_shards({"num_shards": 6}, 4)
+    data_lib.num_shards(6, 4)
   assert parallel.required_devices({"data": 2, "fsdp": 4, "tensor": 1, "dcn_data": 2}) == 16
   assert parallel.required_devices({"fsdp": -1}) is None
 
@@ -128,7 +128,8 @@ def test_checkpoint_of_another_layout_is_refused_not_set_aside(tmp_path):
   data_dir = tmp_path / "checkpoints" / "3" / "data"
   os.rename(data_dir / "process_0-of-1.json", data_dir / "process_0-of-2.json")
   with pytest.raises(checkpoint.IncompatibleCheckpointError, match="written by 2 processes, this "
-                     "run has 1"):
+                     r"run has 1: .*resume with the same launch \(`python -m swallow_jax.train "
+                     r"\.\.\. --num_processes=2`"):
     checkpoint.restore_latest(mngr, abstract, make([0, 1]))
   assert mngr.all_steps() == [3]  # Still there: the run is wrong, not the checkpoint.
 
@@ -159,21 +160,25 @@ def _launch(*args):
 
 
 def test_launcher_dry_run_and_errors():
-  out = _launch("--dry-run", "2", "configs/tiny_cpt.py", "runs/two procs", "--port=4321",
+  out = _launch("--dry-run", "--processes=2", "--config=configs/tiny_cpt.py",
+                "--workdir=runs/two procs", "--port=4321",
                 "--devices=8", "--", "--config.train.num_steps=5")
   assert out.returncode == 0, out.stderr
   py = os.path.join(REPO, ".venv", "bin", "python")
   py = py if os.path.exists(py) else "python3"
   assert out.stdout.splitlines() == [f"cd {REPO}"] + [
       f"env JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=4 {py} -m "
-      "swallow_jax.train --config=configs/tiny_cpt.py '--workdir=runs/two procs' "
+      f"swallow_jax.train --config={REPO}/configs/tiny_cpt.py '--workdir={REPO}/runs/two procs' "
       f"--coordinator_address=127.0.0.1:4321 --num_processes=2 --process_id={i} "
       "--config.train.num_steps=5" for i in range(2)]
-  for args, reason in ((("0", "configs/tiny_cpt.py", "w"), "N must be a positive integer"),
-                       (("3", "configs/tiny_cpt.py", "w", "--devices=8"), "8 devices cannot be "
-                        "split evenly over 3 processes"),
-                       (("2", "configs/nope.py", "w"), "config file 'configs/nope.py' not found"),
-                       (("2", "configs/tiny_cpt.py"), "usage:")):
+  tiny = "--config=configs/tiny_cpt.py"
+  for args, reason in ((("--processes=0", tiny, "--workdir=w"), "a positive integer"),
+                       (("--processes=3", tiny, "--workdir=w", "--devices=8"), "8 devices cannot "
+                        "be split evenly over 3 processes"),
+                       (("--processes=2", "--config=configs/nope.py", "--workdir=w"),
+                        "configs/nope.py' not found"),
+                       (("--processes=2", tiny), "--workdir=DIR is required"),
+                       (("2", "configs/tiny_cpt.py", "w"), "unexpected argument '2'")):
     out = _launch("--dry-run", *args)
     assert out.returncode == 2 and reason in out.stderr, (args, out.stderr)
 
@@ -201,8 +206,9 @@ def trainer(workdir, env, devices, *flags):
 
 
 def launch_two(workdir, env):
-  """launch/local_multiprocess.sh 2 (x 4 devices): (exit status, process 0's and 1's output)."""
-  out = subprocess.run(["bash", LAUNCHER, "2", "configs/tiny_cpt.py", str(workdir),
+  """launch/local_multiprocess.sh --processes=2 (x 4 devices): (exit status, process 0's and 1's output)."""
+  out = subprocess.run(["bash", LAUNCHER, "--processes=2", "--config=configs/tiny_cpt.py",
+                        f"--workdir={workdir}",
                         f"--python={sys.executable}", "--",
                         f"--config.train.num_steps={STEPS}",
                         f"--config.checkpoint.every_steps={EVERY}"],

@@ -114,3 +114,24 @@ def test_bad_export_line_is_an_error(tmp_path, line):
   (tmp_path / "x.jsonl").write_text(line + "\n")
   with pytest.raises(ValueError, match=r"x\.jsonl:1: "):
     list(oasst.read_trees([str(tmp_path / "x.jsonl")]))
+
+
+def test_truncated_export_is_a_one_line_error(tmp_path):
+  src = tmp_path / "trees.jsonl.gz"
+  data = gzip.compress("".join(json.dumps(t) + "\n" for t in TREES * 50).encode())
+  src.write_bytes(data[:len(data) // 2])
+  res = _cli(f"--input={src}", f"--output={tmp_path / 'o.jsonl'}")
+  assert res.returncode != 0
+  assert res.stderr.strip().splitlines() == [res.stderr.strip()]
+  assert "trees.jsonl.gz: truncated gzip stream after" in res.stderr
+  assert not list(tmp_path.glob("*o.jsonl*"))
+
+
+def test_write_jsonl_leaves_nothing_on_failure(tmp_path):
+  out = tmp_path / "o.jsonl.gz"
+  with pytest.raises(TypeError):
+    oasst.write_jsonl(str(out), [{"ok": 1}, {"bad": object()}])
+  assert not list(tmp_path.iterdir())
+  oasst.write_jsonl(str(out), [{"ok": 1}])
+  with gzip.open(out, "rt") as f:
+    assert json.loads(f.read()) == {"ok": 1}

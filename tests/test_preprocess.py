@@ -68,7 +68,7 @@ def test_text_records_and_counts(tmp_path, tok):
   rows = GOOD[:6] + list(BAD_TEXT.values()) + GOOD[6:]
   path = write_jsonl(sub / "a.jsonl.gz", rows)
   summary = run(path, tmp_path / "out", keep_fields=["subset"], path_field="dir")
-  assert summary["skipped"] == dict.fromkeys(BAD_TEXT, 1)
+  assert summary["skipped"] == {**dict.fromkeys(BAD_TEXT, 1), "truncated_file": 0}
   assert summary["documents"] == 12
   manifest, recs = read_dataset(tmp_path / "out")
   want_ids = [[tok.bos_id, *tok.encode(r["text"]), tok.eos_id] for r in GOOD]
@@ -171,7 +171,7 @@ def test_cli_json_and_strict_exit(tmp_path):
              "--text-field=text", "--json", "--workers=1")
   assert res.returncode == 0, res.stderr
   out = json.loads(res.stdout)
-  assert out["documents"] == 12 and out["skipped"] == dict.fromkeys(BAD_TEXT, 1)
+  assert out["documents"] == 12 and out["skipped"] == {**dict.fromkeys(BAD_TEXT, 1), "truncated_file": 0}
   assert np.isclose(out["tokens"], records.read_manifest(str(tmp_path / "o"))["tokens"])
   res = _cli(f"--input={path}", f"--tokenizer={TOKENIZER}", f"--output={tmp_path / 's'}",
              "--strict", "--workers=1")
@@ -181,3 +181,74 @@ def test_cli_json_and_strict_exit(tmp_path):
       "starting at (column 10)"]
   res = _cli(f"--input={path}", f"--output={tmp_path / 'x'}")
   assert res.returncode != 0 and "--tokenizer is required" in res.stderr
+
+
+def _truncated_gz(path, rows):
+  data = gzip.compress(b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n"
+                                for r in rows))
+  with open(path, "wb") as f:
+    f.write(data[:len(data) * 2 // 3])
+  return str(path)
+
+
+def test_truncated_gzip_strict_and_lenient(tmp_path):
+  rows = [{"text": f"文書 {i} " + "x" * (i % 7)} for i in range(3000)]
+  path = _truncated_gz(tmp_path / "t.jsonl.gz", rows)
+  with pytest.raises(pp.PreprocessError, match=r"t\.jsonl\.gz: truncated gzip stream after "
+                     r"\d+ lines"):
+    run(path, tmp_path / "strict", strict=True)
+  assert not os.path.exists(tmp_path / "strict")
+  summary = run(path, tmp_path / "lenient")
+  assert summary["skipped"]["truncated_file"] == 1
+  assert 0 < summary["documents"] < len(rows)
+  _, recs = read_dataset(tmp_path / "lenient")
+  assert len(recs) == summary["documents"]
+
+
+def test_overwrite_refuses_other_directories(tmp_path):
+  out = tmp_path / "out"
+  out.mkdir()
+  inside = write_jsonl(out / "a.jsonl", GOOD)
+  with pytest.raises(pp.PreprocessError, match=r"contains the input .*a\.jsonl"):
+    run(inside, out, overwrite=True)
+  assert os.path.exists(inside)
+  path = write_jsonl(tmp_path / "b.jsonl", GOOD)
+  other = tmp_path / "home"
+  other.mkdir()
+  (other / "notes.txt").write_text("keep me")
+  with pytest.raises(pp.PreprocessError, match=r"not a preprocess output \(it holds notes\.txt"):
+    run(path, other, overwrite=True)
+  assert (other / "notes.txt").read_text() == "keep me"
+  run(path, tmp_path / "ds")
+  run(path, tmp_path / "ds", overwrite=True)  # a previous output is replaced
+
+
+def test_stale_tmp_of_a_dead_process_is_removed(tmp_path, caplog):
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  stale = tmp_path / f".out.tmp-{dead}"
+  stale.mkdir()
+  (stale / "data-00000.array_record").write_bytes(b"partial")
+  with caplog.at_level("WARNING"):
+    run(write_jsonl(tmp_path / "a.jsonl", GOOD), tmp_path / "out")
+  assert not stale.exists()
+  assert any(str(stale) in r.getMessage() for r in caplog.records)
+
+
+def test_text_format_without_bos(tmp_path):
+  """A ChatML tokenizer whose config adds no BOS: text records are encode(text) + [eos]."""
+  d = tmp_path / "chatml"
+  d.mkdir()
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.copy(os.path.join(os.path.dirname(TOKENIZER), "tokenizer.json"), d / "tokenizer.json")
+  (d / "tokenizer_config.json").write_text(json.dumps(
+      {"bos_token": None, "eos_token": "<|eot_id|>", "add_bos_token": False}))
+  tok = load_tokenizer(d)
+  assert tok.bos_id is None and tok.bos_prefix() == []
+  path = write_jsonl(tmp_path / "a.jsonl", GOOD[:3])
+  pp.preprocess(path, str(d), str(tmp_path / "o"))
+  manifest, recs = read_dataset(tmp_path / "o")
+  assert manifest["tokenizer"]["bos_id"] is None and not manifest["tokenizer"]["add_bos"]
+  for rec, row in zip(recs, GOOD):
+    tokens, _ = records.decode_record(rec, "text")
+    assert tokens.tolist() == [*tok.encode(row["text"]), 128009]

@@ -12,7 +12,9 @@ from swallow_jax import recipe
 from swallow_jax.sweep import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(f for f in os.listdir(os.path.join(REPO, "configs")) if f.endswith(".py"))
+# Every experiment config (configs/common.py holds shared builders, no get_config).
+CONFIGS = sorted(f for f in os.listdir(os.path.join(REPO, "configs"))
+                 if f.endswith(".py") and f not in ("__init__.py", "common.py"))
 
 
 def _cfg(spec):
@@ -44,8 +46,8 @@ def _config(**overrides):
   c = ml_collections.ConfigDict()
   c.stages = ("a", "b", "c")
   c.a = dict(kind="fake", n=3)
-  c.b = dict(kind="fake", text="made from ${a.path} in ${workdir}", fail=False)
-  c.c = dict(kind="fake", n="${a.n}", text="${b.nested.k}")
+  c.b = dict(kind="fake", text=recipe.stage("a", "out.txt"), fail=False)
+  c.c = dict(kind="fake", n=4, text=recipe.stage("b"))
   for k, v in overrides.items():
     c[k] = v
   return c
@@ -54,12 +56,23 @@ def _config(**overrides):
 def test_stages_run_in_order_with_outputs_resolved(tmp_path, fake_kind):
   recipe.run(_config(), str(tmp_path), report=False)
   assert fake_kind == ["a", "b", "c"]
-  assert open(tmp_path / "b" / "out.txt").read() == (
-      f"made from {tmp_path}/a/out.txt in {os.path.abspath(tmp_path)}")
+  # A path under a stage resolves to WORKDIR/<stage>/<path>, absolute.
+  assert open(tmp_path / "b" / "out.txt").read() == f"{os.path.abspath(tmp_path)}/a/out.txt"
   done_c = json.load(open(tmp_path / "c" / "DONE.json"))
-  assert done_c["config"]["n"] == 3  # a whole-string reference keeps the output's type
-  assert done_c["config"]["text"] == "v"
+  assert done_c["config"]["n"] == 4
+  assert done_c["config"]["text"] == os.path.join(os.path.abspath(tmp_path), "b")  # main output
+  assert done_c["outputs"]["nested"] == {"k": "v"}
   assert recipe.status(_config(), str(tmp_path)) == {"a": "done", "b": "done", "c": "done"}
+
+
+def test_a_held_workdir_is_refused_before_any_stage(tmp_path, fake_kind):
+  from swallow_jax.train import lock  # pylint: disable=g-import-not-at-top
+  with lock.workdir_lock(str(tmp_path)):
+    with pytest.raises(lock.WorkdirInUseError, match=f"in use by PID {os.getpid()}"):
+      recipe.run(_config(), str(tmp_path), report=False)
+  assert fake_kind == [] and not (tmp_path / "a").exists()
+  recipe.run(_config(), str(tmp_path), report=False)  # released: runs
+  assert fake_kind == ["a", "b", "c"]
 
 
 def test_completed_stages_are_skipped(tmp_path, fake_kind):
@@ -124,10 +137,10 @@ def test_changed_config_of_a_done_stage_warns(tmp_path, fake_kind, caplog):
 
 
 def test_config_errors_are_caught_before_running(tmp_path, fake_kind):
-  with pytest.raises(ValueError, match=r"refers to \$\{c\.\.\.\}, which is a later stage"):
-    recipe.run(_config(a=dict(kind="fake", text="${c.path}")), str(tmp_path))
-  with pytest.raises(ValueError, match=r"refers to \$\{zz\.\.\.\}, which is no stage"):
-    recipe.run(_config(a=dict(kind="fake", text="${zz.path}")), str(tmp_path))
+  with pytest.raises(ValueError, match=r"refers to stage 'c', which is a later stage"):
+    recipe.run(_config(a=dict(kind="fake", text=recipe.stage("c", "out.txt"))), str(tmp_path))
+  with pytest.raises(ValueError, match=r"refers to stage 'zz', which is no stage"):
+    recipe.run(_config(a=dict(kind="fake", text=recipe.stage("zz"))), str(tmp_path))
   with pytest.raises(ValueError, match="kind='bake'"):
     recipe.run(_config(a=dict(kind="bake")), str(tmp_path))
   missing = _config()
@@ -135,8 +148,9 @@ def test_config_errors_are_caught_before_running(tmp_path, fake_kind):
   with pytest.raises(ValueError, match="config.d is missing"):
     recipe.run(missing, str(tmp_path))
   assert fake_kind == [] and not os.listdir(tmp_path)
+  recipe.run(_config(), str(tmp_path), only=["a"], report=False)
   with pytest.raises(recipe.StageError, match="has no output 'nope'"):
-    recipe.resolve("${a.nope}", {"a": {"path": "p"}})
+    recipe.resolve(recipe.stage("a", "nope"), _config(), str(tmp_path))
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,8 +185,8 @@ def test_report_says_what_moved_and_what_did_not(tmp_path):
               "ja_math": _task("math", 0.05)},
   }
   os.makedirs(tmp_path / "eval")
-  for model, tasks in results.items():
-    json.dump({"model": model, "tasks": tasks}, open(tmp_path / "eval" / f"{model}.json", "w"))
+  json.dump({"models": {m: {"path": m, "tasks": t} for m, t in results.items()}},
+            open(tmp_path / "eval" / "results.json", "w"))
   report = recipe.write_report(config, str(tmp_path))
   assert set(report["models"]) == {"base", "swallow"}
   assert report["models"]["swallow"]["ja_ppl"] == 60.0
@@ -212,13 +226,24 @@ def test_every_config_loads_and_resolves(name):
       config_utils.validate(train_cfg)
 
 
+def test_configs_are_a_package_importing_each_other_as_modules():
+  import importlib  # pylint: disable=g-import-not-at-top
+  for name in CONFIGS:
+    module = importlib.import_module(f"configs.{name[:-3]}")
+    assert callable(module.get_config), name
+    source = open(os.path.join(REPO, "configs", name)).read()
+    assert "load_module" not in source and "._" not in source.replace("__", ""), name
+  from configs import llama3_swallow_70b  # pylint: disable=g-import-not-at-top
+  assert llama3_swallow_70b.get_config("64xh100").cpt.mesh.dcn_fsdp == 8
+
+
 def test_real_recipe_configs_carry_the_recipe_numbers():
   c8 = _cfg("llama3_swallow_8b.py:8xh100,root=/r")
   assert c8.stages == ("cpt", "chat_vector", "sft", "eval")
   assert c8.cpt.optimizer.peak_lr == 2.5e-5 and c8.cpt.train.num_steps == 12500
-  assert c8.chat_vector.scale == 0.5 and c8.chat_vector.target == "${cpt.model}"
+  assert c8.chat_vector.scale == 0.5 and c8.chat_vector.target == recipe.stage("cpt")
   assert c8.chat_vector.base == "/r/hf/Meta-Llama-3-8B"
-  assert c8.sft.init_from == "${chat_vector.model}" and c8.sft.data.kind == "sft"
+  assert c8.sft.init_from == recipe.stage("chat_vector") and c8.sft.data.kind == "sft"
   assert (c8.sft.optimizer.peak_lr, c8.sft.data.global_batch_size) == (2e-6, 256)
   assert c8.sft.train.neftune_alpha == 5.0
   c70 = _cfg("llama3_swallow_70b.py")
@@ -238,10 +263,10 @@ def micro_demo(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("demo"))
   config = _cfg("demo.py:micro")
   recipe.run(config, workdir, only=["data", "tokenizer", "corpus"], report=False)
-  outputs = {n: json.load(open(os.path.join(workdir, n, "DONE.json")))["outputs"]
-             for n in ("data", "tokenizer", "corpus")}
-  half = recipe.resolve(config.base.to_dict(), outputs)
+  half = recipe.resolve(config.base.to_dict(), config, workdir)
   half = {k: v for k, v in half.items() if k not in recipe._TRAIN_STAGE_KEYS}  # pylint: disable=protected-access
+  from swallow_jax import tokenizer  # pylint: disable=g-import-not-at-top
+  half["model"]["vocab_size"] = tokenizer.load_tokenizer(half["tokenizer"]).vocab_size
   half["train"]["num_steps"] = 2  # the same run, interrupted after its step-2 checkpoint
   train.run(ml_collections.ConfigDict(half), os.path.join(workdir, "base"))
   t0 = time.perf_counter()

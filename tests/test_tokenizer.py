@@ -1,6 +1,7 @@
 """Tokenizer backends: tiny files built here, the real Llama 3 files, a trained sentencepiece."""
 
 import hashlib
+import json
 import os
 import random
 
@@ -10,6 +11,8 @@ from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
 from swallow_jax import tokenizer as tokenizer_lib
 from swallow_jax.tokenizer import load_tokenizer
+from swallow_jax.vocab import convert
+from swallow_jax.vocab import train
 from helpers import (LLAMA3_DIR, TINY_MERGES, write_tiny_sentencepiece,
                      write_tiny_tiktoken)
 
@@ -72,7 +75,7 @@ def test_tiny_tiktoken_ids_and_specials(tiny_tiktoken):
 
 def test_special_token_strings_are_plain_text(tiny_tiktoken, tmp_path):
   text = "<|begin_of_text|>a<|eot_id|>"
-  hf = load_tokenizer(tokenizer_lib.tiktoken_to_tokenizer_json(tiny_tiktoken,
+  hf = load_tokenizer(convert.tiktoken_to_tokenizer_json(tiny_tiktoken,
                                                                 tmp_path / "tokenizer.json"))
   for tok in (tiny_tiktoken, hf):
     ids = tok.encode(text)
@@ -81,7 +84,7 @@ def test_special_token_strings_are_plain_text(tiny_tiktoken, tmp_path):
 
 
 def test_tokenizer_json_conversion_matches_tiktoken(tiny_tiktoken, tmp_path):
-  hf = load_tokenizer(tokenizer_lib.tiktoken_to_tokenizer_json(tiny_tiktoken,
+  hf = load_tokenizer(convert.tiktoken_to_tokenizer_json(tiny_tiktoken,
                                                                 tmp_path / "tokenizer.json"))
   assert hf.backend == "tokenizers"
   assert hf.vocab_size == tiny_tiktoken.vocab_size
@@ -128,7 +131,7 @@ def test_llama3_token_lookup(llama3):
 @pytest.mark.slow
 def test_llama3_tiktoken_converts_to_the_shipped_tokenizer_json(llama3, tmp_path):
   tik, hf = llama3
-  converted = load_tokenizer(tokenizer_lib.tiktoken_to_tokenizer_json(tik, tmp_path / "t.json"))
+  converted = load_tokenizer(convert.tiktoken_to_tokenizer_json(tik, tmp_path / "t.json"))
   for text in VARIED_TEXTS + random_texts(100):
     assert converted.encode(text) == hf.encode(text)
 
@@ -141,7 +144,7 @@ def test_load_tokenizer_picks_backend(tmp_path, tiny_tiktoken):
   assert isinstance(load_tokenizer(d), tokenizer_lib.Tokenizer)
   d2 = tmp_path / "dir2"
   d2.mkdir()
-  tokenizer_lib.tiktoken_to_tokenizer_json(tiny_tiktoken, d2 / "tokenizer.json")
+  convert.tiktoken_to_tokenizer_json(tiny_tiktoken, d2 / "tokenizer.json")
   assert load_tokenizer(d2).backend == "tokenizers"
   d3 = tmp_path / "dir3"
   d3.mkdir()
@@ -192,7 +195,7 @@ def demo_sp(tmp_path_factory):
   lines = [f"{rng.choice(words)}の{rng.choice(words)}は{rng.choice(words)}です。"
            for _ in range(300)]
   prefix = tmp_path_factory.mktemp("sp") / "demo"
-  return load_tokenizer(tokenizer_lib.train_sentencepiece(iter(lines), 400, prefix))
+  return load_tokenizer(train.train_sentencepiece(iter(lines), 400, prefix))
 
 
 def test_trained_sentencepiece_carries_chat_specials(demo_sp):
@@ -200,8 +203,8 @@ def test_trained_sentencepiece_carries_chat_specials(demo_sp):
   proto = tokenizer_lib.read_sentencepiece_proto(tok.path)
   user_defined = sp_pb2.ModelProto.SentencePiece.USER_DEFINED
   assert [(p.piece, p.type) for p in proto.pieces[1:6]] == [
-      (s, user_defined) for s in tokenizer_lib.CHAT_SPECIAL_TOKENS]
-  assert tok.special_tokens == {s: i for i, s in enumerate(tokenizer_lib.CHAT_SPECIAL_TOKENS, 1)}
+      (s, user_defined) for s in train.CHAT_SPECIAL_TOKENS]
+  assert tok.special_tokens == {s: i for i, s in enumerate(train.CHAT_SPECIAL_TOKENS, 1)}
   assert (tok.bos_id, tok.eos_id, tok.eot_id, tok.pad_id) == (1, 2, 5, None)
   assert tok.vocab_size == 400
   text = "<|start_header_id|>user<|end_header_id|>東京の天気🦙<|eot_id|>"
@@ -222,11 +225,68 @@ def test_trained_sentencepiece_carries_chat_specials(demo_sp):
 def test_train_sentencepiece_size_checks(tmp_path):
   lines = ["abc def ghi"] * 20
   with pytest.raises(RuntimeError, match="Vocabulary size"):
-    tokenizer_lib.train_sentencepiece(iter(lines), 5000, tmp_path / "a")
-  path = tokenizer_lib.train_sentencepiece(iter(lines), 5000, tmp_path / "b", shrink_to_fit=True,
+    train.train_sentencepiece(iter(lines), 5000, tmp_path / "a")
+  path = train.train_sentencepiece(iter(lines), 5000, tmp_path / "b", shrink_to_fit=True,
                                            model_type="unigram")
   assert 262 < load_tokenizer(path).vocab_size < 5000
   with pytest.raises(ValueError, match="model_type"):
-    tokenizer_lib.train_sentencepiece(iter(lines), 300, tmp_path / "c", model_type="word")
+    train.train_sentencepiece(iter(lines), 300, tmp_path / "c", model_type="word")
   with pytest.raises(FileNotFoundError, match="missing.txt"):
-    tokenizer_lib.train_sentencepiece([tmp_path / "missing.txt"], 300, tmp_path / "d")
+    train.train_sentencepiece([tmp_path / "missing.txt"], 300, tmp_path / "d")
+
+
+def _model_dir(tmp_path, files):
+  d = tmp_path / "model"
+  d.mkdir()
+  (d / "tokenizer.json").write_text(open(os.path.join(LLAMA3_DIR, "tokenizer.json"),
+                                         encoding="utf-8").read(), encoding="utf-8")
+  for name, obj in files.items():
+    (d / name).write_text(obj if isinstance(obj, str) else json.dumps(obj))
+  return d
+
+
+def test_special_tokens_from_the_model_files(tmp_path):
+  # Llama 3 Instruct: tokenizer_config names EOS <|eot_id|>; generation_config lists both ends.
+  d = _model_dir(tmp_path, {
+      "tokenizer_config.json": {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
+                                "chat_template": "{{ bos_token }}"},
+      "special_tokens_map.json": {"eos_token": "<|end_of_text|>",
+                                  "pad_token": {"content": "<|end_of_text|>"}},
+      "generation_config.json": {"eos_token_id": [128001, 128009]},
+      "config.json": {"bos_token_id": 5, "eos_token_id": 6}})
+  tok = load_tokenizer(d)
+  assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.eot_id) == (128000, 128009, 128001, 128009)
+  # This tokenizer.json's post-processor adds no BOS, and the config does not ask for one.
+  assert not tok.add_bos and tok.encode("Hi", add_bos=True) == [13347]
+  (d / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<|begin_of_text|>",
+                                                       "add_bos_token": True}))
+  assert load_tokenizer(d).encode("Hi", add_bos=True) == [128000, 13347]
+  assert tok.stop_ids == (128001, 128009) and tok.chat_template == "{{ bos_token }}"
+
+
+def test_explicit_null_bos_and_config_ids(tmp_path):
+  d = _model_dir(tmp_path, {"tokenizer_config.json": {"bos_token": None, "add_bos_token": True},
+                            "config.json": {"eos_token_id": 128001},
+                            "chat_template.jinja": "{{ messages }}"})
+  tok = load_tokenizer(d)
+  assert tok.bos_id is None and not tok.add_bos and tok.bos_prefix() == []
+  assert tok.encode("Hi", add_bos=True) == tok.encode("Hi")  # never an error
+  assert tok.eos_id == 128001 and tok.stop_ids == (128001, 128009)
+  assert tok.chat_template == "{{ messages }}"
+
+
+def test_bad_model_files_are_one_line_errors(tmp_path):
+  d = _model_dir(tmp_path, {"tokenizer_config.json": {"bos_token": "<|nope|>"}})
+  with pytest.raises(ValueError, match="bos_token '<|nope|>' of the model's tokenizer config"):
+    load_tokenizer(d)
+  (d / "tokenizer_config.json").write_text("{not json")
+  with pytest.raises(ValueError, match=r"tokenizer_config\.json: not valid JSON"):
+    load_tokenizer(d)
+
+
+def test_bare_files_guess_roles_and_add_bos(llama3, tiny_tiktoken, tmp_path):
+  for tok in llama3:
+    assert tok.add_bos and tok.stop_ids == (128001, 128009) and tok.chat_template is None
+    assert tok.bos_prefix() == [128000]
+  hf = load_tokenizer(convert.tiktoken_to_tokenizer_json(tiny_tiktoken, tmp_path / "t.json"))
+  assert hf.add_bos and hf.encode("abc", add_bos=True) == tiny_tiktoken.encode("abc", add_bos=True)

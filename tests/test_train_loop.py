@@ -8,8 +8,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from swallow_jax import checkpoint, config_utils
-from swallow_jax.model import hf
+from swallow_jax import config_utils
+from swallow_jax.model import io as model_io
 from swallow_jax.sweep import load_config
 from swallow_jax.train import loop
 
@@ -48,7 +48,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tiny, tmp_path, mo
   workdir = tmp_path / "run"
   assert [m["step"] for m in read_metrics(workdir)] == [1]
   assert sorted(os.listdir(workdir / "checkpoints")) == ["1"]
-  model_cfg, params = checkpoint.load_params("run")
+  model_cfg, params = model_io.load("run")
   assert model_cfg == config_utils.model_config(config)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
@@ -84,9 +84,9 @@ def test_resume_on_another_mesh_then_init_from_and_eval_hook(tiny, tmp_path, mon
   assert second[5]["loss"] < first[0]["loss"]
 
   # init_from an HF export of step 6: same weights, fresh optimizer (lr 0 at step 1 keeps them).
-  # (init_from an Orbax checkpoint is checkpoint.restore_params, tested in test_checkpoint.py.)
-  model_cfg, params = checkpoint.load_params(a)
-  hf.save_hf(str(tmp_path / "hf"), model_cfg, params, dtype=np.float32, progress=False)
+  # (init_from another run's workdir: tests/test_workdir_safety.py.)
+  model_cfg, params = model_io.load(a)
+  model_io.save_hf(str(tmp_path / "hf"), model_cfg, params, dtype=np.float32, progress=False)
   b = str(tmp_path / "b")
   summary = loop.run(tiny(train__num_steps=1, init_from=str(tmp_path / "hf")), b)
   [m] = read_metrics(b)

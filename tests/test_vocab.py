@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from swallow_jax import tokenizer as tokenizer_lib
 from swallow_jax.tokenizer import load_tokenizer
+from swallow_jax.vocab import convert
+from swallow_jax.vocab import train
 from swallow_jax.vocab import expand as expand_lib
 from swallow_jax.vocab import resize, stats
 from helpers import (LLAMA3_DIR, TINY_MERGES, write_tiny_sentencepiece,
@@ -59,7 +60,7 @@ def char_base(tmp_path_factory):
 
 def test_vocab_stats_exact_counts(tmp_path):
   tik = load_tokenizer(write_tiny_tiktoken(tmp_path / "tokenizer.model"))
-  hf = load_tokenizer(tokenizer_lib.tiktoken_to_tokenizer_json(tik, tmp_path / "tokenizer.json"))
+  hf = load_tokenizer(convert.tiktoken_to_tokenizer_json(tik, tmp_path / "tokenizer.json"))
   sp = load_tokenizer(write_tiny_sentencepiece(
       tmp_path / "sp.model", ["あ", "い", "▁あ", "ア", "ー", "日", "本", "日本", "々", "▁", "a"]))
   # あ い | ア ー | 日 本; not: 2-byte prefixes, あい, 日本, ' あ', 々 (U+3005), bytes.
@@ -113,7 +114,7 @@ def _check_expanded(base, result, heldout):
 def test_expand_tiktoken_and_tokenizer_json_agree(char_base, texts, tmp_path):
   corpus, heldout = texts
   base = load_tokenizer(char_base)
-  as_json = tokenizer_lib.tiktoken_to_tokenizer_json(base, tmp_path / "tokenizer.json")
+  as_json = convert.tiktoken_to_tokenizer_json(base, tmp_path / "tokenizer.json")
   a = expand_lib.expand(char_base, corpus, heldout, 40, str(tmp_path / "a"))
   b = expand_lib.expand(as_json, corpus, heldout, 40, str(tmp_path / "b"))
   assert a.num_new == b.num_new == 40 and a.new_tokens == b.new_tokens
@@ -125,6 +126,30 @@ def test_expand_tiktoken_and_tokenizer_json_agree(char_base, texts, tmp_path):
   for line in stats.read_lines(heldout):
     assert new_a.encode(line) == new_b.encode(line)
   assert new_a.encode("東京") == [new_a.token_to_id("東京")]
+
+
+def test_expand_keeps_the_base_token_roles(char_base, texts, tmp_path):
+  """tokenizer_config.json & co. travel with the expanded tokenizer: same roles, same template."""
+  corpus, heldout = texts
+  base_dir = tmp_path / "base"
+  base_dir.mkdir()
+  (base_dir / "tokenizer.model").write_bytes(open(char_base, "rb").read())
+  template = "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}|{% endfor %}"
+  (base_dir / "tokenizer_config.json").write_text(json.dumps(
+      {"bos_token": "a", "eos_token": "b", "pad_token": "c", "add_bos_token": False,
+       "chat_template": template}))
+  (base_dir / "generation_config.json").write_text(json.dumps({"eos_token_id": [98, 100]}))
+  base = load_tokenizer(base_dir)
+  result = expand_lib.expand(str(base_dir), corpus, heldout, 10, str(tmp_path / "out"))
+  new = load_tokenizer(tmp_path / "out")
+  assert result.num_new == 10 and new.vocab_size == base.vocab_size + 10
+  assert (new.bos_id, new.eos_id, new.pad_id) == (base.bos_id, base.eos_id, base.pad_id) == (
+      97, 98, 99)
+  assert new.stop_ids == base.stop_ids and new.stop_ids[:2] == (98, 100)  # + the EOT token
+  assert not new.add_bos and new.bos_prefix() == []
+  assert new.chat_template == base.chat_template == template
+  for name in ("tokenizer_config.json", "generation_config.json"):
+    assert os.stat(tmp_path / "out" / name).st_mode & 0o777 == 0o644
 
 
 def test_expand_supports_fewer_than_asked(char_base, texts, tmp_path):
@@ -141,7 +166,7 @@ def test_expand_sentencepiece_bases(texts, tmp_path):
   english = [f"the {w} of {v} is {u}" for w, v, u in zip(*[random.Random(s).choices(
       ["cat", "dog", "house", "tree", "river", "town"], k=200) for s in range(3)])]
   for model_type in ("bpe", "unigram"):
-    base_path = tokenizer_lib.train_sentencepiece(iter(english), 300, tmp_path / model_type,
+    base_path = train.train_sentencepiece(iter(english), 300, tmp_path / model_type,
                                                   model_type=model_type, shrink_to_fit=True)
     base = load_tokenizer(base_path)
     result = expand_lib.expand(base_path, corpus, heldout, 60, str(tmp_path / f"out_{model_type}"))
@@ -224,18 +249,19 @@ def test_resize_embeddings(char_base, texts, tmp_path):
 
 
 def test_resize_hf_checkpoint(char_base, texts, tmp_path):
-  from swallow_jax.model import hf, init_params, presets  # pylint: disable=g-import-not-at-top
+  from swallow_jax.model import init_params, presets  # pylint: disable=g-import-not-at-top
+  from swallow_jax.model import io as model_io  # pylint: disable=g-import-not-at-top
   corpus, heldout = texts
   old = load_tokenizer(char_base)
   config = presets.get("tiny", vocab_size=old.vocab_size, tie_word_embeddings=False)
   params = init_params(config, jax.random.key(0))
-  hf.save_hf(str(tmp_path / "in"), config, params, dtype=jnp.float32, progress=False)
+  model_io.save_hf(str(tmp_path / "in"), config, params, dtype=jnp.float32, progress=False)
   got = _cli("expand", f"--tokenizer={char_base}", f"--corpus={corpus}", f"--heldout={heldout}",
              "--num-new=12", f"--output={tmp_path / 'out'}", f"--model={tmp_path / 'in'}",
              "--json")
   assert got.returncode == 0, got.stderr
   assert json.loads(got.stdout)["model"] == str(tmp_path / "out" / "model")
-  new_config, new_params = hf.load_hf(str(tmp_path / "out" / "model"), dtype=jnp.float32,
+  new_config, new_params = model_io.load(str(tmp_path / "out" / "model"), dtype=jnp.float32,
                                       progress=False)
   assert new_config.vocab_size == old.vocab_size + 12
   new = load_tokenizer(tmp_path / "out" / "model")  # The tokenizer travels with the model.

@@ -1,20 +1,40 @@
-"""The Llama 3 Instruct chat template, as token ids with an SFT loss mask.
+"""Chat templates as token ids with an SFT loss mask: the model's own template, rendered as
+transformers renders it.
 
-Meta's template renders each message as
-``<|start_header_id|>{role}<|end_header_id|>\\n\\n{content | trim}<|eot_id|>``, the
-first one preceded by ``<|begin_of_text|>``, and the generation prompt as
-``<|start_header_id|>assistant<|end_header_id|>\\n\\n``. Text between special tokens
-is tokenized piece by piece exactly as a tokenizer does on the rendered string
-(special tokens split the text), so the ids equal those of ``apply_chat_template``.
+``encode_chat`` renders the tokenizer's ``chat_template`` (from the model's
+tokenizer_config.json or chat_template.jinja) in a sandboxed jinja2 environment set up like
+transformers' (ImmutableSandboxedEnvironment, trim_blocks, lstrip_blocks, ``raise_exception``,
+``strftime_now``, the ``tojson`` filter, ``bos_token``/``eos_token`` variables). A Llama 3
+tokenizer file that carries no template gets Meta's Llama 3 Instruct template:
+``<|start_header_id|>{role}<|end_header_id|>\\n\\n{content | trim}<|eot_id|>`` per message, the
+first preceded by BOS, and ``<|start_header_id|>assistant<|end_header_id|>\\n\\n`` as the
+generation prompt.
 
-``loss_mask`` is 1 on each assistant message's content tokens and its
-``<|eot_id|>`` and 0 elsewhere (BOS, headers, system and user turns, generation prompt).
+The rendered text is tokenized as a tokenizer does it (special-token strings are those tokens,
+the text between them is encoded), so the ids equal ``apply_chat_template(..., tokenize=True)``.
+The loss mask works for any template: the conversation is rendered prefix by prefix, so each
+assistant reply's place in the text is known; ``loss_mask`` is 1 on each assistant message's
+content tokens and its end-of-turn token (``<|eot_id|>``, ``<|im_end|>``, or EOS for templates
+that end a turn with it) and 0 elsewhere (BOS, headers, system and user turns, generation
+prompt, what a template writes after the end-of-turn token). The text is cut where
+each reply starts, at the point where the tokenizer itself cuts (the reply's start or after its
+leading newlines), so the masked tokens are exactly the reply's; a tokenizer that would merge
+across both is cut at the start all the same.
 """
 
 from __future__ import annotations
 
+import datetime
+import functools
+import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
+
+import jinja2
+from jinja2 import nodes
+from jinja2.ext import Extension
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from swallow_jax.data.sources import InvalidRecord
 
@@ -25,9 +45,23 @@ ROLES = ("system", "user", "assistant")
 BOS, START_HEADER, END_HEADER, EOT = (
     "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
 
+# The chat_template of meta-llama/Meta-Llama-3-8B-Instruct's tokenizer_config.json.
+LLAMA3_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    "{% endif %}")
+_END_OF_TURN = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>")
+_LEADING_NEWLINES = re.compile(r"\s*\n")
+
 
 class Tokenizer(Protocol):
-  bos_id: int
+  """What encode_chat needs; ``special_tokens``, ``chat_template``, ``eos_id`` are optional
+  (a tokenizer without them is rendered with the Llama 3 template, its specials found with
+  ``token_to_id``)."""
+  bos_id: int | None
 
   def encode(self, text: str, *, add_bos: bool = False) -> list[int]: ...
 
@@ -88,20 +122,133 @@ def with_system_prompt(messages: Sequence[Mapping[str, str]], system_prompt: str
   return [{"role": "system", "content": system_prompt}, *messages]
 
 
-def render_chat(messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False) -> str:
-  """The template as text (what apply_chat_template(..., tokenize=False) returns)."""
-  parts = [BOS]
-  for m in messages:
-    parts.append(f"{START_HEADER}{m['role']}{END_HEADER}\n\n{m['content'].strip()}{EOT}")
-  if add_generation_prompt:
-    parts.append(f"{START_HEADER}assistant{END_HEADER}\n\n")
-  return "".join(parts)
+class _Generation(Extension):
+  """``{% generation %}...{% endgeneration %}`` (transformers' assistant-mask blocks) renders its
+  body; the mask comes from prefix rendering, which needs no markers."""
+  tags = {"generation"}
+
+  def parse(self, parser):
+    lineno = next(parser.stream).lineno
+    body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+    return nodes.CallBlock(self.call_method("_render", []), [], [], body).set_lineno(lineno)
+
+  def _render(self, caller):
+    return caller()
+
+
+def _raise_exception(message: str):
+  raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None,
+            separators: Any = None, sort_keys: bool = False) -> str:
+  return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                    sort_keys=sort_keys)
+
+
+@functools.lru_cache(maxsize=16)
+def compile_template(template: str) -> jinja2.Template:
+  """A chat template compiled in transformers' sandboxed environment."""
+  env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                      extensions=[_Generation, "jinja2.ext.loopcontrols"])
+  env.filters["tojson"] = _tojson
+  env.globals["raise_exception"] = _raise_exception
+  env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+  return env.from_string(template)
+
+
+def _specials(tokenizer: Tokenizer) -> dict[str, int]:
+  """Special-token string -> id; a test double without a table gets the Llama 3 chat specials."""
+  table = getattr(tokenizer, "special_tokens", None)
+  if table is not None:
+    return dict(table)
+  out = {t: tokenizer.token_to_id(t) for t in (START_HEADER, END_HEADER, EOT)}
+  if tokenizer.bos_id is not None:
+    out[BOS] = tokenizer.bos_id
+  return out
+
+
+def _template(tokenizer: Tokenizer, specials: Mapping[str, int]) -> str:
+  own = getattr(tokenizer, "chat_template", None)
+  if own:
+    return own
+  if all(t in specials for t in (START_HEADER, END_HEADER, EOT)):
+    return LLAMA3_TEMPLATE
+  raise ValueError(f"{getattr(tokenizer, 'path', tokenizer)}: the tokenizer has no chat_template "
+                   "(tokenizer_config.json or chat_template.jinja) and is not a Llama 3 one")
+
+
+def _name(specials: Mapping[str, int], token_id: int | None) -> str:
+  by_id = {i: s for s, i in specials.items()}
+  return by_id.get(token_id, "") if token_id is not None else ""
+
+
+def render_chat(messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False,
+                tokenizer: Tokenizer | None = None) -> str:
+  """The template as text (what apply_chat_template(..., tokenize=False) returns); the
+  tokenizer's own template, Llama 3's without a tokenizer."""
+  if tokenizer is None:
+    return compile_template(LLAMA3_TEMPLATE).render(
+        messages=list(messages), add_generation_prompt=add_generation_prompt, bos_token=BOS,
+        eos_token="<|end_of_text|>")
+  specials = _specials(tokenizer)
+  return _render(tokenizer, specials, _template(tokenizer, specials), messages,
+                 add_generation_prompt)
+
+
+def _render(tokenizer, specials, template, messages, add_generation_prompt) -> str:
+  try:
+    return compile_template(template).render(
+        messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt,
+        tools=None, documents=None,
+        bos_token=_name(specials, tokenizer.bos_id),
+        eos_token=_name(specials, getattr(tokenizer, "eos_id", None)),
+        pad_token=_name(specials, getattr(tokenizer, "pad_id", None)))
+  except jinja2.exceptions.TemplateError as e:
+    raise ChatError(f"chat template: {e}", "invalid_conversation") from None
+
+
+def _tokenize(tokenizer: Tokenizer, specials: Mapping[str, int], text: str) -> list[int]:
+  """Ids of rendered text: special-token strings are those tokens, the rest is encoded."""
+  if not specials:
+    return tokenizer.encode(text) if text else []
+  pattern = "(" + "|".join(map(re.escape, sorted(specials, key=len, reverse=True))) + ")"
+  ids = []
+  for i, part in enumerate(re.split(pattern, text)):
+    if i % 2:
+      ids.append(specials[part])
+    elif part:
+      ids.extend(tokenizer.encode(part))
+  return ids
+
+
+def _end_of_turn(specials: Mapping[str, int], tokenizer: Tokenizer) -> list[str]:
+  eos = _name(specials, getattr(tokenizer, "eos_id", None))
+  return [t for t in (*_END_OF_TURN, eos) if t and t in specials]
+
+
+def _split(tokenizer, specials, text: str, pos: int, start: int, stop: int
+           ) -> tuple[list[int], list[int]]:
+  """Ids of text[pos:start] and of the reply text[start:stop], cut where the tokenizer itself
+  cuts: at the reply's start, or after its leading newlines (a newline run is one pre-token in
+  Llama 3's pattern, not in GPT-2's). A tokenizer that merges across both is cut at the start
+  anyway, so the reply's tokens are exactly its own."""
+  natural = _tokenize(tokenizer, specials, text[pos:stop])
+  lead = len(m.group()) if (m := _LEADING_NEWLINES.match(text, start, stop)) else 0
+  first = None
+  for cut in dict.fromkeys((start, start + lead)):
+    before = _tokenize(tokenizer, specials, text[pos:cut])
+    reply = _tokenize(tokenizer, specials, text[cut:stop])
+    if before + reply == natural:
+      return before, reply
+    first = first or (before, reply)
+  return first
 
 
 def encode_chat(tokenizer: Tokenizer, messages: Sequence[Mapping[str, str]],
                 add_generation_prompt: bool = False, *, system_prompt: str | None = None
                 ) -> tuple[list[int], list[int]]:
-  """(ids, loss_mask) of the Llama 3 Instruct rendering of `messages`.
+  """(ids, loss_mask) of the tokenizer's chat template rendering of `messages`.
 
   A conversation must have an assistant turn unless `add_generation_prompt` (a prompt
   for generation). `system_prompt` (e.g. SWALLOW_SYSTEM_PROMPT) is prepended when the
@@ -109,29 +256,48 @@ def encode_chat(tokenizer: Tokenizer, messages: Sequence[Mapping[str, str]],
   """
   messages = with_system_prompt(
       validate_messages(messages, require_assistant=not add_generation_prompt), system_prompt)
-  start, end, eot = (tokenizer.token_to_id(t) for t in (START_HEADER, END_HEADER, EOT))
-  newlines = tokenizer.encode("\n\n")
-  ids, mask = [tokenizer.bos_id], [0]
+  specials = _specials(tokenizer)
+  template = _template(tokenizer, specials)
+  text = _render(tokenizer, specials, template, messages, add_generation_prompt)
+  ends = _end_of_turn(specials, tokenizer)
+  spans = []  # (start, end) of each assistant reply and its end-of-turn token in `text`
+  for k, m in enumerate(messages):
+    if m["role"] != "assistant":
+      continue
+    start = len(_render(tokenizer, specials, template, messages[:k], True))
+    stop = len(_render(tokenizer, specials, template, messages[:k + 1], False))
+    if not (text.startswith(_render(tokenizer, specials, template, messages[:k + 1], False))
+            and start <= stop):
+      raise ChatError(f"message {k}: the chat template does not render the conversation prefix "
+                      "by prefix, so its assistant tokens cannot be found", "invalid_conversation")
+    reply = text[start:stop]
+    found = [reply.find(t) + len(t) for t in ends if t in reply]
+    spans.append((start, start + min(found) if found else stop))
+  ids, mask, pos = [], [], 0
+  for start, stop in spans:
+    before, reply = _split(tokenizer, specials, text, pos, start, stop)
+    ids += before + reply
+    mask += [0] * len(before) + [1] * len(reply)
+    pos = stop
+  tail = _tokenize(tokenizer, specials, text[pos:])
+  return ids + tail, mask + [0] * len(tail)
 
-  def add(tokens: Sequence[int], weight: int) -> None:
-    ids.extend(tokens)
-    mask.extend([weight] * len(tokens))
 
-  for m in messages:
-    add([start, *tokenizer.encode(m["role"]), end], 0)
-    body = tokenizer.encode("\n\n" + m["content"].strip())
-    # The text after a header is one piece; split its ids where "\n\n" ends. Llama 3's
-    # pre-tokenizer always cuts there; other tokenizers fall back to separate pieces.
-    if body[:len(newlines)] == newlines:
-      head, content = newlines, body[len(newlines):]
-    else:
-      head, content = newlines, tokenizer.encode(m["content"].strip())
-    weight = int(m["role"] == "assistant")
-    add(head, 0)
-    add([*content, eot], weight)
-  if add_generation_prompt:
-    add([start, *tokenizer.encode("assistant"), end, *newlines], 0)
-  return ids, mask
+def chat_special_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
+  """The special tokens the tokenizer's chat template writes (BOS, headers, end of turn, ...),
+  found by rendering a short conversation and resolved in this vocabulary; sorted."""
+  probe = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+           {"role": "user", "content": "c"}]
+  specials = _specials(tokenizer)
+  template = _template(tokenizer, specials)
+  found = set()
+  for messages in ([{"role": "system", "content": "s"}, *probe], probe):
+    try:
+      text = _render(tokenizer, specials, template, messages, True)
+    except ChatError:
+      continue
+    found.update(i for i in _tokenize(tokenizer, specials, text) if i in specials.values())
+  return tuple(sorted(found))
 
 
 def encode_prompt(tokenizer: Tokenizer, messages: Sequence[Mapping[str, str]], *,

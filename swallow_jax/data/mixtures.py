@@ -8,6 +8,7 @@ percentages add up to 100.1%; Grain normalises them).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import os
 from typing import Any
 
@@ -56,3 +57,19 @@ def llama31_swallow_8b(root: str) -> list[dict[str, Any]]:
       ("the_stack_v2", 0.037, None),
       ("openwebmath", 0.037, None),
   ])
+
+
+def drop_source(sources: list[Mapping[str, Any]], name: str) -> list[dict[str, Any]]:
+  """The mixture without source `name`, the other weights rescaled to the same total.
+
+  Every remaining source keeps its share relative to the others, so the run sees the same
+  number of tokens and the removed source's tokens go to the rest in proportion (mostly to the
+  largest, the Japanese web corpus in Swallow's mixture).
+  """
+  kept = [dict(s) for s in sources if s["name"] != name]
+  if len(kept) == len(sources):
+    raise ValueError(f"no source named {name!r} in {[s['name'] for s in sources]}")
+  total, rest = sum(s["weight"] for s in sources), sum(s["weight"] for s in kept)
+  for s in kept:
+    s["weight"] = s["weight"] * total / rest
+  return kept

@@ -19,9 +19,7 @@ ready for ``python -m swallow_jax.preprocess --format=chat``.
 from __future__ import annotations
 
 import collections
-import gzip
 import json
-import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -29,6 +27,7 @@ from typing import Any
 from absl import app
 from absl import flags
 
+from swallow_jax import fileio
 from swallow_jax.data import sources
 
 ROLES = {"prompter": "user", "assistant": "assistant"}
@@ -134,18 +133,10 @@ def extract(trees: Iterable[Mapping[str, Any]], langs: Sequence[str] = ()
 
 
 def write_jsonl(path: str, rows: Iterable[Mapping[str, Any]]) -> None:
-  """Writes rows atomically (temporary file + rename); gzip when `path` ends in .gz."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  opener = gzip.open if path.endswith(".gz") else open
-  try:
-    with opener(tmp, "wt", encoding="utf-8") as f:
-      for row in rows:
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  """Writes rows atomically (`fileio.atomic_file`); gzip when `path` ends in .gz."""
+  with fileio.atomic_file(path) as f:
+    for row in rows:
+      f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def _define_flags() -> None:

@@ -90,8 +90,7 @@ def source_documents(source: Mapping[str, Any], *, index: int, kind: str, seq_le
   if manifest["format"] != fmt:
     raise ValueError(f"source {name!r} ({path}) holds {manifest['format']} records; "
                      f"data.kind={kind!r} needs {fmt} (preprocess --format={fmt})")
-  ds = grain.MapDataset.source(
-      grain.sources.ArrayRecordDataSource(records.shard_paths(path, manifest)))
+  ds = grain.MapDataset.source(records.ShardSource(path, manifest))
   ds = ds[process_index::process_count]
   if not len(ds):
     raise ValueError(f"source {name!r} has {manifest['documents']} documents, none for "

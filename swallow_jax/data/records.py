@@ -9,20 +9,24 @@ and ``manifest.json`` (counts, tokenizer identity, inputs with sha256; see
     4*N bytes             tokens        uint32 little-endian token ids
     N bytes               loss_mask     uint8, only in chat datasets (manifest format "chat")
 
-Text documents are ``[bos] + encode(text) + [eos]``; chat documents are
+Text documents are ``encode(text, add_bos=True) + [eos]``; chat documents are
 `swallow_jax.data.chat.encode_chat` ids with their loss mask. Shards are written with
-``group_size:1`` so Grain can read records at random.
+``group_size:1`` so Grain can read records at random; `ShardSource` reads them with
+errors that name the shard and record.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from swallow_jax import fileio
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -31,6 +35,7 @@ FORMATS = ("text", "chat")
 WRITER_OPTIONS = "group_size:1,zstd:1"
 
 _HEADER = struct.Struct("<I")
+_SHARD_NAME = re.compile(r"data-\d{5}\.array_record")
 
 
 def encode_record(tokens, loss_mask=None, meta: Mapping[str, Any] | None = None) -> bytes:
@@ -63,6 +68,7 @@ def decode_record(record: bytes, fmt: str) -> tuple[np.ndarray, np.ndarray | Non
 
 
 def shard_name(index: int) -> str:
+  """File name of shard `index`."""
   return f"data-{index:05d}.array_record"
 
 
@@ -101,7 +107,8 @@ class ShardWriter:
 
 
 def write_manifest(directory: str, manifest: Mapping[str, Any]) -> None:
-  with open(os.path.join(directory, MANIFEST), "w", encoding="utf-8") as f:
+  """Writes ``DIR/manifest.json`` (atomically)."""
+  with fileio.atomic_file(os.path.join(directory, MANIFEST)) as f:
     json.dump(manifest, f, indent=2, ensure_ascii=False, sort_keys=True)
     f.write("\n")
 
@@ -121,4 +128,39 @@ def read_manifest(directory: str) -> dict[str, Any]:
 
 
 def shard_paths(directory: str, manifest: Mapping[str, Any]) -> list[str]:
+  """The dataset's shard files, in record order."""
   return [os.path.join(directory, s["file"]) for s in manifest["shards"]]
+
+
+def is_dataset_file(name: str) -> bool:
+  """Whether a file name is one preprocess writes into a dataset directory."""
+  return name == MANIFEST or bool(_SHARD_NAME.fullmatch(name))
+
+
+class ShardSource:
+  """Random access to a dataset's records (a Grain data source) whose read errors name the
+  shard and the record: ``{shard}: record {i}: corrupt ArrayRecord shard ({why})``."""
+
+  def __init__(self, directory: str, manifest: Mapping[str, Any]):
+    from array_record.python import array_record_data_source  # pylint: disable=g-import-not-at-top
+    self._paths = shard_paths(directory, manifest)
+    self._ends = np.cumsum([s["documents"] for s in manifest["shards"]])
+    self._readers = [None] * len(self._paths)
+    self._module = array_record_data_source
+
+  def __len__(self) -> int:
+    return int(self._ends[-1]) if len(self._ends) else 0
+
+  def __getitem__(self, index: int) -> bytes:
+    shard = int(np.searchsorted(self._ends, index, side="right"))
+    local = index - (int(self._ends[shard - 1]) if shard else 0)
+    try:
+      if self._readers[shard] is None:
+        self._readers[shard] = self._module.ArrayRecordDataSource([self._paths[shard]])
+      return self._readers[shard][local]
+    except Exception as e:  # array_record raises bare RuntimeErrors with C++ status text.
+      raise ValueError(f"{self._paths[shard]}: record {local}: corrupt ArrayRecord shard "
+                       f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+  def __repr__(self) -> str:
+    return f"ShardSource({len(self._paths)} shards)"

@@ -13,12 +13,14 @@ import gzip
 import hashlib
 import json
 import os
+import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 # Reasons a record is skipped (or, with --strict, rejected).
-TEXT_REASONS = ("invalid_json", "invalid_utf8", "missing_field", "empty_text")
-CHAT_REASONS = TEXT_REASONS + ("unknown_role", "empty_conversation", "no_assistant_turn")
+TEXT_REASONS = ("invalid_json", "invalid_utf8", "missing_field", "empty_text", "truncated_file")
+CHAT_REASONS = TEXT_REASONS + ("unknown_role", "empty_conversation", "no_assistant_turn",
+                               "invalid_conversation")
 
 
 class InvalidRecord(ValueError):
@@ -30,6 +32,10 @@ class InvalidRecord(ValueError):
     super().__init__(message)
     if reason is not None:
       self.reason = reason
+
+
+class TruncatedFile(ValueError):
+  """A compressed input that ends early or is corrupt; the lines before it were read."""
 
 
 def expand_inputs(pattern: str) -> list[str]:
@@ -46,6 +52,7 @@ def expand_inputs(pattern: str) -> list[str]:
 
 
 def file_kind(path: str) -> str:
+  """'parquet' or 'jsonl' by the file name; ValueError for anything else."""
   name = path.lower()
   if name.endswith(".parquet"):
     return "parquet"
@@ -56,7 +63,8 @@ def file_kind(path: str) -> str:
 
 def iter_records(path: str, columns: Sequence[str] | None = None
                  ) -> Iterator[tuple[int, bytes | dict[str, Any]]]:
-  """(line number, raw line bytes or Parquet row dict) for every record of `path`."""
+  """(line number, raw line bytes or Parquet row dict) for every record of `path`; a gzip file
+  that ends early or is corrupt raises TruncatedFile after the lines it could read."""
   if file_kind(path) == "parquet":
     import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
     pf = pq.ParquetFile(path)
@@ -69,10 +77,14 @@ def iter_records(path: str, columns: Sequence[str] | None = None
         yield row, item
     return
   opener = gzip.open if path.lower().endswith(".gz") else open
+  number = 0
   with opener(path, "rb") as f:
-    for number, line in enumerate(f, 1):
-      if line.strip():
-        yield number, line.rstrip(b"\r\n")
+    try:
+      for number, line in enumerate(f, 1):
+        if line.strip():
+          yield number, line.rstrip(b"\r\n")
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+      raise TruncatedFile(f"{path}: truncated gzip stream after {number} lines ({e})") from None
 
 
 def parse_json_object(payload: bytes | dict[str, Any]) -> dict[str, Any]:
@@ -102,6 +114,7 @@ def require_utf8(text: str) -> str:
 
 
 def file_digest(path: str) -> dict[str, Any]:
+  """{'path', 'bytes', 'sha256'} of a file (dataset manifests)."""
   h = hashlib.sha256()
   with open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):

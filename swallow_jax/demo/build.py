@@ -18,6 +18,7 @@ import os
 import random
 from typing import Any
 
+from swallow_jax import fileio
 from swallow_jax.demo import text
 from swallow_jax.demo.world import World, make_world
 
@@ -160,11 +161,9 @@ def _chat_eval(world: World, seed: int, n: int, held_out, lang: str) -> list[dic
 
 
 def _write_jsonl(path: str, rows: list[dict[str, Any]]) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
+  with fileio.atomic_file(path) as f:
     for row in rows:
       f.write(json.dumps(row, ensure_ascii=False) + "\n")
-  os.replace(tmp, path)
 
 
 def build_demo_data(out_dir: str, seed: int = 0, scale: float = 1.0) -> DemoPaths:
@@ -197,9 +196,8 @@ def build_demo_data(out_dir: str, seed: int = 0, scale: float = 1.0) -> DemoPath
     chat_eval[lang] = os.path.join(chat_dir, f"{lang}_chat.jsonl")
     _write_jsonl(chat_eval[lang], rows)
     counts[f"chat_eval/{lang}_chat"] = len(rows)
-  with open(os.path.join(out_dir, "world.json"), "w", encoding="utf-8") as f:
-    json.dump(dataclasses.asdict(world), f, ensure_ascii=False, indent=1)
-  with open(os.path.join(out_dir, "manifest.json"), "w", encoding="utf-8") as f:
-    json.dump({"seed": seed, "scale": scale, "lines": counts,
-               "facts": {"asked": len(asked), "held_out": len(held_out)}}, f, indent=1)
+  fileio.write_json(os.path.join(out_dir, "world.json"), dataclasses.asdict(world), indent=1)
+  fileio.write_json(os.path.join(out_dir, "manifest.json"),
+                    {"seed": seed, "scale": scale, "lines": counts,
+                     "facts": {"asked": len(asked), "held_out": len(held_out)}}, indent=1)
   return DemoPaths(root=out_dir, raw=raw, tasks=tasks, chat_eval=chat_eval)

@@ -5,36 +5,68 @@ public releases of the Swallow evaluation sets (prepare.py, `python -m swallow_j
     from swallow_jax import evaluate
     results = evaluate.run_tasks(config, params, tokenizer, ["ja_mc.jsonl", "niilc.jsonl"])
     results["niilc"]["score"]        # main metric scaled to [0, 1] (None for perplexity)
+    # Models on disk, with results.json after each task, plots and TensorBoard scalars (the
+    # entry of the command line and of the recipe's eval stage):
+    evaluate.evaluate_models({"base": "hf/base", "cpt": "runs/cpt"}, task_files, None, "out/")
 
 Each result: {"type", "lang", "num_examples", "num_fewshot", "metrics": {...}, "main_metric",
-"score", "samples": first few prompts with predictions}. Main metrics: multiple_choice acc,
-qa char_f1, math accuracy, translation bleu (score = bleu / 100), perplexity bits_per_byte.
+"score", "truncated_prompts", "samples": first few prompts with predictions}. Main metrics:
+multiple_choice acc, qa char_f1, math accuracy, translation bleu (score = bleu / 100),
+perplexity bits_per_byte.
 Generation is greedy with the tokenizer's end tokens as stop tokens, and the answer is cut at the
 task's stop strings. The command line is `python -m swallow_jax.evaluate --help`.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+import json
+import logging
+import os
+import shutil
 import statistics
+import sys
+import time
 from typing import Any
 
+from tqdm import tqdm
+
+from swallow_jax import fileio
 from swallow_jax.evaluate import loglik
 from swallow_jax.evaluate import scoring
 from swallow_jax.evaluate.chat import load_chats, score_chats
 from swallow_jax.evaluate.tasks import Task, load_task, load_tasks
 
-__all__ = ["load_chats", "load_task", "load_tasks", "run_tasks", "score_chats", "Task"]
+__all__ = ["evaluate_models", "load_chats", "load_task", "load_tasks", "run_task", "run_tasks",
+           "score_chats", "Task"]
 
+RESULTS = "results.json"
 NUM_SAMPLES = 3  # examples per task echoed into the results for inspection
 MAIN_METRIC = {"multiple_choice": "acc", "qa": "char_f1", "math": "accuracy",
                "translation": "bleu", "perplexity": "bits_per_byte"}
+
+
+def fit_prompt(tokenizer, ids: Sequence[int], room: int, truncated: list[int]) -> list[int]:
+  """`ids` cut to `room` tokens keeping the tokenizer's BOS (if it adds one) and the END of the
+  prompt (where the question is); appends 1 to `truncated` when it had to cut."""
+  ids = list(ids)
+  if len(ids) <= room:
+    return ids
+  bos = tokenizer.bos_prefix()
+  head = bos if bos and ids[:len(bos)] == bos else []
+  if room <= len(head):
+    raise ValueError(f"max_len leaves {room} tokens for a prompt; that is too few")
+  truncated.append(1)
+  return head + ids[len(ids) - (room - len(head)):]
 
 
 def _multiple_choice(config, params, tokenizer, task: Task, examples, opts) -> tuple[dict, list]:
   requests, spans = [], []
   for ex in examples:
     ctx = tokenizer.encode(task.prompt(ex), add_bos=True)
+    conts = [tokenizer.encode(task.target_delimiter + c) for c in ex["choices"]]
+    room = opts["max_len"] - max(len(c) for c in conts)
+    ctx = fit_prompt(tokenizer, ctx, room, opts["truncated"])
     start = len(requests)
-    requests += [(ctx, tokenizer.encode(task.target_delimiter + c)) for c in ex["choices"]]
+    requests += [(ctx, cont) for cont in conts]
     spans.append((start, len(requests)))
   lps = loglik.continuation_logprobs(config, params, requests, batch_size=opts["batch_size"],
                                      max_len=opts["max_len"])
@@ -51,12 +83,13 @@ def _multiple_choice(config, params, tokenizer, task: Task, examples, opts) -> t
 
 
 def _generate_answers(config, params, tokenizer, task: Task, examples, opts) -> list[str]:
-  from swallow_jax import generate as gen  # pylint: disable=g-import-not-at-top
+  from swallow_jax import decode as gen  # pylint: disable=g-import-not-at-top
   room = opts["max_len"] - task.max_new_tokens
   if room < 1:
     raise ValueError(f"task {task.name}: max_new_tokens={task.max_new_tokens} leaves no room "
                      f"for the prompt in max_len={opts['max_len']}")
-  prompts = [tokenizer.encode(task.prompt(ex), add_bos=True)[-room:] for ex in examples]
+  prompts = [fit_prompt(tokenizer, tokenizer.encode(task.prompt(ex), add_bos=True), room,
+                        opts["truncated"]) for ex in examples]
   outs = gen.generate(config, params, prompts, task.max_new_tokens,
                       stop_tokens=gen.stop_tokens_for(tokenizer), batch_size=opts["batch_size"])
   return [scoring.cut_at_stop(tokenizer.decode(o), task.stop).strip() for o in outs]
@@ -109,6 +142,30 @@ _RUNNERS = {"multiple_choice": _multiple_choice, "qa": _qa, "math": _math,
             "translation": _translation, "perplexity": _perplexity}
 
 
+def run_task(config, params, tokenizer, task: Task, *, batch_size: int = 8, max_len: int = 2048,
+             max_examples: int | None = None) -> dict[str, Any]:
+  """Runs and scores one task; the result also counts `truncated_prompts` (prompts cut to fit
+  max_len, keeping BOS and their end), warned about once."""
+  opts = {"batch_size": batch_size, "max_len": min(max_len, config.max_position_embeddings),
+          "truncated": []}
+  examples = task.examples[:max_examples] if max_examples else task.examples
+  metrics, samples = _RUNNERS[task.type](config, params, tokenizer, task, examples, opts)
+  truncated = len(opts["truncated"])
+  if truncated:
+    logging.warning("task %s: %d of %d prompts exceed max_len=%d and were cut to their last "
+                    "tokens (BOS kept)", task.name, truncated, len(examples), opts["max_len"])
+  main = MAIN_METRIC[task.type]
+  score = None if task.type == "perplexity" else metrics[main] / (
+      100.0 if task.type == "translation" else 1.0)
+  return {
+      "type": task.type, "lang": task.lang, "num_examples": len(examples),
+      "num_fewshot": len(task.fewshot), "metrics": metrics, "main_metric": main,
+      "score": score, "truncated_prompts": truncated,
+      "samples": [{**({} if task.type == "perplexity" else {"prompt": task.prompt(ex)}), **s}
+                  for ex, s in zip(examples[:NUM_SAMPLES], samples)],
+  }
+
+
 def run_tasks(config, params, tokenizer, tasks: Sequence[Task | str] | str, *,
               batch_size: int = 8, max_len: int = 2048,
               max_examples: int | None = None) -> dict[str, dict[str, Any]]:
@@ -116,19 +173,119 @@ def run_tasks(config, params, tokenizer, tasks: Sequence[Task | str] | str, *,
   if isinstance(tasks, str):
     tasks = load_tasks(tasks)
   tasks = [t if isinstance(t, Task) else load_task(t) for t in tasks]
-  opts = {"batch_size": batch_size, "max_len": min(max_len, config.max_position_embeddings)}
-  results = {}
-  for task in tasks:
-    examples = task.examples[:max_examples] if max_examples else task.examples
-    metrics, samples = _RUNNERS[task.type](config, params, tokenizer, task, examples, opts)
-    main = MAIN_METRIC[task.type]
-    score = None if task.type == "perplexity" else metrics[main] / (
-        100.0 if task.type == "translation" else 1.0)
-    results[task.name] = {
-        "type": task.type, "lang": task.lang, "num_examples": len(examples),
-        "num_fewshot": len(task.fewshot), "metrics": metrics, "main_metric": main,
-        "score": score,
-        "samples": [{**({} if task.type == "perplexity" else {"prompt": task.prompt(ex)}), **s}
-                    for ex, s in zip(examples[:NUM_SAMPLES], samples)],
-    }
+  return {t.name: run_task(config, params, tokenizer, t, batch_size=batch_size, max_len=max_len,
+                           max_examples=max_examples) for t in tasks}
+
+
+def output_files(output: str, models: Sequence[str]) -> list[str]:
+  """The paths `evaluate_models` writes under `output` (results, plots, TensorBoard runs)."""
+  from swallow_jax.evaluate import plots  # pylint: disable=g-import-not-at-top  (matplotlib)
+  return ([os.path.join(output, f) for f in (RESULTS, *plots.PLOT_FILES)]
+          + [os.path.join(output, "tensorboard", m) for m in models])
+
+
+def prepare_output(output: str, models: Sequence[str], *, overwrite: bool = False,
+                   resume: bool = False) -> None:
+  """Checks `output` before any work: a non-empty directory is an error unless `overwrite`
+  (then what this run would write is removed first, so no stale plot or result survives) or
+  `resume` (results.json is kept and its finished tasks are not run again)."""
+  if os.path.isdir(output) and os.listdir(output) and not (overwrite or resume):
+    raise FileExistsError(f"{output} is not empty (pass --overwrite to replace its results)")
+  for path in output_files(output, models):
+    if resume and os.path.basename(path) == RESULTS:
+      continue
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    elif os.path.exists(path):
+      os.remove(path)
+  os.makedirs(output, exist_ok=True)
+
+
+def _read_results(output: str) -> dict[str, Any]:
+  path = os.path.join(output, RESULTS)
+  if not os.path.exists(path):
+    return {"models": {}}
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+  """tqdm on a terminal, else None: the caller prints one plain line per task (logs, CI)."""
+  if enabled and sys.stderr.isatty():
+    return tqdm(total=total, desc=desc, unit="task")
+  return None
+
+
+def _log_scalars(output: str, model: str, results: Mapping[str, Mapping[str, Any]]) -> None:
+  """One TensorBoard run per model under output/tensorboard/<model>: every numeric metric."""
+  import tensorboardX  # pylint: disable=g-import-not-at-top
+  with tensorboardX.SummaryWriter(os.path.join(output, "tensorboard", model)) as writer:
+    for task, res in results.items():
+      for metric, value in res["metrics"].items():
+        if isinstance(value, (int, float)):
+          writer.add_scalar(f"eval/{task}/{metric}", float(value), 0)
+
+
+def evaluate_models(models: Mapping[str, str], tasks: Sequence[Task | str],
+                    tokenizer: str | Mapping[str, str | None] | None, output: str, *,
+                    chats: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+                    batch_size: int = 8, max_len: int = 2048, max_examples: int | None = None,
+                    dtype: str | None = "float32", overwrite: bool = False,
+                    resume: bool = False, progress: bool = True) -> dict[str, Any]:
+  """Scores every model on every task (and chat set) and writes output/results.json after EACH
+  task, then the plots and TensorBoard scalars; returns the results.json content
+  {"models": {name: {"path", "tasks": {task: result}}}}.
+
+  models: {name: path} of any form `model.io.resolve` accepts. tokenizer: one path for all, one
+  per model name, or None (each model's own tokenizer files). chats: {set name: rows} scored by
+  `score_chats`. resume: keep the finished (model, task) results already in output/results.json
+  of the same model path (an interrupted run continues at the task it stopped in).
+  """
+  from swallow_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  from swallow_jax.model import io as model_io  # pylint: disable=g-import-not-at-top
+  tasks = [t if isinstance(t, Task) else load_task(t) for t in tasks]
+  chats = dict(chats or {})
+  prepare_output(output, list(models), overwrite=overwrite, resume=resume)
+  results = _read_results(output) if resume else {"models": {}}
+  results["models"] = {n: m for n, m in results["models"].items()
+                       if n in models and m.get("path") == models[n]}
+  names = [t.name for t in tasks] + list(chats)
+  for name, path in models.items():
+    entry = results["models"].setdefault(name, {"path": path, "tasks": {}})
+    todo = [n for n in names if n not in entry["tasks"]]
+    if todo:
+      ref = model_io.resolve(path)
+      tok_path = tokenizer.get(name) if isinstance(tokenizer, Mapping) else tokenizer
+      tok_path = tok_path or ref.tokenizer_dir
+      if not tok_path:
+        raise ValueError(f"model {name} ({path}) has no tokenizer files; pass a tokenizer")
+      tok = tokenizer_lib.load_tokenizer(tok_path)
+      config, params = model_io.load(ref, dtype=dtype, decode=True, progress=progress)
+      bar = _progress(len(todo), name, progress)
+      for i, task_name in enumerate(todo, 1):
+        t0 = time.perf_counter()
+        if task_name in chats:
+          res = score_chats(config, params, tok, chats[task_name], batch_size=batch_size,
+                            max_len=min(max_len, config.max_position_embeddings))
+        else:
+          task = next(t for t in tasks if t.name == task_name)
+          res = run_task(config, params, tok, task, batch_size=batch_size, max_len=max_len,
+                         max_examples=max_examples)
+        res["seconds"] = round(time.perf_counter() - t0, 2)
+        entry["tasks"][task_name] = res
+        fileio.write_json(os.path.join(output, RESULTS), results)
+        if bar is not None:
+          bar.set_postfix_str(task_name)
+          bar.update()
+        elif progress:
+          print(f"eval {name}: task {i}/{len(todo)} {task_name} done in {res['seconds']:.1f}s",
+                file=sys.stderr, flush=True)
+      if bar is not None:
+        bar.close()
+      del params
+    entry["tasks"] = {n: entry["tasks"][n] for n in names}
+    _log_scalars(output, name, entry["tasks"])
+  fileio.write_json(os.path.join(output, RESULTS), results)
+  from swallow_jax.evaluate import plots  # pylint: disable=g-import-not-at-top  (matplotlib)
+  plots.plot_results({n: m["tasks"] for n, m in results["models"].items()}, output)
   return results

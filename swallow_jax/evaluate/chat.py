@@ -50,7 +50,7 @@ def score_chats(config, params, tokenizer, rows: Sequence[Mapping[str, Any]], *,
                 ) -> dict[str, Any]:
   """A result shaped like run_tasks' ({"type": "chat", "num_examples", "metrics", "score",
   "samples"}) for chat rows (see the module docstring)."""
-  from swallow_jax import generate  # pylint: disable=g-import-not-at-top
+  from swallow_jax import decode  # pylint: disable=g-import-not-at-top
   from swallow_jax.data.chat import encode_chat  # pylint: disable=g-import-not-at-top
   encoded = [encode_chat(tokenizer, r["messages"]) for r in rows]
   lps = loglik.token_logprobs(config, params, [ids for ids, _ in encoded],
@@ -59,8 +59,8 @@ def score_chats(config, params, tokenizer, rows: Sequence[Mapping[str, Any]], *,
   n_tokens = sum(sum(mask[1:]) for _, mask in encoded)
   prompts = [encode_chat(tokenizer, [m for m in r["messages"] if m["role"] != "assistant"],
                          add_generation_prompt=True)[0] for r in rows]
-  replies = [tokenizer.decode(o) for o in generate.generate(
-      config, params, prompts, max_new_tokens, stop_tokens=generate.stop_tokens_for(tokenizer))]
+  replies = [tokenizer.decode(o) for o in decode.generate(
+      config, params, prompts, max_new_tokens, stop_tokens=decode.stop_tokens_for(tokenizer))]
   hits = [float(str(r["answer"]) in reply) for r, reply in zip(rows, replies)]
   return {"type": "chat", "num_examples": len(rows),
           "metrics": {"assistant_perplexity": math.exp(nll / max(n_tokens, 1)),

@@ -1,10 +1,15 @@
-"""PNG plots comparing models over tasks: a radar chart and grouped bars (the Swallow pages' views).
+"""PNG plots comparing models over tasks: a radar chart and per-metric bar panels.
 
-Input everywhere: `scores = {model_name: {task_name: score}}`; tasks missing for a model are drawn
-as 0 (radar) or left out (bars).
+Input everywhere: `values = {model_name: {metric_or_task: value}}`. Each bar panel has its own
+y scale and unit (accuracy 0-1, BLEU 0-100, bits per byte, ...) with the value printed on every
+bar; the radar (scores in [0, 1]) offsets the markers of models that coincide and lists the
+numbers in a table beside it, so overlapping polygons stay readable.
 """
 
 from collections.abc import Mapping
+import math
+import os
+from typing import Any
 
 import matplotlib
 
@@ -12,52 +17,133 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-Scores = Mapping[str, Mapping[str, float]]
+Values = Mapping[str, Mapping[str, float]]
+PLOT_FILES = ("scores.png", "radar.png", "perplexity.png")
+# The unit of each task type's main metric, as plotted (translation in BLEU points, 0-100).
+UNITS = {"multiple_choice": "accuracy", "qa": "character F1", "math": "accuracy",
+         "translation": "BLEU (0-100)", "perplexity": "bits per byte (lower is better)",
+         "chat": "answer accuracy"}
 
 
-def _tasks(scores: Scores) -> list[str]:
+def _keys(values: Values) -> list[str]:
   seen = {}
-  for per_task in scores.values():
-    seen.update(dict.fromkeys(per_task))
+  for per_key in values.values():
+    seen.update(dict.fromkeys(per_key))
   return list(seen)
 
 
-def radar_chart(scores: Scores, path: str, *, title: str = "", max_value: float = 1.0) -> str:
-  """One polygon per model over the tasks (scores in [0, max_value]); writes a PNG to `path`."""
-  tasks = _tasks(scores)
-  if len(tasks) < 3:
-    raise ValueError(f"a radar chart needs at least 3 tasks, got {tasks}")
-  angles = np.linspace(0, 2 * np.pi, len(tasks), endpoint=False)
-  fig, ax = plt.subplots(figsize=(6, 6), subplot_kw={"projection": "polar"})
-  for model, per_task in scores.items():
-    values = np.array([per_task.get(t, 0.0) for t in tasks])
-    closed = np.append(angles, angles[0]), np.append(values, values[0])
-    ax.plot(*closed, label=model, linewidth=1.5)
-    ax.fill(*closed, alpha=0.1)
-  ax.set_xticks(angles, tasks)
-  ax.set_ylim(0, max_value)
-  ax.set_title(title)
-  ax.legend(loc="upper right", bbox_to_anchor=(1.3, 1.1), fontsize="small")
-  fig.savefig(path, dpi=100, bbox_inches="tight")
-  plt.close(fig)
-  return path
+def _fmt(v: float) -> str:
+  return "-" if v is None or math.isnan(v) else (f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}")
 
 
-def grouped_bars(scores: Scores, path: str, *, title: str = "", ylabel: str = "score") -> str:
-  """Bars grouped by task, one colour per model; writes a PNG to `path`."""
-  tasks, models = _tasks(scores), list(scores)
-  if not tasks:
-    raise ValueError("no scores to plot")
-  width = 0.8 / len(models)
-  x = np.arange(len(tasks))
-  fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(tasks) * max(1, len(models) / 2)), 4))
+def radar_chart(scores: Values, path: str, *, title: str = "", max_value: float = 1.0,
+                labels: Mapping[str, str] | None = None) -> str:
+  """One polygon per model over >= 3 axes (scores in [0, max_value]), a table of the values
+  beside it; `labels` renames axes (e.g. to say a score is BLEU / 100). Writes a PNG."""
+  axes_keys = _keys(scores)
+  if len(axes_keys) < 3:
+    raise ValueError(f"a radar chart needs at least 3 tasks, got {axes_keys}")
+  labels = labels or {}
+  models = list(scores)
+  angles = np.linspace(0, 2 * np.pi, len(axes_keys), endpoint=False)
+  fig = plt.figure(figsize=(12, 6))
+  ax = fig.add_axes((0.08, 0.08, 0.38, 0.8), projection="polar")
+  # Models with equal scores would hide each other: shift each one's markers by a small angle.
+  step = 0.35 * (2 * np.pi / len(axes_keys)) / max(1, len(models))
+  markers = "osD^v<>ph*"
   for i, model in enumerate(models):
-    values = [scores[model].get(t, np.nan) for t in tasks]
-    ax.bar(x + (i - (len(models) - 1) / 2) * width, values, width, label=model)
-  ax.set_xticks(x, tasks, rotation=30, ha="right")
-  ax.set_ylabel(ylabel)
-  ax.set_title(title)
-  ax.legend(fontsize="small")
+    values = np.array([scores[model].get(k, 0.0) for k in axes_keys])
+    closed = np.append(angles, angles[0]), np.append(values, values[0])
+    line, = ax.plot(*closed, linewidth=1.5, alpha=0.8)
+    ax.fill(*closed, alpha=0.06, color=line.get_color())
+    offset = (i - (len(models) - 1) / 2) * step
+    ax.plot(angles + offset, values, markers[i % len(markers)], color=line.get_color(),
+            markersize=6, label=model)
+  ax.set_xticks(angles, [labels.get(k, k) for k in axes_keys], fontsize=8)
+  ax.set_ylim(0, max_value)
+  ax.set_title(title or "scores (higher is better)", pad=18)
+  ax.legend(loc="upper left", bbox_to_anchor=(-0.35, 1.12), fontsize="small")
+  table_ax = fig.add_axes((0.64, 0.08, 0.35, 0.8))
+  table_ax.axis("off")
+  rows = [[labels.get(k, k)] + [_fmt(scores[m].get(k, float("nan"))) for m in models]
+          for k in axes_keys]
+  # Long model names wrap at underscores so the column headers do not run into each other.
+  headers = ["task", *(m.replace("_", "_\n") if len(m) > 10 else m for m in models)]
+  first = 0.34  # the task column: long labels such as "wmt20_en_ja (BLEU/100)"
+  table = table_ax.table(cellText=rows, colLabels=headers, loc="center",
+                         colWidths=[first] + [(1 - first) / len(models)] * len(models),
+                         bbox=(0, 0.5 - 0.04 * (len(rows) + 1), 1, 0.08 * (len(rows) + 1)))
+  table.auto_set_font_size(False)
+  table.set_fontsize(8)
+  for (row, _), cell in table.get_celld().items():
+    if row == 0:
+      cell.set_height(cell.get_height() * 2)
   fig.savefig(path, dpi=100, bbox_inches="tight")
   plt.close(fig)
   return path
+
+
+def metric_panels(values: Values, path: str, *, title: str = "",
+                  ylabel: str | Mapping[str, str] = "score") -> str:
+  """One bar panel per metric (its own y scale), one bar per model with its value on it;
+  `ylabel` is one unit for all panels or {metric: unit}. Writes a PNG."""
+  metrics, models = _keys(values), list(values)
+  if not metrics:
+    raise ValueError("no values to plot")
+  cols = min(4, len(metrics))
+  rows = math.ceil(len(metrics) / cols)
+  width = max(2.6, 0.55 * len(models) + 1.2)
+  fig, axes = plt.subplots(rows, cols, figsize=(width * cols, 3.2 * rows), squeeze=False)
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  for ax, metric in zip(axes.flat, metrics):
+    heights = [values[m].get(metric, float("nan")) for m in models]
+    bars = ax.bar(range(len(models)), heights,
+                  color=[colors[i % len(colors)] for i in range(len(models))])
+    ax.bar_label(bars, labels=[_fmt(h) for h in heights], fontsize=7, padding=1)
+    ax.set_title(metric, fontsize=10)
+    ax.set_ylabel(ylabel if isinstance(ylabel, str) else ylabel.get(metric, ""), fontsize=8)
+    ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=8)
+    finite = [h for h in heights if not math.isnan(h)]
+    ax.set_ylim(0, (max(finite) if finite and max(finite) > 0 else 1.0) * 1.18)
+  for ax in list(axes.flat)[len(metrics):]:
+    ax.axis("off")
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100, bbox_inches="tight")
+  plt.close(fig)
+  return path
+
+
+def plot_results(results: Mapping[str, Mapping[str, Mapping[str, Any]]], out_dir: str
+                 ) -> list[str]:
+  """The PLOT_FILES for {model: {task: result}} (evaluate_models' results): scores.png (each
+  task's main metric in its own unit), radar.png (scores in [0, 1], >= 3 tasks) and
+  perplexity.png (bits per byte; chat sets' reply perplexity); returns the paths written."""
+  main, units, score, ppl, ppl_units = {}, {}, {}, {}, {}
+  for model, tasks in results.items():
+    for task, r in tasks.items():
+      if r["type"] == "chat":
+        main.setdefault(model, {})[task] = r["metrics"]["answer_accuracy"]
+        ppl.setdefault(model, {})[f"{task} replies"] = r["metrics"]["assistant_perplexity"]
+        ppl_units[f"{task} replies"] = "token perplexity (lower is better)"
+      elif r["type"] == "perplexity":
+        ppl.setdefault(model, {})[task] = r["metrics"]["bits_per_byte"]
+        ppl_units[task] = UNITS["perplexity"]
+        continue
+      else:
+        main.setdefault(model, {})[task] = r["metrics"][r["main_metric"]]
+      units[task] = UNITS[r["type"]]
+      score.setdefault(model, {})[task] = r["score"]
+  out = []
+  if main:
+    out.append(metric_panels(main, os.path.join(out_dir, "scores.png"),
+                             title="task scores (higher is better)", ylabel=units))
+  if score and len(_keys(score)) >= 3:
+    labels = {t: f"{t} (BLEU/100)" for t, u in units.items() if u.startswith("BLEU")}
+    out.append(radar_chart(score, os.path.join(out_dir, "radar.png"), labels=labels,
+                           title="task scores in [0, 1] (higher is better)"))
+  if ppl:
+    out.append(metric_panels(ppl, os.path.join(out_dir, "perplexity.png"),
+                             title="held-out text (lower is better)", ylabel=ppl_units))
+  return out

@@ -344,10 +344,7 @@ def prepare(task: str, inputs: Sequence[str], fewshot_inputs: Sequence[str] = ()
 def write(path: str, header: dict[str, Any], examples: Sequence[Example]) -> None:
   """Checks the task as the harness will load it, then writes the file atomically."""
   make_task(header, examples, source=path)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  write_task(tmp, header, examples)
-  os.replace(tmp, path)
+  write_task(path, header, examples)
 
 
 # ------------------------------------------------------------------------------------------

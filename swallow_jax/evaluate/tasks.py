@@ -44,6 +44,8 @@ import json
 import os
 from typing import Any
 
+from swallow_jax import fileio
+
 TYPES = ("multiple_choice", "qa", "math", "translation", "perplexity")
 
 # Default prompt templates by (type, lang); fields come from the example.
@@ -189,7 +191,7 @@ def load_tasks(paths: str | Iterable[str]) -> list[Task]:
 
 
 def write_task(path: str, header: dict[str, Any], examples: Iterable[dict[str, Any]]) -> None:
-  """Writes a task file in the format above (used by the demo and tests)."""
-  with open(path, "w", encoding="utf-8") as f:
+  """Writes a task file in the format above, atomically (used by prepare, the demo and tests)."""
+  with fileio.atomic_file(path) as f:
     for row in [header, *examples]:
       f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -1,12 +1,15 @@
-"""Attention backends over packed sequences.
+"""Attention backends over packed sequences: the one place that decides the attention kernel.
 
 Masking rule (every backend): query i sees key j iff segment_ids[j] == segment_ids[i] and
 positions[j] <= positions[i]. Queries arrive unscaled (HF layout); the 1/sqrt(Dh) scale is applied
 here. Shapes: q [B, T, H, Dh], k/v [B, S, KV, Dh] with H a multiple of KV (grouped-query attention).
 
 Backends:
-  xla          reference: einsum, logits and softmax in float32, explicit [B, T, S] mask; under
-               `plain_causal` the key blocks above the diagonal are skipped instead.
+  reference    the spec: K/V repeated to H heads, one token-major einsum, logits and softmax in
+               float32, explicit [B, T, S] mask. Every other backend is tested against it.
+  xla          the same numbers laid out for XLA:CPU: heads-first batched GEMMs, and under
+               `plain_causal` the key blocks above the diagonal skipped (timing:
+               docs/performance.md, "CPU kernels"). Reads the heads-first KV cache in place.
   dot_product  `jax.nn.dot_product_attention(implementation=None)` with the same mask; in jax
                0.10 that is JAX's XLA path (JAX may start picking cuDNN by itself later).
   cudnn        `jax.nn.dot_product_attention(implementation='cudnn')`: GPU only, float16/bfloat16,
@@ -42,11 +45,25 @@ def make_mask(q_positions: jax.Array, q_segment_ids: jax.Array, kv_positions: ja
   return (same_doc & causal)[:, None]
 
 
+def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """The spec: softmax(mask(q k^T / sqrt(Dh))) v with K/V repeated to H heads; q [B, T, H, Dh],
+  k/v [B, S, KV, Dh], boolean mask [B, 1, T, S] -> [B, T, H, Dh] in v.dtype."""
+  groups = q.shape[2] // k.shape[2]
+  k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
+  logits = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
+  logits = jnp.where(mask, logits * np.float32(1.0 / np.sqrt(q.shape[-1])), _NEG_INF)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhts,bshd->bthd", probs, v)
+
+
+# The "xla" backend: `reference_attention`'s numbers in the layouts XLA:CPU runs fastest.
+
+
 def _attend(qh: jax.Array, kh: jax.Array, vh: jax.Array, mask: jax.Array) -> jax.Array:
   """Heads-first attention: qh [B, KV, G, T, Dh], kh/vh [B, KV, S, Dh], boolean mask
   broadcastable to [B, KV, G, T, S] -> [B, KV, G, T, Dh]. A KV head's G query heads are stacked
-  along the query axis, so both einsums are batched [G*T, Dh] x [Dh, S] GEMMs over (B, KV):
-  XLA:CPU runs forward and backward 1.5x faster than with the token-major "btkgd,bskd->bkgts"."""
+  along the query axis, so both einsums are batched [G*T, Dh] x [Dh, S] GEMMs over (B, KV)
+  (timing: docs/performance.md, "CPU kernels")."""
   b, kv, g, t, dh = qh.shape
   s = kh.shape[2]
   logits = jnp.einsum("bkqd,bksd->bkqs", qh.reshape(b, kv, g * t, dh), kh,
@@ -69,8 +86,8 @@ def _tokens_first(out: jax.Array) -> jax.Array:  # [B, KV, G, T, Dh] -> [B, T, H
 
 def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
                   kv_heads_first: bool = False) -> jax.Array:
-  """Reference attention; mask [B, 1, T, S] boolean; k/v [B, S, KV, Dh], or with
-  `kv_heads_first` [B, KV, S, Dh] (the KV cache's layout)."""
+  """`reference_attention` computed heads-first; mask [B, 1, T, S] boolean; k/v [B, S, KV, Dh],
+  or with `kv_heads_first` [B, KV, S, Dh] (the KV cache's layout)."""
   if not kv_heads_first:
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
   return _tokens_first(_attend(_group_queries(q, k.shape[1]), k, v, mask[:, :, None]))
@@ -84,7 +101,7 @@ def causal_blocks(t: int) -> int:
 def causal_xla_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
   """`xla_attention` under the plain causal mask (self-attention, positions 0..T-1), skipping
   the key blocks above the diagonal: query block i attends keys [0, (i+1)*T/n) only, so n blocks
-  compute (n+1)/2n of the scores (T=512: 1.8x faster forward+backward on CPU)."""
+  compute (n+1)/2n of the scores (timing: docs/performance.md, "CPU kernels")."""
   qh = _group_queries(q, k.shape[2])
   kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
   t = q.shape[1]
@@ -97,6 +114,9 @@ def causal_xla_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     mask = np.concatenate([np.ones((size, i * size), bool), diagonal], axis=1)
     outs.append(_attend(qh[:, :, :, i * size:end], kh[:, :, :end], vh[:, :, :end], mask))
   return _tokens_first(jnp.concatenate(outs, axis=3))
+
+
+# The fused kernels (cudnn, splash) and the choice of backend.
 
 
 def _cudnn_ok(q: jax.Array) -> bool:
@@ -176,8 +196,11 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, q_positions: jax.Array,
       return causal_xla_attention(q, k, v)
     return xla_attention(q, k, v, make_mask(q_positions, q_segment_ids, kv_positions,
                                             kv_segment_ids), kv_heads_first=with_cache)
-  if with_cache:  # the fused backends take [B, S, KV, Dh]
+  if with_cache:  # the other backends take [B, S, KV, Dh]
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+  if backend == "reference":
+    return reference_attention(q, k, v, make_mask(q_positions, q_segment_ids, kv_positions,
+                                                  kv_segment_ids))
   if backend in ("dot_product", "cudnn"):
     impl = None if backend == "dot_product" else "cudnn"
     if impl == "cudnn":

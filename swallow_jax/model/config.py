@@ -7,7 +7,7 @@ from typing import Any
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "qkv_proj", "qkv_proj_attn_out",
                   "dots_no_batch_attn_out")
-ATTENTION_BACKENDS = ("auto", "xla", "dot_product", "cudnn", "splash")
+ATTENTION_BACKENDS = ("auto", "reference", "xla", "dot_product", "cudnn", "splash")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -72,6 +72,8 @@ class LlamaConfig:
   tie_word_embeddings: bool = False
   bos_token_id: int = 128000
   eos_token_id: tuple[int, ...] = (128001,)
+  pad_token_id: int | None = None
+  unk_token_id: int | None = None
   # How to compute (not part of the architecture; not written to config.json).
   param_dtype: str = "float32"
   dtype: str = "float32"
@@ -147,7 +149,8 @@ class LlamaConfig:
         max_position_embeddings=d.get("max_position_embeddings", 8192),
         tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
         bos_token_id=d.get("bos_token_id", 128000),
-        eos_token_id=tuple(eos) if isinstance(eos, (list, tuple)) else (eos,))
+        eos_token_id=tuple(eos) if isinstance(eos, (list, tuple)) else (eos,),
+        pad_token_id=d.get("pad_token_id"), unk_token_id=d.get("unk_token_id"))
     kw.update(overrides)
     return cls(**kw)
 
@@ -165,6 +168,9 @@ class LlamaConfig:
         "rope_scaling": self.rope_scaling.to_hf() if self.rope_scaling else None,
         "attention_bias": False, "attention_dropout": 0.0, "mlp_bias": False,
         "pretraining_tp": 1, "tie_word_embeddings": self.tie_word_embeddings,
-        "bos_token_id": self.bos_token_id, "eos_token_id": eos, "use_cache": True,
+        "bos_token_id": self.bos_token_id, "eos_token_id": eos,
+        **{k: getattr(self, k) for k in ("pad_token_id", "unk_token_id")
+           if getattr(self, k) is not None},
+        "use_cache": True,
         "torch_dtype": "bfloat16",
     }

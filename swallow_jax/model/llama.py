@@ -43,11 +43,11 @@ def _constrain(x: jax.Array, *names: str | None) -> jax.Array:
 
 def token_matmul(x: jax.Array, kernel: jax.Array, contract: int = 0,
                  preferred_element_type: Any = None) -> jax.Array:
-  """x [..., D] times kernel ([D, F] when `contract`=0, [F, D] when 1) -> [..., F], computed as
-  one 2-D matmul over all tokens. With x kept 3-D, the weight gradient contracts over both batch
-  and length, which XLA:CPU lowers with transposing copies (the SwiGLU MLP's forward+backward
-  takes 1.8x as long); flattened it is a plain GEMM. Free elsewhere: length is never sharded,
-  so [B, T] -> [B*T] keeps the batch sharding."""
+  """x [..., D] times kernel ([D, F] when `contract`=0, [F, D] when 1) -> [..., F]: the one place
+  the model does its weight matmuls, as one 2-D matmul over all tokens."""
+  # One implementation for every platform: flattening is a free reshape (length is never sharded,
+  # so the batch sharding is kept) and XLA:GPU/TPU canonicalise a dot to this 2-D GEMM anyway;
+  # XLA:CPU alone needs it spelled out (docs/performance.md, "CPU kernels").
   flat = x.reshape(-1, x.shape[-1])
   out = jax.lax.dot_general(flat, kernel, (((1,), (contract,)), ((), ())),
                             preferred_element_type=preferred_element_type)
@@ -56,11 +56,13 @@ def token_matmul(x: jax.Array, kernel: jax.Array, contract: int = 0,
 
 class Dense(nn.Module):
   """Bias-free linear layer with `nn.Dense`'s parameter ("kernel", [in, out]) and dtype rules,
-  computed by `token_matmul`."""
+  computed by `token_matmul`. With a LoRA adapter in the "lora" collection ("lora_a" [in, r],
+  "lora_b" [r, out]; `swallow_jax.model.lora`) it adds `scale * dropout(x) @ A @ B`."""
 
   features: int
   axes: tuple[str, str]
   config: LlamaConfig
+  lora: Any = None  # LoraConfig: the adapter's scale and dropout, when one is given
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -68,7 +70,16 @@ class Dense(nn.Module):
     kernel = self.param("kernel", nn.with_logical_partitioning(_INIT, self.axes),
                         (x.shape[-1], self.features), jnp.dtype(cfg.param_dtype))
     dtype = jnp.dtype(cfg.dtype)
-    return token_matmul(x.astype(dtype), kernel.astype(dtype))
+    x = x.astype(dtype)
+    y = token_matmul(x, kernel.astype(dtype))
+    if self.lora is None or not self.has_variable("lora", "lora_a"):
+      return y
+    a = self.get_variable("lora", "lora_a").astype(dtype)
+    b = self.get_variable("lora", "lora_b").astype(dtype)
+    if self.lora.dropout > 0 and self.has_rng("lora_dropout"):
+      keep = jax.random.bernoulli(self.make_rng("lora_dropout"), 1.0 - self.lora.dropout, x.shape)
+      x = jnp.where(keep, x / (1.0 - self.lora.dropout), 0).astype(dtype)
+    return y + (self.lora.scale * token_matmul(token_matmul(x, a), b)).astype(dtype)
 
 
 class RMSNorm(nn.Module):
@@ -122,15 +133,16 @@ class LMHead(nn.Module):
 class Attention(nn.Module):
   config: LlamaConfig
   plain_causal: bool = False
+  lora: Any = None
 
   @nn.compact
   def __call__(self, x, positions, segment_ids, kv_positions, kv_segment_ids, cache, index):
     cfg = self.config
     b, t, _ = x.shape
     h, kv, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    q = Dense(h * dh, ("embed", "heads"), cfg, name="q_proj")(x).reshape(b, t, h, dh)
-    k = Dense(kv * dh, ("embed", "kv_heads"), cfg, name="k_proj")(x).reshape(b, t, kv, dh)
-    v = Dense(kv * dh, ("embed", "kv_heads"), cfg, name="v_proj")(x).reshape(b, t, kv, dh)
+    q = Dense(h * dh, ("embed", "heads"), cfg, self.lora, name="q_proj")(x).reshape(b, t, h, dh)
+    k = Dense(kv * dh, ("embed", "kv_heads"), cfg, self.lora, name="k_proj")(x).reshape(b, t, kv, dh)
+    v = Dense(kv * dh, ("embed", "kv_heads"), cfg, self.lora, name="v_proj")(x).reshape(b, t, kv, dh)
     inv_freq = inv_frequencies(dh, cfg.rope_theta, cfg.rope_scaling)
     q = checkpoint_name(apply_rope(q, positions, inv_freq), "query_proj")
     k = checkpoint_name(apply_rope(k, positions, inv_freq), "key_proj")
@@ -148,20 +160,21 @@ class Attention(nn.Module):
                     backend=cfg.attention, plain_causal=self.plain_causal,
                     with_cache=cache is not None)
     out = checkpoint_name(out.reshape(b, t, h * dh), "attn_out")
-    out = Dense(cfg.hidden_size, ("heads", "embed"), cfg, name="o_proj")(out)
+    out = Dense(cfg.hidden_size, ("heads", "embed"), cfg, self.lora, name="o_proj")(out)
     return out, new_cache
 
 
 class MLP(nn.Module):
   config: LlamaConfig
+  lora: Any = None
 
   @nn.compact
   def __call__(self, x):
     cfg = self.config
-    gate = Dense(cfg.intermediate_size, ("embed", "mlp"), cfg, name="gate_proj")(x)
-    up = Dense(cfg.intermediate_size, ("embed", "mlp"), cfg, name="up_proj")(x)
+    gate = Dense(cfg.intermediate_size, ("embed", "mlp"), cfg, self.lora, name="gate_proj")(x)
+    up = Dense(cfg.intermediate_size, ("embed", "mlp"), cfg, self.lora, name="up_proj")(x)
     hidden = _constrain(nn.silu(gate) * up, "batch", "length", "act_mlp")
-    return Dense(cfg.hidden_size, ("mlp", "embed"), cfg, name="down_proj")(hidden)
+    return Dense(cfg.hidden_size, ("mlp", "embed"), cfg, self.lora, name="down_proj")(hidden)
 
 
 class Block(nn.Module):
@@ -169,15 +182,16 @@ class Block(nn.Module):
 
   config: LlamaConfig
   plain_causal: bool = False
+  lora: Any = None
 
   @nn.compact
   def __call__(self, x, cache, positions, segment_ids, kv_positions, kv_segment_ids, index):
     cfg = self.config
-    attn_out, new_cache = Attention(cfg, self.plain_causal, name="attn")(
+    attn_out, new_cache = Attention(cfg, self.plain_causal, self.lora, name="attn")(
         RMSNorm(cfg, name="attn_norm")(x), positions, segment_ids, kv_positions, kv_segment_ids,
         cache, index)
     x = _constrain(x + attn_out, "batch", "length", "act_embed")
-    x = x + MLP(cfg, name="mlp")(RMSNorm(cfg, name="mlp_norm")(x))
+    x = x + MLP(cfg, self.lora, name="mlp")(RMSNorm(cfg, name="mlp_norm")(x))
     return _constrain(x, "batch", "length", "act_embed"), new_cache
 
 
@@ -187,15 +201,15 @@ def _block_class(cfg: LlamaConfig, prevent_cse: bool) -> type[Block]:
   return nn.remat(Block, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=prevent_cse)
 
 
-def _layer_stack(cfg: LlamaConfig, plain_causal: bool) -> nn.Module:
+def _layer_stack(cfg: LlamaConfig, plain_causal: bool, lora: Any) -> nn.Module:
   # prevent_cse is only needed outside a scan (the scan already stops CSE across layers).
   stack = nn.scan(
-      _block_class(cfg, prevent_cse=not cfg.scan_layers), variable_axes={"params": 0},
-      split_rngs={"params": True},
+      _block_class(cfg, prevent_cse=not cfg.scan_layers), variable_axes={"params": 0, "lora": 0},
+      split_rngs={"params": True, "lora_dropout": True},
       in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
       length=cfg.num_layers, unroll=1 if cfg.scan_layers else cfg.num_layers,
       metadata_params={nn.PARTITION_NAME: "layers"})
-  return stack(cfg, plain_causal, name="layers")
+  return stack(cfg, plain_causal, lora, name="layers")
 
 
 class Llama(nn.Module):
@@ -209,10 +223,15 @@ class Llama(nn.Module):
   (`unstack_layers`) and the cache's "k"/"v" as tuples of per-layer arrays (`init_cache(...,
   per_layer=True)`); the math is the same. Decoding uses it: a scan over stacked layers slices
   (copies) every layer's weights and cache out of the stack at every step.
+
+  `lora` (a `swallow_jax.model.lora.LoraConfig`) applies the adapter passed as the "lora"
+  collection (`apply({"params": p, "lora": adapter}, ...)`, in the params' layout); LoRA
+  dropout runs only when a "lora_dropout" rng is given.
   """
 
   config: LlamaConfig
   per_layer: bool = False
+  lora: Any = None
 
   @nn.compact
   def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
@@ -247,13 +266,13 @@ class Llama(nn.Module):
       block = _block_class(cfg, prevent_cse=True)
       new_kv = []
       for i in range(cfg.num_layers):
-        x, kv = block(cfg, plain_causal, name=f"layers_{i}")(
+        x, kv = block(cfg, plain_causal, self.lora, name=f"layers_{i}")(
             x, None if cache is None else (cache["k"][i], cache["v"][i]), positions, segment_ids,
             kv_positions, kv_segment_ids, cache_index)
         new_kv.append(kv)
       new_layer_cache = None if cache is None else tuple(map(tuple, zip(*new_kv)))
     else:
-      x, new_layer_cache = _layer_stack(cfg, plain_causal)(
+      x, new_layer_cache = _layer_stack(cfg, plain_causal, self.lora)(
           x, layer_cache, positions, segment_ids, kv_positions, kv_segment_ids, cache_index)
     x = RMSNorm(cfg, name="final_norm")(x)
     if return_hidden:
@@ -330,12 +349,25 @@ def unstack_layers(params: Params, consume: bool = False) -> Params:
   return out
 
 
-@functools.partial(jax.jit, static_argnums=0)
+def _variables(params: Params, lora: Params | None, lora_cfg: Any) -> dict[str, Params]:
+  if (lora is None) != (lora_cfg is None):
+    raise ValueError("pass both lora (the adapter) and lora_cfg (its LoraConfig), or neither")
+  return {"params": params} if lora is None else {"params": params, "lora": lora}
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames="lora_cfg")
 def forward(config: LlamaConfig, params: Params, tokens: jax.Array,
-            positions: jax.Array | None = None, segment_ids: jax.Array | None = None) -> jax.Array:
-  """Float32 logits [B, T, V]; masking: same segment and key position <= query position."""
-  return Llama(config, per_layer=is_per_layer(params)).apply({"params": params}, tokens,
-                                                             positions, segment_ids)
+            positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
+            lora: Params | None = None, lora_cfg: Any = None,
+            lora_rng: jax.Array | None = None) -> jax.Array:
+  """Float32 logits [B, T, V]; masking: same segment and key position <= query position.
+
+  `lora`/`lora_cfg`: a LoRA adapter (`swallow_jax.model.lora.init_lora` / `load_peft`) in the
+  params' layout and its LoraConfig; LoRA dropout only with `lora_rng`. To train the adapter
+  alone, differentiate w.r.t. `lora` only: the frozen `params` then get no gradients."""
+  rngs = {} if lora_rng is None else {"lora_dropout": lora_rng}
+  return Llama(config, per_layer=is_per_layer(params), lora=lora_cfg).apply(
+      _variables(params, lora, lora_cfg), tokens, positions, segment_ids, rngs=rngs)
 
 
 def init_cache(config: LlamaConfig, batch: int, max_len: int, dtype: Any = None,
@@ -354,18 +386,20 @@ def init_cache(config: LlamaConfig, batch: int, max_len: int, dtype: Any = None,
           "segment_ids": jnp.zeros((batch, max_len), jnp.int32)}
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=5)
+@functools.partial(jax.jit, static_argnums=0, static_argnames="lora_cfg", donate_argnums=5)
 def forward_with_cache(config: LlamaConfig, params: Params, tokens: jax.Array,
                        positions: jax.Array, segment_ids: jax.Array, cache: dict[str, Any],
-                       index: jax.Array | int) -> tuple[jax.Array, dict[str, Any]]:
+                       index: jax.Array | int, lora: Params | None = None,
+                       lora_cfg: Any = None) -> tuple[jax.Array, dict[str, Any]]:
   """Writes the T new keys/values into cache slots [index, index+T) and attends over all slots.
 
   Returns (float32 logits [B, T, V], new cache). The cache argument is donated; its layout
-  (`init_cache`'s `per_layer`) must match the params' (`is_per_layer`).
+  (`init_cache`'s `per_layer`) must match the params' (`is_per_layer`). `lora`/`lora_cfg`: an
+  adapter in the params' layout, as in `forward`.
   """
   per_layer = is_per_layer(params)
   if isinstance(cache["k"], (tuple, list)) != per_layer:
     raise ValueError("KV cache layout does not match the params: use init_cache(..., per_layer="
                      f"{per_layer}) with {'per-layer' if per_layer else 'stacked'} params")
-  return Llama(config, per_layer=per_layer).apply(
-      {"params": params}, tokens, positions, segment_ids, cache=cache, cache_index=index)
+  return Llama(config, per_layer=per_layer, lora=lora_cfg).apply(
+      _variables(params, lora, lora_cfg), tokens, positions, segment_ids, cache=cache, cache_index=index)

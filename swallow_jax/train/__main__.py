@@ -6,7 +6,9 @@ r"""Trainer CLI (continual pretraining and SFT).
 
 Resumes automatically when WORKDIR/checkpoints holds a step. `--config.a.b=value` overrides a
 field of the config; a key the config does not have is an error. Exit status: 0 when done or
-stopped by SIGTERM after saving, 1 on a NaN/inf loss or a bad config (one-line reason on stderr).
+stopped by SIGTERM / Ctrl-C after saving (a second one exits at once), 1 on a NaN/inf loss, a bad
+config, a checkpoint this config cannot continue, a workdir another run holds, or a failed
+checkpoint save (one-line reason on stderr).
 """
 
 import logging
@@ -14,6 +16,7 @@ import re
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -33,6 +36,8 @@ _HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_seconds", None,
                                   "Multi-host: if a process stops sending heartbeats for this "
                                   "long, all others exit (non-zero) naming it (default 60).",
                                   lower_bound=1)
+_LOG_PREFIX = flags.DEFINE_boolean("log_prefix", False, "Prefix log lines with absl's "
+                                   "'I1201 12:00:00.123 pid file:line]' header.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -54,12 +59,15 @@ def main(argv):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   logging.getLogger().setLevel(logging.INFO)  # The progress lines.
+  if not _LOG_PREFIX.value:  # absl's handler on the root logger: plain lines.
+    absl_logging.get_absl_handler().setFormatter(logging.Formatter("%(message)s"))
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save chatter.
   from swallow_jax import parallel  # pylint: disable=g-import-not-at-top
   parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                       mode=_DISTRIBUTED.value,
                       heartbeat_timeout_seconds=_HEARTBEAT.value or parallel.HEARTBEAT_TIMEOUT_S)
-  from swallow_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from swallow_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from swallow_jax.train import lock, loop  # pylint: disable=g-import-not-at-top
   try:
     config = _CONFIG.value
     config.keys()  # A lazy error object when the file failed to load.
@@ -67,11 +75,12 @@ def main(argv):
     sys.exit(f"error: --config: {' '.join(str(e).split())}")
   try:
     summary = loop.run(config, _WORKDIR.value)
-  except (loop.NonFiniteLossError, ValueError, FileNotFoundError) as e:
+  except (loop.NonFiniteLossError, lock.WorkdirInUseError, checkpoint.CheckpointSaveError,
+          ValueError, FileNotFoundError) as e:
     logging.error("%s", e)
     sys.exit(f"error: {e}")
   logging.info("done: step %d, loss %s%s", summary["step"], summary["loss"],
-               " (stopped by SIGTERM)" if summary["preempted"] else "")
+               " (stopped by a signal, checkpoint saved)" if summary["preempted"] else "")
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ import numpy as np
 from swallow_jax import checkpoint
 
 
-def num_shards(data_cfg: Mapping[str, Any], process_count: int) -> int:
-  """config.data.num_shards, or one shard per process when it is 0 or missing."""
-  shards = int(data_cfg.get("num_shards", 0) or 0) or process_count
+def num_shards(requested: int, process_count: int) -> int:
+  """config.data.num_shards (`requested`), or one shard per process when it is 0."""
+  shards = requested or process_count
   if shards % process_count:
     raise ValueError(f"data.num_shards={shards} must be a multiple of the number of processes "
                      f"({process_count})")

@@ -2,15 +2,21 @@
 
 Start-up picks one of three ways to get the train state:
   resume     DIR/checkpoints has a step: params, optimizer, step, RNG and data position from it;
-  init_from  an HF directory or an Orbax checkpoint: weights only, fresh optimizer, step 0;
+  init_from  any model path swallow_jax.model.io reads (HF dir, `convert --to_orbax` dir, another
+             run's workdir): weights only, fresh optimizer, step 0;
   scratch    random init (config.train.seed).
 Then it steps until config.train.num_steps, logging metrics, saving checkpoints every N steps /
-M minutes / on SIGTERM, and stopping with NonFiniteLossError on a NaN/inf loss (before any save
-of the bad state, so the last checkpoint stays good).
+M minutes / on SIGTERM or Ctrl-C, and stopping with NonFiniteLossError on a NaN/inf loss (before
+any save of the bad state, so the last checkpoint stays good).
+
+Resume safety: the workdir is locked (swallow_jax.train.lock); a checkpoint whose model or
+optimizer state has other shapes, dtypes or structure than the config stops the run before
+anything is written; other config changes (lr, steps, batch, data, ...) are logged one line each
+and appended to WORKDIR/config_history.jsonl; config.json is the latest start's config.
 
 Multi-host: every process runs this same loop. Each reads the data shards of the batch rows its
 devices hold (swallow_jax.train.data) and the global batch is assembled from them; save and stop
-decisions are agreed between processes; only process 0 writes metrics and config.json.
+decisions are agreed between processes; only process 0 writes metrics, config.json and the lock.
 """
 
 from collections.abc import Mapping
@@ -27,12 +33,17 @@ import jax
 import ml_collections
 import numpy as np
 
-from swallow_jax import checkpoint, config_utils, parallel
+from swallow_jax import checkpoint, config_utils, fileio, parallel
 from swallow_jax.model import param_logical_axes
 from swallow_jax.train import data as data_lib
+from swallow_jax.train import lock as lock_lib
 from swallow_jax.train import metrics as metrics_lib
 from swallow_jax.train import optimizer as optimizer_lib
 from swallow_jax.train import step as step_lib
+
+# LlamaConfig fields that change the saved parameters' shapes, dtypes or layout.
+STATE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                "num_kv_heads", "head_dim", "tie_word_embeddings", "param_dtype", "scan_layers")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -40,21 +51,35 @@ class NonFiniteLossError(RuntimeError):
 
 
 class _Preemption:
-  """Turns SIGTERM (TPU/cloud preemption, SLURM time limit) into a flag the loop checks."""
+  """SIGTERM (preemption, SLURM time limit) and SIGINT (Ctrl-C): the first sets a flag the loop
+  checks (save at the end of the step, exit 0); a second one ends the process at once."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
-    self.flag = False
-    self._previous = None
+    self.signal_name = ""
+    self._previous = {}
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+  @property
+  def flag(self) -> bool:
+    return bool(self.signal_name)
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
-    logging.warning("SIGTERM received: saving a checkpoint after this step, then exiting")
-    self.flag = True
+    name = signal.Signals(signum).name
+    if self.flag:
+      logging.warning("second %s: exiting now, without saving", name)
+      signal.signal(signum, signal.SIG_DFL)
+      os.kill(os.getpid(), signum)
+      return
+    logging.warning("%s received: saving a checkpoint after this step, then exiting "
+                    "(again: exit at once)", name)
+    self.signal_name = name
 
   def restore(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for s, previous in self._previous.items():
+      signal.signal(s, previous)
 
 
 def _global_batch(local: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding,
@@ -65,193 +90,258 @@ def _global_batch(local: Mapping[str, np.ndarray], sharding: jax.sharding.Shardi
           for k in step_lib.BATCH_KEYS}
 
 
-def _load_init(config: ml_collections.ConfigDict, abstract_params: Any) -> Any:
-  """Weights from config.init_from (HF dir or Orbax checkpoint) onto the target shardings."""
-  path = config.init_from
+def _load_init(path: str, abstract_params: Any) -> Any:
+  """Weights from `init_from` (any path swallow_jax.model.io resolves) onto the target shardings."""
+  from swallow_jax.model import io as model_io  # pylint: disable=g-import-not-at-top
+  shardings = jax.tree.map(lambda a: a.sharding, abstract_params)
+  dtype = jax.tree.leaves(abstract_params)[0].dtype
+  _, params = model_io.load(path, dtype=dtype, shardings=shardings,
+                            progress=jax.process_index() == 0)
+  logging.info("initialized weights from %s", path)
+  return params
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, Mapping) and v:
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[prefix + k] = v
+  return out
+
+
+def _config_changes(workdir: str, resolved: dict[str, Any]) -> list[dict[str, Any]]:
+  """{key, old, new} for each key that differs from the workdir's config.json.
+
+  Raises IncompatibleCheckpointError (before anything is written) when a model field that shapes
+  the saved state differs.
+  """
+  path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"config.init_from={path!r} does not exist (an HF model directory "
-                            "or an Orbax checkpoint/workdir)")
-  if config_utils.hf_config_path(path):
-    from swallow_jax.model import hf  # pylint: disable=g-import-not-at-top
-    shardings = jax.tree.map(lambda a: a.sharding, abstract_params)
-    dtype = jax.tree.leaves(abstract_params)[0].dtype
-    _, params = hf.load_hf(path, dtype=dtype, shardings=shardings)
-    logging.info("initialized weights from HF checkpoint %s", path)
-    return params
-  return checkpoint.restore_params(path, abstract_params)
+    return []
+  with open(path, encoding="utf-8") as f:
+    old = _flatten(json.load(f))
+  new = _flatten(json.loads(json.dumps(resolved)))
+  for field in STATE_FIELDS:
+    key = f"model.{field}"
+    if key in old and old[key] != new.get(key):
+      raise checkpoint.IncompatibleCheckpointError(
+          f"{key}: checkpoint {old[key]}, config {new.get(key)} ({workdir}): the saved state "
+          "cannot continue with this model; start a new workdir, or set "
+          f"config.init_from={workdir} to take its weights only")
+  return [{"key": k, "old": old.get(k), "new": new.get(k)}
+          for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def _record_config(workdir: str, resolved: dict[str, Any], changes: list[dict[str, Any]],
+                   step: int) -> None:
+  """Logs `changes`, appends them as of `step` to config_history.jsonl, writes config.json."""
+  changes = [{"step": step, **c} for c in changes]
+  for c in changes:
+    logging.info("config change since the last start: %s: %r -> %r", c["key"], c["old"], c["new"])
+  if changes:
+    with open(os.path.join(workdir, "config_history.jsonl"), "a", encoding="utf-8") as f:
+      f.writelines(json.dumps(c) + "\n" for c in changes)
+  fileio.write_json(os.path.join(workdir, "config.json"), resolved)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains per `config`, writing into `workdir`; resumes if `workdir` holds a checkpoint.
 
   Returns {'step', 'loss', 'preempted', 'params', 'model_config', 'workdir'}. Raises
-  NonFiniteLossError on NaN/inf, ValueError on bad configs.
+  NonFiniteLossError on NaN/inf, ValueError on bad configs or incompatible checkpoints,
+  lock.WorkdirInUseError when another run holds `workdir`, checkpoint.CheckpointSaveError when
+  an asynchronous save failed.
   """
-  config_utils.validate(config)
+  spec = config_utils.TrainSpec.from_config(config)
   parallel.initialize()
-  os.makedirs(workdir, exist_ok=True)
-  model_cfg = config_utils.model_config(config)
-  seq_len = int(config.data.seq_len)
-  global_batch = int(config.data.global_batch_size)
-  num_steps = int(config.train.num_steps)
-  accum = int(config.train.get("grad_accum_steps", 1))
-  shards = data_lib.num_shards(config.data, jax.process_count())
-  if global_batch % shards:
-    raise ValueError(f"data.global_batch_size={global_batch} must be divisible by "
-                     f"data.num_shards={shards}")
-  if global_batch % (jax.process_count() * accum):
-    raise ValueError(f"data.global_batch_size={global_batch} must be divisible by "
-                     f"process_count x grad_accum_steps = {jax.process_count()} x {accum}")
-  if seq_len > model_cfg.max_position_embeddings:
-    raise ValueError(f"data.seq_len={seq_len} exceeds the model's max_position_embeddings="
-                     f"{model_cfg.max_position_embeddings}")
+  with lock_lib.workdir_lock(workdir, enabled=jax.process_index() == 0):
+    return _Trainer(spec, config_utils.resolved_dict(config, spec.model), workdir).run()
 
-  mesh = parallel.make_mesh(config.get("mesh", {}))
-  tx, lr = optimizer_lib.make_optimizer(config.optimizer)
-  seed = int(config.train.get("seed", 0))
-  is_main = jax.process_index() == 0
 
-  local_shards = parallel.local_batch_shards(parallel.batch_sharding(mesh), global_batch, shards)
-  data_iter = data_lib.make_iterator(
-      config.data, seq_len=seq_len, global_batch=global_batch, shards=shards,
-      local_shards=local_shards, seed=int(config.data.get("shuffle_seed", seed)))
+class _Trainer:
+  """One start of a run: the state built at start-up and the step loop's bookkeeping."""
 
-  with parallel.mesh_context(mesh):
+  def __init__(self, spec: config_utils.TrainSpec, resolved: dict[str, Any], workdir: str):
+    self.spec, self.resolved, self.workdir = spec, resolved, workdir
+    self.is_main = jax.process_index() == 0
+    self.last_loss: float | None = None
+    self.clock_step, self.clock_time, self.first = 0, time.perf_counter(), None
+    d, t = spec.data, spec.train
+    self.seq_len, self.global_batch = d.seq_len, d.global_batch_size
+    self.shards = data_lib.num_shards(d.num_shards, jax.process_count())
+    if self.global_batch % self.shards:
+      raise ValueError(f"data.global_batch_size={self.global_batch} must be divisible by "
+                       f"data.num_shards={self.shards}")
+    if self.global_batch % (jax.process_count() * t.grad_accum_steps):
+      raise ValueError(f"data.global_batch_size={self.global_batch} must be divisible by "
+                       f"process_count x grad_accum_steps = {jax.process_count()} x "
+                       f"{t.grad_accum_steps}")
+    if self.seq_len > spec.model.max_position_embeddings:
+      raise ValueError(f"data.seq_len={self.seq_len} exceeds the model's "
+                       f"max_position_embeddings={spec.model.max_position_embeddings}")
+    self.mesh = parallel.make_mesh(spec.mesh.as_dict())
+    self.batch_sharding = parallel.batch_sharding(self.mesh)
+
+  def _build(self) -> None:
+    """Data iterator, train state (resumed, init_from or random) and the jitted step."""
+    spec, workdir = self.spec, self.workdir
+    tx, lr = optimizer_lib.make_optimizer(spec.optimizer)
+    seed = spec.train.seed
+    os.makedirs(workdir, exist_ok=True)
+    if self.is_main:
+      logging.info("building the data pipeline...")
+    local_shards = parallel.local_batch_shards(self.batch_sharding, self.global_batch, self.shards)
+    self.data_iter = data_lib.make_iterator(
+        spec.data.pipeline_config(), seq_len=self.seq_len, global_batch=self.global_batch,
+        shards=self.shards, local_shards=local_shards,
+        seed=seed if spec.data.shuffle_seed is None else spec.data.shuffle_seed)
+
+    model_cfg = spec.model
     abstract = jax.eval_shape(lambda: step_lib.init_state(model_cfg, tx, seed))
-    param_sh = parallel.param_shardings(abstract["params"], param_logical_axes(model_cfg), mesh)
-    parallel.check_sharded(abstract["params"], param_sh, mesh)
-    shardings = step_lib.state_shardings(abstract, tx, param_sh, mesh)
+    param_sh = parallel.param_shardings(abstract["params"], param_logical_axes(model_cfg),
+                                        self.mesh)
+    parallel.check_sharded(abstract["params"], param_sh, self.mesh)
+    shardings = step_lib.state_shardings(abstract, tx, param_sh, self.mesh)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             abstract, shardings)
 
-    mngr = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), config.get("checkpoint", {}))
-    restored = checkpoint.restore_latest(mngr, abstract, data_iter)
+    self.mngr = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), spec.checkpoint)
+    # Before the restore, which may set unreadable checkpoints aside: a mismatch writes nothing.
+    changes = _config_changes(workdir, self.resolved) if self.mngr.latest_step() is not None else []
+    restored = checkpoint.restore_latest(self.mngr, abstract, self.data_iter)
     if restored is not None:
-      start, state = restored
-      logging.info("resumed from %s/checkpoints step %d", workdir, start)
-    elif config.get("init_from"):
-      start = 0
-      params = _load_init(config, abstract["params"])
-      state = jax.jit(lambda p: step_lib.state_from_params(p, tx, seed),
-                      out_shardings=shardings, donate_argnums=0)(params)
+      self.start, self.state = restored
+      logging.info("resumed from %s/checkpoints step %d", workdir, self.start)
+    elif spec.init_from:
+      self.start = 0
+      params = _load_init(spec.init_from, abstract["params"])
+      self.state = jax.jit(lambda p: step_lib.state_from_params(p, tx, seed),
+                           out_shardings=shardings, donate_argnums=0)(params)
     else:
-      start = 0
-      state = step_lib.jit_init(model_cfg, tx, seed, shardings)()
+      self.start = 0
+      self.state = step_lib.jit_init(model_cfg, tx, seed, shardings)()
 
     n_params = sum(math.prod(a.shape) for a in jax.tree.leaves(abstract["params"]))
     logging.info("model %s: %.2fM parameters; mesh %s; %.1f%% of parameter bytes per device",
-                 config.model.get("preset") or "from init_from", n_params / 1e6,
-                 parallel.describe(mesh),
+                 self.resolved["model"]["preset"] or f"from {spec.init_from}", n_params / 1e6,
+                 parallel.describe(self.mesh),
                  100 * parallel.shard_fraction(abstract["params"], param_sh))
-    if is_main:
-      with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(config_utils.resolved_dict(config, model_cfg), f, indent=2)
-
-    step_fn = step_lib.jit_train_step(
-        step_lib.make_train_step(model_cfg, tx, lr, **step_lib.step_options(config.train),
+    if self.is_main:
+      _record_config(workdir, self.resolved, changes if restored is not None else [], self.start)
+    self.step_fn = step_lib.jit_train_step(
+        step_lib.make_train_step(model_cfg, tx, lr, **spec.train.step_options(),
                                  param_shardings=param_sh),
-        shardings, mesh)
-    return _loop(config, workdir, model_cfg, mesh, mngr, data_iter, shards, step_fn, state,
-                 start, num_steps, seq_len, global_batch)
+        shardings, self.mesh)
 
+  def run(self) -> dict[str, Any]:
+    with parallel.mesh_context(self.mesh):
+      self._build()
+    spec, t = self.spec, self.spec.train
+    self.log_every = max(1, t.log_every)
+    self.flops_token = metrics_lib.flops_per_token(spec.model, self.seq_len)
+    self.peak = metrics_lib.peak_flops_per_device(jax.devices()[0].device_kind)
+    self.clock_step = self.start
+    self.writer = metrics_lib.MetricsWriter(
+        self.workdir, self.start, enabled=self.is_main, tensorboard=t.tensorboard,
+        wandb_project=t.wandb_project, run_config=self.resolved)
+    eval_every = spec.eval.every_steps
+    eval_writer = metrics_lib.MetricsWriter(self.workdir, self.start,
+                                            enabled=self.is_main and eval_every > 0,
+                                            filename="eval.jsonl", tensorboard=False)
+    evaluator = _Evaluator(spec) if eval_every else None
+    policy = checkpoint.SavePolicy(spec.checkpoint)
+    preemption = _Preemption()
+    pending = None
+    done = self.start
+    try:
+      with parallel.mesh_context(self.mesh):
+        for step in range(self.start, t.num_steps):
+          local = next(self.data_iter)
+          logged = (step + 1) % self.log_every == 0 or step + 1 == t.num_steps
+          counts = data_lib.source_tokens(self.data_iter, self.shards) if logged else {}
+          if step == self.start and self.is_main:
+            logging.info("compiling the train step (first step)...")
+          self.state, device_metrics = self.step_fn(
+              self.state, _global_batch(local, self.batch_sharding, self.global_batch))
+          done = step + 1
+          if pending is not None:  # Previous step's metrics: fetched while this one runs.
+            self._handle(*pending)
+          pending = (done, device_metrics, counts)
+          checkpoint.check_save(self.mngr)
+          stop, save_due = parallel.any_process(preemption.flag, policy.due(done))
+          save_due = save_due or done == t.num_steps or stop
+          eval_due = bool(eval_every) and done % eval_every == 0
+          if save_due or eval_due:
+            self._handle(*pending)
+            pending = None
+          if save_due:
+            checkpoint.save(self.mngr, done, self.state, self.data_iter)
+            policy.saved()
+          if eval_due:
+            eval_writer.write(done, evaluator(self.state["params"]))
+          if stop:
+            break
+        if pending is not None:
+          self._handle(*pending)
+        self.mngr.wait_until_finished()
+        checkpoint.check_save(self.mngr)
+    finally:
+      preemption.restore()
+      self.mngr.wait_until_finished()
+      self.mngr.close()
+      self.writer.close()
+      eval_writer.close()
+    if preemption.flag:
+      logging.warning("stopped by %s at step %d; checkpoint saved", preemption.signal_name, done)
+    return {"step": done, "loss": self.last_loss, "preempted": preemption.flag,
+            "params": self.state["params"], "model_config": spec.model, "workdir": self.workdir}
 
-def _loop(config, workdir, model_cfg, mesh, mngr, data_iter, shards, step_fn, state, start,
-          num_steps, seq_len, global_batch) -> dict[str, Any]:
-  is_main = jax.process_index() == 0
-  log_every = max(1, int(config.train.get("log_every", 1)))
-  eval_every = int(config.get("eval", {}).get("every_steps", 0) or 0)
-  policy = checkpoint.SavePolicy(config.get("checkpoint", {}))
-  writer = metrics_lib.MetricsWriter(workdir, start, enabled=is_main)
-  eval_writer = metrics_lib.MetricsWriter(workdir, start, enabled=is_main and eval_every > 0,
-                                          filename="eval.jsonl")
-  flops_token = metrics_lib.flops_per_token(model_cfg, seq_len)
-  peak = metrics_lib.peak_flops_per_device(jax.devices()[0].device_kind)
-  batch_sharding = parallel.batch_sharding(mesh)
-  tokens_per_step = global_batch * seq_len
-  preemption = _Preemption()
-  clock = {"step": start, "time": time.perf_counter(), "first": None}
-  last = {"loss": None}
-  evaluator = _Evaluator(config, model_cfg) if eval_every else None
-
-  def handle(done: int, device_metrics: dict, source_tokens: dict) -> None:
+  def _handle(self, done: int, device_metrics: dict, source_tokens: dict) -> None:
+    """Checks one step's metrics for NaN/inf, then logs them every `log_every` steps."""
     m = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
     if not all(math.isfinite(m[k]) for k in ("loss", "grad_norm", "param_norm")):
-      mngr.wait_until_finished()
-      good = mngr.latest_step()
+      self.mngr.wait_until_finished()
+      good = self.mngr.latest_step()
       raise NonFiniteLossError(
           f"non-finite values at step {done} (loss={m['loss']}, grad_norm={m['grad_norm']}, "
           f"param_norm={m['param_norm']}): stopped without saving that state; last good "
-          f"checkpoint: {'none' if good is None else f'step {good} in {mngr.directory}'}")
-    last["loss"] = m["loss"]
-    if done % log_every and done != num_steps:
+          f"checkpoint: {'none' if good is None else f'step {good} in {self.mngr.directory}'}")
+    self.last_loss = m["loss"]
+    num_steps = self.spec.train.num_steps
+    if done % self.log_every and done != num_steps:
       return
     now = time.perf_counter()
-    tps = (done - clock["step"]) * tokens_per_step / max(now - clock["time"], 1e-9)
-    if clock.get("first") is None:  # ETA from steady-state steps (the first one compiles).
-      clock["first"], eta = (done, now), None
+    tps = ((done - self.clock_step) * self.global_batch * self.seq_len
+           / max(now - self.clock_time, 1e-9))
+    if self.first is None:  # ETA from steady-state steps (the first one compiles).
+      self.first, eta = (done, now), None
     else:
-      first_step, first_time = clock["first"]
+      first_step, first_time = self.first
       eta = (now - first_time) / max(done - first_step, 1) * (num_steps - done)
-    clock.update(step=done, time=now)
+    self.clock_step, self.clock_time = done, now
     record = {k: m.pop(k) for k in ("loss", "lr", "grad_norm")}
-    record.update(tokens_per_sec=tps, mfu=metrics_lib.mfu(tps, flops_token, mesh.size, peak), **m)
+    record.update(tokens_per_sec=tps,
+                  mfu=metrics_lib.mfu(tps, self.flops_token, self.mesh.size, self.peak), **m)
     if source_tokens:
       record["source_tokens"] = source_tokens
-    writer.write(done, record)
-    if is_main:
+    self.writer.write(done, record)
+    if self.is_main:
       logging.info(metrics_lib.progress_line(done, num_steps, record, eta))
-
-  pending = None
-  done = start
-  try:
-    with parallel.mesh_context(mesh):
-      for step in range(start, num_steps):
-        local = next(data_iter)
-        logged = (step + 1) % log_every == 0 or step + 1 == num_steps
-        counts = data_lib.source_tokens(data_iter, shards) if logged else {}
-        state, device_metrics = step_fn(state, _global_batch(local, batch_sharding, global_batch))
-        done = step + 1
-        if pending is not None:  # Previous step's metrics: fetched while this one runs.
-          handle(*pending)
-        pending = (done, device_metrics, counts)
-        stop, save_due = parallel.any_process(preemption.flag, policy.due(done))
-        save_due = save_due or done == num_steps or stop
-        eval_due = bool(eval_every) and done % eval_every == 0
-        if save_due or eval_due:
-          handle(*pending)
-          pending = None
-        if save_due:
-          checkpoint.save(mngr, done, state, data_iter)
-          policy.saved()
-        if eval_due:
-          eval_writer.write(done, evaluator(state["params"]))
-        if stop:
-          break
-      if pending is not None:
-        handle(*pending)
-  finally:
-    preemption.restore()
-    mngr.wait_until_finished()
-    mngr.close()
-    writer.close()
-    eval_writer.close()
-  if preemption.flag:
-    logging.warning("stopped by SIGTERM at step %d; checkpoint saved", done)
-  return {"step": done, "loss": last["loss"], "preempted": preemption.flag,
-          "params": state["params"], "model_config": model_cfg, "workdir": workdir}
 
 
 class _Evaluator:
   """Thin hook to swallow_jax.evaluate.run_tasks(model_cfg, params, tokenizer, tasks)."""
 
-  def __init__(self, config: ml_collections.ConfigDict, model_cfg: Any):
+  def __init__(self, spec: config_utils.TrainSpec):
     from swallow_jax import evaluate, tokenizer  # pylint: disable=g-import-not-at-top
-    if not config.get("tokenizer"):
+    if not spec.tokenizer:
       raise ValueError("config.eval.every_steps > 0 needs config.tokenizer")
     self._run = evaluate.run_tasks
-    self._tok = tokenizer.load_tokenizer(config.tokenizer)
-    self._tasks = list(config.eval.get("tasks", []))
-    self._model_cfg = model_cfg
+    self._tok = tokenizer.load_tokenizer(spec.tokenizer)
+    self._tasks = list(spec.eval.tasks)
+    self._model_cfg = spec.model
 
   def __call__(self, params: Any) -> dict[str, Any]:
     return self._run(self._model_cfg, params, self._tok, self._tasks)

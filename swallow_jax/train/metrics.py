@@ -15,12 +15,15 @@ accelerator not in the table, MFU is null.
 """
 
 from collections.abc import Mapping
+import hashlib
 import json
 import math
 import os
 from typing import Any
 
 import numpy as np
+
+from swallow_jax import fileio
 
 # (substring of jax.Device.device_kind, peak dense bf16 FLOP/s per device), most specific first.
 PEAK_FLOPS: tuple[tuple[str, float], ...] = (
@@ -63,42 +66,58 @@ def mfu(tokens_per_sec: float, flops_token: float, num_devices: int,
 
 
 class MetricsWriter:
-  """Appends one JSON line per logged step to metrics.jsonl and mirrors scalars to TensorBoard.
+  """Appends one JSON line per logged step to `filename`; mirrors scalars to TensorBoard
+  (WORKDIR/tensorboard/, when `tensorboard`) and Weights & Biases (when `wandb_project`).
 
   On resume the file is first cut back to the restored step, so it always describes exactly the
-  steps that the saved state went through. Only process 0 writes.
+  steps that the saved state went through. Only process 0 writes (`enabled`).
   """
 
   def __init__(self, workdir: str, start_step: int, enabled: bool = True,
-               filename: str = "metrics.jsonl"):
+               filename: str = "metrics.jsonl", *, tensorboard: bool = True,
+               wandb_project: str = "", run_config: Mapping[str, Any] | None = None):
     self.enabled = enabled
     self.path = os.path.join(workdir, filename)
     self._tb = None
+    self._wandb = None
     if not enabled:
       return
     truncate_jsonl(self.path, start_step)
-    self._file = open(self.path, "a", encoding="utf-8")
-    if filename == "metrics.jsonl":
-      import tensorboardX  # Lazy: only the writing process needs it.
+    self._file = open(self.path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+    if tensorboard:
+      import tensorboardX  # pylint: disable=g-import-not-at-top  (only the writing process)
       self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"),
                                             purge_step=start_step + 1, flush_secs=30)
+    if wandb_project:
+      import wandb  # pylint: disable=g-import-not-at-top  (optional dependency)
+      # One W&B run per workdir: a resume continues it.
+      run_id = hashlib.sha1(os.path.abspath(workdir).encode()).hexdigest()[:16]
+      self._wandb = wandb.init(project=wandb_project, dir=workdir, id=run_id, resume="allow",
+                               config=dict(run_config or {}))
 
   def write(self, step: int, values: Mapping[str, Any]) -> None:
+    """One record for `step`: a JSON line, and the finite scalars to TensorBoard / W&B."""
     if not self.enabled:
       return
     record = {"step": int(step), **{k: _jsonable(v) for k, v in values.items()}}
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
+    scalars = {k: v for k, v in _flatten(values)
+               if isinstance(v, (int, float)) and math.isfinite(v)}
     if self._tb is not None:
-      for k, v in _flatten(values):
-        if isinstance(v, (int, float)) and v is not None and math.isfinite(v):
-          self._tb.add_scalar(k, v, step)
+      for k, v in scalars.items():
+        self._tb.add_scalar(k, v, step)
+    if self._wandb is not None:
+      self._wandb.log(scalars, step=int(step))
 
   def close(self) -> None:
+    """Flushes and closes the file and the writers."""
     if self.enabled:
       self._file.close()
       if self._tb is not None:
         self._tb.close()
+      if self._wandb is not None:
+        self._wandb.finish()
 
 
 def truncate_jsonl(path: str, last_step: int) -> None:
@@ -113,10 +132,8 @@ def truncate_jsonl(path: str, last_step: int) -> None:
           keep.append(line if line.endswith("\n") else line + "\n")
       except (ValueError, KeyError, TypeError):
         continue
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
+  with fileio.atomic_file(path) as f:
     f.writelines(keep)
-  os.replace(tmp, path)
 
 
 def _jsonable(v: Any) -> Any:

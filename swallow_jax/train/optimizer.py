@@ -10,20 +10,21 @@ from typing import Any
 import jax
 import optax
 
+from swallow_jax.config_utils import OptimizerSpec, as_section
+
 NO_DECAY_LEAVES = ("scale", "bias")
 
 
-def schedule(opt_cfg: Mapping[str, Any]) -> optax.Schedule:
+def schedule(opt_cfg: OptimizerSpec | Mapping[str, Any]) -> optax.Schedule:
   """lr(step): 0 -> peak_lr linearly over warmup_steps, then cosine to peak_lr * min_lr_ratio.
 
   `decay_steps` is the schedule's total length including warmup (optax convention); the LR stays
   at the minimum after it.
   """
-  peak = float(opt_cfg["peak_lr"])
+  opt = as_section(OptimizerSpec, opt_cfg, "optimizer")
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=peak, warmup_steps=int(opt_cfg["warmup_steps"]),
-      decay_steps=int(opt_cfg["decay_steps"]),
-      end_value=peak * float(opt_cfg.get("min_lr_ratio", 0.1)))
+      init_value=0.0, peak_value=opt.peak_lr, warmup_steps=opt.warmup_steps,
+      decay_steps=opt.decay_steps, end_value=opt.peak_lr * opt.min_lr_ratio)
 
 
 def decay_mask(params: Any) -> Any:
@@ -33,13 +34,14 @@ def decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
-def make_optimizer(opt_cfg: Mapping[str, Any]) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(opt_cfg: OptimizerSpec | Mapping[str, Any]
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Returns (transformation, lr schedule). Clipping happens before the Adam moments."""
-  lr = schedule(opt_cfg)
+  opt = as_section(OptimizerSpec, opt_cfg, "optimizer")
+  lr = schedule(opt)
   parts = []
-  if opt_cfg.get("clip_norm"):
-    parts.append(optax.clip_by_global_norm(float(opt_cfg["clip_norm"])))
-  parts.append(optax.adamw(lr, b1=float(opt_cfg.get("b1", 0.9)), b2=float(opt_cfg.get("b2", 0.95)),
-                           eps=float(opt_cfg.get("eps", 1e-8)),
-                           weight_decay=float(opt_cfg.get("weight_decay", 0.1)), mask=decay_mask))
+  if opt.clip_norm:
+    parts.append(optax.clip_by_global_norm(opt.clip_norm))
+  parts.append(optax.adamw(lr, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
+                           mask=decay_mask))
   return optax.chain(*parts), lr

@@ -57,15 +57,6 @@ def _microbatches(batch: Batch, n: int) -> Batch:
   return jax.tree.map(split, {k: batch[k] for k in BATCH_KEYS})
 
 
-def step_options(train_cfg: Mapping[str, Any]) -> dict[str, Any]:
-  """make_train_step's keyword options from `config.train` (absent keys take their defaults)."""
-  return dict(z_loss=float(train_cfg.get("z_loss", 0.0)),
-              grad_accum_steps=int(train_cfg.get("grad_accum_steps", 1)),
-              neftune_alpha=float(train_cfg.get("neftune_alpha", 0.0)),
-              loss_chunk_size=int(train_cfg.get("loss_chunk_size", 0)),
-              document_masking=bool(train_cfg.get("document_masking", True)))
-
-
 def make_train_step(model_cfg: Any, tx: optax.GradientTransformation, lr: optax.Schedule, *,
                     z_loss: float = 0.0, grad_accum_steps: int = 1, neftune_alpha: float = 0.0,
                     loss_chunk_size: int = 0, document_masking: bool = True,

@@ -1,4 +1,5 @@
-"""Vocabulary statistics, the expansion study and embedding resize for expanded vocabularies.
+"""Vocabulary statistics, the expansion study, embedding resize for expanded vocabularies, and
+the tokenizer files they make (sentencepiece training, tiktoken -> tokenizer.json).
 
 Command line: ``python -m swallow_jax.vocab {stats,table,expand} --help``.
 """
@@ -13,6 +14,9 @@ _PUBLIC = {
     "Expansion": "swallow_jax.vocab.expand",
     "resize_embeddings": "swallow_jax.vocab.resize",
     "grow_rows": "swallow_jax.vocab.resize",
+    "tiktoken_to_tokenizer_json": "swallow_jax.vocab.convert",
+    "bpe_merges": "swallow_jax.vocab.convert",
+    "train_sentencepiece": "swallow_jax.vocab.train",
 }
 
 __all__ = sorted(_PUBLIC)

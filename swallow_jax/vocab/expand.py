@@ -34,6 +34,7 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 
@@ -42,11 +43,16 @@ from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
 from swallow_jax import tokenizer as tokenizer_lib
 from swallow_jax.vocab import stats
+from swallow_jax.vocab import train
 
 # Characters that make a piece Japanese: kana, CJK ideographs (+ext. A, compatibility),
 # iteration marks, half-width katakana.
 JAPANESE = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3005-\u3007"
                       "\uff66-\uff9f]")
+# The files that give a tokenizer's tokens their roles (tokenizer.specials); ids are kept, so
+# they hold for the expanded tokenizer as they are.
+ROLE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+              "generation_config.json")
 _SMALLER_THAN_CHARS = re.compile(r"smaller than required_chars\. \d+ vs (\d+)")
 Piece = collections.namedtuple("Piece", "text score")
 
@@ -226,21 +232,35 @@ def learn_pieces(corpus: str, vocab_size: int, workdir: str, model_type: str,
                  character_coverage: float) -> tuple[list[Piece], int]:
   """Japanese pieces sentencepiece learns on the corpus (characters first, then learning order)
   and the size of the model it could train (at most ``vocab_size``)."""
-  train = lambda size: tokenizer_lib.train_sentencepiece(
+  fit = lambda size: train.train_sentencepiece(
       corpus, size, os.path.join(workdir, "learned"), model_type=model_type,
       byte_fallback=False, special_tokens=(), character_coverage=character_coverage,
       shrink_to_fit=True)
   try:
-    path = train(vocab_size)
+    path = fit(vocab_size)
   except RuntimeError as e:  # Our estimate of the characters it keeps was short.
     if not (m := _SMALLER_THAN_CHARS.search(str(e))):
       raise
-    path = train(vocab_size + int(m.group(1)))
+    path = fit(vocab_size + int(m.group(1)))
   proto = tokenizer_lib.read_sentencepiece_proto(path)
   normal = sp_pb2.ModelProto.SentencePiece.NORMAL
   pieces = [Piece(p.piece.replace("▁", " "), p.score) for p in proto.pieces
             if p.type == normal and JAPANESE.search(p.piece)]
   return sorted(pieces, key=lambda p: len(p.text) > 1), len(proto.pieces)  # Stable sort.
+
+
+def copy_role_files(src_dir: str, output_dir: str) -> list[str]:
+  """Copies `ROLE_FILES` present in `src_dir` into `output_dir` (mode 0644), so the expanded
+  tokenizer keeps BOS/EOS/PAD, add_bos, stop ids and the chat template; returns their names."""
+  copied = []
+  for name in ROLE_FILES:
+    src, dst = os.path.join(src_dir, name), os.path.join(output_dir, name)
+    if not os.path.isfile(src) or (os.path.exists(dst) and os.path.samefile(src, dst)):
+      continue
+    shutil.copyfile(src, dst)
+    os.chmod(dst, 0o644)
+    copied.append(name)
+  return copied
 
 
 @dataclasses.dataclass
@@ -287,8 +307,9 @@ def expand(tokenizer_path: str, corpus: str, heldout: str, num_new: int, output_
     corpus: UTF-8 text to learn subwords on.
     heldout: UTF-8 text to measure sequence lengths on (each line encoded alone).
     num_new: how many tokens to add at most; fewer when the corpus does not support more.
-    output_dir: gets the expanded tokenizer (the base's format and file name) and
-      ``expansion.json`` (this report plus the added strings in id order).
+    output_dir: gets the expanded tokenizer (the base's format and file name), the base's
+      `ROLE_FILES` (special tokens, chat template) and ``expansion.json`` (this report plus the
+      added strings in id order).
     model_type: sentencepiece model for learning ('bpe' or 'unigram'); by default the base's
       own type for sentencepiece bases and 'bpe' otherwise. A unigram base needs 'unigram'.
     character_coverage: sentencepiece's character coverage when learning.
@@ -323,6 +344,7 @@ def expand(tokenizer_path: str, corpus: str, heldout: str, num_new: int, output_
         break
       size = math.ceil(size * 1.2 * num_new / max(len(added), 1))
   os.makedirs(output_dir, exist_ok=True)
+  copy_role_files(os.path.dirname(os.path.abspath(base.path)), output_dir)
   path = expander.write(output_dir)
   new = tokenizer_lib.load_tokenizer(path)
   before = stats.count_tokens(base, heldout_lines)

@@ -21,8 +21,9 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from swallow_jax import tokenizer as tokenizer_lib
-from swallow_jax.model import hf
+from swallow_jax.model import io as model_io
 from swallow_jax.tokenizer import Tokenizer
+from swallow_jax.vocab import convert
 
 
 def new_token_pieces(old_tokenizer: Tokenizer, new_tokenizer: Tokenizer,
@@ -111,12 +112,11 @@ def resize_hf_checkpoint(model_dir: str, old_tokenizer: Tokenizer, new_tokenizer
                          output_dir: str, *, dtype: Any = jnp.bfloat16) -> str:
   """Writes ``model_dir`` (HF Llama safetensors) resized for ``new_tokenizer`` to ``output_dir``
   in ``dtype``, with the new tokenizer file; a tiktoken one also as tokenizer.json for HF."""
-  config, params = hf.load_hf(model_dir, dtype=dtype, progress=False)
+  config, params = model_io.load(model_dir, dtype=dtype, progress=False)
   params = resize_embeddings(params, old_tokenizer, new_tokenizer)
   config = dataclasses.replace(config, vocab_size=params["embed"]["embedding"].shape[0])
-  hf.save_hf(output_dir, config, params, dtype=dtype, tokenizer_dir=new_tokenizer.path,
-             progress=False)
+  model_io.save_hf(output_dir, config, params, dtype=dtype, tokenizer_dir=new_tokenizer.path,
+                   overwrite=True, progress=False)
   if isinstance(new_tokenizer, tokenizer_lib.TiktokenTokenizer):
-    tokenizer_lib.tiktoken_to_tokenizer_json(new_tokenizer,
-                                             os.path.join(output_dir, "tokenizer.json"))
+    convert.tiktoken_to_tokenizer_json(new_tokenizer, os.path.join(output_dir, "tokenizer.json"))
   return output_dir

@@ -1,0 +1,123 @@
+"""Atomic writes: a file or a directory appears complete under its final name, or not at all.
+
+The one place that writes "temporary sibling, then rename". A killed process leaves at most a
+`.NAME.tmp-PID` sibling; `remove_stale_tmp` clears those of dead processes.
+
+    with atomic_file("out/results.json") as f: ...        # text; "wb" for bytes
+    write_json("out/report.json", obj)
+    with atomic_dir("out/model", overwrite=True) as tmp: ...  # fill tmp; renamed on success
+"""
+
+from collections.abc import Iterator
+import contextlib
+import gzip
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from typing import IO, Any
+
+_TMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)(-\w+)?$")
+
+
+def _tmp_name(path: str, suffix: str = "") -> str:
+  parent, base = os.path.split(os.path.abspath(path))
+  return os.path.join(parent, f".{base}.tmp-{os.getpid()}{suffix}")
+
+
+@contextlib.contextmanager
+def atomic_file(path: str, mode: str = "w", encoding: str | None = "utf-8",
+                file_mode: int = 0o644) -> Iterator[IO[Any]]:
+  """Opens a temporary sibling of `path` for writing; renames it over `path` on success.
+
+  `mode` is "w" (text) or "wb"; a path ending in .gz is gzip-compressed. On an exception the
+  temporary file is removed and `path` is left as it was.
+  """
+  if mode not in ("w", "wb"):
+    raise ValueError(f"atomic_file: mode must be 'w' or 'wb', not {mode!r}")
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = _tmp_name(path)
+  binary = mode == "wb"
+  if path.endswith(".gz"):
+    f = gzip.open(tmp, "wb" if binary else "wt", encoding=None if binary else encoding)
+  else:
+    f = open(tmp, mode, encoding=None if binary else encoding)  # pylint: disable=consider-using-with
+  try:
+    with f:
+      yield f
+    os.chmod(tmp, file_mode)
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+    raise
+
+
+def write_json(path: str, obj: Any, indent: int | None = 2) -> None:
+  """Writes `obj` as UTF-8 JSON (non-ASCII kept as is) atomically."""
+  with atomic_file(path) as f:
+    json.dump(obj, f, indent=indent, ensure_ascii=False)
+    f.write("\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str, overwrite: bool = False) -> Iterator[str]:
+  """Yields a new empty temporary directory; on success it replaces `path` in one rename.
+
+  An existing `path` is an error unless `overwrite` (then it is swapped out only once the new
+  one is complete). Directory mode 0755. On an exception the temporary directory is removed.
+  """
+  path = os.path.abspath(path)
+  if os.path.exists(path) and not overwrite:
+    raise FileExistsError(f"{path} already exists (pass --overwrite to replace it)")
+  parent = os.path.dirname(path)
+  os.makedirs(parent, exist_ok=True)
+  tmp = _tmp_name(path)
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  os.chmod(tmp, 0o755)
+  try:
+    yield tmp
+    if os.path.exists(path):
+      old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
+      os.rename(path, os.path.join(old, "x"))
+      os.rename(tmp, path)
+      shutil.rmtree(old)
+    else:
+      os.rename(tmp, path)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def remove_stale_tmp(path: str) -> list[str]:
+  """Removes `.NAME.tmp-PID` siblings of `path` left by dead processes; returns what went.
+
+  Logs one line per removed leftover. Those of live processes (another job) are left alone.
+  """
+  parent, base = os.path.split(os.path.abspath(path))
+  removed = []
+  if not os.path.isdir(parent):
+    return removed
+  for name in os.listdir(parent):
+    m = _TMP_RE.match(name)
+    if not m or m.group("name") != base or _pid_alive(int(m.group("pid"))):
+      continue
+    leftover = os.path.join(parent, name)
+    shutil.rmtree(leftover) if os.path.isdir(leftover) else os.remove(leftover)
+    logging.warning("removed %s, left by a process (PID %s) that is no longer running",
+                    leftover, m.group("pid"))
+    removed.append(leftover)
+  return removed

@@ -1,0 +1,676 @@
+r"""One door for model weights: find, load and save a model whatever its layout.
+
+    ref = model_io.resolve(path)          # ModelRef(kind, path, config, tokenizer_dir, step)
+    config, params = model_io.load(path_or_ref, dtype=None, shardings=None, decode=False)
+    model_io.save_hf(path, config, params, dtype=jnp.bfloat16, tokenizer_dir=None)
+    model_io.save_orbax(path, config, params)
+
+Path forms `resolve` accepts (kind in brackets):
+  * [hf]    a Hugging Face dir (config.json + model.safetensors or model-*-of-*.safetensors + index);
+  * [hf]    a Hub id `org/name` that is no existing path, from the local HF cache
+            ($HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub); nothing is downloaded;
+  * [orbax] what `convert --to_orbax` writes: DIR/params (Orbax StandardSave) + DIR/hf_config.json;
+  * [train] a training run: WORKDIR (latest step), WORKDIR/checkpoints (latest step), a step dir
+            WORKDIR/checkpoints/<N>, or WORKDIR/checkpoints/<N>/state. Only "params" is restored
+            (partial restore); the model config is the one the run wrote to WORKDIR/config.json.
+The config always comes from the checkpoint itself, never from a preset.
+
+Safetensors are read with pread (`SafetensorsReader`: whole tensors or row ranges into fresh
+buffers, so memory stays near what is asked for, unlike a memory map whose touched pages stay
+resident) and written header-first (`SafetensorsWriter`: all shapes are known up front, so tensors
+can arrive a chunk at a time). One shard is `model.safetensors` (no index); more are
+`model-0000i-of-0000N.safetensors` + `model.safetensors.index.json`. Output dirs appear complete
+or not at all (`fileio.atomic_dir`); files are mode 0644.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import struct
+from typing import Any
+
+from flax import traverse_util
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from tqdm import tqdm
+
+from swallow_jax import fileio
+from swallow_jax.model import hf
+from swallow_jax.model.config import LlamaConfig
+from swallow_jax.model.llama import Params, init_params, is_per_layer, unstack_layers
+
+INDEX = "model.safetensors.index.json"
+ORBAX_PARAMS, ORBAX_CONFIG = "params", "hf_config.json"
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".ckpt")
+_TOKENIZER_FILES = re.compile(
+    r"^(tokenizer.*|special_tokens_map\.json|added_tokens\.json|chat_template\..*|.*\.tiktoken|"
+    r".*\.model|vocab\.json|merges\.txt)$")
+_ST_DTYPES = {
+    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64),
+    "I32": np.dtype(np.int32), "I16": np.dtype(np.int16), "I8": np.dtype(np.int8),
+    "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
+    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn), "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
+}
+_ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
+# Llama 3 Instruct's chat template, for exports whose tokenizer dir brings none.
+LLAMA3_CHAT_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    "{% endif %}")
+
+
+class ModelPathError(ValueError):
+  """A path that is not a model this package can read; the one-line message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRef:
+  """Where a model's weights live and what they are."""
+
+  kind: str  # "hf" | "orbax" | "train"
+  path: str  # HF dir, Orbax params dir, or WORKDIR/checkpoints/N/state
+  config: LlamaConfig
+  tokenizer_dir: str | None = None
+  step: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+  shape: tuple[int, ...]
+  dtype: np.dtype
+
+
+# Resolving paths ------------------------------------------------------------------------------
+
+
+def hub_cache_dir() -> str:
+  """The local Hugging Face Hub cache, as huggingface_hub itself locates it."""
+  if os.environ.get("HF_HUB_CACHE"):
+    return os.environ["HF_HUB_CACHE"]
+  home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                   "huggingface")
+  return os.path.join(home, "hub")
+
+
+def _hub_snapshot(repo_id: str) -> str:
+  cache = hub_cache_dir()
+  missing = ModelPathError(
+      f"{repo_id} is not in the local Hugging Face cache ({cache}); download it with: "
+      f"huggingface-cli download {repo_id}")
+  try:
+    import huggingface_hub  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    repo = os.path.join(cache, "models--" + repo_id.replace("/", "--"))
+    try:
+      with open(os.path.join(repo, "refs", "main"), encoding="utf-8") as f:
+        snapshot = os.path.join(repo, "snapshots", f.read().strip())
+    except OSError:
+      raise missing from None
+    if not os.path.isdir(snapshot):
+      raise missing from None
+    return snapshot
+  try:
+    return huggingface_hub.snapshot_download(repo_id, cache_dir=cache, local_files_only=True)
+  except Exception:  # pylint: disable=broad-except  (LocalEntryNotFoundError and kin)
+    raise missing from None
+
+
+def _has_safetensors(path: str) -> bool:
+  return any(n.endswith(".safetensors") for n in os.listdir(path)) or os.path.exists(
+      os.path.join(path, INDEX))
+
+
+def _read_json(path: str) -> Any:
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise ModelPathError(f"{path}: unreadable JSON ({e})") from None
+
+
+def _hf_config(path: str, **overrides: Any) -> LlamaConfig:
+  try:
+    return LlamaConfig.from_hf(_read_json(path), **overrides)
+  except (ValueError, TypeError) as e:
+    raise ModelPathError(f"{path}: not a Llama config ({e})") from None
+
+
+def _step_dir(path: str) -> str | None:
+  """checkpoints/N from a workdir, its checkpoints/, a step dir or the step's state/."""
+  if os.path.basename(path) == "state" and os.path.basename(os.path.dirname(path)).isdigit():
+    return os.path.dirname(path)
+  if os.path.isdir(os.path.join(path, "state")) and os.path.basename(path).isdigit():
+    return path
+  for root in (path, os.path.join(path, "checkpoints")):
+    if os.path.isdir(root):
+      steps = [int(n) for n in os.listdir(root)
+               if n.isdigit() and os.path.isdir(os.path.join(root, n, "state"))]
+      if steps:
+        return os.path.join(root, str(max(steps)))
+  return None
+
+
+def _train_ref(step_dir: str) -> ModelRef:
+  workdir = os.path.dirname(os.path.dirname(step_dir))
+  cfg_file = os.path.join(workdir, "config.json")
+  if not os.path.isfile(cfg_file):
+    raise ModelPathError(f"{cfg_file} not found: cannot tell the model config of {step_dir}")
+  resolved = _read_json(cfg_file)
+  try:
+    fields = {f.name for f in dataclasses.fields(LlamaConfig)}
+    config = LlamaConfig(**{k: v for k, v in resolved["model"].items() if k in fields})
+  except (KeyError, TypeError, ValueError) as e:
+    raise ModelPathError(f"{cfg_file}: no valid 'model' section ({e})") from None
+  tokenizer = resolved.get("tokenizer") or None
+  if tokenizer and not os.path.isabs(tokenizer) and not os.path.exists(tokenizer):
+    tokenizer = os.path.join(workdir, tokenizer)
+  return ModelRef("train", os.path.join(step_dir, "state"), config,
+                  tokenizer if tokenizer and os.path.exists(tokenizer) else None,
+                  int(os.path.basename(step_dir)))
+
+
+def resolve(path: str | os.PathLike[str]) -> ModelRef:
+  """The ModelRef of any accepted path form (see the module doc); ModelPathError otherwise."""
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    if _HUB_ID.fullmatch(path):
+      path = _hub_snapshot(path)
+    else:
+      raise ModelPathError(f"{path}: no such file or directory (expected an HF model dir, a Hub "
+                           "id in the local cache, a `convert --to_orbax` dir or a training run)")
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise ModelPathError(f"{path}: not a directory (expected a model directory)")
+  cfg = os.path.join(path, "config.json")
+  if _has_safetensors(path):
+    if not os.path.isfile(cfg):
+      raise ModelPathError(f"{path}: safetensors without a config.json (expected an HF dir)")
+    return ModelRef("hf", path, _hf_config(cfg), path)
+  if os.path.isfile(os.path.join(path, ORBAX_CONFIG)) and os.path.isdir(
+      os.path.join(path, ORBAX_PARAMS)):
+    d = _read_json(os.path.join(path, ORBAX_CONFIG))
+    config = _hf_config(os.path.join(path, ORBAX_CONFIG),
+                        param_dtype=d.get("torch_dtype") or "float32")
+    tok = path if any(_TOKENIZER_FILES.match(n) for n in os.listdir(path)) else None
+    return ModelRef("orbax", os.path.join(path, ORBAX_PARAMS), config, tok)
+  step_dir = _step_dir(path)
+  if step_dir:
+    return _train_ref(step_dir)
+  if os.path.isfile(cfg):
+    raise ModelPathError(f"{path}: config.json but no *.safetensors (expected an HF model dir "
+                         "with its weights)")
+  raise ModelPathError(f"{path}: not a model (expected an HF dir with config.json + "
+                       "*.safetensors, a `convert --to_orbax` dir with params/ + hf_config.json, "
+                       "or a training run with checkpoints/<step>/state)")
+
+
+def _ref(path_or_ref: str | os.PathLike[str] | ModelRef) -> ModelRef:
+  return path_or_ref if isinstance(path_or_ref, ModelRef) else resolve(path_or_ref)
+
+
+# Safetensors ---------------------------------------------------------------------------------
+
+
+class SafetensorsReader:
+  """Reads whole tensors or row ranges of a safetensors dir (sharded or not) with pread."""
+
+  def __init__(self, directory: str):
+    index = os.path.join(directory, INDEX)
+    if os.path.exists(index):
+      try:
+        files = sorted(set(_read_json(index)["weight_map"].values()))
+      except (KeyError, AttributeError, TypeError) as e:
+        raise ModelPathError(f"{index}: unreadable index (no weight_map: {e})") from None
+    else:
+      files = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors"))
+    if not files:
+      raise ModelPathError(f"{directory}: no *.safetensors files")
+    self.entries: dict[str, TensorInfo] = {}
+    self.files: dict[str, str] = {}
+    self._where: dict[str, tuple[int, int]] = {}  # name -> (fd, absolute data offset)
+    self._fds: list[int] = []
+    try:
+      for file in files:
+        self._read_header(os.path.join(directory, file))
+    except BaseException:
+      self.close()
+      raise
+
+  def _read_header(self, path: str) -> None:
+    try:
+      fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+      raise ModelPathError(f"{path}: cannot open ({e.strerror})") from None
+    self._fds.append(fd)
+    size = os.fstat(fd).st_size
+    try:
+      (n,) = struct.unpack("<Q", os.pread(fd, 8, 0))
+      if n > min(size - 8, 100 << 20):
+        raise ValueError(f"header length {n} exceeds the file")
+      for name, info in json.loads(os.pread(fd, n, 8)).items():
+        if name == "__metadata__":
+          continue
+        begin, end = info["data_offsets"]
+        entry = TensorInfo(tuple(info["shape"]), _ST_DTYPES[info["dtype"]])
+        if end - begin != math.prod(entry.shape) * entry.dtype.itemsize or 8 + n + end > size:
+          raise ValueError(f"tensor {name} has bad offsets or the file is truncated")
+        self.entries[name], self.files[name] = entry, path
+        self._where[name] = (fd, 8 + n + begin)
+    except (struct.error, ValueError, KeyError, TypeError) as e:
+      raise ModelPathError(f"{path}: not a valid safetensors file ({e})") from None
+
+  def read(self, name: str, lo: int = 0, hi: int | None = None) -> np.ndarray:
+    """Rows [lo, hi) along axis 0 (all rows by default; the value for scalars)."""
+    entry, (fd, offset) = self.entries[name], self._where[name]
+    shape = entry.shape
+    hi = (shape[0] if shape else 0) if hi is None else hi
+    row = math.prod(shape[1:]) * entry.dtype.itemsize
+    buf = np.empty((hi - lo, *shape[1:]) if shape else (), entry.dtype)
+    if buf.nbytes and os.preadv(fd, [buf.reshape(-1).view(np.uint8)],
+                                offset + lo * row) != buf.nbytes:
+      raise ModelPathError(f"{self.files[name]}: {name}: short read (file changed or truncated)")
+    return buf
+
+  def close(self) -> None:
+    for fd in self._fds:
+      os.close(fd)
+    self._fds = []
+
+  def __enter__(self) -> SafetensorsReader:
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.close()
+
+
+def plan_shards(tensors: Sequence[tuple[str, TensorInfo]],
+                max_shard_bytes: int) -> list[list[tuple[str, TensorInfo]]]:
+  """Consecutive tensors grouped into shards of at most `max_shard_bytes` (one tensor at least)."""
+  shards: list[list[tuple[str, TensorInfo]]] = [[]]
+  size = 0
+  for name, info in tensors:
+    nbytes = math.prod(info.shape) * info.dtype.itemsize
+    if shards[-1] and size + nbytes > max_shard_bytes:
+      shards.append([])
+      size = 0
+    shards[-1].append((name, info))
+    size += nbytes
+  return shards
+
+
+class SafetensorsWriter:
+  """Writes safetensors header-first, so each tensor may arrive in row chunks, in plan order."""
+
+  def __init__(self, directory: str, tensors: Sequence[tuple[str, TensorInfo]],
+               max_shard_bytes: int):
+    self.dir = directory
+    self._shards = plan_shards(tensors, max_shard_bytes)
+    n = len(self._shards)
+    self._files = (["model.safetensors"] if n == 1 else
+                   [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)])
+    self._shard_of = {name: i for i, s in enumerate(self._shards) for name, _ in s}
+    self._current: tuple[int, Any] = (-1, None)
+    if n > 1:
+      total = sum(math.prod(t.shape) * t.dtype.itemsize for s in self._shards for _, t in s)
+      fileio.write_json(os.path.join(directory, INDEX), {
+          "metadata": {"total_size": total},
+          "weight_map": {name: self._files[i] for name, i in self._shard_of.items()}})
+
+  def write(self, name: str, chunk: np.ndarray) -> None:
+    """Appends `chunk` (whole tensor or the next rows of it) to tensor `name`."""
+    i = self._shard_of[name]
+    if self._current[0] != i:
+      self.close()
+      path = os.path.join(self.dir, self._files[i])
+      f = open(path, "wb")  # pylint: disable=consider-using-with  (closed in close())
+      os.chmod(path, 0o644)
+      header, offset = {"__metadata__": {"format": "pt"}}, 0
+      for tensor, info in self._shards[i]:
+        nbytes = math.prod(info.shape) * info.dtype.itemsize
+        header[tensor] = {"dtype": _ST_NAMES[info.dtype], "shape": list(info.shape),
+                          "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+      blob = json.dumps(header, separators=(",", ":")).encode()
+      blob += b" " * (-len(blob) % 8)
+      f.write(struct.pack("<Q", len(blob)) + blob)
+      self._current = (i, f)
+    self._current[1].write(np.ascontiguousarray(chunk).reshape(-1).view(np.uint8).data)
+
+  def close(self) -> None:
+    if self._current[1] is not None:
+      self._current[1].close()
+    self._current = (-1, None)
+
+
+def copy_side_files(src: str, dst: str, everything: bool = False) -> None:
+  """Copies tokenizer files (or, with `everything`, all files but weights and config.json)
+  from the dir or single file `src` into `dst`, mode 0644."""
+  if os.path.isfile(src):
+    paths = [src]
+  else:
+    paths = [os.path.join(src, n) for n in sorted(os.listdir(src))]
+  for path in paths:
+    name = os.path.basename(path)
+    if not os.path.isfile(path):
+      continue
+    if everything:
+      if name in (INDEX, "config.json") or name.endswith(_WEIGHT_SUFFIXES):
+        continue
+    elif not _TOKENIZER_FILES.match(name):
+      continue
+    shutil.copyfile(path, os.path.join(dst, name))
+    os.chmod(os.path.join(dst, name), 0o644)
+
+
+def _minimal_tokenizer_config(directory: str, config: LlamaConfig) -> dict[str, Any]:
+  """tokenizer_config.json for a tokenizer dir that has none (transformers needs one)."""
+  out: dict[str, Any] = {}
+  tok_json = os.path.join(directory, "tokenizer.json")
+  if os.path.isfile(tok_json):
+    out["tokenizer_class"] = "PreTrainedTokenizerFast"
+    added = {t["id"]: t["content"] for t in _read_json(tok_json).get("added_tokens", [])}
+    for key, token_id in (("bos_token", config.bos_token_id), ("eos_token", config.eos_token_id[0]),
+                          ("pad_token", config.pad_token_id), ("unk_token", config.unk_token_id)):
+      if token_id in added:
+        out[key] = added[token_id]
+    if not os.path.exists(os.path.join(directory, "chat_template.jinja")) and (
+        "<|start_header_id|>" in added.values()):
+      out["chat_template"] = LLAMA3_CHAT_TEMPLATE
+  return out
+
+
+def _write_configs(directory: str, config: LlamaConfig, dtype: np.dtype) -> None:
+  hf_config = {**config.to_hf(), "torch_dtype": jnp.dtype(dtype).name}
+  fileio.write_json(os.path.join(directory, "config.json"), hf_config)
+  gen = {"_from_model_config": True, "bos_token_id": config.bos_token_id,
+         "eos_token_id": list(config.eos_token_id)}
+  if config.pad_token_id is not None:
+    gen["pad_token_id"] = config.pad_token_id
+  fileio.write_json(os.path.join(directory, "generation_config.json"), gen)
+
+
+def write_model_files(directory: str, config: LlamaConfig, dtype: Any,
+                      tokenizer_dir: str | None) -> None:
+  """config.json, generation_config.json and the tokenizer files of an HF export."""
+  _write_configs(directory, config, dtype)
+  if tokenizer_dir:
+    copy_side_files(tokenizer_dir, directory)
+    if not os.path.exists(os.path.join(directory, "tokenizer_config.json")):
+      fileio.write_json(os.path.join(directory, "tokenizer_config.json"),
+                        _minimal_tokenizer_config(directory, config))
+
+
+# Loading -------------------------------------------------------------------------------------
+
+
+def _get(tree: Any, path: Sequence[str]) -> Any:
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def _abstract(config: LlamaConfig) -> Params:
+  return jax.eval_shape(init_params, config, jax.random.key(0))
+
+
+def _check_hf_tensors(config: LlamaConfig, reader: SafetensorsReader, path: str) -> None:
+  """Errors naming the tensor (and file) if anything is missing, extra or mis-shaped."""
+  expected = _abstract(config)
+  wanted = set()
+  for p in hf.param_paths(config):
+    shape = _get(expected, p).shape
+    per_tensor = shape[1:] if p[0] == "layers" else shape
+    hf_shape = tuple(reversed(per_tensor)) if hf.is_transposed(p) else tuple(per_tensor)
+    for name in hf.param_to_hf_names(p, config.num_layers):
+      wanted.add(name)
+      if name not in reader.entries:
+        raise ModelPathError(f"tensor {name!r} is missing from {path}")
+      if reader.entries[name].shape != hf_shape:
+        raise ModelPathError(f"tensor {name!r} in {reader.files[name]} has shape "
+                             f"{reader.entries[name].shape}, expected {hf_shape} from config.json")
+  for name, file in reader.files.items():
+    tied_head = name == "lm_head.weight" and config.tie_word_embeddings
+    if name not in wanted and not tied_head and not hf.IGNORED.match(name):
+      raise ModelPathError(f"unexpected tensor {name!r} in {file}")
+
+
+def read_hf_param(reader: SafetensorsReader, path: hf.Path, num_layers: int,
+                  index: tuple[slice, ...] = ()) -> np.ndarray:
+  """Param `path` (or its `index` part) assembled from HF tensors: reads the needed row range
+  of each tensor, then slices the columns."""
+  names = hf.param_to_hf_names(path, num_layers)
+  stacked = path[0] == "layers"
+  transposed = hf.is_transposed(path)
+  layers = range(num_layers)[index[0]] if stacked and index else range(len(names))
+  index = index[1:] if stacked else index
+  hf_index = tuple(reversed(index)) if transposed else index
+  parts = []
+  for i in layers:
+    rows = hf_index[0] if hf_index else slice(None)
+    n = reader.entries[names[i]].shape[0] if reader.entries[names[i]].shape else 0
+    lo, hi, _ = rows.indices(n) if reader.entries[names[i]].shape else (0, 0, 1)
+    x = reader.read(names[i], lo, hi)[(slice(None), *hf_index[1:])]
+    parts.append(x.T if transposed else x)
+  return np.stack(parts) if stacked else parts[0]
+
+
+def _stored_dtype(reader: SafetensorsReader, path: str) -> str:
+  name = jnp.dtype(reader.entries["model.embed_tokens.weight"].dtype).name
+  if name not in ("float32", "bfloat16", "float16"):
+    raise ModelPathError(f"{path}: weights are {name}; pass dtype= to load them as a float type")
+  return name
+
+
+def _load_hf(ref: ModelRef, dtype: Any, shardings: Params | None,
+             progress: bool) -> tuple[LlamaConfig, Params]:
+  with SafetensorsReader(ref.path) as reader:
+    _check_hf_tensors(ref.config, reader, ref.path)
+    name = jnp.dtype(dtype).name if dtype is not None else _stored_dtype(reader, ref.path)
+    config = dataclasses.replace(ref.config, param_dtype=name)
+    expected = _abstract(config)
+    params: dict = {}
+    for p in tqdm(hf.param_paths(config), desc=f"load {os.path.basename(ref.path)}",
+                  disable=not progress):
+      if shardings is None:
+        value = jnp.asarray(read_hf_param(reader, p, config.num_layers).astype(name))
+      else:
+        value = jax.make_array_from_callback(
+            _get(expected, p).shape, _get(shardings, p),
+            lambda idx, p=p: read_hf_param(reader, p, config.num_layers, tuple(idx)).astype(name))
+      params[p] = value
+  return config, traverse_util.unflatten_dict(params)
+
+
+def _load_orbax(ref: ModelRef, dtype: Any, shardings: Params | None) -> tuple[LlamaConfig, Params]:
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  name = jnp.dtype(dtype).name if dtype is not None else ref.config.param_dtype
+  config = dataclasses.replace(ref.config, param_dtype=name)
+  abstract = _abstract(config)
+  if shardings is None:
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: device, abstract)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, shardings)
+  item, args = abstract, ocp.checkpoint_utils.construct_restore_args(abstract)
+  if ref.kind == "train":
+    item, args = {"params": item}, {"params": args}
+  try:
+    with ocp.PyTreeCheckpointer() as ckptr:
+      restored = ckptr.restore(ref.path, args=ocp.args.PyTreeRestore(
+          item=item, restore_args=args, partial_restore=True))
+  except Exception as e:  # pylint: disable=broad-except  (Orbax raises many kinds)
+    first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+    raise ModelPathError(f"{ref.path}: cannot restore the parameters ({first})") from None
+  return config, restored["params"] if ref.kind == "train" else restored
+
+
+def load(path_or_ref: str | os.PathLike[str] | ModelRef, *, dtype: Any = None,
+         shardings: Params | None = None, decode: bool = False,
+         progress: bool = True) -> tuple[LlamaConfig, Params]:
+  """(config, params) of any path form `resolve` accepts.
+
+  dtype: None keeps the stored dtype (config.param_dtype says which). shardings: a pytree of
+  `jax.sharding.Sharding` matching the params; each device then reads only its own shard (HF:
+  the rows it owns, then its columns). decode=True returns the per-layer decoding layout
+  (`model.unstack_layers`), split one stacked array at a time.
+  """
+  ref = _ref(path_or_ref)
+  if ref.kind == "hf":
+    config, params = _load_hf(ref, dtype, shardings, progress)
+  else:
+    config, params = _load_orbax(ref, dtype, shardings)
+  if decode:
+    params = unstack_layers(params, consume=True)
+  return config, params
+
+
+# Saving --------------------------------------------------------------------------------------
+
+
+def hf_tensors(config: LlamaConfig, params: Params,
+               dtype: Any = jnp.bfloat16) -> Iterator[tuple[str, np.ndarray]]:
+  """(HF name, tensor in `dtype`) one at a time in HF order; stacked or per-layer params."""
+  per_layer = is_per_layer(params)
+  for p in hf.param_paths(config):
+    names = hf.param_to_hf_names(p, config.num_layers)
+    stacked = None if per_layer or p[0] != "layers" else np.asarray(
+        jax.device_get(_get(params, p))).astype(dtype)
+    for i, name in enumerate(names):
+      if p[0] != "layers":
+        x = np.asarray(jax.device_get(_get(params, p))).astype(dtype)
+      elif per_layer:
+        x = np.asarray(jax.device_get(_get(params[f"layers_{i}"], p[1:]))).astype(dtype)
+      else:
+        x = stacked[i]
+      yield name, np.ascontiguousarray(x.T if hf.is_transposed(p) else x)
+
+
+def _hf_plan(config: LlamaConfig, dtype: np.dtype) -> list[tuple[str, TensorInfo]]:
+  expected = _abstract(config)
+  plan = []
+  for p in hf.param_paths(config):
+    shape = _get(expected, p).shape
+    shape = shape[1:] if p[0] == "layers" else shape
+    shape = tuple(reversed(shape)) if hf.is_transposed(p) else tuple(shape)
+    plan += [(n, TensorInfo(shape, dtype)) for n in hf.param_to_hf_names(p, config.num_layers)]
+  return plan
+
+
+def save_hf(path: str, config: LlamaConfig, params: Params, *, dtype: Any = jnp.bfloat16,
+            tokenizer_dir: str | None = None, overwrite: bool = False,
+            max_shard_bytes: int = 5 * 1024**3, progress: bool = True) -> None:
+  """Writes an HF LlamaForCausalLM dir: config.json (pad/unk ids kept), generation_config.json,
+  safetensors, and the tokenizer files of `tokenizer_dir` (dir or file).
+
+  Appears complete or not at all; an existing `path` is an error unless `overwrite`.
+  Single-process only (params are copied to this host one stacked parameter at a time).
+  """
+  dtype = np.dtype(jnp.dtype(dtype))
+  plan = _hf_plan(config, dtype)
+  with fileio.atomic_dir(path, overwrite=overwrite) as tmp:
+    writer = SafetensorsWriter(tmp, plan, max_shard_bytes)
+    for name, x in tqdm(hf_tensors(config, params, dtype), total=len(plan),
+                        desc=f"save {os.path.basename(os.path.abspath(path))}",
+                        disable=not progress):
+      writer.write(name, x)
+    writer.close()
+    write_model_files(tmp, config, dtype, tokenizer_dir)
+
+
+def save_orbax(path: str, config: LlamaConfig, params: Params, *, overwrite: bool = False) -> None:
+  """Writes DIR/params (Orbax, any sharding) + DIR/hf_config.json, the layout `resolve` reads
+  as kind "orbax". Appears complete or not at all."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  if is_per_layer(params):
+    raise ValueError("save_orbax: pass the stacked layout (load without decode=True)")
+  with fileio.atomic_dir(path, overwrite=overwrite) as tmp:
+    with ocp.StandardCheckpointer() as ckptr:
+      ckptr.save(os.path.join(tmp, ORBAX_PARAMS), params)
+    fileio.write_json(os.path.join(tmp, ORBAX_CONFIG),
+                      {**config.to_hf(), "torch_dtype": config.param_dtype})
+
+
+# Per-tensor access for streaming tools (chat vector) -------------------------------------------
+
+
+class OrbaxTensors:
+  """An orbax/train checkpoint's params seen as HF tensors (names, shapes, HF orientation).
+
+  Each stacked parameter is restored whole once (partial restore) and served layer by layer;
+  read tensors in `hf.param_paths` order so that each is restored only once.
+  """
+
+  def __init__(self, ref: ModelRef):
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    self._ocp, self._ref = ocp, ref
+    self._prefix = ("params",) if ref.kind == "train" else ()
+    self._ckpt = ocp.PyTreeCheckpointer()
+    try:
+      meta = self._ckpt.metadata(ref.path)
+    except Exception as e:  # pylint: disable=broad-except  (Orbax raises many kinds)
+      raise ModelPathError(f"{ref.path}: unreadable Orbax checkpoint ({e})") from None
+    tree = getattr(meta, "item_metadata", meta)
+    tree = _get(getattr(tree, "tree", tree), self._prefix)
+    stored = {k: m for k, m in traverse_util.flatten_dict(dict(tree)).items()}
+    self.entries: dict[str, TensorInfo] = {}
+    self._source: dict[str, tuple[hf.Path, int | None]] = {}
+    for name, info in _hf_plan(ref.config, np.dtype(np.float32)):
+      p, layer = hf.hf_to_param_name(name)
+      if p not in stored:
+        raise ModelPathError(f"{ref.path}: parameter {'/'.join(p)} is missing")
+      self.entries[name] = TensorInfo(info.shape, np.dtype(stored[p].dtype))
+      self._source[name] = (p, layer)
+    self._cache: tuple[hf.Path, np.ndarray] | None = None
+
+  def read(self, name: str, lo: int = 0, hi: int | None = None) -> np.ndarray:
+    """Rows [lo, hi) of HF tensor `name`."""
+    p, layer = self._source[name]
+    if self._cache is None or self._cache[0] != p:
+      self._cache = None
+      item, args = 0, self._ocp.RestoreArgs(restore_type=np.ndarray)
+      for k in reversed(self._prefix + p):
+        item, args = {k: item}, {k: args}
+      try:
+        tree = self._ckpt.restore(self._ref.path, args=self._ocp.args.PyTreeRestore(
+            item=item, restore_args=args, partial_restore=True))
+      except Exception as e:  # pylint: disable=broad-except
+        raise ModelPathError(f"{self._ref.path}: {'/'.join(p)}: cannot restore ({e})") from None
+      self._cache = (p, np.asarray(_get(tree, self._prefix + p)))
+    x = self._cache[1] if layer is None else self._cache[1][layer]
+    x = x.T if hf.is_transposed(p) else x
+    return np.ascontiguousarray(x[lo:hi]) if x.ndim else x
+
+  def close(self) -> None:
+    self._cache = None
+
+
+def open_tensors(path_or_ref: str | os.PathLike[str] | ModelRef) -> SafetensorsReader | OrbaxTensors:
+  """A per-tensor reader with HF tensor names (`.entries`, `.read(name, lo, hi)`, `.close()`)."""
+  ref = _ref(path_or_ref)
+  return SafetensorsReader(ref.path) if ref.kind == "hf" else OrbaxTensors(ref)
+
+
+def hf_order(names: Iterable[str]) -> list[str]:
+  """Tensor names in param order (each stacked parameter's layers together), others last."""
+  order = {p: k for k, p in enumerate(hf.PARAM_ORDER)}
+
+  def key(name: str) -> tuple[int, int, str]:
+    try:
+      p, layer = hf.hf_to_param_name(name)
+    except KeyError:
+      return (len(order), 0, name)
+    return (order[p], layer or 0, name)
+  return sorted(names, key=key)

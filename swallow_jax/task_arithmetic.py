@@ -1,0 +1,219 @@
+r"""Task arithmetic per tensor and over parameter trees: target + sum_i w_i * (plus_i - minus_i).
+
+fp32 arithmetic, result cast to the target's dtype (or `dtype`). Works on NumPy arrays and, under
+`jax.jit` or on sharded arrays, on JAX arrays (elementwise ops: XLA keeps the target's sharding).
+Tensors with token rows (VOCAB_AXES: embeddings, LM heads, in our layout or HF names) may keep
+protected rows as in the target, and may differ in vocabulary size when allowed.
+
+    merged = apply_chat_vector(target, base, instruct, scale=0.5, exclude=(r'.*norm.*',),
+                               protect_token_ids=LLAMA3_CHAT_TOKEN_IDS)
+"""
+
+from collections.abc import Sequence
+import re
+import sys
+from typing import Any
+
+from flax import traverse_util
+import ml_dtypes
+import numpy as np
+
+# Llama 3 chat-template specials: <|start_header_id|>, <|end_header_id|>, <|eot_id|>.
+LLAMA3_CHAT_TOKEN_IDS = (128006, 128007, 128009)
+
+# (path regex, vocabulary axis): which tensors have token rows, and along which axis.
+VOCAB_AXES = (
+    (r"(^|/)embed/embedding$", 0),  # ours, [V, D]
+    (r"(^|/)lm_head/kernel$", 1),  # ours, [D, V]
+    (r"(^|\.)embed_tokens\.weight$", 0),  # Hugging Face, [V, D]
+    (r"(^|\.)lm_head\.weight$", 0),  # Hugging Face, [V, D]
+)
+
+Tree = Any  # nested Mapping of arrays (NumPy or JAX)
+
+
+class ChatVectorError(ValueError):
+  """Tensors or checkpoints that cannot be merged; the message names the tensor."""
+
+
+def _xp(*arrays: Any) -> Any:
+  """jax.numpy when any input is a JAX array or tracer, else NumPy (JAX is never imported here)."""
+  jax = sys.modules.get("jax")
+  if jax is not None and any(isinstance(a, jax.Array) for a in arrays):
+    return jax.numpy
+  return np
+
+
+def is_float(dtype: Any) -> bool:
+  """True for the floating dtypes merged (bfloat16 included)."""
+  return np.issubdtype(dtype, np.floating) or np.dtype(dtype) == ml_dtypes.bfloat16
+
+
+def diff(plus: Any, minus: Any) -> Any:
+  """plus - minus in fp32, cropped to the common shape (shapes already checked)."""
+  xp = _xp(plus, minus)
+  shape = tuple(min(a, b) for a, b in zip(plus.shape, minus.shape))
+  if shape != tuple(plus.shape) or shape != tuple(minus.shape):
+    plus, minus = (p[tuple(slice(0, n) for n in shape)] for p in (plus, minus))
+  out = xp.asarray(plus).astype(np.float32)
+  if xp is np:  # in place: one pass less over memory, same rounding
+    out -= minus.astype(np.float32)
+    return out
+  return out - xp.asarray(minus).astype(np.float32)
+
+
+def apply(target: Any, diffs: Sequence[Any], weights: Sequence[Any], keep: Any,
+          axis: int | None, dtype: Any) -> Any:
+  """target + sum_i w_i * diffs_i in fp32, rows where `keep` is set left as in target.
+
+  diffs may be shorter than target along the vocabulary `axis` (then zero-padded) or longer
+  (cropped); `keep` is a bool vector along that axis (or None).
+  """
+  xp = _xp(target, *diffs)
+  t32 = xp.asarray(target).astype(np.float32)
+  delta = None
+  for d, w in zip(diffs, weights):
+    if axis is not None and d.shape[axis] > t32.shape[axis]:
+      d = d[(slice(None),) * axis + (slice(0, t32.shape[axis]),)]
+    if isinstance(w, (int, float, np.number)):
+      w = np.float32(w)  # fp32 arithmetic even for a float64 weight
+    term = w * d
+    delta = term if delta is None else delta + term
+  if axis is not None and delta.shape[axis] < t32.shape[axis]:
+    pad = [(0, 0)] * delta.ndim
+    pad[axis] = (0, t32.shape[axis] - delta.shape[axis])
+    delta = xp.pad(delta, pad)
+  if xp is np:  # in place, as above
+    delta += t32
+    out = delta
+  else:
+    out = t32 + delta
+  if keep is not None:
+    out = xp.where(keep.reshape([-1 if i == axis else 1 for i in range(out.ndim)]), t32, out)
+  return out.astype(dtype)
+
+
+def vocab_axis(name: str, vocab_axes: Sequence[tuple[str, int]] = VOCAB_AXES) -> int | None:
+  """The token axis of tensor `name` (embedding / LM head), or None."""
+  for pattern, axis in vocab_axes:
+    if re.search(pattern, name):
+      return axis
+  return None
+
+
+def check_shapes(name: str, target: tuple[int, ...], others: dict[str, tuple[int, ...]],
+                 axis: int | None, allow_vocab_mismatch: bool) -> int | None:
+  """Validates shapes; returns the number of overlapping token rows along `axis` (or None)."""
+  for role, shape in others.items():
+    if tuple(shape) == tuple(target):
+      continue
+    only_vocab = len(shape) == len(target) and axis is not None and all(
+        a == b for i, (a, b) in enumerate(zip(shape, target)) if i != axis)
+    if not only_vocab:
+      raise ChatVectorError(
+          f"{name}: shape mismatch: target {tuple(target)} vs {role} {tuple(shape)}")
+    if not allow_vocab_mismatch:
+      raise ChatVectorError(
+          f"{name}: vocabulary size mismatch: target {tuple(target)} vs {role} {tuple(shape)} "
+          "(pass allow_vocab_mismatch / --allow_vocab_mismatch to merge the overlapping rows)")
+  if axis is None:
+    return None
+  return min([target[axis]] + [s[axis] for s in others.values()])
+
+
+def keep_rows(name: str, rows: int, overlap: int | None, protect: Sequence[int]) -> Any:
+  """Bool mask over token rows to leave untouched (protected ids, rows past the overlap)."""
+  if overlap is None or (overlap == rows and not protect):
+    return None
+  keep = np.arange(rows) >= overlap
+  for i in protect:
+    if not 0 <= i < rows:
+      raise ChatVectorError(f"{name}: protected token id {i} is outside its {rows} rows")
+    keep[i] = True
+  return keep
+
+
+def merge_tensor(name: str, target: Any, terms: Sequence[tuple[Any, Any, Any]], *,
+                 protect_token_ids: Sequence[int] = (), allow_vocab_mismatch: bool = False,
+                 vocab_axes: Sequence[tuple[str, int]] = VOCAB_AXES, dtype: Any = None) -> Any:
+  """target + sum_i w_i * (plus_i - minus_i) for one tensor; terms are (plus, minus|None, w).
+
+  minus None means plus already is a vector. Non-float tensors are returned unchanged.
+  """
+  dtype = target.dtype if dtype is None else dtype
+  if not is_float(target.dtype):
+    return target
+  axis = vocab_axis(name, vocab_axes)
+  shapes = {}
+  for k, (plus, minus, _) in enumerate(terms):
+    suffix = f" {k}" if len(terms) > 1 else ""
+    shapes[("instruct" if minus is not None else "vector") + suffix] = plus.shape
+    if minus is not None:
+      shapes["base" + suffix] = minus.shape
+  overlap = check_shapes(name, target.shape, shapes, axis, allow_vocab_mismatch)
+  keep = None if axis is None else keep_rows(name, target.shape[axis], overlap, protect_token_ids)
+  diffs = [_f32(plus) if minus is None else diff(plus, minus) for plus, minus, _ in terms]
+  return apply(target, diffs, [w for _, _, w in terms], keep, axis, dtype)
+
+
+def _f32(x: Any) -> Any:
+  """x as a float32 array of its own kind (NumPy or JAX)."""
+  return _xp(x).asarray(x).astype(np.float32)
+
+
+def _flat(tree: Tree, role: str, target: dict[str, Any] | None) -> dict[str, Any]:
+  flat = traverse_util.flatten_dict(tree, sep="/")
+  if target is not None:
+    extra = sorted(set(flat) - set(target))
+    if extra:
+      raise ChatVectorError(f"{extra[0]}: in the {role} tree but not in the target "
+                            f"({len(extra)} such tensors)")
+  return flat
+
+
+def task_arithmetic(target: Tree, vectors: Sequence[Tree], weights: Sequence[Any], *,
+                    minus: Sequence[Tree | None] | None = None, exclude: Sequence[str] = (),
+                    protect_token_ids: Sequence[int] = (), allow_vocab_mismatch: bool = False,
+                    vocab_axes: Sequence[tuple[str, int]] = VOCAB_AXES) -> Tree:
+  """target + sum_i weights[i] * (vectors[i] - minus[i]) per tensor ('/'-joined paths).
+
+  `minus[i]` None (the default) takes vectors[i] as a task vector. Paths matching a regex in
+  `exclude` (re.search) are returned as in the target and may be absent from the others.
+  """
+  if len(vectors) != len(weights):
+    raise ChatVectorError(f"{len(vectors)} vectors but {len(weights)} weights")
+  minus = [None] * len(vectors) if minus is None else minus
+  roles = [("instruct", "base") if m is not None and len(vectors) == 1 else
+           (f"vector {i}", f"base {i}") for i, m in enumerate(minus)]
+  flat_t = _flat(target, "target", None)
+  flat_m = [None if m is None else _flat(m, r[1], flat_t) for m, r in zip(minus, roles)]
+  flat_v = [_flat(v, r[0], flat_t) for v, r in zip(vectors, roles)]
+
+  def lookup(flat: dict[str, Any], role: str, name: str) -> Any:
+    if name not in flat:
+      raise ChatVectorError(f"{name}: missing from the {role} tree")
+    return flat[name]
+
+  out = {}
+  for name, t in flat_t.items():
+    if any(re.search(p, name) for p in exclude):
+      out[name] = t
+      continue
+    terms = [(lookup(v, r[0], name), None if m is None else lookup(m, r[1], name), w)
+             for v, m, w, r in zip(flat_v, flat_m, weights, roles)]
+    out[name] = merge_tensor(name, t, terms, protect_token_ids=protect_token_ids,
+                             allow_vocab_mismatch=allow_vocab_mismatch, vocab_axes=vocab_axes)
+  return traverse_util.unflatten_dict(out, sep="/")
+
+
+def apply_chat_vector(target_params: Tree, base_params: Tree, instruct_params: Tree,
+                      scale: Any = 0.5, exclude: Sequence[str] = (),
+                      protect_token_ids: Sequence[int] = (), allow_vocab_mismatch: bool = False,
+                      vocab_axes: Sequence[tuple[str, int]] = VOCAB_AXES) -> Tree:
+  """target + scale * (instruct - base): the recipe's chat-vector stage on in-memory params.
+
+  Jittable; under jit the output keeps the target's sharding.
+  """
+  return task_arithmetic(target_params, [instruct_params], [scale], minus=[base_params],
+                         exclude=exclude, protect_token_ids=protect_token_ids,
+                         allow_vocab_mismatch=allow_vocab_mismatch, vocab_axes=vocab_axes)

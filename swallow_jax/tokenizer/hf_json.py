@@ -1,0 +1,97 @@
+"""Hugging Face ``tokenizer.json`` files run by the ``tokenizers`` library."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Iterable
+
+import tokenizers
+
+from swallow_jax.tokenizer.base import BaseTokenizer
+from swallow_jax.tokenizer.specials import ModelTokens
+
+
+@functools.cache
+def byte_to_unicode() -> dict[int, str]:
+  """GPT-2's reversible map from bytes to printable characters (ByteLevel vocabularies)."""
+  bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+      range(ord("®"), ord("ÿ") + 1))
+  cs = bs[:]
+  n = 0
+  for b in range(256):
+    if b not in bs:
+      bs.append(b)
+      cs.append(256 + n)
+      n += 1
+  return dict(zip(bs, map(chr, cs)))
+
+
+@functools.cache
+def unicode_to_byte() -> dict[str, int]:
+  """The inverse of `byte_to_unicode`."""
+  return {c: b for b, c in byte_to_unicode().items()}
+
+
+def _mentions(config: object, type_name: str) -> bool:
+  return type_name in json.dumps(config)
+
+
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+class HFTokenizer(BaseTokenizer):
+  """A Hugging Face ``tokenizer.json`` run by the ``tokenizers`` library."""
+  backend = "tokenizers"
+
+  def __init__(self, path: str, model: ModelTokens = ModelTokens()):
+    try:
+      self.tok = tokenizers.Tokenizer.from_file(path)
+    except Exception as e:  # The Rust side raises a bare Exception.
+      raise ValueError(f"{path}: not a loadable tokenizer.json ({e})") from None
+    # Special added tokens inside text are then tokenized as ordinary text.
+    self.tok.encode_special_tokens = True
+    self.config = json.loads(self.tok.to_str())
+    self.byte_level = _mentions(self.config.get("pre_tokenizer"), "ByteLevel") or _mentions(
+        self.config.get("decoder"), "ByteLevel")
+    added = self.tok.get_added_tokens_decoder()
+    self._vocab = self.tok.get_vocab(with_added_tokens=True)
+    self._by_id = {i: s for s, i in self._vocab.items()}
+    self.vocab_size = max(self._vocab.values()) + 1
+    # The ids the file's post-processor puts around a text (Llama 3's adds BOS, ChatML's none).
+    added_ids = self.tok.encode("a", add_special_tokens=True).ids
+    self._init_specials(path, {t.content: i for i, t in added.items() if t.special}, model,
+                        adds_bos=lambda bos: added_ids[:1] == [bos])
+
+  def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
+    """Ids of the text; special-token strings are plain text."""
+    return self._with_bos(self.tok.encode(text, add_special_tokens=False).ids, add_bos)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Text of the ids, specials as their names."""
+    return self.tok.decode(list(ids), skip_special_tokens=False)
+
+  def token_bytes(self, token_id: int) -> bytes | None:
+    """Bytes of an entry (byte-level or sentencepiece-style vocab), a special's name."""
+    if token_id in self._special_by_id:
+      return self._special_by_id[token_id].encode()
+    piece = self._by_id.get(token_id)
+    if piece is None:
+      return None
+    if self.byte_level:
+      u2b = unicode_to_byte()
+      if all(c in u2b for c in piece):
+        return bytes(u2b[c] for c in piece)
+      return piece.encode()  # A non-special added token is stored as plain text.
+    if m := _BYTE_PIECE.fullmatch(piece):
+      return bytes([int(m.group(1), 16)])
+    return piece.replace("▁", " ").encode()
+
+  def _lookup(self, token: str) -> int | None:
+    if self.byte_level:
+      b2u = byte_to_unicode()
+      return self._vocab.get("".join(b2u[b] for b in token.encode()))
+    return self._vocab.get(token.replace(" ", "▁"))
+
+

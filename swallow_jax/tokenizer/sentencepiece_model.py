@@ -1,0 +1,92 @@
+"""sentencepiece ``.model`` files (Llama 2, Mistral, the original Swallow, the demo's models).
+
+User-defined symbols of the form ``<|...|>`` (the Llama 3 chat specials the demo's models
+carry, see `swallow_jax.vocab.train.train_sentencepiece`) count as special tokens.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+
+from swallow_jax.tokenizer.base import BaseTokenizer
+from swallow_jax.tokenizer.specials import ModelTokens
+
+# sentencepiece user-defined symbols of this form are special tokens, not text.
+_SPECIAL_FORM = re.compile(r"<\|[^|]+\|>")
+
+
+def read_sentencepiece_proto(path: str) -> sp_pb2.ModelProto:
+  """The model's protobuf; ValueError when the file is not a sentencepiece model."""
+  proto = sp_pb2.ModelProto()
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    proto.ParseFromString(data)
+  except Exception:  # protobuf's DecodeError, whose import path varies by version.
+    proto.Clear()
+  if not proto.pieces:
+    raise ValueError(f"{path}: not a sentencepiece model")
+  return proto
+
+
+class SentencePieceTokenizer(BaseTokenizer):
+  """A sentencepiece model. User-defined symbols of the form ``<|...|>`` count as specials."""
+  backend = "sentencepiece"
+
+  def __init__(self, path: str, model: ModelTokens = ModelTokens()):
+    self.proto = read_sentencepiece_proto(path)
+    Type = sp_pb2.ModelProto.SentencePiece  # pylint: disable=invalid-name
+    specials = {}
+    run_proto = sp_pb2.ModelProto()
+    run_proto.CopyFrom(self.proto)
+    for i, p in enumerate(run_proto.pieces):
+      if p.type == Type.CONTROL:
+        specials[p.piece] = i
+      elif p.type == Type.USER_DEFINED and _SPECIAL_FORM.fullmatch(p.piece):
+        # sentencepiece matches user-defined symbols inside text; control symbols it never does.
+        p.type = Type.CONTROL
+        specials[p.piece] = i
+    self.sp = spm.SentencePieceProcessor()
+    self.sp.LoadFromSerializedProto(run_proto.SerializeToString())
+    self.vocab_size = self.sp.get_piece_size()
+    self._piece_ids = {p.piece: i for i, p in enumerate(self.proto.pieces)}
+    # Llama 2's LlamaTokenizer (add_bos_token=True) starts every text with its BOS.
+    self._init_specials(path, specials, model, adds_bos=lambda bos: True)
+
+  def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
+    """Ids of the text; special-token strings are plain text."""
+    return self._with_bos(self.sp.encode(text, out_type=int), add_bos)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Text of the ids, specials as their names."""
+    # sentencepiece drops control ids; render specials as text between decoded runs.
+    out, run = [], []
+    for i in ids:
+      if i in self._special_by_id:
+        out.append(self.sp.decode(run))
+        out.append(self._special_by_id[i])
+        run = []
+      else:
+        run.append(i)
+    out.append(self.sp.decode(run))
+    return "".join(out)
+
+  def token_bytes(self, token_id: int) -> bytes | None:
+    """Bytes of a piece (byte pieces as their byte), a special's name, None for <unk>."""
+    if token_id in self._special_by_id:
+      return self._special_by_id[token_id].encode()
+    if not 0 <= token_id < self.vocab_size or self.sp.is_unknown(token_id) or self.sp.is_unused(
+        token_id):
+      return None
+    piece = self.sp.id_to_piece(token_id)
+    if self.sp.is_byte(token_id):
+      return bytes([int(piece[3:5], 16)])
+    return piece.replace("▁", " ").encode()
+
+  def _lookup(self, token: str) -> int | None:
+    return self._piece_ids.get(token.replace(" ", "▁"))
+
