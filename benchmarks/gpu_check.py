@@ -61,7 +61,7 @@ OPT = dict(peak_lr=1e-4, warmup_steps=10, decay_steps=1000, clip_norm=1.0)
 
 def case_config(case: str, smoke: bool, layers_8b: int, remat: str, attention: str = "cudnn"):
   from swallow_jax.model import presets  # pylint: disable=g-import-not-at-top
-  if smoke:  # CPU: the reference attention instead of cuDNN
+  if smoke:  # CPU: the XLA attention instead of cuDNN
     return presets.get("tiny_gqa", vocab_size=256, max_position_embeddings=128,
                        dtype="bfloat16", attention="xla", remat_policy=remat)
   name, extra = ("llama3_2_1b", {}) if case in ("train_1b", "decode") else (

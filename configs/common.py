@@ -20,6 +20,9 @@ from swallow_jax.data import mixtures
 from swallow_jax.sweep import parse_arg
 
 MESH_KEYS = dict(data=1, fsdp=-1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
+# config.model.lora: rank 0 = full-parameter training; `--config.model.lora.rank=16` turns it on.
+LORA_OFF = dict(rank=0, alpha=16.0, dropout=0.0,
+                targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
 ROOT_OPTIONS = dict(root=".", data_root="", models_root="", tasks_root="")
 
 # Swallow-Instruct-v0.1 SFT settings shared by the recipes. OUR CHOICE, not published: NEFTune
@@ -60,7 +63,7 @@ def cpt_config(*, preset: str, peak_lr: float, hw: dict[str, Any], data_root: st
   """The Swallow CPT training config for one model size and hardware (8B and 70B)."""
   config = ml_collections.ConfigDict()
   # The architecture comes from init_from's config.json; these fields say how to compute it.
-  config.model = dict(preset=preset, param_dtype="float32", dtype="bfloat16",
+  config.model = dict(preset=preset, lora=dict(LORA_OFF), param_dtype="float32", dtype="bfloat16",
                       remat_policy=hw["remat"], scan_layers=True, attention="auto")
   config.init_from = init_from
   config.tokenizer = init_from

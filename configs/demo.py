@@ -26,6 +26,8 @@ Arg: '' (the demo) or 'micro' (tiny sizes and a few steps: the test suite's smok
 
 import ml_collections
 
+from configs import common
+
 from swallow_jax import recipe
 from swallow_jax.data.mixtures import drop_source
 from swallow_jax.sweep import parse_arg
@@ -68,13 +70,13 @@ def _train_stage(size: dict, *, init_from: str, sources: list[dict], kind: str, 
   c.export_hf = True
   c.export_dtype = "float32"  # tiny models: keep the chat vector exact
   if init_from:
-    c.model = dict(preset="")  # the architecture comes from the HF config.json of init_from
+    c.model = dict(preset="", lora=dict(common.LORA_OFF))  # architecture: init_from's config.json
   else:
     c.model = dict(preset="tiny", vocab_size=0,  # 0: the trained tokenizer's size
                    hidden_size=size["hidden"], intermediate_size=size["mlp"],
                    num_layers=size["layers"], num_heads=size["heads"],
                    num_kv_heads=size["kv_heads"], head_dim=size["hidden"] // size["heads"],
-                   max_position_embeddings=512)
+                   max_position_embeddings=512, lora=dict(common.LORA_OFF))
   c.init_from = init_from
   c.tokenizer = recipe.stage("tokenizer")
   c.data = dict(sources=sources, seq_len=size["seq_len"], global_batch_size=size["batch"],

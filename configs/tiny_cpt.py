@@ -16,6 +16,8 @@ import shutil
 
 import ml_collections
 
+from configs import common
+
 CACHE_VERSION = "tiny_cpt-v1"
 VOCAB_SIZE = 512
 
@@ -83,7 +85,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   del arg
   tok_path, data_dir = tiny_corpus()
   config = ml_collections.ConfigDict()
-  config.model = dict(preset="tiny", vocab_size=VOCAB_SIZE)
+  config.model = dict(preset="tiny", vocab_size=VOCAB_SIZE, lora=dict(common.LORA_OFF))
   config.init_from = ""
   config.tokenizer = tok_path
   # num_shards=8: each source cut into 8 slices, one per batch row, so that 1, 2, 4 or 8

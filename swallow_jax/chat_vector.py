@@ -24,7 +24,7 @@ from swallow_jax import fileio
 from swallow_jax import task_arithmetic as ta
 from swallow_jax.model import hf
 from swallow_jax.model import io as model_io
-from swallow_jax.task_arithmetic import LLAMA3_CHAT_TOKEN_IDS, ChatVectorError
+from swallow_jax.task_arithmetic import LLAMA3_CHAT_TOKEN_IDS, LLAMA3_CHAT_TOKENS, ChatVectorError
 
 __all__ = ["merge_checkpoints", "ChatVectorError", "LLAMA3_CHAT_TOKEN_IDS"]
 
@@ -172,50 +172,65 @@ def _stream(t, b, i, plan, work, scales, writers, chunk_elems, progress):
         bar.update(max(1, math.prod(tgt.shape)))
 
 
-def _parse_tokens(text: str) -> tuple[int, ...]:
-  if not text:
+def protected_ids(spec: str, target: str) -> tuple[int, ...]:
+  """Token ids for `--protect_tokens`: comma-separated ids; `chat_template`, the special tokens
+  the target's own chat template writes; or `llama3_chat`, Llama 3's header and end-of-turn
+  tokens, looked up by their strings in the target's vocabulary."""
+  if not spec:
     return ()
-  if text == "llama3_chat":
-    return LLAMA3_CHAT_TOKEN_IDS
+  if spec in ("chat_template", "llama3_chat"):
+    from swallow_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+    from swallow_jax.data import chat  # pylint: disable=g-import-not-at-top
+    tok_dir = model_io.resolve(target).tokenizer_dir
+    if not tok_dir:
+      raise ChatVectorError(f"--protect_tokens={spec}: no tokenizer files with --target={target}")
+    tok = tokenizer_lib.load_tokenizer(tok_dir)
+    if spec == "chat_template":
+      return chat.chat_special_ids(tok)
+    try:
+      return tuple(tok.token_to_id(t) for t in LLAMA3_CHAT_TOKENS)
+    except (KeyError, ValueError) as e:
+      raise ChatVectorError(f"--protect_tokens=llama3_chat: {e} in {tok_dir}") from None
   try:
-    return tuple(int(x) for x in text.split(","))
+    return tuple(int(x) for x in spec.split(","))
   except ValueError:
-    raise ChatVectorError(f"--protect_tokens={text}: expected comma-separated token ids "
-                          "or 'llama3_chat'") from None
+    raise ChatVectorError(f"--protect_tokens={spec}: expected comma-separated token ids, "
+                          "'chat_template' or 'llama3_chat'") from None
 
 
 def main(argv: Sequence[str]) -> None:
-  """Command-line entry point (absl)."""
+  """Command-line entry point (absl, under swallow_jax.cli)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from swallow_jax import cli  # pylint: disable=g-import-not-at-top
   del argv
   f = flags.FLAGS
+  for name in ("base", "instruct", "target", "output"):
+    if not getattr(f, name):
+      raise cli.UsageError(f"--{name} is required")
   try:
-    for name in ("base", "instruct", "target", "output"):
-      if not getattr(f, name):
-        raise ChatVectorError(f"--{name} is required (see --help)")
+    scales = [float(s) for s in f.scale.split(",")]
+  except ValueError:
+    raise cli.UsageError(f"--scale={f.scale}: expected numbers like 0.5 or 0.3,0.5,1.0") from None
+  for pattern in f.exclude:
     try:
-      scales = [float(s) for s in f.scale.split(",")]
-    except ValueError:
-      raise ChatVectorError(f"--scale={f.scale}: expected numbers like 0.5 or 0.3,0.5,1.0"
-                            ) from None
-    for pattern in f.exclude:
-      try:
-        re.compile(pattern)
-      except re.error as e:
-        raise ChatVectorError(f"--exclude={pattern}: bad regular expression ({e})") from None
-    outs = merge_checkpoints(
-        f.base, f.instruct, f.target, f.output, scales, exclude=f.exclude,
-        protect_token_ids=_parse_tokens(f.protect_tokens),
-        allow_vocab_mismatch=f.allow_vocab_mismatch, dtype=f.dtype or None,
-        max_shard_bytes=int(f.max_shard_gb * 1e9), progress=not f.quiet)
-  except (ChatVectorError, OSError) as e:
-    sys.exit(f"chat_vector: error: {e}")
-  for out in outs:
-    print(out)
+      re.compile(pattern)
+    except re.error as e:
+      raise cli.UsageError(f"--exclude={pattern}: bad regular expression ({e})") from None
+  outs = merge_checkpoints(
+      f.base, f.instruct, f.target, f.output, scales, exclude=f.exclude,
+      protect_token_ids=protected_ids(f.protect_tokens, f.target),
+      allow_vocab_mismatch=f.allow_vocab_mismatch, dtype=f.dtype or None,
+      max_shard_bytes=int(f.max_shard_gb * 1e9), progress=not f.quiet)
+  if f.json:
+    cli.print_json({"outputs": outs, "scales": scales})
+  else:
+    for out in outs:
+      print(out)
 
 
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from swallow_jax import cli  # pylint: disable=g-import-not-at-top
   kinds = "HF dir, Hub id in the local cache, convert --to_orbax dir or training run"
   flags.DEFINE_string("base", None, f"Base model the vector starts from (e.g. Llama 3 8B): {kinds}.")
   flags.DEFINE_string("instruct", None, "Instruction-tuned model (e.g. Llama 3 8B Instruct); "
@@ -227,17 +242,18 @@ def _define_flags():
                       "OUTPUT/scale_0.3, ... in one pass.")
   flags.DEFINE_multi_string("exclude", [], "Regex (re.search) of tensor names or param paths "
                             "left as in the target, e.g. 'embed_tokens|lm_head'. Repeatable.")
-  flags.DEFINE_string("protect_tokens", "", "Token ids whose embedding / LM-head rows stay as "
-                      "in the target: '128006,128007,128009' or 'llama3_chat'.")
+  flags.DEFINE_string("protect_tokens", "", "Token rows (embedding / LM head) kept as in the "
+                      "target: ids '128006,128007,128009', 'chat_template' (the special tokens "
+                      "of the target's chat template) or 'llama3_chat'.")
   flags.DEFINE_bool("allow_vocab_mismatch", False, "If vocabulary sizes differ, apply the "
                     "vector to the overlapping rows only (otherwise an error).")
-  flags.DEFINE_string("dtype", "", "Output dtype (float32, bfloat16, float16); default: "
-                      "each tensor keeps the target's dtype. Arithmetic is always fp32.")
+  flags.DEFINE_enum("dtype", None, cli.DTYPES, "Output dtype (default: each tensor keeps the "
+                    "target's dtype). Arithmetic is always fp32.")
   flags.DEFINE_float("max_shard_gb", 5.0, "Maximum size of one output safetensors shard.")
+  flags.DEFINE_bool("json", False, "Print one JSON object (output dirs, scales).")
   flags.DEFINE_bool("quiet", False, "No progress bar.")
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
-  _define_flags()
-  app.run(main)
+  from swallow_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main, prog="chat_vector", define_flags=_define_flags)

@@ -45,6 +45,7 @@ from ml_collections.config_flags import config_flags
 
 FLAGS = flags.FLAGS
 HELP_ARGS = ("--help", "-h", "--helpshort", "-?", "--helpfull")
+DTYPES = ("float32", "bfloat16", "float16")  # the one `--dtype` enum of every command
 _ALIASES: dict[str, str] = {}
 
 

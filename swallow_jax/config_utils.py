@@ -12,6 +12,7 @@ import json
 from typing import Any, TypeVar
 
 from swallow_jax.model import LlamaConfig, presets
+from swallow_jax.model.lora import LoraConfig
 
 _S = TypeVar("_S")
 _REQUIRED = dataclasses.MISSING
@@ -141,12 +142,14 @@ class TrainSpec:
   eval: EvalSpec
   init_from: str = ""
   tokenizer: str = ""
+  lora: LoraConfig = LoraConfig()  # config.model.lora; rank 0 = full-parameter training.
 
   @classmethod
   def from_config(cls, config: Mapping[str, Any]) -> "TrainSpec":
     """Checks `config` (unknown/missing keys, types) and resolves the model config."""
     validate(config)
-    return cls(model=model_config(config), model_overrides=dict(config["model"]),
+    lora = lora_config(config)
+    return cls(model=model_config(config), model_overrides=dict(config["model"]), lora=lora,
                data=as_section(DataSpec, config["data"], "data"),
                optimizer=as_section(OptimizerSpec, config["optimizer"], "optimizer"),
                train=as_section(TrainSection, config["train"], "train"),
@@ -181,10 +184,18 @@ def validate(config: Mapping[str, Any]) -> None:
       as_section(cls, config[section], section)
 
 
+def lora_config(config: Mapping[str, Any]) -> LoraConfig:
+  """`config.model.lora` (absent = rank 0); an adapter needs `init_from`, the base it adapts."""
+  lora = LoraConfig.from_dict(dict(config["model"]).get("lora") or {})
+  if lora.rank and not _opt(config, "init_from"):
+    raise ValueError(f"config.model.lora.rank={lora.rank} needs config.init_from (the base model)")
+  return lora
+
+
 def model_config(config: Mapping[str, Any]) -> LlamaConfig:
   """LlamaConfig: that of `init_from` (any path swallow_jax.model.io resolves) if set, else
   `model.preset`; the other `model.*` keys override fields of either."""
-  overrides = {k: v for k, v in dict(config["model"]).items() if k != "preset"}
+  overrides = {k: v for k, v in dict(config["model"]).items() if k not in ("preset", "lora")}
   if isinstance(overrides.get("eos_token_id"), list):
     overrides["eos_token_id"] = tuple(overrides["eos_token_id"])
   fields = {f.name for f in dataclasses.fields(LlamaConfig)}
@@ -206,6 +217,8 @@ def resolved_dict(config: Mapping[str, Any], model_cfg: LlamaConfig) -> dict[str
   """The config with every model field filled in (written to the workdir as config.json)."""
   out = config.to_dict() if hasattr(config, "to_dict") else json.loads(json.dumps(dict(config)))
   model = {"preset": dict(config["model"]).get("preset", "")}
+  if "lora" in dict(config["model"]):
+    model["lora"] = _plain_dict(dict(config["model"])["lora"])
   model.update({f.name: _plain(getattr(model_cfg, f.name)) for f in dataclasses.fields(model_cfg)})
   out["model"] = model
   return out
@@ -215,6 +228,10 @@ def model_config_from_resolved(resolved: Mapping[str, Any]) -> LlamaConfig:
   """The LlamaConfig stored by `resolved_dict` (a workdir's config.json)."""
   fields = {f.name for f in dataclasses.fields(LlamaConfig)}
   return LlamaConfig(**{k: v for k, v in resolved["model"].items() if k in fields})
+
+
+def _plain_dict(d: Mapping[str, Any]) -> dict[str, Any]:
+  return {k: _plain(v) for k, v in dict(d).items()}
 
 
 def _plain(v: Any) -> Any:

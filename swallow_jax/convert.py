@@ -51,51 +51,43 @@ def convert(model: str, *, to_hf: str = "", to_orbax: str = "", dtype: str = "",
 
 
 def main(argv: Sequence[str]) -> None:
-  """Command-line entry point (absl)."""
+  """Command-line entry point (absl, under swallow_jax.cli)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    sys.exit(f"convert: error: unexpected arguments {argv[1:]} (see --help)")
+  from swallow_jax import cli  # pylint: disable=g-import-not-at-top
+  del argv
   f = flags.FLAGS
-  model = f.model
-  for alias in ("from_hf", "from_orbax"):
-    if getattr(f, alias):
-      print(f"convert: --{alias} is deprecated; use --model", file=sys.stderr)
-      model = model or getattr(f, alias)
-  tokenizer = f.tokenizer or f.tokenizer_dir
-  if f.tokenizer_dir:
-    print("convert: --tokenizer_dir is deprecated; use --tokenizer", file=sys.stderr)
-  try:
-    if not model:
-      raise ConvertError("--model is required (see --help)")
-    if f.dtype and f.dtype not in ("float32", "bfloat16", "float16"):
-      raise ConvertError(f"--dtype={f.dtype}: expected float32, bfloat16 or float16")
-    out = convert(model, to_hf=f.to_hf, to_orbax=f.to_orbax, dtype=f.dtype, tokenizer=tokenizer,
-                  overwrite=f.overwrite, max_shard_gb=f.max_shard_gb, progress=not f.quiet)
-  except (ValueError, KeyError, OSError) as e:
-    sys.exit(f"convert: error: {e}")
-  print(out)
+  if not f.model:
+    raise cli.UsageError("--model is required")
+  out = convert(f.model, to_hf=f.to_hf, to_orbax=f.to_orbax, dtype=f.dtype or "",
+                tokenizer=f.tokenizer, overwrite=f.overwrite, max_shard_gb=f.max_shard_gb,
+                progress=not f.quiet)
+  if f.json:
+    cli.print_json({"output": out, "format": "hf" if f.to_hf else "orbax"})
+  else:
+    print(out)
 
 
 def _define_flags() -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from swallow_jax import cli  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("model", "", "Model to read: HF dir, Hub id in the local HF cache, "
                       "--to_orbax output, or a training workdir / checkpoints dir / step dir.")
-  flags.DEFINE_string("from_hf", "", "Deprecated alias of --model.")
-  flags.DEFINE_string("from_orbax", "", "Deprecated alias of --model.")
   flags.DEFINE_string("to_orbax", "", "New Orbax directory to write (params/ + hf_config.json).")
   flags.DEFINE_string("to_hf", "", "New HF safetensors directory to write.")
   flags.DEFINE_bool("overwrite", False, "Replace an existing non-empty output directory.")
-  flags.DEFINE_string("dtype", "", "Weights dtype written: float32, bfloat16 or float16 "
-                      "(default float32 for --to_orbax, bfloat16 for --to_hf).")
+  flags.DEFINE_enum("dtype", None, cli.DTYPES, "Weights dtype written (default float32 for "
+                    "--to_orbax, bfloat16 for --to_hf).")
   flags.DEFINE_string("tokenizer", "", "Copy tokenizer files (tokenizer.json, "
                       "tokenizer_config.json, *.model, ...) from this dir or file into --to_hf "
                       "(default: the model's own, or a training run's config.tokenizer).")
-  flags.DEFINE_string("tokenizer_dir", "", "Deprecated alias of --tokenizer.")
   flags.DEFINE_float("max_shard_gb", 5.0, "Largest safetensors shard written by --to_hf (GB).")
+  flags.DEFINE_bool("json", False, "Print one JSON object (output path, format).")
   flags.DEFINE_bool("quiet", False, "No progress bars.")
+  cli.alias("from_hf", "model")
+  cli.alias("from_orbax", "model")
+  cli.alias("tokenizer_dir", "tokenizer")
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
-  _define_flags()
-  app.run(main)
+  from swallow_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main, prog="convert", define_flags=_define_flags)

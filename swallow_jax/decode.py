@@ -27,11 +27,13 @@ the command line is `python -m swallow_jax.generate` (swallow_jax/generate.py).
 from collections.abc import Sequence
 import dataclasses
 import functools
+import sys
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from swallow_jax import model as model_lib
 
@@ -113,8 +115,10 @@ def _decode(config, params, tokens, segment_ids, row_ids, key, num_slots: int, t
 def generate_detailed(config: model_lib.LlamaConfig, params: Any, prompts: Sequence[Sequence[int]],
                       max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0,
                       top_p: float = 1.0, stop_tokens: Sequence[int] = (), seed: int = 0,
-                      batch_size: int | None = None) -> list[Generation]:
-  """Like `generate`, also saying whether each generation ended on a stop token."""
+                      batch_size: int | None = None, progress: str = "") -> list[Generation]:
+  """Like `generate`, also saying whether each generation ended on a stop token.
+
+  `progress`: a label for a tqdm bar over the batches on stderr ("" = none)."""
   if not prompts or any(len(p) == 0 for p in prompts):
     raise ValueError("prompts must be a non-empty list of non-empty token lists")
   if max_new_tokens < 1:
@@ -134,7 +138,8 @@ def generate_detailed(config: model_lib.LlamaConfig, params: Any, prompts: Seque
   # Chunks of similar lengths pad less; row ids (the sampling keys) stay the prompts' indices.
   order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
   results: list[Generation | None] = [None] * len(prompts)
-  for start in range(0, len(order), batch):
+  for start in tqdm(range(0, len(order), batch), desc=progress, unit="batch",
+                    disable=not progress, file=sys.stderr):
     idx = order[start:start + batch]
     p = _bucket(max(len(prompts[i]) for i in idx))
     tokens = np.zeros((batch, p), np.int32)

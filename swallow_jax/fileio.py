@@ -92,7 +92,8 @@ def atomic_dir(path: str, overwrite: bool = False) -> Iterator[str]:
     raise
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+  """Whether a process with this PID runs on this host (one we may not signal counts as alive)."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
@@ -113,7 +114,7 @@ def remove_stale_tmp(path: str) -> list[str]:
     return removed
   for name in os.listdir(parent):
     m = _TMP_RE.match(name)
-    if not m or m.group("name") != base or _pid_alive(int(m.group("pid"))):
+    if not m or m.group("name") != base or pid_alive(int(m.group("pid"))):
       continue
     leftover = os.path.join(parent, name)
     shutil.rmtree(leftover) if os.path.isdir(leftover) else os.remove(leftover)

@@ -33,10 +33,11 @@ import sys
 import time
 from typing import Any
 
-from absl import app, flags
+from absl import flags
 import jax
 import jax.numpy as jnp
 
+from swallow_jax import cli
 from swallow_jax import parallel
 from swallow_jax.model import llama as llama_lib
 from swallow_jax.model import param_logical_axes
@@ -275,20 +276,20 @@ def define_flags() -> None:
   flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
 
 
-def main(argv):
-  if len(argv) > 1:
-    sys.exit(f"plan: unexpected arguments {argv[1:]}")
+def main(argv: list[str]) -> None:
+  del argv
   if FLAGS.config is None:
-    sys.exit("plan: --config is required, e.g. --config=configs/demo.py")
+    raise cli.UsageError("--config is required, e.g. --config=configs/demo.py")
+  mesh = parse_mesh(FLAGS.mesh) if FLAGS.mesh else None
+  print(f"compiling the train step for {FLAGS.mesh or 'the config mesh'} ...", file=sys.stderr,
+        flush=True)
   try:
-    mesh = parse_mesh(FLAGS.mesh) if FLAGS.mesh else None
     report = plan(FLAGS.config, FLAGS.devices, mesh, FLAGS.remat, FLAGS.hbm_gb, FLAGS.hlo_flops,
                   FLAGS.flash)
-  except (ValueError, KeyError) as e:
-    sys.exit(f"plan: {e}")
+  except KeyError as e:
+    raise cli.Failure(f"config key {e}") from e
   print(json.dumps(report) if FLAGS.json else format_table(report))
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(main, prog="plan", define_flags=define_flags)

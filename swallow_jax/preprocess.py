@@ -43,7 +43,6 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from absl import app
 from absl import flags
 
 from swallow_jax import cli
@@ -336,22 +335,18 @@ def _define_flags() -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv
   f = flags.FLAGS
   for name in ("input", "tokenizer", "output"):
     if not f[name].value:
-      sys.exit(f"preprocess: error: --{name} is required")
-  try:
-    summary = preprocess(
-        f.input, f.tokenizer, f.output, fmt=f.format,
-        field=f.messages_field if f.format == "chat" else f.text_field,
-        filter_expr=f.filter, keep_fields=f.keep_fields, path_field=f.path_field,
-        system_prompt=f.system_prompt, strict=f.strict, workers=f.workers,
-        records_per_shard=f.records_per_shard, overwrite=f.overwrite,
-        progress=sys.stderr.isatty())
-  except (PreprocessError, OSError) as e:
-    sys.exit(f"preprocess: error: {e}")
+      raise cli.UsageError(f"--{name} is required")
+  summary = preprocess(
+      f.input, f.tokenizer, f.output, fmt=f.format,
+      field=f.messages_field if f.format == "chat" else f.text_field,
+      filter_expr=f.filter, keep_fields=f.keep_fields, path_field=f.path_field,
+      system_prompt=f.system_prompt, strict=f.strict, workers=f.workers,
+      records_per_shard=f.records_per_shard, overwrite=f.overwrite,
+      progress=sys.stderr.isatty())
   if f.json:
     print(json.dumps(summary, ensure_ascii=False))
   else:
@@ -362,5 +357,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  _define_flags()
-  app.run(main, argv=cli.normalize_argv(sys.argv))
+  cli.run(main, prog="preprocess", define_flags=_define_flags)

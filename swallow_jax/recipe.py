@@ -51,7 +51,7 @@ import sys
 import time
 from typing import Any
 
-from absl import app, flags
+from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
@@ -65,7 +65,7 @@ STAGE_REF = "stage://"
 _TRAIN_STAGE_KEYS = ("kind", "export_hf", "export_dtype")
 
 
-class StageError(RuntimeError):
+class StageError(ValueError):
   """A stage cannot run or did not finish; the message says which and why."""
 
 
@@ -248,8 +248,8 @@ def _chat_vector(cfg: dict, stage_dir: str) -> dict:
   output = os.path.join(stage_dir, "model")
   shutil.rmtree(output, ignore_errors=True)  # left by an interrupted attempt
   protect = cfg.get("protect_token_ids", ())
-  if protect == "llama3_chat":
-    protect = chat_vector.LLAMA3_CHAT_TOKEN_IDS
+  if isinstance(protect, str):  # "chat_template", "llama3_chat" or "1,2,3"
+    protect = chat_vector.protected_ids(protect, cfg["target"])
   chat_vector.merge_checkpoints(
       cfg["base"], cfg["instruct"], cfg["target"], output, scales=(float(cfg.get("scale", 0.5)),),
       exclude=tuple(cfg.get("exclude", ())), protect_token_ids=tuple(protect),
@@ -454,8 +454,7 @@ class _QuietLibraries(logging.Filter):
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  del argv
   logging.getLogger().setLevel(logging.INFO)
   for handler in logging.getLogger().handlers:
     handler.addFilter(_QuietLibraries())
@@ -476,14 +475,10 @@ def main(argv: Sequence[str]) -> None:
   except Unfinished as e:
     logging.warning("%s; run the recipe again to continue", e)
     return
-  except (StageError, ValueError, FileNotFoundError) as e:
-    logging.error("%s", e)
-    sys.exit(f"error: {e}")
   if not FLAGS.stages:
     print(f"report: {os.path.join(workdir, 'report.md')}")
 
 
 if __name__ == "__main__":
-  _define_flags()
-  from swallow_jax.cli import normalize_argv  # pylint: disable=g-import-not-at-top
-  app.run(main, argv=normalize_argv(sys.argv))
+  from swallow_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main, prog="recipe", define_flags=_define_flags)

@@ -27,7 +27,7 @@ import subprocess
 import sys
 from typing import Any
 
-from absl import app, flags
+from absl import flags
 import ml_collections
 
 from swallow_jax import cli
@@ -140,21 +140,16 @@ def _define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv
   f = flags.FLAGS
-  try:
-    planned = list(expand(f.config, f.workdir_root, f.only))
-  except (FileNotFoundError, ValueError) as e:
-    sys.exit(f"sweep: {e}")
+  planned = list(expand(f.config, f.workdir_root, f.only))
   for name, cmd in planned:
     print(f"# {name}\n{shlex.join(cmd)}", flush=True)
     if not f.dry_run:
       rc = subprocess.call(cmd)
       if rc:
-        sys.exit(f"sweep: run {name} failed with exit code {rc}")
+        raise cli.Failure(f"run {name} failed with exit code {rc}")
 
 
 if __name__ == "__main__":
-  _define_flags()
-  app.run(main, argv=cli.normalize_argv(sys.argv))
+  cli.run(main, prog="sweep", define_flags=_define_flags)

@@ -1,6 +1,6 @@
 r"""Imitation-data synthesis: sample an instruct model's answers, filter them, write SFT JSONL.
 
-    python -m swallow_jax.synth --model=DIR --tokenizer=PATH --prompts=prompts.jsonl \
+    python -m swallow_jax.synth --model=DIR --tokenizer=PATH --input=prompts.jsonl \
         --output=sft.jsonl --num_samples=1 --temperature=1.0 --top_p=0.95 [--json]
 
 Input: JSONL with a `messages` list per line (OpenAI roles). A trailing assistant turn is dropped,
@@ -29,12 +29,11 @@ from collections import Counter
 from collections.abc import Sequence
 import json
 import os
-import sys
 from typing import Any
 
-from absl import app
 from absl import flags
 
+from swallow_jax import cli
 from swallow_jax import fileio
 
 KANA_RANGES = ((0x3040, 0x309F), (0x30A0, 0x30FF), (0x31F0, 0x31FF), (0xFF66, 0xFF9D))
@@ -131,8 +130,8 @@ def read_prompts(path: str) -> list[list[dict[str, str]]]:
 def synthesize(config, params, tokenizer, prompts: Sequence[list[dict[str, str]]], *,
                num_samples: int = 1, max_new_tokens: int = 512, temperature: float = 1.0,
                top_p: float = 0.95, top_k: int = 0, seed: int = 0, batch_size: int = 8,
-               **filter_kw) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-  """Samples, filters, and returns (SFT examples, stats)."""
+               progress: bool = False, **filter_kw) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+  """Samples, filters, and returns (SFT examples, stats); `progress` shows a bar per batch."""
   from swallow_jax import decode as gen  # pylint: disable=g-import-not-at-top
   from swallow_jax.data import chat  # pylint: disable=g-import-not-at-top
 
@@ -141,7 +140,7 @@ def synthesize(config, params, tokenizer, prompts: Sequence[list[dict[str, str]]
   outs = gen.generate_detailed(
       config, params, [ids for _, ids in rows], max_new_tokens, temperature=temperature,
       top_k=top_k, top_p=top_p, stop_tokens=gen.stop_tokens_for(tokenizer), seed=seed,
-      batch_size=batch_size)
+      batch_size=batch_size, progress="synth" if progress else "")
   responses = [(tokenizer.decode(o.tokens).strip(), o.stopped) for o in outs]
   keep, stats = filter_responses(responses, **filter_kw)
   stats = {"prompts": len(prompts), "num_samples": num_samples, **stats}
@@ -157,7 +156,8 @@ def _define_flags() -> None:
   """Command-line flags, defined only when run as a program so importing never clashes."""
   flags.DEFINE_string("model", None, "Instruct model: HF safetensors dir or training workdir.")
   flags.DEFINE_string("tokenizer", None, "Tokenizer file or dir; defaults to --model.")
-  flags.DEFINE_string("prompts", None, "JSONL with a `messages` list per line.")
+  flags.DEFINE_string("input", None, "Prompts: JSONL with a `messages` list per line.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing --output.")
   flags.DEFINE_string("output", None, "Output SFT JSONL; stats go to OUTPUT.stats.json.")
   flags.DEFINE_integer("num_samples", 1, "Responses sampled per prompt.")
   flags.DEFINE_float("temperature", 1.0, "Sampling temperature (0 = greedy).")
@@ -172,28 +172,26 @@ def _define_flags() -> None:
   flags.DEFINE_integer("max_chars", 8192, "Maximum response length in characters.")
   flags.DEFINE_integer("repeat_n", 10, "Character n-gram size of the repetition filter.")
   flags.DEFINE_float("max_repeat_ratio", 0.3, "Maximum repeated n-gram ratio.")
-  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and compute dtype.")
+  flags.DEFINE_enum("dtype", "float32", cli.DTYPES, "Parameter and compute dtype.")
   flags.DEFINE_bool("json", False, "Print the stats summary as JSON.")
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  for name in ("model", "prompts", "output"):
+  del argv
+  for name in ("model", "input", "output"):
     if not getattr(FLAGS, name):
-      raise app.UsageError(f"--{name} is required")
+      raise cli.UsageError(f"--{name} is required")
   if FLAGS.num_samples < 1 or FLAGS.max_new_tokens < 1:
-    raise app.UsageError("--num_samples and --max_new_tokens must be positive")
-  try:
-    prompts = read_prompts(FLAGS.prompts)
-  except (OSError, ValueError) as e:
-    sys.exit(f"error: {e}")
+    raise cli.UsageError("--num_samples and --max_new_tokens must be positive")
+  cli.check_output(FLAGS.output, FLAGS.overwrite)
+  prompts = read_prompts(FLAGS.input)
   from swallow_jax import decode as gen  # pylint: disable=g-import-not-at-top
   config, params, tokenizer = gen.load_for_decoding(FLAGS.model, FLAGS.tokenizer, FLAGS.dtype)
   examples, stats = synthesize(
       config, params, tokenizer, prompts, num_samples=FLAGS.num_samples,
       max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature, top_p=FLAGS.top_p,
-      top_k=FLAGS.top_k, seed=FLAGS.seed, batch_size=FLAGS.batch_size, lang=FLAGS.lang,
+      top_k=FLAGS.top_k, seed=FLAGS.seed, batch_size=FLAGS.batch_size, progress=True,
+      lang=FLAGS.lang,
       min_ja_ratio=FLAGS.min_ja_ratio, min_chars=FLAGS.min_chars, max_chars=FLAGS.max_chars,
       repeat_n=FLAGS.repeat_n, max_repeat_ratio=FLAGS.max_repeat_ratio)
   with fileio.atomic_file(FLAGS.output) as f:
@@ -209,5 +207,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  _define_flags()
-  app.run(main)
+  cli.alias("prompts", "input")
+  cli.run(main, prog="synth", define_flags=_define_flags)

@@ -19,7 +19,8 @@ import ml_dtypes
 import numpy as np
 
 # Llama 3 chat-template specials: <|start_header_id|>, <|end_header_id|>, <|eot_id|>.
-LLAMA3_CHAT_TOKEN_IDS = (128006, 128007, 128009)
+LLAMA3_CHAT_TOKENS = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+LLAMA3_CHAT_TOKEN_IDS = (128006, 128007, 128009)  # their ids in Llama 3's vocabulary
 
 # (path regex, vocabulary axis): which tensors have token rows, and along which axis.
 VOCAB_AXES = (

@@ -429,3 +429,38 @@ def test_mixed_kinds_orbax_and_training_checkpoints(tmp_path):
         protect_token_ids=(1, 299), exclude=("attn_norm",))
   _, again = model_io.load(str(tmp_path / "out2"), progress=False)
   jax.tree.map(np.testing.assert_array_equal, again, restored)
+
+
+def test_protect_tokens_resolve_in_the_targets_vocabulary(ckpts, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  from helpers import LLAMA3_DIR  # pylint: disable=g-import-not-at-top
+  _, (target, _, _) = ckpts
+  assert cv.protected_ids("", target) == ()
+  assert cv.protected_ids("5,7", target) == (5, 7)
+  with pytest.raises(cv.ChatVectorError, match="comma-separated token ids, 'chat_template'"):
+    cv.protected_ids("5,x", target)
+  shutil.copy(os.path.join(LLAMA3_DIR, "tokenizer.json"), target)  # the target's own tokenizer
+  assert cv.protected_ids("llama3_chat", target) == cv.LLAMA3_CHAT_TOKEN_IDS
+  # Llama 3's built-in template writes BOS, the two header tokens and <|eot_id|>.
+  assert cv.protected_ids("chat_template", target) == (128000, 128006, 128007, 128009)
+  chatml = tmp_path / "chatml"
+  os.makedirs(chatml)
+  ids = {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2}
+  vocab = {**ids, **{c: i + 3 for i, c in enumerate("abcdefghijklmnopqrstuvwxyz\n ")}}
+  tok_json = {"version": "1.0", "added_tokens": [
+      {"id": i, "content": t, "special": True, "single_word": False, "lstrip": False,
+       "rstrip": False, "normalized": False} for t, i in ids.items()],
+      "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<|endoftext|>"},
+      "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "."}, "behavior": "Isolated",
+                        "invert": False}}
+  (chatml / "tokenizer.json").write_text(json.dumps(tok_json))
+  template = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + "
+              "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}"
+              "{{ '<|im_start|>assistant\n' }}{% endif %}")
+  (chatml / "tokenizer_config.json").write_text(json.dumps(
+      {"bos_token": None, "eos_token": "<|im_end|>", "chat_template": template}))
+  shutil.copy(os.path.join(target, "config.json"), chatml)
+  shutil.copy(os.path.join(target, "model-00001-of-00003.safetensors"), chatml)
+  assert cv.protected_ids("chat_template", str(chatml)) == (1, 2)
+  with pytest.raises(cv.ChatVectorError, match="llama3_chat"):
+    cv.protected_ids("llama3_chat", str(chatml))

@@ -58,3 +58,24 @@ def test_sections_accept_specs_and_mappings():
                                  dict(peak_lr=1.0, warmup_steps=0, decay_steps=10), "optimizer")
   assert config_utils.as_section(config_utils.OptimizerSpec, spec, "optimizer") is spec
   assert optimizer_lib.schedule(spec)(10) == pytest.approx(0.1)
+
+
+def test_lora_section_is_parsed_once_and_kept_out_of_the_model():
+  spec = config_utils.TrainSpec.from_config(minimal())
+  assert spec.lora.rank == 0  # absent: off
+  config = minimal(model=dict(preset="tiny", lora=dict(rank=4, alpha=8.0)))
+  with pytest.raises(ValueError, match=r"config.model.lora.rank=4 needs config.init_from"):
+    config_utils.TrainSpec.from_config(config)
+  off = minimal(model=dict(preset="tiny", lora=dict(rank=0, alpha=16.0)))
+  assert config_utils.model_config(off) == config_utils.model_config(minimal())
+  with pytest.raises(ValueError, match="nope"):
+    config_utils.TrainSpec.from_config(minimal(model=dict(preset="tiny", lora=dict(nope=1))))
+
+
+def test_every_training_config_carries_lora_off():
+  from swallow_jax.sweep import load_config  # pylint: disable=g-import-not-at-top
+  config = load_config("configs/tiny_cpt.py")
+  assert config.model.lora.rank == 0
+  config.model.lora.rank = 16  # what --config.model.lora.rank=16 does
+  config.init_from = "runs/base"
+  assert config_utils.lora_config(config).rank == 16

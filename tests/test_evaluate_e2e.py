@@ -198,7 +198,9 @@ def test_evaluate_cli_help_and_bad_input(tmp_path, task_files):
   r = run(f"--model={tmp_path}", f"--tasks={bad}", f"--output={tmp_path}/o")
   assert r.returncode != 0 and "not one of" in r.stderr
   r = run(f"--model={tmp_path}/nope", f"--tasks={task_files['qa']}", f"--output={tmp_path}/o")
-  assert r.returncode != 0 and "model directory not found" in r.stderr
+  assert r.returncode == 1 and f"{tmp_path}/nope: no such file or directory" in r.stderr
+  assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("evaluate: error: ")
+  assert run("--help").returncode == 0
 
 
 def _run(module, *args, stdin=None):

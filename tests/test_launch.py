@@ -128,7 +128,8 @@ def test_local_multiprocess_flags_and_errors():
       "--config.train.num_steps=5" for i in (0, 1)]
   old = _run("local_multiprocess.sh", "--dry-run", "2", "configs/tiny_cpt.py", "/tmp/w",
              "--python=python3", "--port=1234", "--", "--config.train.num_steps=5")
-  assert old.stdout == out.stdout and "deprecated" in old.stderr
+  assert old.returncode == 2 and not old.stdout  # the positional form is gone: flags only
+  assert "unexpected argument '2'" in old.stderr
   for args, message in [(["--config=c", "--workdir=w"], "--processes=N"),
                         (["--processes=2", "--workdir=w"], "--config=FILE is required"),
                         (["--processes=2", "--config=nope.py", "--workdir=w"], "not found"),

@@ -77,9 +77,14 @@ def test_cli_help_and_bad_input(tmp_path):
   r = run("--help")
   assert "--num_samples" in r.stdout and "Imitation-data synthesis" in r.stdout
   r = run("--model=m", "--output=o.jsonl")
-  assert r.returncode != 0 and "--prompts is required" in r.stderr
+  assert r.returncode == 2 and "--input is required" in r.stderr
   r = run("--model=m", f"--prompts={tmp_path}/missing.jsonl", f"--output={tmp_path}/o.jsonl")
-  assert r.returncode != 0 and "prompts file not found" in r.stderr
+  assert "--prompts is deprecated; use --input" in r.stderr  # the old name still works
+  assert r.returncode == 1 and "prompts file not found" in r.stderr
+  (tmp_path / "o.jsonl").write_text("keep\n")
+  r = run("--model=m", f"--input={tmp_path}/missing.jsonl", f"--output={tmp_path}/o.jsonl")
+  assert r.returncode == 1 and "--overwrite" in r.stderr and "Traceback" not in r.stderr
+  assert (tmp_path / "o.jsonl").read_text() == "keep\n"
 
 
 def test_synthesize_with_a_chatml_tokenizer_without_bos(tmp_path, monkeypatch):

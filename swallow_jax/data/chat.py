@@ -37,6 +37,7 @@ from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from swallow_jax.data.sources import InvalidRecord
+from swallow_jax.tokenizer.specials import LLAMA3_TEMPLATE
 
 # The default system prompt of the Swallow instruct models (not added unless asked).
 SWALLOW_SYSTEM_PROMPT = "あなたは誠実で優秀な日本人のアシスタントです。"
@@ -45,14 +46,6 @@ ROLES = ("system", "user", "assistant")
 BOS, START_HEADER, END_HEADER, EOT = (
     "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
 
-# The chat_template of meta-llama/Meta-Llama-3-8B-Instruct's tokenizer_config.json.
-LLAMA3_TEMPLATE = (
-    "{% set loop_messages = messages %}{% for message in loop_messages %}"
-    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
-    "+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
-    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
-    "{% endif %}")
 _END_OF_TURN = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>")
 _LEADING_NEWLINES = re.compile(r"\s*\n")
 

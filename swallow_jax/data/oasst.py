@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import collections
 import json
-import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from absl import app
 from absl import flags
 
-from swallow_jax import fileio
+from swallow_jax import cli, fileio
 from swallow_jax.data import sources
 
 ROLES = {"prompter": "user", "assistant": "assistant"}
@@ -147,28 +145,26 @@ def _define_flags() -> None:
   flags.DEFINE_list("lang", [], "Keep trees whose first prompt has one of these "
                     "languages (e.g. en,ja); empty keeps all.")
   flags.DEFINE_bool("json", False, "Print the counts as one JSON object.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing non-empty --output.")
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  """Extracts the OASST threads of --input into --output and prints the counts."""
+  del argv  # cli.run refuses positional arguments.
   f = flags.FLAGS
   if not f.input or not f.output:
-    sys.exit("oasst: error: --input and --output are required")
-  try:
-    rows, counts = extract(read_trees(sources.expand_inputs(f.input)), f.lang)
-    if not rows:
-      raise ValueError(f"no threads left from {counts['trees']} trees ({counts})")
-    write_jsonl(f.output, rows)
-  except (ValueError, KeyError, OSError) as e:
-    sys.exit(f"oasst: error: {e}")
+    raise cli.UsageError("--input and --output are required")
+  cli.check_output(f.output, f.overwrite)
+  rows, counts = extract(read_trees(sources.expand_inputs(f.input)), f.lang)
+  if not rows:
+    raise cli.Failure(f"no threads left from {counts['trees']} trees ({counts})")
+  write_jsonl(f.output, rows)
   if f.json:
-    print(json.dumps(counts))
+    cli.print_json(counts)
   else:
     print(f"wrote {counts['threads']} threads from {counts['trees']} trees to "
           f"{f.output} (dropped: {counts['dropped']})")
 
 
 if __name__ == "__main__":
-  _define_flags()
-  app.run(main)
+  cli.run(main, prog="oasst", define_flags=_define_flags)

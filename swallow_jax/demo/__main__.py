@@ -2,8 +2,9 @@
 
 import json
 
-from absl import app, flags
+from absl import flags
 
+from swallow_jax import cli
 from swallow_jax.demo.build import build_demo_data
 
 _OUTPUT = flags.DEFINE_string("output", None, "Directory to write raw/, tasks/ and manifests to.",
@@ -12,14 +13,14 @@ _SEED = flags.DEFINE_integer("seed", 0, "World and sampling seed.")
 _SCALE = flags.DEFINE_float("scale", 1.0, "Multiplies the number of documents in every file.")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def main(argv: list[str]) -> None:
+  """Builds the demo corpus under --output and prints where its parts are."""
+  del argv  # cli.run refuses positional arguments.
   if _SCALE.value <= 0:
-    raise app.UsageError(f"--scale must be positive, got {_SCALE.value}")
+    raise cli.UsageError(f"--scale must be positive, got {_SCALE.value}")
   paths = build_demo_data(_OUTPUT.value, seed=_SEED.value, scale=_SCALE.value)
   print(json.dumps({"raw": paths.raw, "tasks": paths.tasks}, indent=1))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, prog="demo")

@@ -4,7 +4,8 @@ r"""Scores one or more models on task files and plots the comparison.
         --tokenizer=TOK --tasks=jcqa.jsonl,niilc.jsonl,mgsm.jsonl,wmt_en_ja.jsonl,ppl_ja.jsonl \
         --output=eval_out
 
---model: comma-separated HF safetensors dirs or training workdirs / Orbax checkpoints.
+--model: comma-separated model paths (HF dirs, Hub ids in the local cache, convert's Orbax dirs,
+training workdirs or checkpoints).
 --tokenizer: one path for all models, one per model (comma-separated), or empty to read each
 model's own dir. Task file format: see `swallow_jax/evaluate/tasks.py` (a JSONL header line, then
 one example per line).
@@ -25,10 +26,10 @@ Prints a table of main metrics, or with --json the results.json content.
 from collections.abc import Sequence
 import json
 import os
-import sys
 
-from absl import app
 from absl import flags
+
+from swallow_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("model", None, "Model dirs (HF safetensors, convert's Orbax dir, training "
@@ -42,41 +43,30 @@ flags.DEFINE_bool("json", False, "Print the results JSON instead of the table.")
 flags.DEFINE_integer("batch_size", 8, "Sequences per forward / decode batch.")
 flags.DEFINE_integer("max_len", 2048, "Longest sequence scored or generated, in tokens.")
 flags.DEFINE_integer("max_examples", 0, "Score at most this many examples per task (0 = all).")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and compute dtype.")
-
-
-def _fail(msg: str) -> None:
-  sys.exit(f"error: {msg}")
+flags.DEFINE_enum("dtype", "float32", cli.DTYPES, "Parameter and compute dtype.")
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv
   for name in ("model", "tasks", "output"):
     if not getattr(FLAGS, name):
-      raise app.UsageError(f"--{name} is required")
+      raise cli.UsageError(f"--{name} is required")
   models = FLAGS.model
   names = FLAGS.names or [os.path.basename(os.path.normpath(m)) for m in models]
   if len(names) != len(models) or len(set(names)) != len(names):
-    raise app.UsageError(f"--names needs {len(models)} distinct labels, got {names}")
+    raise cli.UsageError(f"--names needs {len(models)} distinct labels, got {names}")
   tokenizers = FLAGS.tokenizer or [None] * len(models)
   if len(tokenizers) == 1:
     tokenizers = tokenizers * len(models)
   if len(tokenizers) != len(models):
-    raise app.UsageError(f"--tokenizer takes 1 or {len(models)} paths, got {len(tokenizers)}")
+    raise cli.UsageError(f"--tokenizer takes 1 or {len(models)} paths, got {len(tokenizers)}")
 
   from swallow_jax import evaluate  # pylint: disable=g-import-not-at-top
-  try:
-    tasks = evaluate.load_tasks(FLAGS.tasks)
-    for m in models:
-      if not os.path.isdir(m):
-        raise FileNotFoundError(f"model directory not found: {m}")
-    results = evaluate.evaluate_models(
-        dict(zip(names, models)), tasks, dict(zip(names, tokenizers)), FLAGS.output,
-        batch_size=FLAGS.batch_size, max_len=FLAGS.max_len,
-        max_examples=FLAGS.max_examples or None, dtype=FLAGS.dtype, overwrite=FLAGS.overwrite)
-  except (OSError, ValueError) as e:
-    _fail(str(e))
+  tasks = evaluate.load_tasks(FLAGS.tasks)
+  results = evaluate.evaluate_models(
+      dict(zip(names, models)), tasks, dict(zip(names, tokenizers)), FLAGS.output,
+      batch_size=FLAGS.batch_size, max_len=FLAGS.max_len,
+      max_examples=FLAGS.max_examples or None, dtype=FLAGS.dtype, overwrite=FLAGS.overwrite)
   if FLAGS.json:
     print(json.dumps(results, ensure_ascii=False, indent=2))
     return
@@ -91,4 +81,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, prog="evaluate")

@@ -48,7 +48,6 @@ from collections.abc import Callable, Sequence
 import dataclasses
 import json
 import os
-import sys
 from typing import Any
 import xml.etree.ElementTree as ET
 
@@ -367,20 +366,15 @@ def _define_flags() -> None:
 
 def main(argv: Sequence[str]) -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  del argv
   f = flags.FLAGS
-  try:
-    header, examples = prepare(f.task, f.input, f.fewshot_input, f.num_fewshot)
-    write(f.output, header, examples)
-  except (InputError, ValueError, OSError) as e:
-    sys.exit(f"error: {e}")
+  header, examples = prepare(f.task, f.input, f.fewshot_input, f.num_fewshot)
+  write(f.output, header, examples)
   scored = len(examples) - (0 if "fewshot" in header else header["num_fewshot"])
   print(f"wrote {f.output}: {f.task}, {scored} examples to score, "
         f"{header['num_fewshot']}-shot")
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
-  _define_flags()
-  app.run(main)
+  from swallow_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main, prog="evaluate.prepare", define_flags=_define_flags)

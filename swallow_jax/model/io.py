@@ -46,6 +46,7 @@ from swallow_jax import fileio
 from swallow_jax.model import hf
 from swallow_jax.model.config import LlamaConfig
 from swallow_jax.model.llama import Params, init_params, is_per_layer, unstack_layers
+from swallow_jax.tokenizer import specials
 
 INDEX = "model.safetensors.index.json"
 ORBAX_PARAMS, ORBAX_CONFIG = "params", "hf_config.json"
@@ -62,14 +63,6 @@ _ST_DTYPES = {
     "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn), "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
 }
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
-# Llama 3 Instruct's chat template, for exports whose tokenizer dir brings none.
-LLAMA3_CHAT_TEMPLATE = (
-    "{% set loop_messages = messages %}{% for message in loop_messages %}"
-    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
-    "+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
-    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
-    "{% endif %}")
 
 
 class ModelPathError(ValueError):
@@ -388,7 +381,7 @@ def _minimal_tokenizer_config(directory: str, config: LlamaConfig) -> dict[str, 
         out[key] = added[token_id]
     if not os.path.exists(os.path.join(directory, "chat_template.jinja")) and (
         "<|start_header_id|>" in added.values()):
-      out["chat_template"] = LLAMA3_CHAT_TEMPLATE
+      out["chat_template"] = specials.LLAMA3_TEMPLATE
   return out
 
 

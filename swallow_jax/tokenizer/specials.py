@@ -23,6 +23,14 @@ import json
 import os
 from typing import Any
 
+# The chat_template of meta-llama/Meta-Llama-3-8B-Instruct's tokenizer_config.json.
+LLAMA3_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    "{% endif %}")
 ROLES = ("bos", "eos", "pad")
 FILES = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
          "generation_config.json", "config.json")

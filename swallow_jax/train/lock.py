@@ -26,19 +26,9 @@ class WorkdirInUseError(RuntimeError):
   """Another live run holds the workdir."""
 
 
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
 def _stale(held: dict, stale_after_s: float) -> bool:
   if held.get("host") == socket.gethostname():
-    return not _alive(int(held.get("pid", 0)))
+    return not fileio.pid_alive(int(held.get("pid", 0)))
   return time.time() - float(held.get("heartbeat", 0)) > stale_after_s
 
 

@@ -155,6 +155,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   an asynchronous save failed.
   """
   spec = config_utils.TrainSpec.from_config(config)
+  if spec.lora.rank:  # Refuse rather than silently train every weight.
+    raise NotImplementedError("config.model.lora.rank > 0: LoRA training is not implemented yet")
   parallel.initialize()
   with lock_lib.workdir_lock(workdir, enabled=jax.process_index() == 0):
     return _Trainer(spec, config_utils.resolved_dict(config, spec.model), workdir).run()

@@ -26,7 +26,9 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from swallow_jax import cli
 
 from swallow_jax import tokenizer as tokenizer_lib
 from swallow_jax.vocab import stats
@@ -37,9 +39,9 @@ _TOKENIZER = flags.DEFINE_multi_string("tokenizer", [], "Tokenizer file or direc
 _CORPUS = flags.DEFINE_string("corpus", None, "UTF-8 text: chars_per_token (stats/table) or the "
                               "text to learn subwords on (expand).")
 _HELDOUT = flags.DEFINE_string("heldout", None, "expand: UTF-8 text to measure lengths on.")
-_NUM_NEW = flags.DEFINE_integer("num-new", 48000, "expand: tokens to add at most.", lower_bound=1)
+_NUM_NEW = flags.DEFINE_integer("num_new", 48000, "expand: tokens to add at most.", lower_bound=1)
 _OUTPUT = flags.DEFINE_string("output", None, "expand: directory for the expanded tokenizer.")
-_MODEL_TYPE = flags.DEFINE_enum("model-type", None, ["bpe", "unigram"],
+_MODEL_TYPE = flags.DEFINE_enum("model_type", None, ["bpe", "unigram"],
                                 "expand: sentencepiece model that learns the subwords (default: "
                                 "the base's type for sentencepiece bases, else bpe).")
 _MODEL = flags.DEFINE_string("model", None, "expand: HF Llama checkpoint dir to resize into "
@@ -97,24 +99,9 @@ def run(command: str) -> str:
 
 def main(argv: list[str]) -> None:
   if len(argv) != 2 or argv[1] not in COMMANDS:
-    sys.exit(f"vocab: error: expected one command of {', '.join(COMMANDS)}, got {argv[1:]}")
-  try:
-    print(run(argv[1]))
-  except (ValueError, FileNotFoundError, KeyError, OSError) as e:
-    sys.exit(f"vocab: error: {str(e).strip(chr(39))}")
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing with --help on stdout (exit 0) and one-line errors (exit 1)."""
-  if any(a in ("--help", "-h", "--helpshort", "-?") for a in argv[1:]):
-    print(__doc__)
-    print(flags.FLAGS.module_help(sys.modules[__name__]))
-    sys.exit(0)
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    sys.exit(f"vocab: error: {e}")
+    raise cli.UsageError(f"expected one command of {', '.join(COMMANDS)}, got {argv[1:]}")
+  print(run(argv[1]))
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main, prog="vocab", positional=True)

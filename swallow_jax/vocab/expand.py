@@ -31,6 +31,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import logging
 import math
 import os
 import re
@@ -327,7 +328,9 @@ def expand(tokenizer_path: str, corpus: str, heldout: str, num_new: int, output_
   corpus_lines, heldout_lines = stats.read_lines(corpus), stats.read_lines(heldout)
   size = required_chars(corpus_lines, character_coverage) + 1 + num_new
   with tempfile.TemporaryDirectory() as workdir:
-    for _ in range(max_rounds):
+    for round_ in range(max_rounds):
+      logging.info("vocab expand: round %d: training a %s sentencepiece model of %d pieces",
+                   round_ + 1, model_type, size)
       pieces, trained = learn_pieces(corpus, size, workdir, model_type, character_coverage)
       expander = _expander(base)
       added, present, unreachable = [], 0, 0
