@@ -41,7 +41,6 @@ from typing import Any, NoReturn
 
 from absl import app, flags
 from absl import logging as absl_logging
-from ml_collections.config_flags import config_flags
 
 FLAGS = flags.FLAGS
 HELP_ARGS = ("--help", "-h", "--helpshort", "-?", "--helpfull")
@@ -132,6 +131,9 @@ def _exit(prog: str, message: str, status: int) -> NoReturn:
 
 def _config_flags() -> Iterator[flags.Flag]:
   """The ml_collections config flags that were given a value."""
+  if "ml_collections" not in sys.modules:  # No config flag can exist (the GPU image lacks it).
+    return
+  from ml_collections.config_flags import config_flags  # pylint: disable=g-import-not-at-top
   for name in FLAGS:
     flag = FLAGS[name]
     if config_flags.is_config_flag(flag) and flag.present:

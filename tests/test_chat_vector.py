@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -260,6 +261,8 @@ def test_command_line(ckpts, tmp_path):
   r = run("--help")
   assert "--scale" in r.stdout and "--protect_tokens" in r.stdout and "chat vector" in r.stdout
   out = str(tmp_path / "out")
+  from helpers import LLAMA3_DIR  # pylint: disable=g-import-not-at-top
+  shutil.copy(os.path.join(LLAMA3_DIR, "tokenizer.json"), target)  # llama3_chat: looked up there
   r = run(f"--base={base}", f"--instruct={instruct}", f"--target={target}", f"--output={out}",
           "--scale=1.0", "--exclude=lm_head", "--protect_tokens=llama3_chat", "--quiet")
   assert r.returncode == 0, r.stderr
@@ -273,8 +276,8 @@ def test_command_line(ckpts, tmp_path):
                                            " remove it or pick another path"]
   r = run(f"--base={base}", f"--instruct={instruct}", f"--target={target}",
           f"--output={out}2", "--scale=half")
-  assert r.returncode != 0 and r.stderr.strip().splitlines() == [
-      "chat_vector: error: --scale=half: expected numbers like 0.5 or 0.3,0.5,1.0"]
+  assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+      "chat_vector: error: --scale=half: expected numbers like 0.5 or 0.3,0.5,1.0 (see --help)"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,7 +435,6 @@ def test_mixed_kinds_orbax_and_training_checkpoints(tmp_path):
 
 
 def test_protect_tokens_resolve_in_the_targets_vocabulary(ckpts, tmp_path):
-  import shutil  # pylint: disable=g-import-not-at-top
   from helpers import LLAMA3_DIR  # pylint: disable=g-import-not-at-top
   _, (target, _, _) = ckpts
   assert cv.protected_ids("", target) == ()

@@ -276,7 +276,7 @@ def test_cli(sources, tmp_path):
                        capture_output=True, text=True, cwd=REPO)
   assert bad.returncode == 1
   assert bad.stderr.strip().splitlines() == [
-      f"error: {bad_file}:2: expected question<TAB>answer, got 1 field(s)"]
+      f"evaluate.prepare: error: {bad_file}:2: expected question<TAB>answer, got 1 field(s)"]
   assert not os.path.exists(tmp_path / "m.jsonl")
   helped = subprocess.run(cmd + ["--help"], capture_output=True, text=True, cwd=REPO)
   assert "--fewshot_input" in helped.stdout

@@ -4,32 +4,12 @@ import json
 import os
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
 from swallow_jax import config_utils
 from swallow_jax.model import io as model_io
-from swallow_jax.sweep import load_config
 from swallow_jax.train import loop
-
-TINY = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "tiny_cpt.py")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-  """A function returning a fresh tiny_cpt config with `section.key` overrides."""
-  with pytest.MonkeyPatch.context() as mp:
-    mp.setenv("SWALLOW_JAX_CACHE", str(tmp_path_factory.getbasetemp() / "swallow_cache"))
-    base = load_config(TINY)
-
-    def make(**overrides):
-      config = ml_collections.ConfigDict(base.to_dict())
-      for key, value in overrides.items():
-        *section, name = key.split("__")
-        (config[section[0]] if section else config)[name] = value
-      return config
-    yield make
 
 
 def read_metrics(workdir):
