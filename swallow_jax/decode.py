@@ -36,6 +36,8 @@ import numpy as np
 from tqdm import tqdm
 
 from swallow_jax import model as model_lib
+from swallow_jax import tokenizer as tokenizer_lib
+from swallow_jax.model import io as model_io
 
 MIN_BUCKET = 16
 
@@ -180,16 +182,15 @@ def stop_tokens_for(tokenizer) -> tuple[int, ...]:
   return tuple(t for t in (tokenizer.eos_id, getattr(tokenizer, "eot_id", None)) if t is not None)
 
 
-def load_for_decoding(model: str, tokenizer: str | None = None, dtype: str = "float32"
-                      ) -> tuple[model_lib.LlamaConfig, Any, Any]:
-  """(config, params in the decoding layout, tokenizer) from any path `model_io.resolve` accepts;
-  the tokenizer defaults to the model's own. Raises ValueError/OSError with a one-line reason."""
-  from swallow_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  from swallow_jax.model import io as model_io  # pylint: disable=g-import-not-at-top
+def load_for_decoding(model: str, tokenizer: str | None = None, dtype: str = "float32",
+                      progress: bool = True) -> tuple[model_lib.LlamaConfig, Any, Any]:
+  """(config computing in `dtype`, params in `dtype` and the decoding layout, tokenizer) from any
+  path `model_io.resolve` accepts; the tokenizer defaults to the model's own. Raises
+  ValueError/OSError with a one-line reason."""
   ref = model_io.resolve(model)
   tok_path = tokenizer or ref.tokenizer_dir
   if not tok_path:
     raise ValueError(f"{model}: no tokenizer found with the model; pass --tokenizer")
   tok = tokenizer_lib.load_tokenizer(tok_path)
-  config, params = model_io.load(ref, dtype=jnp.dtype(dtype), decode=True)
+  config, params = model_io.load(ref, dtype=jnp.dtype(dtype), decode=True, progress=progress)
   return dataclasses.replace(config, dtype=dtype), params, tok

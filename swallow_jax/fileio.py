@@ -1,4 +1,5 @@
-"""Atomic writes: a file or a directory appears complete under its final name, or not at all.
+"""File helpers: atomic writes (a file or a directory appears complete under its final name, or
+not at all) and the one JSONL reader.
 
 The one place that writes "temporary sibling, then rename". A killed process leaves at most a
 `.NAME.tmp-PID` sibling; `remove_stale_tmp` clears those of dead processes.
@@ -6,6 +7,7 @@ The one place that writes "temporary sibling, then rename". A killed process lea
     with atomic_file("out/results.json") as f: ...        # text; "wb" for bytes
     write_json("out/report.json", obj)
     with atomic_dir("out/model", overwrite=True) as tmp: ...  # fill tmp; renamed on success
+    for line, row in read_jsonl("tasks/ja_mc.jsonl"): ...     # ValueError "FILE:LINE: ..."
 """
 
 from collections.abc import Iterator
@@ -90,6 +92,31 @@ def atomic_dir(path: str, overwrite: bool = False) -> Iterator[str]:
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+
+
+def read_jsonl(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
+  """(line number, object) for each non-blank line of a UTF-8 JSONL file (a BOM is skipped).
+
+  FileNotFoundError for a missing file; ValueError `path:line: ...` for a line that is not UTF-8,
+  not JSON or not a JSON object.
+  """
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no such file or directory")
+  with open(path, "rb") as f:
+    for n, raw in enumerate(f, 1):
+      try:
+        line = raw.decode("utf-8").removeprefix("\ufeff") if n == 1 else raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise ValueError(f"{path}:{n}: not UTF-8 ({e.reason})") from None
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
+      if not isinstance(row, dict):
+        raise ValueError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+      yield n, row
 
 
 def pid_alive(pid: int) -> bool:

@@ -47,17 +47,26 @@ import logging
 import math
 import os
 import shutil
-import sys
 import time
 from typing import Any
 
 from absl import flags
+import jax
 import ml_collections
 from ml_collections import config_flags
 
+from swallow_jax import chat_vector
+from swallow_jax import demo
+from swallow_jax import evaluate
 from swallow_jax import fileio
+from swallow_jax import parallel
+from swallow_jax import preprocess
 from swallow_jax import report as report_lib
+from swallow_jax import tokenizer
+from swallow_jax import train as train_lib
+from swallow_jax.model import io as model_io
 from swallow_jax.train import lock as lock_lib
+from swallow_jax.vocab import train as vocab_train
 
 DONE = "DONE.json"
 STAGE_REF = "stage://"
@@ -170,27 +179,22 @@ def resolve(value: Any, config: Mapping[str, Any], workdir: str) -> Any:
 
 
 def _demo_data(cfg: dict, stage_dir: str) -> dict:
-  from swallow_jax.demo import build_demo_data  # pylint: disable=g-import-not-at-top
-  paths = build_demo_data(stage_dir, seed=int(cfg.get("seed", 0)), scale=float(cfg.get("scale", 1)))
+  paths = demo.build_demo_data(stage_dir, seed=int(cfg.get("seed", 0)), scale=float(cfg.get("scale", 1)))
   return {"raw": paths.raw, "tasks": paths.tasks, "chat_eval": paths.chat_eval}
 
 
 def _jsonl_texts(paths: Sequence[str]):
   """Text lines for tokenizer training: `text` of text records, message contents of chats."""
   for path in paths:
-    with open(path, encoding="utf-8") as f:
-      for line in f:
-        row = json.loads(line)
-        texts = [row["text"]] if "text" in row else [m["content"] for m in row["messages"]]
-        for text in texts:
-          yield from filter(None, text.split("\n"))
+    for _, row in fileio.read_jsonl(path):
+      texts = [row["text"]] if "text" in row else [m["content"] for m in row["messages"]]
+      for text in texts:
+        yield from filter(None, text.split("\n"))
 
 
 def _tokenizer(cfg: dict, stage_dir: str) -> dict:
-  from swallow_jax import tokenizer  # pylint: disable=g-import-not-at-top
-  from swallow_jax.vocab import train  # pylint: disable=g-import-not-at-top
   inputs = list(cfg["inputs"].values()) if isinstance(cfg["inputs"], Mapping) else cfg["inputs"]
-  model = train.train_sentencepiece(
+  model = vocab_train.train_sentencepiece(
       _jsonl_texts(inputs), int(cfg["vocab_size"]), os.path.join(stage_dir, "tokenizer"),
       model_type=cfg.get("model_type", "bpe"), shrink_to_fit=True, num_threads=1)
   tok = tokenizer.load_tokenizer(model)
@@ -198,7 +202,6 @@ def _tokenizer(cfg: dict, stage_dir: str) -> dict:
 
 
 def _preprocess(cfg: dict, stage_dir: str) -> dict:
-  from swallow_jax import preprocess  # pylint: disable=g-import-not-at-top
   out = {}
   for name, src in cfg["sources"].items():
     summary = preprocess.preprocess(
@@ -210,17 +213,13 @@ def _preprocess(cfg: dict, stage_dir: str) -> dict:
 
 
 def _train(cfg: dict, stage_dir: str) -> dict:
-  import jax  # pylint: disable=g-import-not-at-top
-  from swallow_jax import train  # pylint: disable=g-import-not-at-top
-  from swallow_jax.model import io as model_io  # pylint: disable=g-import-not-at-top
   train_cfg = ml_collections.ConfigDict({k: v for k, v in cfg.items() if k not in _TRAIN_STAGE_KEYS})
   if train_cfg.model.get("vocab_size", None) == 0:  # the size of the tokenizer this stage uses
-    from swallow_jax import tokenizer  # pylint: disable=g-import-not-at-top
     train_cfg.model.vocab_size = tokenizer.load_tokenizer(cfg["tokenizer"]).vocab_size
   trained = os.path.join(stage_dir, "TRAINED.json")
   summary = None
   if not os.path.exists(trained):
-    summary = train.run(train_cfg, stage_dir)
+    summary = train_lib.run(train_cfg, stage_dir)
     if summary["preempted"]:
       raise Unfinished(f"training in {stage_dir} stopped by SIGTERM at step {summary['step']}")
     if jax.process_index() == 0:
@@ -244,7 +243,6 @@ def _train(cfg: dict, stage_dir: str) -> dict:
 
 
 def _chat_vector(cfg: dict, stage_dir: str) -> dict:
-  from swallow_jax import chat_vector  # pylint: disable=g-import-not-at-top
   output = os.path.join(stage_dir, "model")
   shutil.rmtree(output, ignore_errors=True)  # left by an interrupted attempt
   protect = cfg.get("protect_token_ids", ())
@@ -265,7 +263,6 @@ def _task_files(tasks: str | Sequence[str]) -> list[str]:
 
 
 def _eval(cfg: dict, stage_dir: str) -> dict:
-  from swallow_jax import evaluate  # pylint: disable=g-import-not-at-top
   max_examples = cfg.get("max_examples") or None
   chats = {name: evaluate.load_chats(path)[:max_examples]
            for name, path in (cfg.get("chat_tasks") or {}).items()}
@@ -300,9 +297,6 @@ def _read_json(path: str) -> Any:
 
 
 def _process_info() -> tuple[int, int]:
-  if "jax" not in sys.modules:  # do not start a backend just to learn there is one process
-    return 0, 1
-  import jax  # pylint: disable=g-import-not-at-top
   return jax.process_index(), jax.process_count()
 
 
@@ -375,13 +369,6 @@ def _main_value(result: Mapping[str, Any]) -> Any:
 # Report: what the stages left in their directories, handed to swallow_jax.report.
 
 
-def _read_jsonl(path: str) -> list[Any]:
-  if not os.path.exists(path):
-    return []
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def report_inputs(config: Mapping[str, Any], workdir: str
                   ) -> tuple[dict[str, dict], dict[str, dict], set[str]]:
   """(stages, results, ablation models) for report.build, read from WORKDIR: each stage's kind,
@@ -395,12 +382,13 @@ def report_inputs(config: Mapping[str, Any], workdir: str
     if states[name] == "done":
       stages[name]["seconds"] = _read_json(os.path.join(stage_dir, DONE))["seconds"]
     if kind == "train":
-      stages[name]["train_log"] = _read_jsonl(os.path.join(stage_dir, "metrics.jsonl"))
+      log = os.path.join(stage_dir, "metrics.jsonl")
+      stages[name]["train_log"] = ([r for _, r in fileio.read_jsonl(log)]
+                                   if os.path.exists(log) else [])
     if kind == "eval":
-      from swallow_jax.evaluate import RESULTS  # pylint: disable=g-import-not-at-top
       ablations = list(config[name].get("ablations", {}) or {})
       ablation_models |= set(ablations)
-      path = os.path.join(stage_dir, RESULTS)
+      path = os.path.join(stage_dir, evaluate.RESULTS)
       evaluated = _read_json(path)["models"] if os.path.exists(path) else {}
       for model in list(config[name].get("models", {}) or {}) + ablations:
         if model in evaluated:
@@ -468,7 +456,6 @@ def main(argv: Sequence[str]) -> None:
     if FLAGS.report_only:
       write_report(config, workdir)
       return
-    from swallow_jax import parallel  # pylint: disable=g-import-not-at-top
     parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                         mode=FLAGS.distributed)
     run(config, workdir, only=FLAGS.stages)

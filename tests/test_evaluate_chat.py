@@ -79,5 +79,5 @@ def test_load_chats(tmp_path):
   bad.write_text(json.dumps({"messages": ROWS[0]["messages"]}) + "\n")
   with pytest.raises(ValueError, match=r"bad.jsonl:1: a chat row needs 'messages' .* and 'answer'"):
     evaluate.load_chats(str(bad))
-  with pytest.raises(FileNotFoundError, match="chat set not found"):
+  with pytest.raises(FileNotFoundError, match="no such file or directory"):
     evaluate.load_chats(str(tmp_path / "nope.jsonl"))

@@ -75,3 +75,17 @@ def test_remove_stale_tmp_only_touches_dead_processes(tmp_path):
   removed = fileio.remove_stale_tmp(str(out))
   assert [os.path.basename(p) for p in removed] == [f".shards.tmp-{dead}"]
   assert sorted(os.listdir(tmp_path)) == sorted([f".shards.tmp-{os.getpid()}", f".other.tmp-{dead}"])
+
+
+def test_read_jsonl_rows_and_one_line_errors(tmp_path):
+  path = tmp_path / "rows.jsonl"
+  path.write_bytes('\ufeff{"a": 1}\n\n  \n{"b": "東京"}\n'.encode("utf-8"))
+  assert list(fileio.read_jsonl(str(path))) == [(1, {"a": 1}), (4, {"b": "東京"})]
+  cases = {b'{"a": 1}\n{oops\n': r"rows.jsonl:2: not JSON", b'[1]\n': r"rows.jsonl:1: expected "
+           r"a JSON object, got list", b'{"a": 1}\n\xff\n': r"rows.jsonl:2: not UTF-8"}
+  for data, message in cases.items():
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=message):
+      list(fileio.read_jsonl(str(path)))
+  with pytest.raises(FileNotFoundError, match="nope.jsonl: no such file or directory"):
+    list(fileio.read_jsonl(str(tmp_path / "nope.jsonl")))

@@ -362,7 +362,7 @@ def test_cli_help():
     (["expand", "--tokenizer=x", "--corpus=y", "--output=z"], "--heldout is required"),
     (["expand", "--num-new=0"], "not a positive integer"),
     (["expand", "--tokenizer=x", "--corpus=y", "--heldout=z", "--output=o", "--model=/no/m"],
-     "/no/m: no config.json"),
+     "/no/m: no such file or directory"),
     (["table", "--tokenizer=a", "--corpus=/no/corpus.txt"], "/no/corpus.txt: no such text file"),
 ])
 def test_cli_bad_input_one_line(args, message):

@@ -29,6 +29,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from swallow_jax import decode
 from swallow_jax import fileio
 from swallow_jax.evaluate import loglik
 from swallow_jax.evaluate import scoring
@@ -83,15 +84,14 @@ def _multiple_choice(config, params, tokenizer, task: Task, examples, opts) -> t
 
 
 def _generate_answers(config, params, tokenizer, task: Task, examples, opts) -> list[str]:
-  from swallow_jax import decode as gen  # pylint: disable=g-import-not-at-top
   room = opts["max_len"] - task.max_new_tokens
   if room < 1:
     raise ValueError(f"task {task.name}: max_new_tokens={task.max_new_tokens} leaves no room "
                      f"for the prompt in max_len={opts['max_len']}")
   prompts = [fit_prompt(tokenizer, tokenizer.encode(task.prompt(ex), add_bos=True), room,
                         opts["truncated"]) for ex in examples]
-  outs = gen.generate(config, params, prompts, task.max_new_tokens,
-                      stop_tokens=gen.stop_tokens_for(tokenizer), batch_size=opts["batch_size"])
+  outs = decode.generate(config, params, prompts, task.max_new_tokens,
+                      stop_tokens=decode.stop_tokens_for(tokenizer), batch_size=opts["batch_size"])
   return [scoring.cut_at_stop(tokenizer.decode(o), task.stop).strip() for o in outs]
 
 
@@ -230,7 +230,7 @@ def evaluate_models(models: Mapping[str, str], tasks: Sequence[Task | str],
                     tokenizer: str | Mapping[str, str | None] | None, output: str, *,
                     chats: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
                     batch_size: int = 8, max_len: int = 2048, max_examples: int | None = None,
-                    dtype: str | None = "float32", overwrite: bool = False,
+                    dtype: str = "float32", overwrite: bool = False,
                     resume: bool = False, progress: bool = True) -> dict[str, Any]:
   """Scores every model on every task (and chat set) and writes output/results.json after EACH
   task, then the plots and TensorBoard scalars; returns the results.json content
@@ -241,8 +241,6 @@ def evaluate_models(models: Mapping[str, str], tasks: Sequence[Task | str],
   `score_chats`. resume: keep the finished (model, task) results already in output/results.json
   of the same model path (an interrupted run continues at the task it stopped in).
   """
-  from swallow_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  from swallow_jax.model import io as model_io  # pylint: disable=g-import-not-at-top
   tasks = [t if isinstance(t, Task) else load_task(t) for t in tasks]
   chats = dict(chats or {})
   prepare_output(output, list(models), overwrite=overwrite, resume=resume)
@@ -254,13 +252,8 @@ def evaluate_models(models: Mapping[str, str], tasks: Sequence[Task | str],
     entry = results["models"].setdefault(name, {"path": path, "tasks": {}})
     todo = [n for n in names if n not in entry["tasks"]]
     if todo:
-      ref = model_io.resolve(path)
       tok_path = tokenizer.get(name) if isinstance(tokenizer, Mapping) else tokenizer
-      tok_path = tok_path or ref.tokenizer_dir
-      if not tok_path:
-        raise ValueError(f"model {name} ({path}) has no tokenizer files; pass a tokenizer")
-      tok = tokenizer_lib.load_tokenizer(tok_path)
-      config, params = model_io.load(ref, dtype=dtype, decode=True, progress=progress)
+      config, params, tok = decode.load_for_decoding(path, tok_path, dtype, progress=progress)
       bar = _progress(len(todo), name, progress)
       for i, task_name in enumerate(todo, 1):
         t0 = time.perf_counter()

@@ -13,11 +13,12 @@ Two numbers per set, both needing the template, which a task file's prompt text 
 """
 
 from collections.abc import Mapping, Sequence
-import json
 import math
-import os
 from typing import Any
 
+from swallow_jax import decode
+from swallow_jax import fileio
+from swallow_jax.data.chat import encode_chat
 from swallow_jax.evaluate import loglik
 
 NUM_SAMPLES = 3  # replies echoed into the result for inspection
@@ -25,21 +26,11 @@ NUM_SAMPLES = 3  # replies echoed into the result for inspection
 
 def load_chats(path: str) -> list[dict[str, Any]]:
   """Reads a chat set; ValueError naming the file and line of a malformed row."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"chat set not found: {path}")
   rows = []
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
-      if (not isinstance(row, dict) or not isinstance(row.get("messages"), list)
-          or "answer" not in row):
-        raise ValueError(f"{path}:{n}: a chat row needs 'messages' (a list) and 'answer'")
-      rows.append(row)
+  for n, row in fileio.read_jsonl(path):
+    if not isinstance(row.get("messages"), list) or "answer" not in row:
+      raise ValueError(f"{path}:{n}: a chat row needs 'messages' (a list) and 'answer'")
+    rows.append(row)
   if not rows:
     raise ValueError(f"{path}: no chats")
   return rows
@@ -50,8 +41,6 @@ def score_chats(config, params, tokenizer, rows: Sequence[Mapping[str, Any]], *,
                 ) -> dict[str, Any]:
   """A result shaped like run_tasks' ({"type": "chat", "num_examples", "metrics", "score",
   "samples"}) for chat rows (see the module docstring)."""
-  from swallow_jax import decode  # pylint: disable=g-import-not-at-top
-  from swallow_jax.data.chat import encode_chat  # pylint: disable=g-import-not-at-top
   encoded = [encode_chat(tokenizer, r["messages"]) for r in rows]
   lps = loglik.token_logprobs(config, params, [ids for ids, _ in encoded],
                               batch_size=batch_size, max_len=max_len)

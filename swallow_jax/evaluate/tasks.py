@@ -41,7 +41,6 @@ text) are converted from their public releases by `python -m swallow_jax.evaluat
 from collections.abc import Iterable, Sequence
 import dataclasses
 import json
-import os
 from typing import Any
 
 from swallow_jax import fileio
@@ -164,16 +163,7 @@ def make_task(header: dict[str, Any], examples: Sequence[dict[str, Any]], source
 
 def load_task(path: str) -> Task:
   """Reads one JSONL task file (header line, then examples)."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"task file not found: {path}")
-  rows = []
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if line.strip():
-        try:
-          rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
+  rows = [row for _, row in fileio.read_jsonl(path)]
   if not rows:
     raise ValueError(f"{path}: empty task file")
   return make_task(rows[0], rows[1:], source=path)

@@ -71,8 +71,9 @@ def run(command: str) -> str:
              output=_OUTPUT.value)
     if len(paths) != 1:
       raise ValueError("expand takes exactly one --tokenizer")
-    if _MODEL.value and not os.path.isfile(os.path.join(_MODEL.value, "config.json")):
-      raise FileNotFoundError(f"{_MODEL.value}: no config.json (expected an HF Llama checkpoint)")
+    if _MODEL.value:  # any form model.io accepts; a wrong path is refused before the expansion
+      from swallow_jax.model import io as model_io  # pylint: disable=g-import-not-at-top  # jax
+      model_io.resolve(_MODEL.value)
     from swallow_jax.vocab import expand  # pylint: disable=g-import-not-at-top
     expansion = expand.expand(paths[0], _CORPUS.value, _HELDOUT.value, _NUM_NEW.value,
                               _OUTPUT.value, model_type=_MODEL_TYPE.value)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -108,15 +109,20 @@ def resize_embeddings(params: Mapping[str, Any], old_tokenizer: Tokenizer,
   return out
 
 
-def resize_hf_checkpoint(model_dir: str, old_tokenizer: Tokenizer, new_tokenizer: Tokenizer,
+def resize_hf_checkpoint(model: str, old_tokenizer: Tokenizer, new_tokenizer: Tokenizer,
                          output_dir: str, *, dtype: Any = jnp.bfloat16) -> str:
-  """Writes ``model_dir`` (HF Llama safetensors) resized for ``new_tokenizer`` to ``output_dir``
-  in ``dtype``, with the new tokenizer file; a tiktoken one also as tokenizer.json for HF."""
-  config, params = model_io.load(model_dir, dtype=dtype, progress=False)
+  """Writes `model` (any path `model.io.resolve` accepts) resized for `new_tokenizer` to
+  `output_dir` in `dtype` as an HF directory with the new tokenizer's files (its roles and chat
+  template included; a tiktoken file also as tokenizer.json, for transformers); the directory
+  appears complete or not at all."""
+  config, params = model_io.load(model, dtype=dtype, progress=False)
   params = resize_embeddings(params, old_tokenizer, new_tokenizer)
   config = dataclasses.replace(config, vocab_size=params["embed"]["embedding"].shape[0])
-  model_io.save_hf(output_dir, config, params, dtype=dtype, tokenizer_dir=new_tokenizer.path,
-                   overwrite=True, progress=False)
-  if isinstance(new_tokenizer, tokenizer_lib.TiktokenTokenizer):
-    convert.tiktoken_to_tokenizer_json(new_tokenizer, os.path.join(output_dir, "tokenizer.json"))
+  with tempfile.TemporaryDirectory() as tokenizer_dir:
+    model_io.copy_side_files(os.path.dirname(os.path.abspath(new_tokenizer.path)), tokenizer_dir)
+    if isinstance(new_tokenizer, tokenizer_lib.TiktokenTokenizer):
+      convert.tiktoken_to_tokenizer_json(new_tokenizer,
+                                         os.path.join(tokenizer_dir, "tokenizer.json"))
+    model_io.save_hf(output_dir, config, params, dtype=dtype, tokenizer_dir=tokenizer_dir,
+                     overwrite=True, progress=False)
   return output_dir
