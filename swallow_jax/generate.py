@@ -25,8 +25,8 @@ def _define_flags() -> None:
   """Command-line flags, defined only when run as a program so importing never clashes."""
   flags.DEFINE_string("model", None, "HF safetensors dir, or a training workdir / Orbax ckpt.")
   flags.DEFINE_string("tokenizer", None, "Tokenizer file or dir; defaults to --model.")
-  flags.DEFINE_string("prompt", None, "Plain-text prompt (BOS added, no chat template).")
-  flags.DEFINE_bool("chat", False, "Interactive chat on stdin with the Llama 3 chat template.")
+  flags.DEFINE_string("prompt", None, "Plain-text prompt (no chat template; BOS if the tokenizer adds one).")
+  flags.DEFINE_bool("chat", False, "Chat on stdin with the model's own chat template.")
   flags.DEFINE_string("system", None, "System message for --chat.")
   flags.DEFINE_integer("max_new_tokens", 256, "Tokens to generate per turn.")
   flags.DEFINE_float("temperature", 0.0, "Sampling temperature; 0 = greedy.")

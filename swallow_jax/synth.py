@@ -28,7 +28,6 @@ printed (as JSON with --json).
 from collections import Counter
 from collections.abc import Sequence
 import json
-import os
 from typing import Any
 
 from absl import flags
@@ -106,22 +105,16 @@ def filter_responses(responses: Sequence[tuple[str, bool]], *, min_ja_ratio: flo
 
 def read_prompts(path: str) -> list[list[dict[str, str]]]:
   """`messages` lists from JSONL, without a trailing assistant turn."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"prompts file not found: {path}")
   prompts = []
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        messages = json.loads(line)["messages"]
-      except (json.JSONDecodeError, KeyError, TypeError):
-        raise ValueError(f"{path}:{n}: expected a JSON object with a 'messages' list") from None
-      if messages and messages[-1].get("role") == "assistant":
-        messages = messages[:-1]
-      if not messages or messages[-1].get("role") != "user":
-        raise ValueError(f"{path}:{n}: the conversation must end with a user turn")
-      prompts.append(messages)
+  for n, row in fileio.read_jsonl(path):
+    messages = row.get("messages")
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+      raise ValueError(f"{path}:{n}: expected a JSON object with a 'messages' list")
+    if messages and messages[-1].get("role") == "assistant":
+      messages = messages[:-1]
+    if not messages or messages[-1].get("role") != "user":
+      raise ValueError(f"{path}:{n}: the conversation must end with a user turn")
+    prompts.append(messages)
   if not prompts:
     raise ValueError(f"{path}: no prompts")
   return prompts

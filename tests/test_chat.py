@@ -252,3 +252,110 @@ def test_chat_special_ids(tokenizer, own_template):
   names = ("<|im_start|>", "<|im_end|>") if kind == "chatml" else ("<|begin_of_text|>",
                                                                     "<|end_of_text|>")
   assert chat.chat_special_ids(tok) == tuple(sorted(tok.token_to_id(t) for t in names))
+
+
+# --- Templates with {% generation %} blocks: transformers' assistant mask. ---
+
+GENERATION_TEMPLATES = {  # each renders the same text as its plain twin, and marks the replies
+    "chatml": (
+        "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+        "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+        "Face<|im_end|>\n' }}{% endif %}{{ '<|im_start|>' + message['role'] + '\n' }}"
+        "{% if message['role'] == 'assistant' %}"
+        "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
+        "{% else %}{{ message['content'] + '<|im_end|>' }}{% endif %}{{ '\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"),
+    "llama3": (
+        "{% for message in messages %}"
+        "{% set header = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' %}"
+        "{% if loop.index0 == 0 %}{% set header = bos_token + header %}{% endif %}{{ header }}"
+        "{% if message['role'] == 'assistant' %}{% generation %}"
+        "{{ message['content'] | trim + '<|eot_id|>' }}{% endgeneration %}"
+        "{% else %}{{ message['content'] | trim + '<|eot_id|>' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+        "{% endif %}"),
+    "llama2": LLAMA2_TEMPLATE.replace(
+        "{{ ' '  + content.strip() + ' ' + eos_token }}",
+        "{% generation %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endgeneration %}"),
+}
+PLAIN_TEMPLATES = {"chatml": CHATML_TEMPLATE, "llama3": LLAMA3_TEMPLATE,
+                   "llama2": LLAMA2_TEMPLATE}
+ROLES = {"chatml": ("<|im_start|>", "<|im_end|>"), "llama3": ("<|begin_of_text|>", "<|eot_id|>"),
+         "llama2": ("<|begin_of_text|>", "<|end_of_text|>")}
+
+
+@pytest.fixture(scope="module", params=sorted(GENERATION_TEMPLATES))
+def generation_template(request, tmp_path_factory):
+  """(kind, our tokenizer, transformers', the plain twin's tokenizer) for one template."""
+  from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
+  kind = request.param
+  assert GENERATION_TEMPLATES[kind] != PLAIN_TEMPLATES[kind]
+  tmp = tmp_path_factory.mktemp("generation")
+  d = _model_dir(tmp, "gen", GENERATION_TEMPLATES[kind], *ROLES[kind])
+  plain = _model_dir(tmp, "plain", PLAIN_TEMPLATES[kind], *ROLES[kind])
+  return kind, load_tokenizer(d), AutoTokenizer.from_pretrained(str(d)), load_tokenizer(plain)
+
+
+@pytest.mark.parametrize("name", sorted(CONVERSATIONS))
+@pytest.mark.parametrize("generation_prompt", [False, True])
+def test_generation_blocks_give_transformers_assistant_mask(generation_template, name,
+                                                            generation_prompt):
+  kind, tok, hf, plain = generation_template
+  messages = _prompt(CONVERSATIONS[name]) if generation_prompt else CONVERSATIONS[name]
+  want = hf.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True,
+                                return_dict=True, return_assistant_tokens_mask=True)
+  ids, mask = chat.encode_chat(tok, messages, add_generation_prompt=generation_prompt)
+  assert ids == want["input_ids"] and mask == want["assistant_masks"]
+  assert any(mask) == any(m["role"] == "assistant" for m in messages)
+  # The plain twin (prefix rendering) gives the same ids and mask, but for a token straddling a
+  # reply's start: transformers masks it (it overlaps the block), prefix rendering does not.
+  plain_ids, plain_mask = chat.encode_chat(plain, messages,
+                                           add_generation_prompt=generation_prompt)
+  assert plain_ids == ids
+  differ = {i for i, (a, b) in enumerate(zip(plain_mask, mask)) if a != b}
+  assert all(mask[i] for i in differ)
+  assert differ <= _straddling(hf, messages, generation_prompt, plain)
+  if (kind, name, generation_prompt) == ("chatml", "multi_system", False):
+    # "assistant\n" + "\n```python": the two newlines are one token.
+    assert [ids[i] for i in differ] == tok.encode("\n\n")
+  else:
+    assert not differ
+
+
+def _straddling(hf, messages, generation_prompt, tok):
+  """Indices of the tokens that begin before an assistant reply's start and end after it."""
+  text = chat.render_chat(messages, generation_prompt, tok)
+  starts = [len(chat.render_chat(messages[:k], True, tok))
+            for k, m in enumerate(messages) if m["role"] == "assistant"]
+  offsets = hf(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+  return {i for i, (a, b) in enumerate(offsets) if any(a < s < b for s in starts)}
+
+
+def test_generation_mask_follows_the_blocks_not_the_roles(tmp_path):
+  """A block that also covers the assistant header masks it too: the template decides."""
+  template = GENERATION_TEMPLATES["chatml"].replace(
+      "{{ '<|im_start|>' + message['role'] + '\n' }}{% if message['role'] == 'assistant' %}"
+      "{% generation %}{{ message['content']",
+      "{% if message['role'] == 'assistant' %}"
+      "{% generation %}{{ '<|im_start|>assistant\n' + message['content']").replace(
+          "{% else %}{{ message['content']",
+          "{% else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']")
+  assert template != GENERATION_TEMPLATES["chatml"]
+  tok = load_tokenizer(_model_dir(tmp_path, "gen", template, *ROLES["chatml"]))
+  ids, mask = chat.encode_chat(tok, CONVERSATIONS["single"])
+  runs = _masked_runs(ids, mask)
+  assert len(runs) == 1
+  assert tok.decode(runs[0]) == "<|im_start|>assistant\n約1400万人です。<|im_end|>"
+
+
+def test_generation_mask_with_the_tiktoken_backend(hf_tokenizer):
+  tok = load_tokenizer(os.path.join(TOKDIR, "tokenizer.model"))
+  tok.chat_template = GENERATION_TEMPLATES["llama3"]
+  hf_tokenizer.chat_template = GENERATION_TEMPLATES["llama3"]
+  try:
+    for messages in CONVERSATIONS.values():
+      want = hf_tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                              return_assistant_tokens_mask=True)
+      assert chat.encode_chat(tok, messages) == (want["input_ids"], want["assistant_masks"])
+  finally:
+    hf_tokenizer.chat_template = LLAMA3_TEMPLATE

@@ -134,13 +134,49 @@ def test_generate_cli_chat_and_prompt(smollm2_dir):
   r = _cli("swallow_jax.generate", f"--model={smollm2_dir}", "--chat", "--max_new_tokens=24",
            stdin="What is the capital of France?\n")
   assert r.returncode == 0, r.stderr[-2000:]
-  # input() writes its "user> " prompt to stdout too, on the reply's line.
-  _, answer = r.stdout.split("assistant> ", 1)
-  assert "Paris" in answer, r.stdout
+  # stdout carries only the replies (the "user> " prompts go to stderr).
+  assert r.stdout.startswith("assistant> ") and r.stdout.count("\n") == 1, r.stdout
+  assert "Paris" in r.stdout, r.stdout
   r = _cli("swallow_jax.generate", f"--model={smollm2_dir}", "--max_new_tokens=8",
            "--prompt=The capital of France is")
   assert r.returncode == 0, r.stderr[-2000:]
   assert "Paris" in r.stdout
+
+
+SYNTH_PROMPTS = [
+    [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
+    [{"role": "system", "content": "Answer briefly."},
+     {"role": "user", "content": "Say hello."},
+     {"role": "assistant", "content": "An old answer that synth drops."}],
+    [{"role": "user", "content": "Name a primary color."}],
+]
+
+
+def test_synth_cli_writes_clean_replies(tok, smollm2_dir, tmp_path):
+  src = tmp_path / "prompts.jsonl"
+  src.write_text("".join(json.dumps({"messages": m}) + "\n" for m in SYNTH_PROMPTS))
+  out = tmp_path / "synth.jsonl"
+  r = _cli("swallow_jax.synth", f"--model={smollm2_dir}", f"--input={src}", f"--output={out}",
+           "--lang=any", "--temperature=0", "--max_new_tokens=64", "--json")
+  assert r.returncode == 0, r.stderr[-2000:]
+  stats = json.loads(r.stdout.strip().splitlines()[-1])
+  with open(f"{out}.stats.json") as f:
+    assert json.load(f) == stats
+  assert stats["responses"] == len(SYNTH_PROMPTS)
+  assert stats["kept"] + sum(stats["removed"].values()) == len(SYNTH_PROMPTS)
+  with open(out, encoding="utf-8") as f:
+    examples = [json.loads(line) for line in f]
+  assert len(examples) == stats["kept"] >= 2, stats
+  prompts = [m[:-1] if m[-1]["role"] == "assistant" else m for m in SYNTH_PROMPTS]
+  replies = {}
+  for ex in examples:
+    *prompt, reply = ex["messages"]
+    assert prompt in prompts and reply["role"] == "assistant"
+    text = reply["content"]
+    assert text.strip() == text and text
+    assert not any(s in text for s in tok.special_tokens), text  # no <|im_end|>, <|im_start|>
+    replies[prompts.index(prompt)] = text
+  assert "Paris" in replies[0], replies
 
 
 SFT = [[{"role": "user", "content": f"What is {a} plus {b}?"},

@@ -80,7 +80,7 @@ def test_cli_help_and_bad_input(tmp_path):
   assert r.returncode == 2 and "--input is required" in r.stderr
   r = run("--model=m", f"--prompts={tmp_path}/missing.jsonl", f"--output={tmp_path}/o.jsonl")
   assert "--prompts is deprecated; use --input" in r.stderr  # the old name still works
-  assert r.returncode == 1 and "prompts file not found" in r.stderr
+  assert r.returncode == 1 and "missing.jsonl: no such file or directory" in r.stderr
   (tmp_path / "o.jsonl").write_text("keep\n")
   r = run("--model=m", f"--input={tmp_path}/missing.jsonl", f"--output={tmp_path}/o.jsonl")
   assert r.returncode == 1 and "--overwrite" in r.stderr and "Traceback" not in r.stderr

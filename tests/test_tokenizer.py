@@ -290,3 +290,20 @@ def test_bare_files_guess_roles_and_add_bos(llama3, tiny_tiktoken, tmp_path):
     assert tok.bos_prefix() == [128000]
   hf = load_tokenizer(convert.tiktoken_to_tokenizer_json(tiny_tiktoken, tmp_path / "t.json"))
   assert hf.add_bos and hf.encode("abc", add_bos=True) == tiny_tiktoken.encode("abc", add_bos=True)
+
+
+def test_encode_offsets_are_character_spans(llama3, demo_sp):
+  tik, hf = llama3
+  for text in VARIED_TEXTS + random_texts(200):
+    ids, offsets = hf.encode_offsets(text)  # the tokenizers library's own offsets
+    assert ids == hf.encode(text)
+    assert tik.encode_offsets(text) == (ids, offsets), text
+  # sentencepiece: a piece spans its own text, a byte piece the character it is part of.
+  for text in VARIED_TEXTS + random_texts(100):
+    ids, offsets = demo_sp.encode_offsets(text)
+    assert ids == demo_sp.encode(text)
+    for i, (start, end) in zip(ids, offsets):
+      if demo_sp.sp.is_byte(i):
+        assert end == start + 1 and demo_sp.token_bytes(i)[0] in text[start].encode(), text
+      else:
+        assert text[start:end] == demo_sp.token_bytes(i).decode(), text

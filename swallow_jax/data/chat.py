@@ -12,7 +12,12 @@ generation prompt.
 
 The rendered text is tokenized as a tokenizer does it (special-token strings are those tokens,
 the text between them is encoded), so the ids equal ``apply_chat_template(..., tokenize=True)``.
-The loss mask works for any template: the conversation is rendered prefix by prefix, so each
+A template with ``{% generation %}...{% endgeneration %}`` blocks gets transformers' assistant
+mask (``apply_chat_template(..., return_assistant_tokens_mask=True)``): the character span of
+each block is recorded while rendering, and every token whose offsets overlap one is 1 (so a
+token straddling a block's start, e.g. ChatML's header newline merged with a reply's leading
+one, is 1; prefix rendering below leaves it out). Tokenizers need ``encode_offsets`` for it.
+Any other template gets a mask from rendering the conversation prefix by prefix, so each
 assistant reply's place in the text is known; ``loss_mask`` is 1 on each assistant message's
 content tokens and its end-of-turn token (``<|eot_id|>``, ``<|im_end|>``, or EOS for templates
 that end a turn with it) and 0 elsewhere (BOS, headers, system and user turns, generation
@@ -24,11 +29,12 @@ across both is cut at the start all the same.
 
 from __future__ import annotations
 
+import contextvars
 import datetime
 import functools
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import jinja2
@@ -48,12 +54,13 @@ BOS, START_HEADER, END_HEADER, EOT = (
 
 _END_OF_TURN = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>")
 _LEADING_NEWLINES = re.compile(r"\s*\n")
+_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")  # transformers' test
 
 
 class Tokenizer(Protocol):
   """What encode_chat needs; ``special_tokens``, ``chat_template``, ``eos_id`` are optional
   (a tokenizer without them is rendered with the Llama 3 template, its specials found with
-  ``token_to_id``)."""
+  ``token_to_id``), and so is ``encode_offsets`` (for templates with generation blocks)."""
   bos_id: int | None
 
   def encode(self, text: str, *, add_bos: bool = False) -> list[int]: ...
@@ -117,8 +124,14 @@ def with_system_prompt(messages: Sequence[Mapping[str, str]], system_prompt: str
 
 class _Generation(Extension):
   """``{% generation %}...{% endgeneration %}`` (transformers' assistant-mask blocks) renders its
-  body; the mask comes from prefix rendering, which needs no markers."""
+  body; while a rendering is tracked (``environment.generation_spans`` holds the output so far
+  and a span list) it records the body's character span in the output, as transformers does."""
   tags = {"generation"}
+
+  def __init__(self, environment):
+    super().__init__(environment)
+    self.tracking = contextvars.ContextVar("generation_spans", default=None)
+    environment.extend(generation_spans=self.tracking)
 
   def parse(self, parser):
     lineno = next(parser.stream).lineno
@@ -126,7 +139,12 @@ class _Generation(Extension):
     return nodes.CallBlock(self.call_method("_render", []), [], [], body).set_lineno(lineno)
 
   def _render(self, caller):
-    return caller()
+    body = caller()
+    if (tracking := self.tracking.get()) is not None:
+      blocks, spans = tracking
+      start = sum(map(len, blocks))  # a block's text is yielded after its call returns
+      spans.append((start, start + len(body)))
+    return body
 
 
 def _raise_exception(message: str):
@@ -189,30 +207,75 @@ def render_chat(messages: Sequence[Mapping[str, str]], add_generation_prompt: bo
                  add_generation_prompt)
 
 
-def _render(tokenizer, specials, template, messages, add_generation_prompt) -> str:
+def _render(tokenizer, specials, template, messages, add_generation_prompt,
+            spans: list[tuple[int, int]] | None = None) -> str:
+  """The rendered text; with `spans`, each generation block's (start, end) is appended there."""
+  compiled = compile_template(template)
+  variables = dict(
+      messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt,
+      tools=None, documents=None,
+      bos_token=_name(specials, tokenizer.bos_id),
+      eos_token=_name(specials, getattr(tokenizer, "eos_id", None)),
+      pad_token=_name(specials, getattr(tokenizer, "pad_id", None)))
   try:
-    return compile_template(template).render(
-        messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt,
-        tools=None, documents=None,
-        bos_token=_name(specials, tokenizer.bos_id),
-        eos_token=_name(specials, getattr(tokenizer, "eos_id", None)),
-        pad_token=_name(specials, getattr(tokenizer, "pad_id", None)))
+    if spans is None:
+      return compiled.render(**variables)
+    blocks = []
+    token = compiled.environment.generation_spans.set((blocks, spans))
+    try:
+      for block in compiled.generate(**variables):
+        blocks.append(block)
+    finally:
+      compiled.environment.generation_spans.reset(token)
+    return "".join(blocks)
   except jinja2.exceptions.TemplateError as e:
     raise ChatError(f"chat template: {e}", "invalid_conversation") from None
 
 
+def _parts(specials: Mapping[str, int], text: str) -> Iterator[tuple[int, str, int | None]]:
+  """(start, text, id) of each special-token string in `text` and (start, text, None) of each
+  non-empty stretch between them."""
+  pos = 0
+  if specials:
+    pattern = "|".join(map(re.escape, sorted(specials, key=len, reverse=True)))
+    for m in re.finditer(pattern, text):
+      if m.start() > pos:
+        yield pos, text[pos:m.start()], None
+      yield m.start(), m.group(), specials[m.group()]
+      pos = m.end()
+  if pos < len(text):
+    yield pos, text[pos:], None
+
+
 def _tokenize(tokenizer: Tokenizer, specials: Mapping[str, int], text: str) -> list[int]:
   """Ids of rendered text: special-token strings are those tokens, the rest is encoded."""
-  if not specials:
-    return tokenizer.encode(text) if text else []
-  pattern = "(" + "|".join(map(re.escape, sorted(specials, key=len, reverse=True))) + ")"
   ids = []
-  for i, part in enumerate(re.split(pattern, text)):
-    if i % 2:
-      ids.append(specials[part])
-    elif part:
-      ids.extend(tokenizer.encode(part))
+  for _, part, special in _parts(specials, text):
+    ids.extend(tokenizer.encode(part) if special is None else [special])
   return ids
+
+
+def _tokenize_offsets(tokenizer: Tokenizer, specials: Mapping[str, int], text: str
+                      ) -> tuple[list[int], list[tuple[int, int]]]:
+  """`_tokenize`'s ids and each token's (start, end) character span in `text`."""
+  ids, offsets = [], []
+  for start, part, special in _parts(specials, text):
+    got, spans = (tokenizer.encode_offsets(part) if special is None
+                  else ([special], [(0, len(part))]))
+    ids.extend(got)
+    offsets.extend((start + a, start + b) for a, b in spans)
+  return ids, offsets
+
+
+def _overlap_mask(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]
+                  ) -> list[int]:
+  """1 on every token overlapping one of the (ordered) spans: transformers' assistant mask."""
+  mask, k = [], 0
+  for start, end in offsets:
+    while k < len(spans) and start >= spans[k][1]:
+      k += 1
+    mask.append(int(k < len(spans) and end > spans[k][0]))
+  return mask
 
 
 def _end_of_turn(specials: Mapping[str, int], tokenizer: Tokenizer) -> list[str]:
@@ -245,12 +308,18 @@ def encode_chat(tokenizer: Tokenizer, messages: Sequence[Mapping[str, str]],
 
   A conversation must have an assistant turn unless `add_generation_prompt` (a prompt
   for generation). `system_prompt` (e.g. SWALLOW_SYSTEM_PROMPT) is prepended when the
-  conversation has no system turn.
+  conversation has no system turn. The mask comes from the template's generation blocks
+  when it has them, else from prefix rendering (module docstring).
   """
   messages = with_system_prompt(
       validate_messages(messages, require_assistant=not add_generation_prompt), system_prompt)
   specials = _specials(tokenizer)
   template = _template(tokenizer, specials)
+  if _GENERATION_TAG.search(template):
+    spans = []
+    text = _render(tokenizer, specials, template, messages, add_generation_prompt, spans)
+    ids, offsets = _tokenize_offsets(tokenizer, specials, text)
+    return ids, _overlap_mask(offsets, spans)
   text = _render(tokenizer, specials, template, messages, add_generation_prompt)
   ends = _end_of_turn(specials, tokenizer)
   spans = []  # (start, end) of each assistant reply and its end-of-turn token in `text`

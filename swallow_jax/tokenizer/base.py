@@ -39,6 +39,10 @@ class Tokenizer(Protocol):
     """Ids of the text (BOS first when add_bos and the tokenizer adds one); special-token
     strings in it are plain text."""
 
+  def encode_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """``encode(text)`` and each token's (start, end) character span in `text`, as a fast
+    transformers tokenizer's offsets (a token covering part of a character spans all of it)."""
+
   def bos_prefix(self) -> list[int]:
     """``[bos_id]`` when this tokenizer adds a BOS, else ``[]``."""
 
@@ -54,6 +58,17 @@ class Tokenizer(Protocol):
   @property
   def identity(self) -> str:
     """'{backend}:sha256:{hex digest of the file}'."""
+
+
+def char_spans(text: str, byte_spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+  """Character spans of (start, end) byte spans of ``text.encode()``; a span covering part of
+  a character (a byte-level token, or an empty one of a byte-fallback run) spans all of it."""
+  char_of = [i for i, c in enumerate(text) for _ in range(len(c.encode()))] + [len(text)]
+  out = []
+  for start, end in byte_spans:
+    first = char_of[start]
+    out.append((first, char_of[end - 1] + 1 if end > start else min(first + 1, len(text))))
+  return out
 
 
 @functools.cache

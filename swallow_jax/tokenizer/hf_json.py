@@ -68,6 +68,11 @@ class HFTokenizer(BaseTokenizer):
     """Ids of the text; special-token strings are plain text."""
     return self._with_bos(self.tok.encode(text, add_special_tokens=False).ids, add_bos)
 
+  def encode_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Ids of the text and each token's character span (the library's own offsets)."""
+    enc = self.tok.encode(text, add_special_tokens=False)
+    return enc.ids, list(enc.offsets)
+
   def decode(self, ids: Iterable[int]) -> str:
     """Text of the ids, specials as their names."""
     return self.tok.decode(list(ids), skip_special_tokens=False)

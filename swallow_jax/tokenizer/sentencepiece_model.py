@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
-from swallow_jax.tokenizer.base import BaseTokenizer
+from swallow_jax.tokenizer.base import BaseTokenizer, char_spans
 from swallow_jax.tokenizer.specials import ModelTokens
 
 # sentencepiece user-defined symbols of this form are special tokens, not text.
@@ -60,6 +60,11 @@ class SentencePieceTokenizer(BaseTokenizer):
   def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
     """Ids of the text; special-token strings are plain text."""
     return self._with_bos(self.sp.encode(text, out_type=int), add_bos)
+
+  def encode_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Ids of the text and each token's character span (sentencepiece's byte alignment)."""
+    pieces = self.sp.encode(text, out_type="proto").pieces
+    return [p.id for p in pieces], char_spans(text, [(p.begin, p.end) for p in pieces])
 
   def decode(self, ids: Iterable[int]) -> str:
     """Text of the ids, specials as their names."""

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import os
 from collections.abc import Iterable, Mapping
 
 import tiktoken
 
-from swallow_jax.tokenizer.base import BaseTokenizer
+from swallow_jax.tokenizer.base import BaseTokenizer, char_spans
 from swallow_jax.tokenizer.specials import ModelTokens
 
 # Meta's llama/tokenizer.py (Llama 3).
@@ -85,6 +86,12 @@ class TiktokenTokenizer(BaseTokenizer):
   def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
     """Ids of the text; special-token strings are plain text."""
     return self._with_bos(self.enc.encode_ordinary(text), add_bos)
+
+  def encode_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Ids of the text and each token's character span (its bytes' place in the text)."""
+    ids = self.enc.encode_ordinary(text)
+    ends = list(itertools.accumulate(len(self._bytes[i]) for i in ids))
+    return ids, char_spans(text, zip([0, *ends], ends))
 
   def decode(self, ids: Iterable[int]) -> str:
     """Text of the ids, specials as their names."""
