@@ -25,11 +25,14 @@ $(TEST_STAMP): $(DEMO_STAMP) requirements-test.txt
 
 venv: $(TEST_STAMP)
 
+# pytest-xdist workers: CI has 2 cores (13 min there with 2 workers, about 20 with one).
+TEST_WORKERS ?= 2
+
 test: $(TEST_STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
 
 test-all: $(TEST_STAMP)
-	$(PY) -m pytest -q -m "" tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "" tests
 
 demo: $(DEMO_STAMP)
 	$(PY) -m swallow_jax.recipe --config=configs/demo.py --workdir=runs/demo

@@ -22,7 +22,8 @@ from swallow_jax.sweep import parse_arg
 MESH_KEYS = dict(data=1, fsdp=-1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
 # config.model.lora: rank 0 = full-parameter training; `--config.model.lora.rank=16` turns it on.
 LORA_OFF = dict(rank=0, alpha=16.0, dropout=0.0,
-                targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+                targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+                trainable=())
 ROOT_OPTIONS = dict(root=".", data_root="", models_root="", tasks_root="")
 
 # Swallow-Instruct-v0.1 SFT settings shared by the recipes. OUR CHOICE, not published: NEFTune

@@ -1,29 +1,38 @@
-r"""Chat vector over checkpoints, streamed: output = target + s * (instruct - base).
+r"""Chat vector over checkpoints, streamed: output = target + s * (instruct - base), plus
+c * (alpha / r) * B @ A per adapted kernel of each `--adapter` (a PEFT LoRA directory).
 
     python -m swallow_jax.chat_vector --base=meta-llama/Meta-Llama-3-8B \
         --instruct=meta-llama/Meta-Llama-3-8B-Instruct --target=runs/cpt --output=Swallow-8B-cv
+    python -m swallow_jax.chat_vector ... --adapter=runs/sft_lora_peft --adapter_scale=1.0
 
 Inputs: any mix of the path kinds `model_io.resolve` accepts, all read as HF tensors (Orbax params
 through the name table of `model.hf`); the output is always an HF dir in `model_io.save_hf`'s
 layout. Safetensors stream in ~1 MiB chunks; an Orbax input holds one stacked parameter at a
-time. Everything is checked before anything is written. Options and figures: docs/chat_vector.md.
+time; an adapter is held whole (it is small) and each adapted kernel's fp32 update is made for
+one layer at a time. Everything is checked before anything is written. Options and figures:
+docs/chat_vector.md.
 """
 
 from collections.abc import Sequence
+import functools
 import json
 import math
 import os
 import re
 import shutil
-import sys
+from typing import Any
 
+from flax import traverse_util
 import ml_dtypes
 import numpy as np
+from safetensors import SafetensorError
 
+from swallow_jax import cli
 from swallow_jax import fileio
 from swallow_jax import task_arithmetic as ta
 from swallow_jax.model import hf
 from swallow_jax.model import io as model_io
+from swallow_jax.model import lora
 from swallow_jax.task_arithmetic import LLAMA3_CHAT_TOKEN_IDS, LLAMA3_CHAT_TOKENS, ChatVectorError
 
 __all__ = ["merge_checkpoints", "ChatVectorError", "LLAMA3_CHAT_TOKEN_IDS"]
@@ -60,6 +69,8 @@ def _open(path: str, role: str):
 
 def _plan(t, b, i, exclude, protect, allow_vocab_mismatch):
   """Validates all inputs; returns {name: (axis, overlap, keep)} of the tensors to merge."""
+  if b is None:  # adapters only
+    return {}
   for role, reader in (("base", b), ("instruct", i)):
     extra = sorted(n for n in reader.entries if n not in t.entries and not _excluded(n, exclude))
     if extra:
@@ -81,6 +92,35 @@ def _plan(t, b, i, exclude, protect, allow_vocab_mismatch):
   return work
 
 
+def _load_adapters(paths: Sequence[str], scales: Sequence[float], ref: model_io.ModelRef,
+                   t) -> dict[str, list[tuple[Any, Any, float]]]:
+  """Reads and checks each PEFT adapter against the target -> {HF tensor name: [(A [in, r],
+  B [r, out], adapter_scale * alpha / r), ...]} in the order given."""
+  terms = {}
+  for path, scale in zip(paths, scales):
+    if not os.path.isfile(os.path.join(path, lora.CONFIG_FILE)):
+      raise ChatVectorError(f"--adapter={path}: no {lora.CONFIG_FILE} (not a PEFT adapter dir)")
+    try:
+      adapter, cfg = lora.load_peft(path, ref.config)
+    except KeyError as e:  # a key PEFT always writes
+      raise ChatVectorError(f"--adapter={path}: {lora.CONFIG_FILE} has no key {e}") from None
+    except (OSError, ValueError, TypeError, SafetensorError) as e:
+      raise ChatVectorError(f"--adapter={path}: {e}") from None
+    for kpath, a in traverse_util.flatten_dict(adapter).items():
+      if kpath[-1] != "lora_a":
+        continue
+      b = lora.adapter_leaf(adapter, (*kpath[:-1], "lora_b"))
+      for layer, name in enumerate(hf.param_to_hf_names((*kpath[:-1], "kernel"), a.shape[0])):
+        want = (b.shape[-1], a.shape[-2])
+        entry = t.entries.get(name)
+        if entry is None or entry.shape != want or not ta.is_float(entry.dtype):
+          got = "missing" if entry is None else f"{entry.shape} {entry.dtype}"
+          raise ChatVectorError(f"{name}: --adapter={path} adapts it as {want} but the target's "
+                                f"is {got}")
+        terms.setdefault(name, []).append((a[layer], b[layer], scale * cfg.scale))
+  return terms
+
+
 def _write_side_files(ref: model_io.ModelRef, out: str, dtype: np.dtype | None) -> None:
   if ref.kind != "hf":
     model_io.write_model_files(out, ref.config, dtype or np.dtype(ref.config.param_dtype),
@@ -100,28 +140,43 @@ def _write_side_files(ref: model_io.ModelRef, out: str, dtype: np.dtype | None) 
   fileio.write_json(os.path.join(out, "config.json"), config)
 
 
-def merge_checkpoints(base: str, instruct: str, target: str, output: str,
-                      scales: Sequence[float] = (0.5,), *, exclude: Sequence[str] = (),
+def merge_checkpoints(base: str | None, instruct: str | None, target: str, output: str,
+                      scales: Sequence[float] = (0.5,), *, adapters: Sequence[str] = (),
+                      adapter_scales: Sequence[float] | None = None, exclude: Sequence[str] = (),
                       protect_token_ids: Sequence[int] = (), allow_vocab_mismatch: bool = False,
                       dtype: str | None = None, max_shard_bytes: int = 5 * 10**9,
                       chunk_elems: int = 1 << 18, progress: bool = True) -> list[str]:
-  """Streams target + s * (instruct - base) over checkpoints; returns the output directories.
+  """Streams target + s * (instruct - base) + sum_j c_j * merged LoRA delta_j over checkpoints;
+  returns the output directories.
 
   One scale writes `output`; several write `output/scale_<s>` each, from a single read pass.
+  `adapters` are PEFT LoRA dirs made for the target's architecture, each adding
+  `adapter_scales[j] * (alpha / r) * B @ A` (default scale 1) to its kernels, bit for bit the
+  update `lora.merge_lora` makes, after the chat vector; `exclude` concerns the chat vector only.
+  base and instruct may both be None (adapters only; `scales` is then unused).
   """
   if os.path.exists(output):
     raise ChatVectorError(f"--output={output} already exists; remove it or pick another path")
+  if (base is None) != (instruct is None) or (base is None and not adapters):
+    raise ChatVectorError("give --base and --instruct (a chat vector), --adapter, or both")
+  if base is None:
+    scales = (1.0,)
   if not scales or len({f"{s:g}" for s in scales}) != len(scales):
     raise ChatVectorError(f"--scale={','.join(map(str, scales))}: give distinct scales")
+  adapter_scales = [1.0] * len(adapters) if adapter_scales is None else list(adapter_scales)
+  if len(adapter_scales) != len(adapters):
+    raise ChatVectorError(f"{len(adapters)} adapters but {len(adapter_scales)} adapter scales")
   out_dtype = _out_dtype(dtype)
   readers = []
   try:
     refs = {}
     for role, path in (("target", target), ("base", base), ("instruct", instruct)):
-      refs[role], reader = _open(path, role)
-      readers.append(reader)
-    t, b, i = readers
+      if path is not None:
+        refs[role], reader = _open(path, role)
+        readers.append(reader)
+    t, b, i = readers + [None] * (3 - len(readers))
     work = _plan(t, b, i, exclude, protect_token_ids, allow_vocab_mismatch)
+    adapted = _load_adapters(adapters, adapter_scales, refs["target"], t)
     names = model_io.hf_order(t.entries)
     plan = [(n, model_io.TensorInfo(t.entries[n].shape, out_dtype if out_dtype is not None
                                     and ta.is_float(t.entries[n].dtype) else t.entries[n].dtype))
@@ -133,7 +188,7 @@ def merge_checkpoints(base: str, instruct: str, target: str, output: str,
       for out in outs:
         os.makedirs(out, exist_ok=True)
         writers.append(model_io.SafetensorsWriter(out, plan, max_shard_bytes))
-      _stream(t, b, i, plan, work, scales, writers, chunk_elems, progress)
+      _stream(t, b, i, plan, work, adapted, scales, writers, chunk_elems, progress)
       for out, writer in zip(outs, writers):
         writer.close()
         _write_side_files(refs["target"], out, out_dtype)
@@ -145,20 +200,23 @@ def merge_checkpoints(base: str, instruct: str, target: str, output: str,
   return [os.path.join(output, f"scale_{s:g}") for s in scales] if multi else [output]
 
 
-def _stream(t, b, i, plan, work, scales, writers, chunk_elems, progress):
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+def _stream(t, b, i, plan, work, adapted, scales, writers, chunk_elems, progress):
 
   total = sum(math.prod(e.shape) for e in t.entries.values())
-  with tqdm(total=total, unit="param", unit_scale=True, desc="chat vector", disable=not progress,
-            file=sys.stderr) as bar:
+  with cli.progress(total=total, unit="param", unit_scale=True, desc="chat vector",
+                    enabled=progress) as bar:
     for name, out_entry in plan:
       shape = t.entries[name].shape
       step = max(1, chunk_elems // max(1, math.prod(shape[1:])))
+      # One layer's kernel updates in HF orientation [out, in]; a chunk takes its rows.
+      deltas = [np.asarray(lora.lora_delta(lora_a, lora_b, c)).T
+                for lora_a, lora_b, c in adapted.get(name, ())]
+      dtype = np.dtype(np.float32) if deltas else out_entry.dtype
       for lo in range(0, shape[0], step) if shape else [0]:
         hi = min(lo + step, shape[0]) if shape else 0
         tgt = t.read(name, lo, hi)
         if name not in work:
-          outs = [tgt.astype(out_entry.dtype)] * len(scales)
+          outs = [tgt.astype(dtype)] * len(scales)
         else:
           axis, overlap, keep = work[name]
           # Along a leading token axis only rows below the overlap exist in base/instruct.
@@ -166,7 +224,10 @@ def _stream(t, b, i, plan, work, scales, writers, chunk_elems, progress):
           v_lo = min(lo, v_hi)
           d = ta.diff(i.read(name, v_lo, v_hi), b.read(name, v_lo, v_hi))
           keep_chunk = keep[lo:hi] if axis == 0 and keep is not None else keep
-          outs = [ta.apply(tgt, [d], [s], keep_chunk, axis, out_entry.dtype) for s in scales]
+          outs = [ta.apply(tgt, [d], [s], keep_chunk, axis, dtype) for s in scales]
+        if deltas:  # each adapter as merge_lora adds it: fp32 sums in order, one final cast
+          outs = [functools.reduce(lambda x, d: x + d[lo:hi], deltas, o).astype(out_entry.dtype)
+                  for o in outs]
         for writer, out in zip(writers, outs):
           writer.write(name, out)
         bar.update(max(1, math.prod(tgt.shape)))
@@ -201,28 +262,43 @@ def protected_ids(spec: str, target: str) -> tuple[int, ...]:
 def main(argv: Sequence[str]) -> None:
   """Command-line entry point (absl, under swallow_jax.cli)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from swallow_jax import cli  # pylint: disable=g-import-not-at-top
   del argv
   f = flags.FLAGS
-  for name in ("base", "instruct", "target", "output"):
+  for name in ("target", "output"):
     if not getattr(f, name):
       raise cli.UsageError(f"--{name} is required")
+  if bool(f.base) != bool(f.instruct) or not (f.base or f.adapter):
+    raise cli.UsageError("give --base and --instruct (a chat vector), --adapter, or both")
+  if not f.base and f["scale"].present:
+    raise cli.UsageError("--scale weighs the chat vector: it needs --base and --instruct")
   try:
     scales = [float(s) for s in f.scale.split(",")]
   except ValueError:
     raise cli.UsageError(f"--scale={f.scale}: expected numbers like 0.5 or 0.3,0.5,1.0") from None
+  try:
+    adapter_scales = [float(s) for s in f.adapter_scale.split(",")]
+  except ValueError:
+    raise cli.UsageError(f"--adapter_scale={f.adapter_scale}: expected numbers like 1.0 "
+                         "or 1.0,0.5 (one per --adapter)") from None
+  if len(adapter_scales) == 1:
+    adapter_scales *= len(f.adapter)
+  if len(adapter_scales) != len(f.adapter):
+    raise cli.UsageError(f"--adapter_scale={f.adapter_scale}: give one scale, or one per "
+                         f"--adapter ({len(f.adapter)})")
   for pattern in f.exclude:
     try:
       re.compile(pattern)
     except re.error as e:
       raise cli.UsageError(f"--exclude={pattern}: bad regular expression ({e})") from None
   outs = merge_checkpoints(
-      f.base, f.instruct, f.target, f.output, scales, exclude=f.exclude,
+      f.base or None, f.instruct or None, f.target, f.output, scales, adapters=f.adapter,
+      adapter_scales=adapter_scales, exclude=f.exclude,
       protect_token_ids=protected_ids(f.protect_tokens, f.target),
       allow_vocab_mismatch=f.allow_vocab_mismatch, dtype=f.dtype or None,
       max_shard_bytes=int(f.max_shard_gb * 1e9), progress=not f.quiet)
   if f.json:
-    cli.print_json({"outputs": outs, "scales": scales})
+    cli.print_json({"outputs": outs, "scales": scales if f.base else [],
+                    "adapters": list(f.adapter), "adapter_scales": adapter_scales})
   else:
     for out in outs:
       print(out)
@@ -230,7 +306,6 @@ def main(argv: Sequence[str]) -> None:
 
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from swallow_jax import cli  # pylint: disable=g-import-not-at-top
   kinds = "HF dir, Hub id in the local cache, convert --to_orbax dir or training run"
   flags.DEFINE_string("base", None, f"Base model the vector starts from (e.g. Llama 3 8B): {kinds}.")
   flags.DEFINE_string("instruct", None, "Instruction-tuned model (e.g. Llama 3 8B Instruct); "
@@ -240,6 +315,12 @@ def _define_flags():
   flags.DEFINE_string("output", None, "New HF directory for the result (must not exist).")
   flags.DEFINE_string("scale", "0.5", "Weight of the vector; a comma list (0.3,0.5,1.0) writes "
                       "OUTPUT/scale_0.3, ... in one pass.")
+  flags.DEFINE_multi_string("adapter", [], "PEFT LoRA dir (adapter_config.json + "
+                            "adapter_model.safetensors) for the target's architecture, merged "
+                            "as well: + ADAPTER_SCALE * (lora_alpha / r) * B @ A per adapted "
+                            "kernel. Repeatable; without --base/--instruct only adapters merge.")
+  flags.DEFINE_string("adapter_scale", "1.0", "Weight of each --adapter: one number for all, or "
+                      "a comma list, one per --adapter.")
   flags.DEFINE_multi_string("exclude", [], "Regex (re.search) of tensor names or param paths "
                             "left as in the target, e.g. 'embed_tokens|lm_head'. Repeatable.")
   flags.DEFINE_string("protect_tokens", "", "Token rows (embedding / LM head) kept as in the "
@@ -250,10 +331,9 @@ def _define_flags():
   flags.DEFINE_enum("dtype", None, cli.DTYPES, "Output dtype (default: each tensor keeps the "
                     "target's dtype). Arithmetic is always fp32.")
   flags.DEFINE_float("max_shard_gb", 5.0, "Maximum size of one output safetensors shard.")
-  flags.DEFINE_bool("json", False, "Print one JSON object (output dirs, scales).")
+  flags.DEFINE_bool("json", False, "Print one JSON object (output dirs, scales, adapters).")
   flags.DEFINE_bool("quiet", False, "No progress bar.")
 
 
 if __name__ == "__main__":
-  from swallow_jax import cli  # pylint: disable=g-import-not-at-top
   cli.run(main, prog="chat_vector", define_flags=_define_flags)

@@ -9,8 +9,11 @@
     value, missing required flag, bad `--config` file or `--config.a.b=v` override, `UsageError`),
     exit 1 for failures (`Failure`, `ValueError`, `OSError`; anything else too, named by its type).
     `--verbose` shows the traceback, and log lines keep absl's full prefix.
+  * A reader that stops early (`--help | head -1`) ends the command quietly, with status 141 (a
+    shell's status for a SIGPIPE death, what `cat` or `git` give there), not a traceback.
   * Log lines are `HH:MM:SS message` (no `I1201 20:04:52.377593 1398... loop.py:202]` prefix).
   * `--verbose` is defined by `run` (unless the module has its own); Ctrl-C is one line, exit 130.
+  * Long jobs show `progress(...)`: tqdm's bar on a terminal, plain timestamped lines elsewhere.
 
 Adopting it in a `__main__` (replaces `app.run(...)`, any `flags_parser`, `normalize_argv`, the
 `if len(argv) > 1` check and the `try: ... except ...: sys.exit(...)` around the work):
@@ -30,12 +33,15 @@ Adopting it in a `__main__` (replaces `app.run(...)`, any `flags_parser`, `norma
       cli.run(main, prog="convert")        # define_flags=_define_flags if flags live in a function
 """
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+import functools
 import json
 import logging
 import os
+import re
 import runpy
 import sys
+import time
 import traceback
 from typing import Any, NoReturn
 
@@ -46,6 +52,8 @@ FLAGS = flags.FLAGS
 HELP_ARGS = ("--help", "-h", "--helpshort", "-?", "--helpfull")
 DTYPES = ("float32", "bfloat16", "float16")  # the one `--dtype` enum of every command
 _ALIASES: dict[str, str] = {}
+_SIGPIPE_STATUS = 128 + 13  # a shell's exit status of a process that SIGPIPE ended
+PROGRESS_EVERY_S = 30.0  # off a terminal, progress lines come at least this often (and each 10%)
 
 
 class Failure(Exception):
@@ -113,9 +121,102 @@ def check_output(path: str, overwrite: bool) -> None:
                           "replace it)")
 
 
+MODEL_HELP = ("HF dir, Hub id in the local HF cache, `convert --to_orbax` dir, training workdir "
+              "or checkpoint step (see model.io.resolve).")
+
+
+def define_decoding_flags(*, temperature: float, top_p: float, max_new_tokens: int) -> None:
+  """--model, --tokenizer, --dtype and the sampling flags of the commands that generate text
+  (defaults differ: generate is greedy, synth samples). Call it from the command's module: the
+  flags are defined as that module's own, so its --help lists them."""
+  caller = sys._getframe(1).f_globals["__name__"]  # pylint: disable=protected-access
+  module = sys.argv[0] if caller == "__main__" else caller  # absl's name for the main module
+  for name, value, help_text in (
+      ("model", None, MODEL_HELP),
+      ("tokenizer", None, "Tokenizer file or dir; defaults to --model's own.")):
+    flags.DEFINE_string(name, value, help_text, module_name=module)
+  flags.DEFINE_enum("dtype", "float32", DTYPES, "Parameter and compute dtype.", module_name=module)
+  flags.DEFINE_integer("max_new_tokens", max_new_tokens, "Tokens to generate per reply.",
+                       module_name=module)
+  flags.DEFINE_float("temperature", temperature, "Sampling temperature (0 = greedy).",
+                     module_name=module)
+  flags.DEFINE_integer("top_k", 0, "Top-k sampling (0 = off).", module_name=module)
+  flags.DEFINE_float("top_p", top_p, "Nucleus sampling mass (1 = off).", module_name=module)
+  flags.DEFINE_integer("seed", 0, "Sampling seed.", module_name=module)
+
+
 def print_json(obj: Any) -> None:
   """Prints `obj` as one line of JSON on stdout (what `--json` flags print), non-ASCII as is."""
   print(json.dumps(obj, ensure_ascii=False), flush=True)
+
+
+def progress(iterable: Iterable[Any] | None = None, *, desc: str = "", total: float | None = None,
+             unit: str = "it", enabled: bool = True, every_s: float = PROGRESS_EVERY_S,
+             **tqdm_kwargs: Any) -> Any:
+  """The progress bar of every long job: a tqdm object (iterate it, or `update` it) on stderr.
+
+  On a terminal it is tqdm's bar, redrawn in place. Anywhere else (a log file, CI, a pipe, a
+  notebook's captured stderr) it prints plain lines instead of one line redrawn with carriage
+  returns: `HH:MM:SS desc:  40% 4/10 [00:12<00:18, 3.02s/task, postfix]` (without a known
+  total: `HH:MM:SS desc: 1200 docs [00:12, 98.50 docs/s, postfix]`) at each 10% of a known
+  total, at least every `every_s` seconds while it moves, and once more when it is closed after
+  the last line (not when an exception closes it: then the error is the last line).
+  `enabled=False`: a silent pass-through. `tqdm_kwargs` go to tqdm (`unit_scale`, `leave`, ...).
+  """
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top  (cli needs only absl otherwise)
+  if not enabled:
+    return tqdm(iterable, total=total, disable=True)
+  if sys.stderr.isatty():
+    return tqdm(iterable, desc=desc, total=total, unit=unit, file=sys.stderr, **tqdm_kwargs)
+  tqdm_kwargs.pop("mininterval", None)
+  return _line_bar()(iterable, desc=desc, total=total, unit=unit, file=sys.stderr,
+                     every_s=every_s, **tqdm_kwargs)
+
+
+@functools.cache
+def _line_bar() -> type:
+  """tqdm's subclass that prints a timestamped line instead of redrawing (made on first use)."""
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
+  class LineBar(tqdm):
+    """`progress` off a terminal: `display` prints a new line when one is due."""
+
+    def __init__(self, *args: Any, every_s: float, **kwargs: Any):
+      # (time, n, tenth of the total) of the last line; the start itself is no news.
+      self._every_s, self._shown = every_s, (time.monotonic(), 0, 0)
+      # ncols=0: tqdm's text without the bar; mininterval: how often tqdm calls `display`.
+      super().__init__(*args, ncols=0, mininterval=min(0.1, every_s), **kwargs)
+
+    def _tenth(self) -> int | None:
+      return int(10 * self.n / self.total) if self.total else None
+
+    def _print_line(self) -> None:
+      self.fp.write(f"{time.strftime('%H:%M:%S')} {self}\n")
+      self.fp.flush()
+      self._shown = (time.monotonic(), self.n, self._tenth())
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+      del pos  # Lines are not drawn at positions.
+      if msg == "":  # tqdm clearing the line it drew: a log has none to clear.
+        return False
+      moved = self.n != self._shown[1]
+      if moved and (time.monotonic() - self._shown[0] >= self._every_s
+                    or (self.total and self._tenth() != self._shown[2])):
+        self._print_line()
+      return True
+
+    def close(self) -> None:
+      if not self.disable and self.n != self._shown[1]:
+        self._print_line()
+      self.leave = False  # tqdm's close would clear or end a redrawn line: there is none.
+      super().close()
+
+    def __exit__(self, *exc_info: Any) -> None:
+      if exc_info[0] is not None:
+        self._shown = (0.0, self.n, None)  # No final count under the error's line.
+      super().__exit__(*exc_info)
+
+  return LineBar
 
 
 def _one_line(error: BaseException) -> str:
@@ -171,6 +272,9 @@ def _parser(prog: str, positional: bool) -> Callable[[list[str]], list[str]]:
     try:
       rest = FLAGS(argv)
     except flags.Error as e:
+      if missing := re.findall(r"Flag --(\w+) must have a value other than None", str(e)):
+        names = " and ".join(f"--{name}" for name in missing)
+        _exit(prog, f"{names} {'is' if len(missing) == 1 else 'are'} required (see --help)", 2)
       lines = [line.strip() for line in str(e).splitlines() if line.strip()]
       # A config file that raised: absl's "flag --config=...: Error whilst parsing" + traceback;
       # its first and last lines are the file and the reason.
@@ -215,6 +319,8 @@ def run(main: Callable[[list[str]], Any], *, prog: str,
           logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     try:
       return main(args)
+    except BrokenPipeError:
+      raise  # The reader is gone: not an error of the work (handled below).
     except (SystemExit, KeyboardInterrupt) as e:
       if isinstance(e, SystemExit) or verbose:
         raise
@@ -229,7 +335,16 @@ def run(main: Callable[[list[str]], Any], *, prog: str,
       hint = "" if verbose else " (--verbose shows the traceback)"
       _exit(prog, f"{type(e).__name__}: {_one_line(e)}{hint}", 1)
 
-  app.run(guarded_main, argv=argv, flags_parser=_parser(prog, positional))
+  try:
+    try:
+      app.run(guarded_main, argv=argv, flags_parser=_parser(prog, positional))
+    finally:
+      sys.stdout.flush()  # A closed pipe shows here when the last output was still buffered.
+  except BrokenPipeError:
+    # Python's documented recipe: what is left in stdout's buffer goes to devnull, so that the
+    # interpreter's own flush at exit cannot fail again.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(_SIGPIPE_STATUS)
   sys.exit(0)  # Not reached: app.run exits.
 
 

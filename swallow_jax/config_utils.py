@@ -145,18 +145,28 @@ class TrainSpec:
   lora: LoraConfig = LoraConfig()  # config.model.lora; rank 0 = full-parameter training.
 
   @classmethod
-  def from_config(cls, config: Mapping[str, Any]) -> "TrainSpec":
-    """Checks `config` (unknown/missing keys, types) and resolves the model config."""
+  def from_config(cls, config: Mapping[str, Any], *,
+                  read_init_from: bool = True) -> "TrainSpec":
+    """Checks `config` (unknown/missing keys, types) and resolves the model config.
+
+    With LoRA, `init_from` becomes the base's pinned absolute path (`model.io.base_model_path`).
+    `read_init_from=False` (planning without the checkpoint at hand) takes the architecture from
+    `model.preset` and leaves `init_from` as written."""
     validate(config)
     lora = lora_config(config)
-    return cls(model=model_config(config), model_overrides=dict(config["model"]), lora=lora,
+    init_from = str(_opt(config, "init_from") or "")
+    if lora.rank and read_init_from:
+      from swallow_jax.model import io as model_io  # pylint: disable=g-import-not-at-top
+      init_from = model_io.base_model_path(init_from)
+    return cls(model=model_config(config, read_init_from), model_overrides=dict(config["model"]),
+               lora=lora,
                data=as_section(DataSpec, config["data"], "data"),
                optimizer=as_section(OptimizerSpec, config["optimizer"], "optimizer"),
                train=as_section(TrainSection, config["train"], "train"),
                mesh=as_section(MeshSpec, _opt(config, "mesh"), "mesh"),
                checkpoint=as_section(CheckpointSpec, _opt(config, "checkpoint"), "checkpoint"),
                eval=as_section(EvalSpec, _opt(config, "eval"), "eval"),
-               init_from=str(_opt(config, "init_from") or ""),
+               init_from=init_from,
                tokenizer=str(_opt(config, "tokenizer") or ""))
 
 
@@ -192,9 +202,9 @@ def lora_config(config: Mapping[str, Any]) -> LoraConfig:
   return lora
 
 
-def model_config(config: Mapping[str, Any]) -> LlamaConfig:
-  """LlamaConfig: that of `init_from` (any path swallow_jax.model.io resolves) if set, else
-  `model.preset`; the other `model.*` keys override fields of either."""
+def model_config(config: Mapping[str, Any], read_init_from: bool = True) -> LlamaConfig:
+  """LlamaConfig: that of `init_from` (any path swallow_jax.model.io resolves) if set and
+  `read_init_from`, else `model.preset`; the other `model.*` keys override fields of either."""
   overrides = {k: v for k, v in dict(config["model"]).items() if k not in ("preset", "lora")}
   if isinstance(overrides.get("eos_token_id"), list):
     overrides["eos_token_id"] = tuple(overrides["eos_token_id"])
@@ -204,7 +214,7 @@ def model_config(config: Mapping[str, Any]) -> LlamaConfig:
     raise ValueError(f"unknown LlamaConfig field(s) config.model.{sorted(unknown)}; "
                      f"known: {sorted(fields)}")
   init_from = _opt(config, "init_from")
-  if init_from:
+  if init_from and read_init_from:
     from swallow_jax.model import io as model_io  # pylint: disable=g-import-not-at-top
     return dataclasses.replace(model_io.resolve(init_from).config, **overrides)
   preset = dict(config["model"]).get("preset")
@@ -213,9 +223,13 @@ def model_config(config: Mapping[str, Any]) -> LlamaConfig:
   return presets.get(preset, **overrides)
 
 
-def resolved_dict(config: Mapping[str, Any], model_cfg: LlamaConfig) -> dict[str, Any]:
-  """The config with every model field filled in (written to the workdir as config.json)."""
+def resolved_dict(config: Mapping[str, Any], model_cfg: LlamaConfig,
+                  init_from: str | None = None) -> dict[str, Any]:
+  """The config with every model field filled in (written to the workdir as config.json);
+  `init_from`, when given, replaces the config's (a LoRA run records its base's pinned path)."""
   out = config.to_dict() if hasattr(config, "to_dict") else json.loads(json.dumps(dict(config)))
+  if init_from is not None:
+    out["init_from"] = init_from
   model = {"preset": dict(config["model"]).get("preset", "")}
   if "lora" in dict(config["model"]):
     model["lora"] = _plain_dict(dict(config["model"])["lora"])

@@ -27,14 +27,13 @@ the command line is `python -m swallow_jax.generate` (swallow_jax/generate.py).
 from collections.abc import Sequence
 import dataclasses
 import functools
-import sys
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
+from swallow_jax import cli
 from swallow_jax import model as model_lib
 from swallow_jax import tokenizer as tokenizer_lib
 from swallow_jax.model import io as model_io
@@ -120,7 +119,7 @@ def generate_detailed(config: model_lib.LlamaConfig, params: Any, prompts: Seque
                       batch_size: int | None = None, progress: str = "") -> list[Generation]:
   """Like `generate`, also saying whether each generation ended on a stop token.
 
-  `progress`: a label for a tqdm bar over the batches on stderr ("" = none)."""
+  `progress`: a label for a bar over the batches on stderr (`cli.progress`) ("" = none)."""
   if not prompts or any(len(p) == 0 for p in prompts):
     raise ValueError("prompts must be a non-empty list of non-empty token lists")
   if max_new_tokens < 1:
@@ -140,8 +139,8 @@ def generate_detailed(config: model_lib.LlamaConfig, params: Any, prompts: Seque
   # Chunks of similar lengths pad less; row ids (the sampling keys) stay the prompts' indices.
   order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
   results: list[Generation | None] = [None] * len(prompts)
-  for start in tqdm(range(0, len(order), batch), desc=progress, unit="batch",
-                    disable=not progress, file=sys.stderr):
+  for start in cli.progress(range(0, len(order), batch), desc=progress, unit="batch",
+                            enabled=bool(progress)):
     idx = order[start:start + batch]
     p = _bucket(max(len(prompts[i]) for i in idx))
     tokens = np.zeros((batch, p), np.int32)

@@ -23,17 +23,10 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
   """Command-line flags, defined only when run as a program so importing never clashes."""
-  flags.DEFINE_string("model", None, "HF safetensors dir, or a training workdir / Orbax ckpt.")
-  flags.DEFINE_string("tokenizer", None, "Tokenizer file or dir; defaults to --model.")
+  cli.define_decoding_flags(temperature=0.0, top_p=1.0, max_new_tokens=256)
   flags.DEFINE_string("prompt", None, "Plain-text prompt (no chat template; BOS if the tokenizer adds one).")
   flags.DEFINE_bool("chat", False, "Chat on stdin with the model's own chat template.")
   flags.DEFINE_string("system", None, "System message for --chat.")
-  flags.DEFINE_integer("max_new_tokens", 256, "Tokens to generate per turn.")
-  flags.DEFINE_float("temperature", 0.0, "Sampling temperature; 0 = greedy.")
-  flags.DEFINE_integer("top_k", 0, "Top-k sampling (0 = off).")
-  flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1 = off).")
-  flags.DEFINE_integer("seed", 0, "Sampling seed.")
-  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and compute dtype.")
 
 
 def _chat(config, params, tok, sample_kw) -> None:

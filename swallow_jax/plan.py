@@ -9,6 +9,8 @@ are allocated), sets up N fake CPU devices, and compiles it ahead of time
 (`jit(...).lower(...).compile()`) for the mesh. It prints, per device:
 
   params / opt_state   bytes of the sharded parameters and optimizer state (exact, from the shardings)
+  trainable            with LoRA: the adapter (+ `lora.trainable` tensors), fp32; params is then
+                       the frozen base and opt_state covers the adapter only
   temp                 the compiler's temporaries (activations, gradients, collectives' buffers)
   peak                 arguments + outputs - donated aliases + temporaries
 
@@ -74,15 +76,19 @@ def num_devices_for(mesh_cfg: dict[str, int], devices: int) -> int:
 
 def abstract_train_step(model_cfg: Any, tx: Any, lr: Any, mesh: Any, global_batch: int,
                         seq_len: int, *, seed: int = 0, plain_causal: bool = False,
-                        **step_options: Any) -> tuple[Any, Any, Any, Any]:
+                        lora_cfg: Any = None, **step_options: Any) -> tuple[Any, Any, Any, Any]:
   """(jitted step, abstract state, abstract batch, state shardings), as `train.loop.run` builds
   them, with ShapeDtypeStructs carrying the shardings instead of arrays; `step_options` go to
   `make_train_step` (`TrainSection.step_options()` in swallow_jax.config_utils). Call inside
   `parallel.mesh_context(mesh)`. `plain_causal` drops positions/segment_ids from the batch so
-  the model may use `is_causal` kernels (unpacked sequences)."""
-  abstract = jax.eval_shape(lambda: step_lib.init_state(model_cfg, tx, seed))
+  the model may use `is_causal` kernels (unpacked sequences). `lora_cfg` (rank > 0): the LoRA
+  step (frozen base in the config's param_dtype, fp32 adapter, optimizer over the adapter)."""
+  lora_cfg = lora_cfg if lora_cfg is not None and lora_cfg.rank else None
+  abstract = jax.eval_shape(lambda: step_lib.init_state(model_cfg, tx, seed, lora_cfg))
   param_sh = parallel.param_shardings(abstract["params"], param_logical_axes(model_cfg), mesh)
-  shardings = step_lib.state_shardings(abstract, tx, param_sh, mesh)
+  lora_sh = (step_lib.lora_shardings(model_cfg, lora_cfg, abstract["lora"], mesh)
+             if lora_cfg else None)
+  shardings = step_lib.state_shardings(abstract, tx, param_sh, mesh, lora_sh)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)
   batch_sh = parallel.batch_sharding(mesh)
@@ -92,7 +98,8 @@ def abstract_train_step(model_cfg: Any, tx: Any, lr: Any, mesh: Any, global_batc
   if plain_causal:
     batch["positions"] = batch["segment_ids"] = None
   step_fn = step_lib.jit_train_step(
-      step_lib.make_train_step(model_cfg, tx, lr, param_shardings=param_sh, **step_options),
+      step_lib.make_train_step(model_cfg, tx, lr, param_shardings=param_sh, lora_cfg=lora_cfg,
+                               lora_shardings=lora_sh, **step_options),
       shardings, mesh)
   return step_fn, abstract, batch, shardings
 
@@ -146,8 +153,14 @@ def plan(config: Any, devices: int = 0, mesh_override: dict[str, int] | None = N
   count).
   """
   from swallow_jax import config_utils  # pylint: disable=g-import-not-at-top  (ml_collections)
+  from swallow_jax.model import io as model_io  # pylint: disable=g-import-not-at-top
 
-  spec = config_utils.TrainSpec.from_config(config)
+  try:
+    spec = config_utils.TrainSpec.from_config(config)
+  except model_io.ModelPathError as e:  # Planning before the checkpoint is downloaded.
+    print(f"plan: init_from is not readable here ({e}); planning with the architecture of "
+          f"model.preset={dict(config['model']).get('preset')!r}", file=sys.stderr)
+    spec = config_utils.TrainSpec.from_config(config, read_init_from=False)
   mesh_cfg = dict(mesh_override or spec.mesh.as_dict())
   n = num_devices_for(mesh_cfg, devices)
   jax.config.update("jax_platforms", "cpu")
@@ -166,8 +179,8 @@ def plan(config: Any, devices: int = 0, mesh_override: dict[str, int] | None = N
 
   tx, lr = optimizer_lib.make_optimizer(spec.optimizer)
   with parallel.mesh_context(mesh), attention_memory_model(flash):
-    step_fn, state, batch, _ = abstract_train_step(model_cfg, tx, lr, mesh,
-                                                   global_batch, seq_len, **kwargs)
+    step_fn, state, batch, _ = abstract_train_step(model_cfg, tx, lr, mesh, global_batch,
+                                                   seq_len, lora_cfg=spec.lora, **kwargs)
     t0 = time.perf_counter()
     lowered = step_fn.lower(state, batch)
     lower_s = time.perf_counter() - t0
@@ -177,8 +190,8 @@ def plan(config: Any, devices: int = 0, mesh_override: dict[str, int] | None = N
     hlo = None
     if hlo_flops:
       unrolled = dataclasses.replace(model_cfg, scan_layers=False)
-      step_u, state_u, batch_u, _ = abstract_train_step(unrolled, tx, lr, mesh,
-                                                        global_batch, seq_len, **kwargs)
+      step_u, state_u, batch_u, _ = abstract_train_step(unrolled, tx, lr, mesh, global_batch,
+                                                        seq_len, lora_cfg=spec.lora, **kwargs)
       hlo = _xla_flops(step_u.lower(state_u, batch_u).cost_analysis())
       # The gradient-accumulation loop is still a loop: its body (one microbatch) counts once.
       hlo = hlo * accum if hlo is not None else None
@@ -186,6 +199,8 @@ def plan(config: Any, devices: int = 0, mesh_override: dict[str, int] | None = N
   mem = compiled.memory_analysis()
   per_device = {"params": _per_device_bytes(state["params"]),
                 "opt_state": _per_device_bytes(state["opt_state"])}
+  if "lora" in state:
+    per_device["trainable"] = _per_device_bytes(step_lib.trainable(state))
   if mem is not None:
     per_device.update(arguments=mem.argument_size_in_bytes, outputs=mem.output_size_in_bytes,
                       aliased=mem.alias_size_in_bytes, temp=mem.temp_size_in_bytes)
@@ -200,6 +215,11 @@ def plan(config: Any, devices: int = 0, mesh_override: dict[str, int] | None = N
                 "hidden_size": model_cfg.hidden_size, "remat_policy": model_cfg.remat_policy,
                 "scan_layers": model_cfg.scan_layers, "dtype": model_cfg.dtype,
                 "param_dtype": model_cfg.param_dtype},
+      "lora": ({"rank": spec.lora.rank, "alpha": spec.lora.alpha,
+                "targets": list(spec.lora.targets), "trainable": list(spec.lora.trainable),
+                "num_trainable": sum(math.prod(x.shape)
+                                     for x in jax.tree.leaves(step_lib.trainable(state)))}
+               if spec.lora.rank else None),
       "seq_len": seq_len, "global_batch_size": global_batch, "grad_accum_steps": accum,
       "tokens_per_step": tokens,
       "per_device_bytes": per_device,
@@ -231,11 +251,20 @@ def format_table(r: dict[str, Any]) -> str:
       f"model      {m['num_params'] / 1e9:.2f}B params, {m['num_layers']} layers, remat="
       f"{m['remat_policy']}, scan={m['scan_layers']}, compute {m['dtype']}",
       f"mesh       {' '.join(f'{k}={v}' for k, v in r['mesh'].items())} ({r['num_devices']} devices)",
+  ]
+  if r.get("lora"):
+    lo = r["lora"]
+    lines.append(f"lora       rank {lo['rank']} on {','.join(lo['targets'])}"
+                 + (f" + {','.join(lo['trainable'])}" if lo["trainable"] else "")
+                 + f": {lo['num_trainable'] / 1e6:.1f}M trainable; base frozen in "
+                 f"{m['param_dtype']}")
+  lines += [
       f"batch      {r['global_batch_size']} x {r['seq_len']} tokens, grad_accum "
       f"{r['grad_accum_steps']}",
       "per device (XLA:CPU estimate)",
   ]
-  for k in ("params", "opt_state", "temp", "arguments", "outputs", "aliased", "peak"):
+  for k in ("params", "trainable", "opt_state", "temp", "arguments", "outputs", "aliased",
+            "peak"):
     if k in r["per_device_bytes"]:
       lines.append(f"  {k:<10} {_gb(r['per_device_bytes'][k])}")
   if "fits" in r:

@@ -38,7 +38,6 @@ import json
 import multiprocessing
 import logging
 import os
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -208,11 +207,10 @@ def _check_overwrite(output: str, files: Sequence[str]) -> None:
 
 def _write_shards(files, spec, tokenizer, tok, workers, strict, writer, reasons, progress):
   """Consumes the results in order; returns (total, per-file counts, field value counts)."""
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   total, per_file = _Counts(reasons), [_Counts(reasons) for _ in files]
   fields: dict[str, dict[str, dict[str, int]]] = {}
-  with tqdm(unit=" docs", disable=not progress, file=sys.stderr, mininterval=1.0,
-            leave=False) as bar:
+  with cli.progress(desc="preprocess", unit=" docs", enabled=progress, mininterval=1.0,
+                    leave=False) as bar:
     for kind, index, *rest in _results(files, spec, tokenizer, workers, tok, strict):
       counts = per_file[index]
       if kind == "truncated":
@@ -258,7 +256,10 @@ def preprocess(input_pattern: str, tokenizer: str, output: str, *, fmt: str = "t
                system_prompt: str | None = None, strict: bool = False, workers: int = 1,
                records_per_shard: int = 100_000, overwrite: bool = False,
                progress: bool = False) -> dict[str, Any]:
-  """Runs the preprocessing; returns the summary; PreprocessError on bad input."""
+  """Runs the preprocessing; returns the summary; PreprocessError on bad input.
+
+  `progress`: documents read so far on stderr (`cli.progress`: a bar, or lines in a log).
+  """
   if fmt not in records.FORMATS:
     raise PreprocessError(f"--format must be one of {records.FORMATS}, got {fmt!r}")
   try:
@@ -346,7 +347,7 @@ def main(argv: Sequence[str]) -> None:
       filter_expr=f.filter, keep_fields=f.keep_fields, path_field=f.path_field,
       system_prompt=f.system_prompt, strict=f.strict, workers=f.workers,
       records_per_shard=f.records_per_shard, overwrite=f.overwrite,
-      progress=sys.stderr.isatty())
+      progress=True)
   if f.json:
     print(json.dumps(summary, ensure_ascii=False))
   else:

@@ -65,6 +65,7 @@ from swallow_jax import report as report_lib
 from swallow_jax import tokenizer
 from swallow_jax import train as train_lib
 from swallow_jax.model import io as model_io
+from swallow_jax.model import lora as lora_lib
 from swallow_jax.train import lock as lock_lib
 from swallow_jax.vocab import train as vocab_train
 
@@ -224,7 +225,8 @@ def _train(cfg: dict, stage_dir: str) -> dict:
       raise Unfinished(f"training in {stage_dir} stopped by SIGTERM at step {summary['step']}")
     if jax.process_index() == 0:
       fileio.write_json(trained, {"step": summary["step"], "loss": summary["loss"]})
-  out = {"workdir": stage_dir, "model": stage_dir}
+  out = {"workdir": stage_dir, "model": stage_dir,
+         "checkpoint_bytes": _disk_bytes(os.path.join(stage_dir, "checkpoints"))}
   if not cfg.get("export_hf", True):
     return out
   if jax.process_count() > 1:
@@ -239,7 +241,23 @@ def _train(cfg: dict, stage_dir: str) -> dict:
                    dtype=cfg.get("export_dtype", "bfloat16"), tokenizer_dir=tok, overwrite=True,
                    progress=False)
   out["model"] = os.path.join(stage_dir, "hf")
+  out["trainable_params"] = _trainable_params(cfg["model"].get("lora"), model_cfg, params)
   return out
+
+
+def _disk_bytes(path: str) -> int:
+  """Bytes of the files under `path` (what a training stage's checkpoints take on disk)."""
+  return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def _trainable_params(lora: Mapping[str, Any] | None, model_cfg: Any, params: Any) -> int:
+  """What a train stage trained: every parameter, or the LoRA adapter and its `trainable` extras."""
+  if not lora or not lora.get("rank"):
+    return model_cfg.num_params
+  lora_cfg = lora_lib.LoraConfig.from_dict(lora)
+  adapter = jax.eval_shape(lambda: lora_lib.init_lora(model_cfg, lora_cfg, jax.random.key(0)))
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(
+      [adapter] + [params[k] for k in lora_cfg.trainable]))
 
 
 def _chat_vector(cfg: dict, stage_dir: str) -> dict:
@@ -380,7 +398,10 @@ def report_inputs(config: Mapping[str, Any], workdir: str
     kind = config[name]["kind"]
     stages[name] = {"kind": kind, "status": states[name]}
     if states[name] == "done":
-      stages[name]["seconds"] = _read_json(os.path.join(stage_dir, DONE))["seconds"]
+      done = _read_json(os.path.join(stage_dir, DONE))
+      stages[name]["seconds"] = done["seconds"]
+      stages[name].update({k: done["outputs"][k] for k in report_lib.STAGE_COSTS
+                           if k in done["outputs"]})
     if kind == "train":
       log = os.path.join(stage_dir, "metrics.jsonl")
       stages[name]["train_log"] = ([r for _, r in fileio.read_jsonl(log)]

@@ -14,6 +14,8 @@ gathers that and calls `build`):
                models and the change each metric is expected to show between them.
   ablations    [{name, reference, note, expect}]: an ablation model against the model it varies.
 
+Every metric is in the unit of evaluate's plots (`plots.UNITS`, recorded in report.json's
+"units"): translation in BLEU points 0-100, the other task scores in [0, 1].
 A metric "moved" when the change is beyond noise: for scores in [0, 1], two standard errors of the
 difference of two accuracies over the task's examples (two BLEU points for translation); for
 perplexities and other lower-is-better metrics, a relative change of more than 2%.
@@ -30,32 +32,43 @@ from swallow_jax import fileio
 REPORT_PLOTS = ("loss_curves.png", "radar.png", "perplexity.png")
 LOWER_IS_BETTER = re.compile(r"(_ppl|perplexity|bits_per_(char|byte)|_bpc|_bpb|loss)$")
 PPL_TOLERANCE = 0.02  # relative change of a perplexity that we call "did not move"
-BLEU_TOLERANCE = 0.02  # BLEU / 100: two BLEU points
+_PPL_UNIT, _BPC_UNIT = "token perplexity", "bits per char"
+BLEU_TOLERANCE = 2.0  # BLEU points (0-100)
+STAGE_COSTS = ("trainable_params", "checkpoint_bytes")  # what a train stage records beside time
 
 
-def model_metrics(task_results: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, int]]:
-  """{metric: value} and {metric: examples} for one model: a task's main score under the task's
-  name; a perplexity task 'x_ppl' gives `x_ppl` (token perplexity), `x_bpc` (bits per
-  character) and, if not there already, `<lang>_ppl`; a chat set 'x_chat' gives `x_chat_ppl`
-  (perplexity of the assistant replies) and `x_chat_qa` (replies containing the answer)."""
-  metrics, counts = {}, {}
+def model_metrics(task_results: Mapping[str, Any]
+                  ) -> tuple[dict[str, float], dict[str, int], dict[str, str]]:
+  """{metric: value}, {metric: examples} and {metric: unit} for one model: a task's main metric
+  under the task's name (translation in BLEU 0-100, other scores in [0, 1]); a perplexity task
+  'x_ppl' gives `x_ppl` (token perplexity), `x_bpc` (bits per character) and, if not there
+  already, `<lang>_ppl`; a chat set 'x_chat' gives `x_chat_ppl` (perplexity of the assistant
+  replies) and `x_chat_qa` (replies containing the answer)."""
+  from swallow_jax.evaluate import plots  # pylint: disable=g-import-not-at-top  (imports jax)
+  metrics, counts, units = {}, {}, {}
   for task, res in task_results.items():
     n = int(res.get("num_examples", 0))
     if res["type"] == "perplexity":
       m = res["metrics"]
       bpc_key = (task[:-len("_ppl")] if task.endswith("_ppl") else task) + "_bpc"
-      for key, value in ((task, m["token_perplexity"]), (bpc_key, m["bits_per_char"])):
-        metrics[key], counts[key] = float(value), n
+      for key, value, unit in ((task, m["token_perplexity"], _PPL_UNIT),
+                               (bpc_key, m["bits_per_char"], _BPC_UNIT)):
+        metrics[key], counts[key], units[key] = float(value), n, unit
       lang_key = f"{res.get('lang', 'ja')}_ppl"
       metrics.setdefault(lang_key, float(m["token_perplexity"]))
       counts.setdefault(lang_key, n)
+      units.setdefault(lang_key, _PPL_UNIT)
     elif res["type"] == "chat":
-      for key, value in ((f"{task}_ppl", res["metrics"]["assistant_perplexity"]),
-                         (f"{task}_qa", res["metrics"]["answer_accuracy"])):
-        metrics[key], counts[key] = float(value), n
+      for key, value, unit in ((f"{task}_ppl", res["metrics"]["assistant_perplexity"], _PPL_UNIT),
+                               (f"{task}_qa", res["metrics"]["answer_accuracy"],
+                                plots.UNITS["chat"])):
+        metrics[key], counts[key], units[key] = float(value), n, unit
     else:
-      metrics[task], counts[task] = float(res["score"]), n
-  return metrics, counts
+      # As evaluate's plots show it: `score` is the main metric but for BLEU, which it has / 100.
+      metrics[task] = float(res["metrics"][res["main_metric"]] if res["type"] == "translation"
+                            else res["score"])
+      counts[task], units[task] = n, plots.UNITS[res["type"]]
+  return metrics, counts, units
 
 
 def train_summary(log: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -75,8 +88,10 @@ def noise_band(before: float, after: float, n: int) -> float:
 
 
 def compare(models: Mapping[str, Mapping[str, float]], counts: Mapping[str, Mapping[str, int]],
-            comparison: Mapping[str, Any]) -> list[dict[str, Any]]:
-  """Per metric: did it move between two models, which way, and was that the expectation."""
+            comparison: Mapping[str, Any], units: Mapping[str, str] | None = None
+            ) -> list[dict[str, Any]]:
+  """Per metric: did it move between two models, which way, and was that the expectation;
+  `units` ({metric: unit}, as model_metrics gives) says which metrics are BLEU points."""
   before, after = models[comparison["before"]], models[comparison["after"]]
   expect = comparison.get("expect", {}) or {}
   out = []
@@ -87,7 +102,7 @@ def compare(models: Mapping[str, Mapping[str, float]], counts: Mapping[str, Mapp
       moved = abs(rel) > PPL_TOLERANCE
       band = None
     else:
-      band = (BLEU_TOLERANCE if "translation" in metric
+      band = (BLEU_TOLERANCE if _is_bleu(metric, units)
               else noise_band(b, a, counts[comparison["after"]].get(metric, 0)))
       moved = abs(a - b) > band
     direction = ("up" if a > b else "down") if moved else "same"
@@ -103,20 +118,23 @@ def compare(models: Mapping[str, Mapping[str, float]], counts: Mapping[str, Mapp
 def build(report_cfg: Mapping[str, Any], stages: Mapping[str, Mapping[str, Any]],
           results: Mapping[str, Mapping[str, Any]], ablation_models: Collection[str] = ()
           ) -> dict[str, Any]:
-  """report.json's content: {"title", "models", "ablations", "stages", "comparisons", "examples"}.
+  """report.json's content: {"title", "models", "ablations", "stages", "comparisons", "examples",
+  "units"} ("units": {metric: unit} of the values in "models" and "ablations").
 
-  stages: {stage: {"kind", "status", ["seconds"], ["train_log": metrics.jsonl rows]}};
+  stages: {stage: {"kind", "status", ["seconds"], ["train_log": metrics.jsonl rows],
+  ["trainable_params"], ["checkpoint_bytes"] (train stages: what they cost beside time)}};
   results: {model: {task: result}} as evaluate.run_tasks and evaluate.score_chats return them;
   ablation_models: the models of `results` that are ablations (reported apart from the others).
   """
   stage_entries = {}
   for name, s in stages.items():
-    entry = {k: s[k] for k in ("kind", "status", "seconds") if k in s}
+    entry = {k: s[k] for k in ("kind", "status", "seconds", *STAGE_COSTS) if k in s}
     entry.update({k: v for k, v in train_summary(s.get("train_log", ())).items() if k != "curve"})
     stage_entries[name] = entry
-  models, counts = {}, {}
+  models, counts, units = {}, {}, {}
   for model, task_results in results.items():
-    models[model], counts[model] = model_metrics(task_results)
+    models[model], counts[model], model_units = model_metrics(task_results)
+    units.update(model_units)
   ablations = {}
   for a in report_cfg.get("ablations", []) or []:
     name, ref = a["name"], a["reference"]
@@ -124,14 +142,18 @@ def build(report_cfg: Mapping[str, Any], stages: Mapping[str, Mapping[str, Any]]
       ablations[name] = dict(
           a, metrics=models[name],
           delta={k: models[name][k] - models[ref][k] for k in models[name] if k in models[ref]},
-          findings=compare(models, counts, dict(a, before=ref, after=name)))
-  comparisons = [dict(c, findings=compare(models, counts, c))
+          findings=compare(models, counts, dict(a, before=ref, after=name), units))
+  comparisons = [dict(c, findings=compare(models, counts, c, units))
                  for c in report_cfg.get("comparisons", []) or []
                  if c["before"] in models and c["after"] in models]
   return {"title": report_cfg.get("title", "Recipe report"),
           "models": {m: v for m, v in models.items() if m not in ablation_models},
           "ablations": ablations, "stages": stage_entries, "comparisons": comparisons,
-          "examples": counts}
+          "examples": counts, "units": units}
+
+
+def _is_bleu(metric: str, units: Mapping[str, str] | None) -> bool:
+  return (units or {}).get(metric, "").startswith("BLEU")
 
 
 def _fmt(v: float) -> str:
@@ -204,10 +226,13 @@ def markdown(report: Mapping[str, Any], plots: Sequence[str] = (), intro: str = 
   if everyone:
     metrics = sorted({k for v in everyone.values() for k in v},
                      key=lambda k: (bool(LOWER_IS_BETTER.search(k)), k))
+    units = report.get("units", {})
     lines += ["## Scores", "",
-              "Task scores are in [0, 1] (higher is better); `*_ppl` is token perplexity and "
-              "`*_bpc` bits per character on held-out text (lower is better).", "",
-              "| model | " + " | ".join(metrics) + " |",
+              "Each column's unit is in its header: BLEU points 0-100 for translation, the other "
+              "task scores in [0, 1] (higher is better); `*_ppl` is token perplexity and `*_bpc` "
+              "bits per character on held-out text (lower is better).", "",
+              "| model | " + " | ".join(f"{k} ({units[k]})" if k in units else k for k in metrics)
+              + " |",
               "|---|" + "---|" * len(metrics)]
     for model, m in everyone.items():
       lines.append(f"| {model} | " + " | ".join(_fmt(m[k]) if k in m else "-" for k in metrics)
@@ -223,12 +248,14 @@ def markdown(report: Mapping[str, Any], plots: Sequence[str] = (), intro: str = 
     for name, a in report["ablations"].items():
       lines += [f"### `{name}` vs `{a['reference']}`", ""] + findings_markdown(a)
   lines += ["## Stages", "",
-            "| stage | kind | status | seconds | steps | first loss | final loss |",
-            "|---|---|---|---|---|---|---|"]
+            "| stage | kind | status | seconds | steps | first loss | final loss | trained "
+            "params | checkpoint MB |", "|---|---|---|---|---|---|---|---|---|"]
   for name, s in report["stages"].items():
     cells = [name, s["kind"], s["status"], s.get("seconds", "-"), s.get("steps", "-"),
              _fmt(s["first_loss"]) if "first_loss" in s else "-",
-             _fmt(s["final_loss"]) if "final_loss" in s else "-"]
+             _fmt(s["final_loss"]) if "final_loss" in s else "-",
+             f"{s['trainable_params']:,}" if "trainable_params" in s else "-",
+             f"{s['checkpoint_bytes'] / 1e6:.2f}" if "checkpoint_bytes" in s else "-"]
     lines.append("| " + " | ".join(str(c) for c in cells) + " |")
   total = sum(s.get("seconds", 0) for s in report["stages"].values())
   lines += ["", f"Stage time in total: {total:.0f} s (stages skipped as already done count with "
@@ -243,8 +270,8 @@ def plot(report: Mapping[str, Any], out_dir: str,
          curves: Mapping[str, Sequence[tuple[int, float]]] | None = None) -> list[str]:
   """PNGs in out_dir: loss_curves.png (one panel per {title: [(step, loss)]} in `curves`),
   radar.png (scores, when >= 3 metrics) and perplexity.png; returns their paths."""
-  from swallow_jax.evaluate import plots  # pylint: disable=g-import-not-at-top  (sets Agg)
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from swallow_jax.evaluate import plots  # pylint: disable=g-import-not-at-top
+  plt = plots.pyplot()
   out = []
   curves = {k: v for k, v in (curves or {}).items() if v}
   if curves:
@@ -265,10 +292,12 @@ def plot(report: Mapping[str, Any], out_dir: str,
     fig.savefig(out[-1], dpi=100)
     plt.close(fig)
   everyone = _everyone(report)
-  scores = {m: {k: v for k, v in vals.items() if not LOWER_IS_BETTER.search(k)}
-            for m, vals in everyone.items()}
+  units = report.get("units", {})
+  # The radar's axes are all [0, 1]: BLEU goes on it / 100, and its axis says so.
+  scores = {m: {k: v / 100 if _is_bleu(k, units) else v for k, v in vals.items()
+                if not LOWER_IS_BETTER.search(k)} for m, vals in everyone.items()}
   if scores and len({k for v in scores.values() for k in v}) >= 3:
-    labels = {k: f"{k} (BLEU/100)" for v in scores.values() for k in v if "translation" in k}
+    labels = {k: f"{k} (BLEU/100)" for v in scores.values() for k in v if _is_bleu(k, units)}
     out.append(plots.radar_chart(scores, os.path.join(out_dir, "radar.png"), labels=labels,
                                  title="task scores in [0, 1] (higher is better)"))
   ppl = {m: {k: v for k, v in vals.items() if k.endswith("_ppl")} for m, vals in everyone.items()}

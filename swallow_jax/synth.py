@@ -147,17 +147,11 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
   """Command-line flags, defined only when run as a program so importing never clashes."""
-  flags.DEFINE_string("model", None, "Instruct model: HF safetensors dir or training workdir.")
-  flags.DEFINE_string("tokenizer", None, "Tokenizer file or dir; defaults to --model.")
+  cli.define_decoding_flags(temperature=1.0, top_p=0.95, max_new_tokens=512)
   flags.DEFINE_string("input", None, "Prompts: JSONL with a `messages` list per line.")
   flags.DEFINE_bool("overwrite", False, "Replace an existing --output.")
   flags.DEFINE_string("output", None, "Output SFT JSONL; stats go to OUTPUT.stats.json.")
   flags.DEFINE_integer("num_samples", 1, "Responses sampled per prompt.")
-  flags.DEFINE_float("temperature", 1.0, "Sampling temperature (0 = greedy).")
-  flags.DEFINE_float("top_p", 0.95, "Nucleus sampling mass.")
-  flags.DEFINE_integer("top_k", 0, "Top-k sampling (0 = off).")
-  flags.DEFINE_integer("max_new_tokens", 512, "Token budget per response (longer: truncated).")
-  flags.DEFINE_integer("seed", 0, "Sampling seed.")
   flags.DEFINE_integer("batch_size", 8, "Prompts decoded together.")
   flags.DEFINE_enum("lang", "ja", ["ja", "any"], "Language filter: keep Japanese only, or any.")
   flags.DEFINE_float("min_ja_ratio", 0.5, "Minimum Japanese character ratio for --lang=ja.")
@@ -165,7 +159,6 @@ def _define_flags() -> None:
   flags.DEFINE_integer("max_chars", 8192, "Maximum response length in characters.")
   flags.DEFINE_integer("repeat_n", 10, "Character n-gram size of the repetition filter.")
   flags.DEFINE_float("max_repeat_ratio", 0.3, "Maximum repeated n-gram ratio.")
-  flags.DEFINE_enum("dtype", "float32", cli.DTYPES, "Parameter and compute dtype.")
   flags.DEFINE_bool("json", False, "Print the stats summary as JSON.")
 
 

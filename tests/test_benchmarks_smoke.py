@@ -74,6 +74,26 @@ def test_train_step_parts_tiny():
       assert row["torch_over_jax"] == pytest.approx(row["transformers_s"] / row["swallow_jax_s"])
 
 
+def test_lora_bench_tiny():
+  r = _run("lora_bench.py", "--shape=smoke", "--batch=2", "--seq_len=32", "--steps=1",
+           "--rounds=1", "--rank=4")
+  full, lora = r["results"]["full"], r["results"]["lora"]
+  # B = 0 at step 0: the adapted model is the base model, so the first losses agree.
+  assert lora["first_loss"] == pytest.approx(full["first_loss"], abs=1e-6)
+  assert abs(full["first_loss"] - math.log(256)) < 0.3
+  d, f, layers, heads, kv, hd = 64, 128, 2, 4, 2, 16  # the smoke shape
+  dims = [(d, heads * hd), (d, kv * hd), (d, kv * hd), (heads * hd, d), (d, f), (d, f), (f, d)]
+  assert lora["trainable_params"] == layers * 4 * sum(i + o for i, o in dims)  # r (in + out)
+  assert full["trainable_params"] == r["num_params"]
+  # Adam keeps two fp32 moments of what trains; a LoRA checkpoint has no base weights.
+  assert lora["opt_state_bytes"] < 2.1 * 4 * lora["trainable_params"] < full["opt_state_bytes"]
+  assert lora["checkpoint_bytes"] < full["checkpoint_bytes"] - 4 * r["num_params"]
+  assert lora["compiled_peak_bytes"] < full["compiled_peak_bytes"]
+  for side in (full, lora):
+    assert side["step_s"] > 0 and side["peak_rss_mib"] >= side["import_peak_rss_mib"] > 0
+  assert r["lora_over_full"]["step_s"] == pytest.approx(lora["step_s"] / full["step_s"])
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("MAXTEXT_PYTHON"),
                     reason="set MAXTEXT_PYTHON to a Python 3.12 with maxtext[tpu] installed")

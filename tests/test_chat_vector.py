@@ -466,3 +466,146 @@ def test_protect_tokens_resolve_in_the_targets_vocabulary(ckpts, tmp_path):
   assert cv.protected_ids("chat_template", str(chatml)) == (1, 2)
   with pytest.raises(cv.ChatVectorError, match="llama3_chat"):
     cv.protected_ids("llama3_chat", str(chatml))
+
+
+# ---------------------------------------------------------------------------------------------
+# LoRA adapters (PEFT directories) merged in the same streaming pass.
+
+
+def write_adapter(path, config, seed, lora_cfg):
+  """A random (B nonzero) adapter saved in the PEFT layout; returns it (our stacked tree)."""
+  from swallow_jax.model import lora  # pylint: disable=g-import-not-at-top
+  keys = iter(jax.random.split(jax.random.key(seed), 64))
+  adapter = jax.tree.map(lambda x: jax.random.normal(next(keys), x.shape),
+                         lora.init_lora(config, lora_cfg, next(keys)))
+  lora.save_peft(str(path), config, adapter, lora_cfg)
+  return adapter
+
+
+def test_adapters_compose_with_the_chat_vector_bit_exact(ckpts, tmp_path):
+  """target + s (instruct - base), then two adapters (scales 1 and 0.5), in one pass = the same
+  built in memory with apply_chat_vector and merge_lora, bit for bit in fp32."""
+  from swallow_jax.model import lora  # pylint: disable=g-import-not-at-top
+  _, (target, base, instruct) = ckpts
+  config = model_io.resolve(target).config
+  cfg1 = lora.LoraConfig(rank=4, alpha=8.0)
+  cfg2 = lora.LoraConfig(rank=3, alpha=6.0, targets=("v_proj", "o_proj", "down_proj"))
+  a1 = write_adapter(tmp_path / "a1", config, 1, cfg1)
+  a2 = write_adapter(tmp_path / "a2", config, 2, cfg2)
+  outs = merge((target, base, instruct), tmp_path / "out", scales=(0.5, 1.0),
+               adapters=(str(tmp_path / "a1"), str(tmp_path / "a2")), adapter_scales=(1.0, 0.5))
+  t, b, i = (jax.tree.map(np.asarray, model_io.load(p, progress=False)[1])
+             for p in (target, base, instruct))
+  half2 = lora.LoraConfig(rank=3, alpha=3.0, targets=cfg2.targets)  # adapter_scale 0.5
+  for s, out in zip((0.5, 1.0), outs):
+    want = lora.merge_lora(config, lora.merge_lora(config, ta.apply_chat_vector(t, b, i, s), a1,
+                                                   cfg1), a2, half2)
+    got = flat(model_io.load(out, progress=False)[1])
+    for name, x in flat(want).items():
+      np.testing.assert_array_equal(got[name], np.asarray(x), name)
+  # The adapters did change what they adapt (and only that).
+  cv_only = ta.apply_chat_vector(t, b, i, 0.5)
+  got = flat(model_io.load(outs[0], progress=False)[1])
+  for name, x in flat(cv_only).items():
+    adapted = re.search(r"_proj/kernel$", name) is not None
+    assert adapted != np.array_equal(got[name], x), name
+
+
+def test_peft_made_adapter_alone_matches_merge_and_unload(tmp_path):
+  """A PEFT-initialised adapter over a transformers checkpoint, no chat vector: the output equals
+  PEFT's own merge_and_unload (independent reference) and merge_lora bit for bit."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  peft = pytest.importorskip("peft")
+  from swallow_jax.model import lora  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  hf_cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
+                                    num_hidden_layers=2, num_attention_heads=4,
+                                    num_key_value_heads=2, head_dim=8)
+  model = transformers.LlamaForCausalLM(hf_cfg).eval()
+  model.save_pretrained(str(tmp_path / "base"))
+  pcfg = peft.LoraConfig(r=3, lora_alpha=5, init_lora_weights=False, task_type="CAUSAL_LM",
+                         target_modules=["q_proj", "v_proj", "up_proj", "down_proj"])
+  peft_model = peft.get_peft_model(model, pcfg).eval()
+  peft_model.save_pretrained(str(tmp_path / "adapter"))
+  cv.merge_checkpoints(None, None, str(tmp_path / "base"), str(tmp_path / "out"),
+                       adapters=(str(tmp_path / "adapter"),), chunk_elems=100, progress=False)
+  out = read_hf(tmp_path / "out")
+  state = {k: v.numpy() for k, v in peft_model.merge_and_unload().state_dict().items()}
+  assert set(out) == set(state)
+  for name, x in out.items():
+    np.testing.assert_allclose(x, state[name], atol=1e-6, rtol=0, err_msg=name)
+  assert not np.array_equal(out["model.layers.1.mlp.down_proj.weight"],
+                            read_hf(tmp_path / "base")["model.layers.1.mlp.down_proj.weight"])
+  config, params = model_io.load(str(tmp_path / "base"), progress=False)
+  adapter, lora_cfg = lora.load_peft(str(tmp_path / "adapter"), config)
+  want = flat(lora.merge_lora(config, params, adapter, lora_cfg))
+  for name, x in flat(model_io.load(str(tmp_path / "out"), progress=False)[1]).items():
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(want[name]), name)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("other_model", r"--adapter=.*a: .*adapter_model.safetensors: tensor "
+     r"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight has shape \(2, 16\), "
+     r"expected \(2, 8\)"),
+    ("no_config", r"--adapter=.*a: no adapter_config.json \(not a PEFT adapter dir\)"),
+    ("no_key", r"--adapter=.*a: adapter_config.json has no key 'r'"),
+    ("garbage", r"--adapter=.*a: "),
+    ("dora", r"--adapter=.*a: .*unsupported LoRA options \{'use_dora': True\}"),
+    ("half_cv", r"give --base and --instruct \(a chat vector\), --adapter, or both"),
+    ("scales", r"1 adapters but 2 adapter scales"),
+])
+def test_adapter_errors(tmp_path, case, message):
+  from swallow_jax.model import lora  # pylint: disable=g-import-not-at-top
+  dirs = [write_hf(tmp_path / n, hf_tensors(s)) for s, n in enumerate("tbi")]
+  config = model_io.resolve(dirs[0]).config
+  if case == "other_model":
+    import dataclasses  # pylint: disable=g-import-not-at-top
+    config = dataclasses.replace(config, hidden_size=2 * D)
+  write_adapter(tmp_path / "a", config, 0, lora.LoraConfig(rank=2, alpha=4.0, targets=("q_proj",)))
+  meta = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+  if case == "no_config":
+    os.remove(tmp_path / "a" / "adapter_config.json")
+  if case in ("no_key", "dora"):
+    meta = {k: v for k, v in meta.items() if k != "r"} if case == "no_key" else {
+        **meta, "use_dora": True}
+    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(meta))
+  if case == "garbage":
+    (tmp_path / "a" / "adapter_model.safetensors").write_bytes(b"\x07" * 100)
+  target, base, instruct = dirs
+  kwargs = dict(adapters=(str(tmp_path / "a"),), chunk_elems=100, progress=False)
+  if case == "half_cv":
+    instruct = None
+  if case == "scales":
+    kwargs["adapter_scales"] = (1.0, 0.5)
+  with pytest.raises(cv.ChatVectorError, match=message) as e:
+    cv.merge_checkpoints(base, instruct, target, str(tmp_path / "out"), **kwargs)
+  assert "\n" not in str(e.value)
+  assert sorted(os.listdir(tmp_path)) == ["a", "b", "i", "t"]  # nothing written
+
+
+def test_command_line_adapter(ckpts, tmp_path):
+  from swallow_jax.model import lora  # pylint: disable=g-import-not-at-top
+  (t, _, _), (target, base, instruct) = ckpts
+  config = model_io.resolve(target).config
+  cfg = lora.LoraConfig(rank=2, alpha=4.0, targets=("up_proj",))
+  adapter = write_adapter(tmp_path / "a", config, 3, cfg)
+  run = lambda *args: subprocess.run([sys.executable, "-m", "swallow_jax.chat_vector", *args],
+                                     capture_output=True, text=True, timeout=120)
+  out = str(tmp_path / "out")
+  r = run(f"--target={target}", f"--adapter={tmp_path / 'a'}", "--adapter_scale=0.5",
+          f"--output={out}", "--quiet", "--json")
+  assert r.returncode == 0, r.stderr
+  assert json.loads(r.stdout)["adapter_scales"] == [0.5]
+  merged = read_hf(out)
+  name = "model.layers.1.mlp.up_proj.weight"
+  delta = np.asarray(lora.lora_delta(adapter["layers"]["mlp"]["up_proj"]["lora_a"][1],
+                                     adapter["layers"]["mlp"]["up_proj"]["lora_b"][1], 1.0)).T
+  np.testing.assert_array_equal(merged[name], t[name] + delta)  # 0.5 * alpha / r = 1
+  np.testing.assert_array_equal(merged["model.layers.1.mlp.down_proj.weight"],
+                                t["model.layers.1.mlp.down_proj.weight"])
+  r = run(f"--target={target}", f"--adapter={tmp_path}", f"--output={out}2")
+  assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+      f"chat_vector: error: --adapter={tmp_path}: no adapter_config.json (not a PEFT adapter dir)"]
+  r = run(f"--target={target}", f"--adapter={tmp_path / 'a'}", f"--output={out}2", "--scale=1")
+  assert r.returncode == 2 and "--scale weighs the chat vector" in r.stderr

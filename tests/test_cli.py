@@ -4,6 +4,7 @@ import importlib.metadata
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -115,7 +116,7 @@ def test_log_lines_have_no_glog_prefix_unless_verbose(prog):
 @pytest.mark.parametrize("args, message", [
     (["--bogus=1"], "prog: error: Unknown command line flag 'bogus'"),
     (["--model_name=x", "--num_steps=abc"], "prog: error: flag --num_steps=abc: invalid literal"),
-    ([], "prog: error: flag --model_name=None: Flag --model_name must have a value other than None."),
+    ([], "prog: error: --model_name is required (see --help)"),
     (["--model_name=x", "extra"], "prog: error: unexpected arguments: extra (see --help)"),
     (["--model_name=x", "--mode=usage"], "prog: error: --a needs --b (see --help)"),
     (["--model_name=x", "--config=nope.py:3"], "prog: error: --config=nope.py:3: no such file"),
@@ -162,6 +163,86 @@ def test_config_flag_values_and_overrides_and_system_exit(prog):
   rc, out, err = prog("--model_name=x", "a", "b", env={"POSITIONAL": "1"})
   assert rc == 0, err
   assert "args ['a', 'b']" in out
+
+
+def run_into_closed_pipe(cmd, cwd):
+  """Runs cmd with stdout a pipe whose reader is already gone: (returncode, stderr)."""
+  reader, writer = os.pipe()
+  os.close(reader)
+  try:
+    out = subprocess.run(cmd, stdout=writer, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                         timeout=120, check=False)
+  finally:
+    os.close(writer)
+  return out.returncode, out.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--helpfull"], ["--model_name=x"]])
+def test_a_reader_that_stops_early_ends_the_command_quietly(prog, tmp_path, args):
+  """`prog --help | head -1`: help text or main's output into a closed pipe is no traceback."""
+  prog("--help")  # writes prog.py
+  rc, err = run_into_closed_pipe([sys.executable, "prog.py", *args], tmp_path)
+  # absl's own help writer already ignores a closed pipe (then there is nothing left to fail).
+  assert rc == 141 or (rc == 0 and args == ["--helpfull"]), err
+  assert "Traceback" not in err and "Broken pipe" not in err and "error" not in err
+
+
+def test_a_real_command_help_into_a_closed_pipe():
+  """The issue's case: `python -m swallow_jax.evaluate.prepare --help | head -1`."""
+  rc, err = run_into_closed_pipe([sys.executable, "-m", "swallow_jax.evaluate.prepare", "--help"],
+                                 REPO)
+  assert (rc, err) == (141, "")
+
+
+@pytest.mark.parametrize("module", ["swallow_jax.generate", "swallow_jax.synth"])
+def test_shared_decoding_flags_are_listed_in_the_command_help(module):
+  """cli.define_decoding_flags defines them as the command's own, so --help shows them."""
+  out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True,
+                       cwd=REPO, timeout=120, check=True).stdout
+  for flag in ("--model", "--tokenizer", "--dtype: <float32|bfloat16|float16>", "--temperature",
+               "--top_p", "--top_k", "--seed", "--max_new_tokens"):
+    assert flag in out, (module, flag)
+
+
+def _progress_lines(err):
+  """'HH:MM:SS rest' lines -> [rest up to its ' [' stats], checking the timestamps."""
+  assert "\r" not in err
+  out = []
+  for line in err.splitlines():
+    stamp, rest = line.split(" ", 1)
+    assert len(stamp) == 8 and stamp.count(":") == 2, line
+    out.append(rest.split(" [")[0])
+  return out
+
+
+def test_progress_off_a_terminal_prints_a_line_each_tenth_and_at_the_end(capsys):
+  for _ in cli.progress(range(10), desc="eval", unit="task", every_s=3600):
+    time.sleep(0.12)  # past tqdm's 0.1 s between looks at the bar
+  assert _progress_lines(capsys.readouterr().err) == [
+      f"eval: {10 * n:3d}% {n}/10" for n in range(1, 11)]
+
+
+def test_progress_without_a_total_prints_every_every_s_seconds(capsys):
+  with cli.progress(desc="preprocess", unit=" docs", every_s=0.3) as bar:
+    for _ in range(8):
+      time.sleep(0.12)
+      bar.update(5)
+  lines = _progress_lines(capsys.readouterr().err)
+  assert 2 <= len(lines) <= 4, lines  # ~1 s of work: a line each 0.3 s, then the final count
+  assert not lines[0].startswith("preprocess: 5 docs")  # not at once: only after 0.3 s
+  assert lines[-1] == "preprocess: 40 docs"
+  assert [int(x.split()[1]) for x in lines] == sorted({int(x.split()[1]) for x in lines})
+
+
+def test_progress_is_silent_when_disabled_at_the_start_and_under_an_error(capsys):
+  assert list(cli.progress(range(3), desc="x", enabled=False)) == [0, 1, 2]
+  with pytest.raises(ValueError):
+    with cli.progress(desc="job", total=4, every_s=3600) as bar:
+      bar.update(2)
+      raise ValueError("bad input")  # the error's line is the last one, not a count
+  with cli.progress(desc="job", total=4, every_s=3600):
+    pass  # nothing moved: nothing to say
+  assert capsys.readouterr().err == ""
 
 
 def test_check_output(tmp_path):

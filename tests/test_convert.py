@@ -72,3 +72,14 @@ def test_cli_help_and_bad_input(tmp_path):
   r = _cli(f"--model={tmp_path}", f"--to_orbax={tmp_path / 'o'}")
   assert r.returncode != 0 and "config.json" in r.stderr.strip().splitlines()[-1]
   assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_to_peft_needs_a_lora_run(hf_dir, tmp_path):
+  path, _ = hf_dir
+  r = _cli(f"--model={path}", f"--to_peft={tmp_path / 'p'}", "--quiet")
+  assert r.returncode == 2, r.stderr
+  [line] = r.stderr.strip().splitlines()
+  assert line.startswith("convert: error: --to_peft:") and "not a LoRA training run" in line
+  assert not os.path.exists(tmp_path / "p")
+  r = _cli(f"--model={path}", f"--to_peft={tmp_path / 'p'}", f"--to_hf={tmp_path / 'h'}")
+  assert r.returncode == 2 and "exactly one of" in r.stderr

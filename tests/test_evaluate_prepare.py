@@ -270,6 +270,20 @@ def test_cli(sources, tmp_path):
   assert ok.returncode == 0, ok.stderr
   assert ok.stdout.strip() == f"wrote {out}: niilc, 3 examples to score, 4-shot"
   assert evaluate.load_task(out).name == "niilc"
+  # An existing output is refused before any input is read, and replaced with --overwrite.
+  before = open(out, encoding="utf-8").read()
+  again = subprocess.run(cmd + ["--task=niilc", "--input=/no/such.xml", f"--output={out}"],
+                         capture_output=True, text=True, cwd=REPO)
+  assert again.returncode == 1
+  assert again.stderr.strip().splitlines() == [
+      f"evaluate.prepare: error: {out} already exists and is not empty (pass --overwrite to "
+      "replace it)"]
+  assert open(out, encoding="utf-8").read() == before
+  replaced = subprocess.run(cmd + ["--task=niilc", f"--input={sources['niilc'][0][0]}",
+                                   "--num_fewshot=1", f"--output={out}", "--overwrite"],
+                            capture_output=True, text=True, cwd=REPO)
+  assert replaced.returncode == 0, replaced.stderr
+  assert len(evaluate.load_task(out).fewshot) == 1
   bad_file = _write(tmp_path / "bad.tsv", "q\t1\nq2\n")
   bad = subprocess.run(cmd + ["--task=mgsm_ja", f"--input={bad_file}", "--num_fewshot=0",
                               f"--output={tmp_path / 'm.jsonl'}"],

@@ -98,3 +98,28 @@ def test_plan_tiny_on_fake_mesh(tmp_path):
   ratio = r["flops_per_step"]["xla_hlo_unrolled"] / r["flops_per_step"]["analytical"]
   assert 0.9 < ratio < 1.3, ratio
   assert r["flops_per_step"]["xla_compiled_per_device"] > 0
+
+
+def test_plan_lora_counts_frozen_base_adapter_and_its_optimizer(tmp_path):
+  """LoRA plan (init_from not on disk: the preset's architecture): a bf16 frozen base, the fp32
+  adapter, and AdamW moments over the adapter only."""
+  path = tmp_path / "lora.py"
+  path.write_text(CONFIG.replace("num_layers=2)", "num_layers=2, param_dtype='bfloat16', "
+                                 "lora=dict(rank=4, alpha=8.0))\n  c.init_from = '/no/such/base'"))
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  proc = subprocess.run([sys.executable, "-m", "swallow_jax.plan", f"--config={path}", "--json",
+                         "--devices=4", "--mesh=fsdp:2,tensor:2", "--nohlo_flops"],
+                        capture_output=True, text=True, env=env, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "planning with the architecture of model.preset='tiny_gqa'" in proc.stderr
+  r = json.loads(proc.stdout.strip().splitlines()[-1])
+  shapes = jax.eval_shape(lambda: init_params(MODEL, jax.random.key(0)))
+  total = sum(math.prod(x.shape) * 2 for x in jax.tree.leaves(shapes))
+  norms = (2 * MODEL.num_layers + 1) * MODEL.hidden_size * 2
+  per_dev = r["per_device_bytes"]
+  assert per_dev["params"] == (total - norms) // 4 + norms  # bf16, sharded as in full training
+  d, f, l, q, kv = 64, 128, 2, 4 * 16, 2 * 16
+  adapter = 4 * l * (2 * (d + q) + 2 * (d + kv) + 3 * (d + f))
+  assert r["lora"]["num_trainable"] == adapter
+  assert per_dev["trainable"] < per_dev["params"]
+  assert 2 * per_dev["trainable"] <= per_dev["opt_state"] <= 2 * per_dev["trainable"] + 64

@@ -173,6 +173,11 @@ def test_cli_json_and_strict_exit(tmp_path):
   out = json.loads(res.stdout)
   assert out["documents"] == 12 and out["skipped"] == {**dict.fromkeys(BAD_TEXT, 1), "truncated_file": 0}
   assert np.isclose(out["tokens"], records.read_manifest(str(tmp_path / "o"))["tokens"])
+  # stderr is no terminal: the bar is plain lines; a short run gets its final count only.
+  progress = [line for line in res.stderr.splitlines() if " preprocess: " in line]
+  assert len(progress) == 1 and "\r" not in res.stderr, res.stderr
+  assert progress[0].split(" ", 1)[1].startswith(f"preprocess: {12 + len(BAD_TEXT)} docs [")
+  assert f"tokens={out['tokens']}" in progress[0]
   res = _cli(f"--input={path}", f"--tokenizer={TOKENIZER}", f"--output={tmp_path / 's'}",
              "--strict", "--workers=1")
   assert res.returncode != 0

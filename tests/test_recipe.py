@@ -315,6 +315,37 @@ def test_micro_demo_second_run_skips_everything(micro_demo):
   assert report["models"] == micro_demo[2]["models"]
 
 
+def test_micro_demo_lora_variant(micro_demo, tmp_path):
+  """configs/demo.py:micro,lora on a copy of the micro demo (its eval left out, so it reruns):
+  LoRA SFT beside full SFT on the same data, and what each cost in the report."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  src, workdir = micro_demo[0], str(tmp_path / "demo")
+  shutil.copytree(src, workdir, ignore=lambda d, names: ["eval"] if d == src else [])
+  config = _cfg("demo.py:micro,lora")
+  report = recipe.run(config, workdir)
+  assert {"swallow_instruct", "swallow_instruct_lora"} <= set(report["models"])
+  assert config.sft_lora.data.to_dict() == config.sft.data.to_dict()
+  full, lora = report["stages"]["sft"], report["stages"]["sft_lora"]
+  assert lora["status"] == "done" and lora["steps"] == full["steps"]
+  m = load_file(os.path.join(workdir, "chat_vector", "model", "model.safetensors"))
+  d = m["model.embed_tokens.weight"].shape[1]
+  q, kv, f = (m[f"model.layers.0.{k}.weight"].shape[0]
+              for k in ("self_attn.q_proj", "self_attn.k_proj", "mlp.up_proj"))
+  layers = len({n.split(".")[2] for n in m if n.startswith("model.layers.")})
+  per_rank = 2 * (d + q) + 2 * (d + kv) + 3 * (d + f)  # A and B of q, o; k, v; gate, up, down
+  assert lora["trainable_params"] == layers * config.sft_lora.model.lora.rank * per_rank
+  assert full["trainable_params"] == sum(x.size for x in m.values())
+  assert lora["checkpoint_bytes"] < full["checkpoint_bytes"] / 3
+  # The base stayed frozen: only the adapted projections differ from the chat-vector model.
+  out = load_file(os.path.join(workdir, "sft_lora", "hf", "model.safetensors"))
+  for name, x in m.items():
+    assert ("_proj" in name) != (out[name] == x).all(), name
+  md = open(os.path.join(workdir, "report.md")).read()
+  assert "LoRA vs full SFT: `swallow_instruct` -> `swallow_instruct_lora`" in md
+  assert "trained params | checkpoint MB" in md
+
+
 @pytest.mark.slow
 def test_full_demo(tmp_path):
   """`make demo`: the whole configs/demo.py. Budget: 10 minutes on 2 free cores."""

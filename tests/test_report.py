@@ -15,7 +15,9 @@ def _ppl(value, n=10, lang="ja"):
 
 
 def _score(kind, value, n=40):
-  return {"type": kind, "lang": "ja", "num_examples": n, "score": value, "metrics": {}}
+  """A result as evaluate.run_task makes it: `value` in the main metric's unit (BLEU 0-100)."""
+  return {"type": kind, "lang": "ja", "num_examples": n, "metrics": {"main": value},
+          "main_metric": "main", "score": value / (100 if kind == "translation" else 1)}
 
 
 def _chat(acc, ppl, n=8):
@@ -24,12 +26,19 @@ def _chat(acc, ppl, n=8):
 
 
 def test_model_metrics_names_and_counts():
-  metrics, counts = report.model_metrics({
+  metrics, counts, units = report.model_metrics({
       "wiki_ppl": _ppl(20.0, n=5), "en_ppl": _ppl(30.0, n=6, lang="en"), "ja_ppl": _ppl(40.0),
-      "ja_chat": _chat(0.25, 12.0), "niilc": _score("qa", 0.5, n=7)})
+      "ja_chat": _chat(0.25, 12.0), "niilc": _score("qa", 0.5, n=7),
+      "wmt": _score("translation", 23.5)})
   assert metrics == {"wiki_ppl": 20.0, "wiki_bpc": 2.0, "ja_ppl": 40.0,  # wiki_ppl is ja but a
                      "en_ppl": 30.0, "en_bpc": 3.0, "ja_bpc": 4.0,       # task ja_ppl wins
-                     "ja_chat_ppl": 12.0, "ja_chat_qa": 0.25, "niilc": 0.5}
+                     "ja_chat_ppl": 12.0, "ja_chat_qa": 0.25, "niilc": 0.5,
+                     "wmt": 23.5}  # BLEU on 0-100, as the plots show it (not score = 0.235)
+  assert units == {"wiki_ppl": "token perplexity", "wiki_bpc": "bits per char",
+                   "ja_ppl": "token perplexity", "en_ppl": "token perplexity",
+                   "en_bpc": "bits per char", "ja_bpc": "bits per char",
+                   "ja_chat_ppl": "token perplexity", "ja_chat_qa": "answer accuracy, 0-1",
+                   "niilc": "character F1, 0-1", "wmt": "BLEU, 0-100"}
   assert counts["wiki_bpc"] == 5 and counts["ja_chat_qa"] == 8 and counts["niilc"] == 7
   assert counts["ja_ppl"] == 10  # the task named ja_ppl, not wiki_ppl's language default
 
@@ -51,13 +60,15 @@ def test_noise_band_hand_values():
 
 def test_compare_directions_bands_and_expectations():
   models = {"a": {"ja_ppl": 100.0, "en_ppl": 50.0, "mc": 0.30, "qa": 0.10,
-                  "en_ja_translation": 0.10},
+                  "en_ja_translation": 10.0, "wmt": 10.0},
             "b": {"ja_ppl": 60.0, "en_ppl": 50.5, "mc": 0.80, "qa": 0.12,
-                  "en_ja_translation": 0.13, "only_b": 1.0}}
+                  "en_ja_translation": 13.0, "wmt": 11.5, "only_b": 1.0}}
   counts = {"a": {}, "b": {"mc": 40, "qa": 40}}
+  units = {"en_ja_translation": "BLEU, 0-100", "wmt": "BLEU, 0-100", "mc": "accuracy, 0-1"}
   found = {f["metric"]: f for f in report.compare(
-      models, counts, {"before": "a", "after": "b", "expect": {"qa": "up", "en_ppl": "same"}})}
-  assert set(found) == {"ja_ppl", "en_ppl", "mc", "qa", "en_ja_translation"}
+      models, counts, {"before": "a", "after": "b", "expect": {"qa": "up", "en_ppl": "same"}},
+      units)}
+  assert set(found) == {"ja_ppl", "en_ppl", "mc", "qa", "en_ja_translation", "wmt"}
   assert found["ja_ppl"] == {"metric": "ja_ppl", "before": 100.0, "after": 60.0,
                              "direction": "down", "noise_band": None}
   assert found["en_ppl"]["direction"] == "same" and found["en_ppl"]["as_expected"]  # 1% < 2%
@@ -67,6 +78,8 @@ def test_compare_directions_bands_and_expectations():
   assert not found["qa"]["as_expected"]
   assert found["en_ja_translation"]["noise_band"] == report.BLEU_TOLERANCE
   assert found["en_ja_translation"]["direction"] == "up"  # 3 BLEU points > 2
+  assert found["wmt"]["direction"] == "same"  # a BLEU task by its unit, whatever its name
+  assert found["wmt"]["noise_band"] == report.BLEU_TOLERANCE == 2.0
 
 
 def test_sentences():
@@ -124,7 +137,8 @@ def test_markdown_in_plain_words():
                        "Not seen (the measured change was the other way or within noise): "
                        "abl: `ja_qa`.\n")
   # Higher-is-better columns first, then lower-is-better ones.
-  assert "| model | ja_qa | ja_bpc | ja_ppl |\n|---|---|---|---|\n" in md
+  assert ("| model | ja_qa (character F1, 0-1) | ja_bpc (bits per char) | ja_ppl (token "
+          "perplexity) |\n|---|---|---|---|\n") in md
   assert "| abl | 0.550 | 6.100 | 61.0 |" in md
   assert ("### CPT: `base` -> `cpt`\n\nWhy.\n\n- `ja_bpc` fell 40% (10.0 -> 6.000).\n"
           "- `ja_ppl` fell 40% (100.0 -> 60.0) -- as expected.\n") in md
@@ -150,3 +164,23 @@ def test_write_files(tmp_path):
   for png in names[2:]:
     assert os.path.getsize(tmp_path / png) > 1000
   assert not [f for f in os.listdir(tmp_path) if ".tmp-" in f]
+
+
+def test_translation_is_bleu_0_100_in_the_table_and_over_100_on_the_radar(tmp_path, monkeypatch):
+  results = {m: {"en_ja_translation": _score("translation", bleu), "ja_qa": _score("qa", qa),
+                 "ja_mc": _score("multiple_choice", 0.5)}
+             for m, bleu, qa in (("base", 12.5, 0.1), ("cpt", 31.25, 0.6))}
+  rep = report.build({"comparisons": [{"before": "base", "after": "cpt"}]}, {}, results)
+  assert rep["units"]["en_ja_translation"] == "BLEU, 0-100"
+  md = report.markdown(rep)
+  assert ("| model | en_ja_translation (BLEU, 0-100) | ja_mc (accuracy, 0-1) | "
+          "ja_qa (character F1, 0-1) |") in md
+  assert "| base | 12.5 | 0.500 | 0.100 |" in md and "| cpt | 31.2 | 0.500 | 0.600 |" in md
+  assert "`en_ja_translation` rose from 12.5 to 31.2 (beyond the +/-2.00 noise band)" in md
+  from swallow_jax.evaluate import plots  # pylint: disable=g-import-not-at-top
+  drawn = {}
+  monkeypatch.setattr(plots, "radar_chart", lambda scores, path, **kw: drawn.update(
+      scores=scores, **kw) or path)
+  report.plot(rep, str(tmp_path))
+  assert drawn["scores"]["cpt"] == {"en_ja_translation": 0.3125, "ja_mc": 0.5, "ja_qa": 0.6}
+  assert drawn["labels"] == {"en_ja_translation": "en_ja_translation (BLEU/100)"}

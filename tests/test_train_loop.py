@@ -1,7 +1,10 @@
 """`run(config, workdir)` in process: NaN stop, resume onto another mesh, init_from, eval hook."""
 
+import glob
+import hashlib
 import json
 import os
+import struct
 
 import jax
 import numpy as np
@@ -86,3 +89,60 @@ def test_unknown_keys_are_errors(tiny):
     config_utils.validate(config)
   with pytest.raises(ValueError, match="unknown LlamaConfig field"):
     config_utils.model_config(tiny(model__hiden_size=8))
+
+
+def read_wandb_offline_run(run_file):
+  """The records of a W&B transaction log (run-ID.wandb: a LevelDB-style log of protobuf
+  Records in 32 KiB blocks, after a 7-byte ':W&B' header); wandb itself has no offline reader."""
+  from wandb.proto import wandb_internal_pb2  # pylint: disable=g-import-not-at-top
+  with open(run_file, "rb") as f:
+    data = f.read()
+  assert struct.unpack("<4sHB", data[:7]) == (b":W&B", 0xBEE1, 0)
+  block, pos, records, chunk = 32768, 7, [], b""
+  while pos + 7 <= len(data):
+    if block - pos % block < 7:  # too little room for a record header: the block is padded
+      pos += block - pos % block
+      continue
+    _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])  # crc32, length, full/first/...
+    if (length, kind) == (0, 0):
+      break
+    chunk += data[pos + 7:pos + 7 + length]
+    pos += 7 + length
+    if kind in (1, 4):  # a FULL record, or the LAST piece of one
+      records.append(wandb_internal_pb2.Record.FromString(chunk))
+      chunk = b""
+  return records
+
+
+@pytest.mark.slow  # ~35 s on 2 busy cores: the tiny run's compile, and wandb's service start
+def test_wandb_offline_run_holds_the_logged_metrics(tiny, tmp_path, monkeypatch):
+  """`--config.train.wandb_project=NAME` under WANDB_MODE=offline: the real wandb writes a run
+  with every logged step's scalars, the ones metrics.jsonl has."""
+  pytest.importorskip("wandb")
+  for var, sub in (("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"),
+                   ("WANDB_DATA_DIR", "data")):
+    monkeypatch.setenv(var, str(tmp_path / "wandb_home" / sub))  # nothing under ~ is touched
+  monkeypatch.setenv("WANDB_MODE", "offline")
+  monkeypatch.setenv("WANDB_SILENT", "true")
+  workdir = str(tmp_path / "run")
+  loop.run(tiny(train__num_steps=3, train__wandb_project="swallow-test",
+                train__tensorboard=False), workdir)
+  runs = glob.glob(os.path.join(workdir, "wandb", "offline-run-*", "run-*.wandb"))
+  assert len(runs) == 1, runs
+  records = read_wandb_offline_run(runs[0])
+  run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+  assert run.project == "swallow-test"
+  assert run.run_id == hashlib.sha1(os.path.abspath(workdir).encode()).hexdigest()[:16]
+  config = {i.key: json.loads(i.value_json) for i in run.config.update}
+  assert config["train"]["wandb_project"] == "swallow-test" and config["train"]["num_steps"] == 3
+  history = {r.history.step.num: {i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                                  for i in r.history.item}
+             for r in records if r.WhichOneof("record_type") == "history"}
+  logged = read_metrics(workdir)
+  assert sorted(history) == [m["step"] for m in logged] == [1, 2, 3]
+  for m in logged:
+    for key in ("loss", "lr", "grad_norm", "tokens_per_sec"):
+      assert history[m["step"]][key] == m[key], (m["step"], key)
+    assert history[m["step"]]["source_tokens/towns"] == m["source_tokens"]["towns"]
+    assert "mfu" not in history[m["step"]]  # None on CPU: not a scalar
+  assert any(r.WhichOneof("record_type") == "exit" for r in records)  # finished, not cut off

@@ -23,12 +23,10 @@ import logging
 import os
 import shutil
 import statistics
-import sys
 import time
 from typing import Any
 
-from tqdm import tqdm
-
+from swallow_jax import cli
 from swallow_jax import decode
 from swallow_jax import fileio
 from swallow_jax.evaluate import loglik
@@ -209,13 +207,6 @@ def _read_results(output: str) -> dict[str, Any]:
     return json.load(f)
 
 
-def _progress(total: int, desc: str, enabled: bool):
-  """tqdm on a terminal, else None: the caller prints one plain line per task (logs, CI)."""
-  if enabled and sys.stderr.isatty():
-    return tqdm(total=total, desc=desc, unit="task")
-  return None
-
-
 def _log_scalars(output: str, model: str, results: Mapping[str, Mapping[str, Any]]) -> None:
   """One TensorBoard run per model under output/tensorboard/<model>: every numeric metric."""
   import tensorboardX  # pylint: disable=g-import-not-at-top
@@ -254,8 +245,8 @@ def evaluate_models(models: Mapping[str, str], tasks: Sequence[Task | str],
     if todo:
       tok_path = tokenizer.get(name) if isinstance(tokenizer, Mapping) else tokenizer
       config, params, tok = decode.load_for_decoding(path, tok_path, dtype, progress=progress)
-      bar = _progress(len(todo), name, progress)
-      for i, task_name in enumerate(todo, 1):
+      bar = cli.progress(total=len(todo), desc=f"eval {name}", unit="task", enabled=progress)
+      for task_name in todo:
         t0 = time.perf_counter()
         if task_name in chats:
           res = score_chats(config, params, tok, chats[task_name], batch_size=batch_size,
@@ -267,14 +258,9 @@ def evaluate_models(models: Mapping[str, str], tasks: Sequence[Task | str],
         res["seconds"] = round(time.perf_counter() - t0, 2)
         entry["tasks"][task_name] = res
         fileio.write_json(os.path.join(output, RESULTS), results)
-        if bar is not None:
-          bar.set_postfix_str(task_name)
-          bar.update()
-        elif progress:
-          print(f"eval {name}: task {i}/{len(todo)} {task_name} done in {res['seconds']:.1f}s",
-                file=sys.stderr, flush=True)
-      if bar is not None:
-        bar.close()
+        bar.set_postfix_str(f"{task_name} {res['seconds']:.1f}s", refresh=False)
+        bar.update()
+      bar.close()
       del params
     entry["tasks"] = {n: entry["tasks"][n] for n in names}
     _log_scalars(output, name, entry["tasks"])

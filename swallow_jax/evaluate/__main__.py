@@ -32,8 +32,7 @@ from absl import flags
 from swallow_jax import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("model", None, "Model dirs (HF safetensors, convert's Orbax dir, training "
-                  "workdirs or checkpoints).")
+flags.DEFINE_list("model", None, "Models, comma-separated; each: " + cli.MODEL_HELP)
 flags.DEFINE_list("names", None, "Labels for the models in results and plots (default: dir names).")
 flags.DEFINE_list("tokenizer", None, "Tokenizer path for all models, or one per model.")
 flags.DEFINE_list("tasks", None, "Comma-separated task files (JSONL, see evaluate/tasks.py).")

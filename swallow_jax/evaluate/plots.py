@@ -7,22 +7,29 @@ numbers in a table beside it, so overlapping polygons stay readable.
 """
 
 from collections.abc import Mapping
+import functools
 import math
 import os
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 Values = Mapping[str, Mapping[str, float]]
 PLOT_FILES = ("scores.png", "radar.png", "perplexity.png")
-# The unit of each task type's main metric, as plotted (translation in BLEU points, 0-100).
-UNITS = {"multiple_choice": "accuracy", "qa": "character F1", "math": "accuracy",
-         "translation": "BLEU (0-100)", "perplexity": "bits per byte (lower is better)",
-         "chat": "answer accuracy"}
+# The unit of each task type's main metric, as plotted and in the recipe report's table
+# (translation in BLEU points, 0-100; the others are fractions).
+UNITS = {"multiple_choice": "accuracy, 0-1", "qa": "character F1, 0-1", "math": "accuracy, 0-1",
+         "translation": "BLEU, 0-100", "perplexity": "bits per byte (lower is better)",
+         "chat": "answer accuracy, 0-1"}
+
+
+@functools.cache
+def pyplot() -> Any:
+  """matplotlib.pyplot on the file-only Agg backend, imported on first use (it takes seconds)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
 
 
 def _keys(values: Values) -> list[str]:
@@ -46,6 +53,7 @@ def radar_chart(scores: Values, path: str, *, title: str = "", max_value: float 
   labels = labels or {}
   models = list(scores)
   angles = np.linspace(0, 2 * np.pi, len(axes_keys), endpoint=False)
+  plt = pyplot()
   fig = plt.figure(figsize=(12, 6))
   ax = fig.add_axes((0.08, 0.08, 0.38, 0.8), projection="polar")
   # Models with equal scores would hide each other: shift each one's markers by a small angle.
@@ -93,6 +101,7 @@ def metric_panels(values: Values, path: str, *, title: str = "",
   cols = min(4, len(metrics))
   rows = math.ceil(len(metrics) / cols)
   width = max(2.6, 0.55 * len(models) + 1.2)
+  plt = pyplot()
   fig, axes = plt.subplots(rows, cols, figsize=(width * cols, 3.2 * rows), squeeze=False)
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   for ax, metric in zip(axes.flat, metrics):

@@ -41,7 +41,7 @@ log-likelihood (our multiple_choice), where llm-jp-eval generates the choice num
 comparable between models evaluated here, not digit for digit with the Swallow leaderboard.
 
 Bad input stops with one line naming the file and the line (or, inside a JSON or XML document,
-the item) at fault.
+the item) at fault. An existing non-empty --output is refused unless --overwrite.
 """
 
 from collections.abc import Callable, Sequence
@@ -51,6 +51,7 @@ import os
 from typing import Any
 import xml.etree.ElementTree as ET
 
+from swallow_jax import fileio
 from swallow_jax.evaluate import scoring
 from swallow_jax.evaluate.tasks import make_task, write_task
 
@@ -92,14 +93,10 @@ def _lines(path: str, skip_blank: bool = True):
 
 
 def _jsonl(path: str):
-  for n, line in _lines(path):
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise InputError(f"{path}:{n}: not JSON ({e.msg})") from None
-    if not isinstance(row, dict):
-      raise InputError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-    yield n, row
+  try:
+    yield from fileio.read_jsonl(path)
+  except ValueError as e:  # the same one-line message, as this module's input error
+    raise InputError(str(e)) from None
 
 
 def _json(path: str) -> Any:
@@ -359,15 +356,19 @@ def _define_flags() -> None:
   flags.DEFINE_list("fewshot_input", [], "Source file(s) of the demonstrations (the train/dev "
                     "split); default: the first --num_fewshot examples of --input.")
   flags.DEFINE_string("output", None, "Task file to write (JSONL), e.g. ROOT/tasks/niilc.jsonl.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing --output.")
   flags.DEFINE_integer("num_fewshot", None, "Demonstrations per prompt (default: the Swallow "
                        "setting, 4; 0 for perplexity).")
   flags.mark_flags_as_required(["task", "input", "output"])
 
 
 def main(argv: Sequence[str]) -> None:
+  """The command line: reads --input, writes the task file --output."""
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from swallow_jax import cli  # pylint: disable=g-import-not-at-top
   del argv
   f = flags.FLAGS
+  cli.check_output(f.output, f.overwrite)
   header, examples = prepare(f.task, f.input, f.fewshot_input, f.num_fewshot)
   write(f.output, header, examples)
   scored = len(examples) - (0 if "fewshot" in header else header["num_fewshot"])

@@ -13,6 +13,8 @@ Path forms `resolve` accepts (kind in brackets):
   * [train] a training run: WORKDIR (latest step), WORKDIR/checkpoints (latest step), a step dir
             WORKDIR/checkpoints/<N>, or WORKDIR/checkpoints/<N>/state. Only "params" is restored
             (partial restore); the model config is the one the run wrote to WORKDIR/config.json.
+            A LoRA run (config.json: model.lora.rank > 0) holds no base weights: `load` reads
+            its base (config.json's init_from, `ModelRef.base`) and merges the adapter into it.
 The config always comes from the checkpoint itself, never from a preset.
 
 Safetensors are read with pread (`SafetensorsReader`: whole tensors or row ranges into fresh
@@ -40,11 +42,13 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
-from tqdm import tqdm
+import orbax.checkpoint as ocp
 
+from swallow_jax import cli
 from swallow_jax import fileio
 from swallow_jax.model import hf
 from swallow_jax.model.config import LlamaConfig
+from swallow_jax.model import lora as lora_lib
 from swallow_jax.model.llama import Params, init_params, is_per_layer, unstack_layers
 from swallow_jax.tokenizer import specials
 
@@ -78,6 +82,8 @@ class ModelRef:
   config: LlamaConfig
   tokenizer_dir: str | None = None
   step: int | None = None
+  lora: lora_lib.LoraConfig | None = None  # A LoRA run: the adapter's config ...
+  base: str | None = None  # ... and the model it adapts (a `base_model_path`).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,9 +176,18 @@ def _train_ref(step_dir: str) -> ModelRef:
   tokenizer = resolved.get("tokenizer") or None
   if tokenizer and not os.path.isabs(tokenizer) and not os.path.exists(tokenizer):
     tokenizer = os.path.join(workdir, tokenizer)
+  lora, base = None, None
+  if (resolved["model"].get("lora") or {}).get("rank"):
+    try:
+      lora = lora_lib.LoraConfig.from_dict(resolved["model"]["lora"])
+    except (TypeError, ValueError) as e:
+      raise ModelPathError(f"{cfg_file}: bad model.lora section ({e})") from None
+    base = resolved.get("init_from") or ""
+    if not base:
+      raise ModelPathError(f"{cfg_file}: a LoRA run without init_from (its base model)")
   return ModelRef("train", os.path.join(step_dir, "state"), config,
                   tokenizer if tokenizer and os.path.exists(tokenizer) else None,
-                  int(os.path.basename(step_dir)))
+                  int(os.path.basename(step_dir)), lora, base)
 
 
 def resolve(path: str | os.PathLike[str]) -> ModelRef:
@@ -212,6 +227,13 @@ def resolve(path: str | os.PathLike[str]) -> ModelRef:
 
 def _ref(path_or_ref: str | os.PathLike[str] | ModelRef) -> ModelRef:
   return path_or_ref if isinstance(path_or_ref, ModelRef) else resolve(path_or_ref)
+
+
+def base_model_path(path_or_ref: str | os.PathLike[str] | ModelRef) -> str:
+  """The absolute path that names exactly this model for `resolve`: the HF dir (a Hub id's
+  snapshot), the `--to_orbax` dir, or a training run's step dir (not "latest", which moves)."""
+  ref = _ref(path_or_ref)
+  return ref.path if ref.kind == "hf" else os.path.dirname(ref.path)
 
 
 # Safetensors ---------------------------------------------------------------------------------
@@ -475,8 +497,8 @@ def _load_hf(ref: ModelRef, dtype: Any, shardings: Params | None,
     config = dataclasses.replace(ref.config, param_dtype=name)
     expected = _abstract(config)
     params: dict = {}
-    for p in tqdm(hf.param_paths(config), desc=f"load {os.path.basename(ref.path)}",
-                  disable=not progress):
+    for p in cli.progress(hf.param_paths(config), desc=f"load {os.path.basename(ref.path)}",
+                          enabled=progress):
       if shardings is None:
         value = jnp.asarray(read_hf_param(reader, p, config.num_layers).astype(name))
       else:
@@ -488,7 +510,6 @@ def _load_hf(ref: ModelRef, dtype: Any, shardings: Params | None,
 
 
 def _load_orbax(ref: ModelRef, dtype: Any, shardings: Params | None) -> tuple[LlamaConfig, Params]:
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   name = jnp.dtype(dtype).name if dtype is not None else ref.config.param_dtype
   config = dataclasses.replace(ref.config, param_dtype=name)
   abstract = _abstract(config)
@@ -500,14 +521,19 @@ def _load_orbax(ref: ModelRef, dtype: Any, shardings: Params | None) -> tuple[Ll
   item, args = abstract, ocp.checkpoint_utils.construct_restore_args(abstract)
   if ref.kind == "train":
     item, args = {"params": item}, {"params": args}
+  restored = _partial_restore(ref.path, item, args, "the parameters")
+  return config, restored["params"] if ref.kind == "train" else restored
+
+
+def _partial_restore(path: str, item: Any, args: Any, what: str) -> Any:
+  """The subtree `item` of the Orbax checkpoint at `path`; ModelPathError naming `what`."""
   try:
     with ocp.PyTreeCheckpointer() as ckptr:
-      restored = ckptr.restore(ref.path, args=ocp.args.PyTreeRestore(
+      return ckptr.restore(path, args=ocp.args.PyTreeRestore(
           item=item, restore_args=args, partial_restore=True))
   except Exception as e:  # pylint: disable=broad-except  (Orbax raises many kinds)
     first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-    raise ModelPathError(f"{ref.path}: cannot restore the parameters ({first})") from None
-  return config, restored["params"] if ref.kind == "train" else restored
+    raise ModelPathError(f"{path}: cannot restore {what} ({first})") from None
 
 
 def load(path_or_ref: str | os.PathLike[str] | ModelRef, *, dtype: Any = None,
@@ -521,13 +547,49 @@ def load(path_or_ref: str | os.PathLike[str] | ModelRef, *, dtype: Any = None,
   (`model.unstack_layers`), split one stacked array at a time.
   """
   ref = _ref(path_or_ref)
-  if ref.kind == "hf":
+  if ref.lora is not None:
+    config, params = _load_lora_run(ref, dtype, shardings, progress)
+  elif ref.kind == "hf":
     config, params = _load_hf(ref, dtype, shardings, progress)
   else:
     config, params = _load_orbax(ref, dtype, shardings)
   if decode:
     params = unstack_layers(params, consume=True)
   return config, params
+
+
+def load_adapter(path_or_ref: str | os.PathLike[str] | ModelRef
+                 ) -> tuple[Params, Params, lora_lib.LoraConfig]:
+  """(adapter, extra trainable params, LoraConfig) of a LoRA training run, as host numpy arrays
+  (fp32, stacked layout); `extra` is {} unless the run set `model.lora.trainable`."""
+  ref = _ref(path_or_ref)
+  if ref.lora is None:
+    raise ModelPathError(f"{ref.path}: not a LoRA training run (config.json has no "
+                         "model.lora.rank > 0)")
+  item = {"lora": jax.eval_shape(lambda: lora_lib.init_lora(ref.config, ref.lora,
+                                                             jax.random.key(0)))}
+  if ref.lora.trainable:
+    abstract = _abstract(dataclasses.replace(ref.config, param_dtype="float32"))
+    item["extra"] = {k: abstract[k] for k in ref.lora.trainable}
+  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+  restored = _partial_restore(ref.path, item, args, "the LoRA adapter")
+  return restored["lora"], restored.get("extra", {}), ref.lora
+
+
+def _load_lora_run(ref: ModelRef, dtype: Any, shardings: Params | None,
+                   progress: bool) -> tuple[LlamaConfig, Params]:
+  """The run's base (in `dtype`, default the run's param_dtype) with its adapter merged in."""
+  adapter, extra, lora_cfg = load_adapter(ref)
+  try:
+    base = resolve(ref.base)
+  except ModelPathError as e:
+    raise ModelPathError(f"{ref.path}: its base model {ref.base} (config.json init_from) is "
+                         f"unreadable: {e}") from None
+  config, params = load(base, dtype=dtype or ref.config.param_dtype, shardings=shardings,
+                        progress=progress)
+  for k, sub in extra.items():
+    params[k] = jax.tree.map(lambda x, p: jnp.asarray(x).astype(p.dtype), sub, params[k])
+  return config, lora_lib.merge_lora(config, params, adapter, lora_cfg)
 
 
 # Saving --------------------------------------------------------------------------------------
@@ -575,9 +637,9 @@ def save_hf(path: str, config: LlamaConfig, params: Params, *, dtype: Any = jnp.
   plan = _hf_plan(config, dtype)
   with fileio.atomic_dir(path, overwrite=overwrite) as tmp:
     writer = SafetensorsWriter(tmp, plan, max_shard_bytes)
-    for name, x in tqdm(hf_tensors(config, params, dtype), total=len(plan),
-                        desc=f"save {os.path.basename(os.path.abspath(path))}",
-                        disable=not progress):
+    for name, x in cli.progress(hf_tensors(config, params, dtype), total=len(plan),
+                                desc=f"save {os.path.basename(os.path.abspath(path))}",
+                                enabled=progress):
       writer.write(name, x)
     writer.close()
     write_model_files(tmp, config, dtype, tokenizer_dir)
@@ -586,7 +648,6 @@ def save_hf(path: str, config: LlamaConfig, params: Params, *, dtype: Any = jnp.
 def save_orbax(path: str, config: LlamaConfig, params: Params, *, overwrite: bool = False) -> None:
   """Writes DIR/params (Orbax, any sharding) + DIR/hf_config.json, the layout `resolve` reads
   as kind "orbax". Appears complete or not at all."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   if is_per_layer(params):
     raise ValueError("save_orbax: pass the stacked layout (load without decode=True)")
   with fileio.atomic_dir(path, overwrite=overwrite) as tmp:
@@ -607,8 +668,7 @@ class OrbaxTensors:
   """
 
   def __init__(self, ref: ModelRef):
-    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-    self._ocp, self._ref = ocp, ref
+    self._ref = ref
     self._prefix = ("params",) if ref.kind == "train" else ()
     self._ckpt = ocp.PyTreeCheckpointer()
     try:
@@ -633,11 +693,11 @@ class OrbaxTensors:
     p, layer = self._source[name]
     if self._cache is None or self._cache[0] != p:
       self._cache = None
-      item, args = 0, self._ocp.RestoreArgs(restore_type=np.ndarray)
+      item, args = 0, ocp.RestoreArgs(restore_type=np.ndarray)
       for k in reversed(self._prefix + p):
         item, args = {k: item}, {k: args}
       try:
-        tree = self._ckpt.restore(self._ref.path, args=self._ocp.args.PyTreeRestore(
+        tree = self._ckpt.restore(self._ref.path, args=ocp.args.PyTreeRestore(
             item=item, restore_args=args, partial_restore=True))
       except Exception as e:  # pylint: disable=broad-except
         raise ModelPathError(f"{self._ref.path}: {'/'.join(p)}: cannot restore ({e})") from None
@@ -650,9 +710,29 @@ class OrbaxTensors:
     self._cache = None
 
 
-def open_tensors(path_or_ref: str | os.PathLike[str] | ModelRef) -> SafetensorsReader | OrbaxTensors:
+class MergedTensors:
+  """A LoRA run's merged model (`load`, held in host memory) seen as HF tensors."""
+
+  def __init__(self, ref: ModelRef):
+    config, params = load(ref, progress=False)
+    self._tensors = dict(hf_tensors(config, params, np.dtype(jnp.dtype(config.param_dtype))))
+    self.entries = {n: TensorInfo(x.shape, x.dtype) for n, x in self._tensors.items()}
+
+  def read(self, name: str, lo: int = 0, hi: int | None = None) -> np.ndarray:
+    """Rows [lo, hi) of HF tensor `name`."""
+    x = self._tensors[name]
+    return x[lo:hi] if x.ndim else x
+
+  def close(self) -> None:
+    self._tensors = {}
+
+
+def open_tensors(path_or_ref: str | os.PathLike[str] | ModelRef
+                 ) -> SafetensorsReader | OrbaxTensors | MergedTensors:
   """A per-tensor reader with HF tensor names (`.entries`, `.read(name, lo, hi)`, `.close()`)."""
   ref = _ref(path_or_ref)
+  if ref.lora is not None:
+    return MergedTensors(ref)
   return SafetensorsReader(ref.path) if ref.kind == "hf" else OrbaxTensors(ref)
 
 

@@ -29,20 +29,32 @@ TARGETS = {"q_proj": ("attn", "self_attn"), "k_proj": ("attn", "self_attn"),
            "v_proj": ("attn", "self_attn"), "o_proj": ("attn", "self_attn"),
            "gate_proj": ("mlp", "mlp"), "up_proj": ("mlp", "mlp"), "down_proj": ("mlp", "mlp")}
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
+# Top-level params that `LoraConfig.trainable` may train in full beside the adapter.
+EXTRA_TRAINABLE = ("embed", "lm_head", "final_norm")
 
 
 @dataclasses.dataclass(frozen=True)
 class LoraConfig:
-  """rank 0 = no adapter. scale = alpha / rank (alpha / sqrt(rank) with `rslora`)."""
+  """rank 0 = no adapter. scale = alpha / rank (alpha / sqrt(rank) with `rslora`).
+
+  `trainable`: top-level params (of EXTRA_TRAINABLE, e.g. "embed" for the embeddings of added
+  tokens) that training updates in full, in fp32, beside the adapter (PEFT's modules_to_save).
+  """
 
   rank: int = 0
   alpha: float = 16.0
   dropout: float = 0.0
   targets: tuple[str, ...] = tuple(TARGETS)
   rslora: bool = False
+  trainable: tuple[str, ...] = ()
 
   def __post_init__(self):
     object.__setattr__(self, "targets", tuple(self.targets))
+    object.__setattr__(self, "trainable", tuple(self.trainable))
+    bad = sorted(set(self.trainable) - set(EXTRA_TRAINABLE))
+    if bad:
+      raise ValueError(f"LoraConfig.trainable: unknown {bad}; choose from "
+                       f"{list(EXTRA_TRAINABLE)}")
     if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 0:
       raise ValueError(f"LoraConfig.rank must be an int >= 0, got {self.rank!r}")
     if not 0 <= self.dropout < 1:
@@ -87,10 +99,24 @@ def init_lora(config: LlamaConfig, lora_cfg: LoraConfig, rng: jax.Array,
               dtype: Any = jnp.float32) -> Params:
   """A new stacked adapter: A as PEFT (kaiming-uniform a=sqrt(5): U(±1/sqrt(in))), B zero, so the
   adapted model starts equal to the base. Jit with out_shardings to create it sharded."""
+  return _init_adapter(config.num_layers, _dims(config), lora_cfg, rng, dtype)
+
+
+def init_lora_like(params: Params, lora_cfg: LoraConfig, rng: jax.Array,
+                   dtype: Any = jnp.float32) -> Params:
+  """`init_lora` with the shapes read from stacked `params` (or their ShapeDtypeStructs)."""
+  dims = {}
+  for path in _kernel_paths(lora_cfg):
+    kernel = adapter_leaf(params, (*path, "kernel"))
+    num_layers, *dims[path[-1]] = kernel.shape
+  return _init_adapter(num_layers, dims, lora_cfg, rng, dtype)
+
+
+def _init_adapter(l: int, dims: Mapping[str, tuple[int, int]], lora_cfg: LoraConfig,
+                  rng: jax.Array, dtype: Any) -> Params:
   if lora_cfg.rank == 0:
     raise ValueError("init_lora: LoraConfig.rank is 0 (LoRA off)")
-  l, r = config.num_layers, lora_cfg.rank
-  dims = _dims(config)
+  r = lora_cfg.rank
   out = {}
   for key, path in zip(jax.random.split(rng, len(lora_cfg.targets)), _kernel_paths(lora_cfg)):
     d_in, d_out = dims[path[-1]]
@@ -123,18 +149,23 @@ def merge_lora(config: LlamaConfig, params: Params, adapter: Params,
     if kpath not in flat:
       raise ValueError(f"merge_lora: adapter tensor {'/'.join(path)} has no kernel in params")
     w = flat[kpath]
-    delta = jnp.matmul(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32),
-                       precision=jax.lax.Precision.HIGHEST)
-    flat[kpath] = (jnp.asarray(w, jnp.float32) + lora_cfg.scale * delta).astype(w.dtype)
+    flat[kpath] = (jnp.asarray(w, jnp.float32) + lora_delta(a, b, lora_cfg.scale)).astype(w.dtype)
   return traverse_util.unflatten_dict(flat)
 
 
+def lora_delta(a: Any, b: Any, scale: float) -> jax.Array:
+  """scale * A @ B in fp32 (HIGHEST precision): the update `merge_lora` adds to a kernel, for
+  stacked [L, in, r] @ [L, r, out] or one layer's [in, r] @ [r, out] (the same bits per layer)."""
+  return scale * jnp.matmul(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32),
+                            precision=jax.lax.Precision.HIGHEST)
+
+
 def adapter_leaf(adapter: Params, path: tuple[str, ...]) -> Any:
-  """The adapter array at `path`; a missing one is an error naming it."""
+  """The adapter (or params) array at `path`; a missing one is an error naming it."""
   node = adapter
   for k in path:
     if not isinstance(node, Mapping) or k not in node:
-      raise ValueError(f"LoRA adapter has no tensor {'/'.join(path)}")
+      raise ValueError(f"LoRA adapter or params have no tensor {'/'.join(path)}")
     node = node[k]
   return node
 
@@ -143,6 +174,9 @@ def save_peft(path: str, config: LlamaConfig, adapter: Params, lora_cfg: LoraCon
               base_model_name_or_path: str = "", overwrite: bool = False) -> None:
   """Writes a PEFT LoRA directory (adapter_config.json + adapter_model.safetensors) atomically,
   loadable by `peft.PeftModel.from_pretrained` over the HF model of `config`."""
+  if lora_cfg.trainable:
+    raise ValueError(f"save_peft: LoraConfig.trainable={list(lora_cfg.trainable)} (fully trained "
+                     "tensors) has no PEFT file form here; export the merged model instead")
   if is_per_layer(adapter):
     adapter = {"layers": jax.tree.map(lambda *xs: np.stack(xs), *(
         adapter[f"layers_{i}"] for i in range(config.num_layers)))}

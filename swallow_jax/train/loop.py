@@ -5,6 +5,10 @@ Start-up picks one of three ways to get the train state:
   init_from  any model path swallow_jax.model.io reads (HF dir, `convert --to_orbax` dir, another
              run's workdir): weights only, fresh optimizer, step 0;
   scratch    random init (config.train.seed).
+LoRA (config.model.lora.rank > 0, swallow_jax.train.step): init_from is the frozen base, loaded
+at every start; checkpoints hold the adapter, its optimizer state, step, RNG and data position,
+not the base; config.json records the base's pinned absolute path and a resume refuses another
+base, or other adapter settings.
 Then it steps until config.train.num_steps, logging metrics, saving checkpoints every N steps /
 M minutes / on SIGTERM or Ctrl-C, and stopping with NonFiniteLossError on a NaN/inf loss (before
 any save of the bad state, so the last checkpoint stays good).
@@ -29,6 +33,7 @@ import threading
 import time
 from typing import Any
 
+from flax import traverse_util
 import jax
 import ml_collections
 import numpy as np
@@ -44,6 +49,9 @@ from swallow_jax.train import step as step_lib
 # LlamaConfig fields that change the saved parameters' shapes, dtypes or layout.
 STATE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
                 "num_kv_heads", "head_dim", "tie_word_embeddings", "param_dtype", "scan_layers")
+# With LoRA, what the saved adapter means: its settings and the base it was trained on.
+LORA_STATE_KEYS = ("model.lora.rank", "model.lora.alpha", "model.lora.targets",
+                   "model.lora.rslora", "model.lora.trainable", "init_from")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -90,25 +98,15 @@ def _global_batch(local: Mapping[str, np.ndarray], sharding: jax.sharding.Shardi
           for k in step_lib.BATCH_KEYS}
 
 
-def _load_init(path: str, abstract_params: Any) -> Any:
+def _load_init(path: str, abstract_params: Any, what: str = "initialized weights") -> Any:
   """Weights from `init_from` (any path swallow_jax.model.io resolves) onto the target shardings."""
   from swallow_jax.model import io as model_io  # pylint: disable=g-import-not-at-top
   shardings = jax.tree.map(lambda a: a.sharding, abstract_params)
   dtype = jax.tree.leaves(abstract_params)[0].dtype
   _, params = model_io.load(path, dtype=dtype, shardings=shardings,
                             progress=jax.process_index() == 0)
-  logging.info("initialized weights from %s", path)
+  logging.info("%s from %s", what, path)
   return params
-
-
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, Mapping) and v:
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[prefix + k] = v
-  return out
 
 
 def _config_changes(workdir: str, resolved: dict[str, Any]) -> list[dict[str, Any]]:
@@ -121,8 +119,8 @@ def _config_changes(workdir: str, resolved: dict[str, Any]) -> list[dict[str, An
   if not os.path.exists(path):
     return []
   with open(path, encoding="utf-8") as f:
-    old = _flatten(json.load(f))
-  new = _flatten(json.loads(json.dumps(resolved)))
+    old = traverse_util.flatten_dict(json.load(f), sep=".")
+  new = traverse_util.flatten_dict(json.loads(json.dumps(resolved)), sep=".")
   for field in STATE_FIELDS:
     key = f"model.{field}"
     if key in old and old[key] != new.get(key):
@@ -130,6 +128,15 @@ def _config_changes(workdir: str, resolved: dict[str, Any]) -> list[dict[str, An
           f"{key}: checkpoint {old[key]}, config {new.get(key)} ({workdir}): the saved state "
           "cannot continue with this model; start a new workdir, or set "
           f"config.init_from={workdir} to take its weights only")
+  if old.get("model.lora.rank"):
+    for key in LORA_STATE_KEYS:
+      if key in old and old[key] != new.get(key):
+        fix = (f"--config.{key}={old[key]} resumes it" if key == "init_from"
+               else "start a new workdir to change them")
+        raise checkpoint.IncompatibleCheckpointError(
+            f"{key}: checkpoint {old[key]!r}, config {new.get(key)!r} ({workdir}): this LoRA "
+            f"adapter was trained with the former (base model and adapter settings must stay the "
+            f"same); {fix}")
   return [{"key": k, "old": old.get(k), "new": new.get(k)}
           for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
@@ -149,17 +156,18 @@ def _record_config(workdir: str, resolved: dict[str, Any], changes: list[dict[st
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains per `config`, writing into `workdir`; resumes if `workdir` holds a checkpoint.
 
-  Returns {'step', 'loss', 'preempted', 'params', 'model_config', 'workdir'}. Raises
+  Returns {'step', 'loss', 'preempted', 'params', 'model_config', 'workdir'} ('params': with
+  LoRA, the adapter merged into the base). Raises
   NonFiniteLossError on NaN/inf, ValueError on bad configs or incompatible checkpoints,
   lock.WorkdirInUseError when another run holds `workdir`, checkpoint.CheckpointSaveError when
   an asynchronous save failed.
   """
   spec = config_utils.TrainSpec.from_config(config)
-  if spec.lora.rank:  # Refuse rather than silently train every weight.
-    raise NotImplementedError("config.model.lora.rank > 0: LoRA training is not implemented yet")
   parallel.initialize()
+  resolved = config_utils.resolved_dict(config, spec.model,
+                                        spec.init_from if spec.lora.rank else None)
   with lock_lib.workdir_lock(workdir, enabled=jax.process_index() == 0):
-    return _Trainer(spec, config_utils.resolved_dict(config, spec.model), workdir).run()
+    return _Trainer(spec, resolved, workdir).run()
 
 
 class _Trainer:
@@ -201,25 +209,32 @@ class _Trainer:
         seed=seed if spec.data.shuffle_seed is None else spec.data.shuffle_seed)
 
     model_cfg = spec.model
-    abstract = jax.eval_shape(lambda: step_lib.init_state(model_cfg, tx, seed))
+    lora_cfg = self.lora_cfg = spec.lora if spec.lora.rank else None
+    abstract = jax.eval_shape(lambda: step_lib.init_state(model_cfg, tx, seed, lora_cfg))
     param_sh = parallel.param_shardings(abstract["params"], param_logical_axes(model_cfg),
                                         self.mesh)
     parallel.check_sharded(abstract["params"], param_sh, self.mesh)
-    shardings = step_lib.state_shardings(abstract, tx, param_sh, self.mesh)
+    lora_sh = (step_lib.lora_shardings(model_cfg, lora_cfg, abstract["lora"], self.mesh)
+               if lora_cfg else None)
+    shardings = step_lib.state_shardings(abstract, tx, param_sh, self.mesh, lora_sh)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             abstract, shardings)
 
     self.mngr = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), spec.checkpoint)
     # Before the restore, which may set unreadable checkpoints aside: a mismatch writes nothing.
     changes = _config_changes(workdir, self.resolved) if self.mngr.latest_step() is not None else []
-    restored = checkpoint.restore_latest(self.mngr, abstract, self.data_iter)
+    restored = checkpoint.restore_latest(self.mngr, step_lib.checkpointed(abstract),
+                                         self.data_iter)
     if restored is not None:
       self.start, self.state = restored
+      if lora_cfg:  # The checkpoint holds the adapter; the frozen base comes from init_from.
+        self.state["params"] = _load_init(spec.init_from, abstract["params"], "LoRA base")
       logging.info("resumed from %s/checkpoints step %d", workdir, self.start)
     elif spec.init_from:
       self.start = 0
-      params = _load_init(spec.init_from, abstract["params"])
-      self.state = jax.jit(lambda p: step_lib.state_from_params(p, tx, seed),
+      params = _load_init(spec.init_from, abstract["params"],
+                          "LoRA base" if lora_cfg else "initialized weights")
+      self.state = jax.jit(lambda p: step_lib.state_from_params(p, tx, seed, lora_cfg),
                            out_shardings=shardings, donate_argnums=0)(params)
     else:
       self.start = 0
@@ -230,11 +245,18 @@ class _Trainer:
                  self.resolved["model"]["preset"] or f"from {spec.init_from}", n_params / 1e6,
                  parallel.describe(self.mesh),
                  100 * parallel.shard_fraction(abstract["params"], param_sh))
+    if lora_cfg:
+      n_train = sum(math.prod(a.shape) for a in jax.tree.leaves(step_lib.trainable(abstract)))
+      logging.info("LoRA rank %d on %s%s: %.2fM trainable parameters (%.2f%%), the base frozen",
+                   lora_cfg.rank, ",".join(lora_cfg.targets),
+                   f" + {','.join(lora_cfg.trainable)}" if lora_cfg.trainable else "",
+                   n_train / 1e6, 100 * n_train / n_params)
     if self.is_main:
       _record_config(workdir, self.resolved, changes if restored is not None else [], self.start)
     self.step_fn = step_lib.jit_train_step(
         step_lib.make_train_step(model_cfg, tx, lr, **spec.train.step_options(),
-                                 param_shardings=param_sh),
+                                 param_shardings=param_sh, lora_cfg=lora_cfg,
+                                 lora_shardings=lora_sh),
         shardings, self.mesh)
 
   def run(self) -> dict[str, Any]:
@@ -279,10 +301,10 @@ class _Trainer:
             self._handle(*pending)
             pending = None
           if save_due:
-            checkpoint.save(self.mngr, done, self.state, self.data_iter)
+            checkpoint.save(self.mngr, done, step_lib.checkpointed(self.state), self.data_iter)
             policy.saved()
           if eval_due:
-            eval_writer.write(done, evaluator(self.state["params"]))
+            eval_writer.write(done, evaluator(self._params()))
           if stop:
             break
         if pending is not None:
@@ -298,7 +320,11 @@ class _Trainer:
     if preemption.flag:
       logging.warning("stopped by %s at step %d; checkpoint saved", preemption.signal_name, done)
     return {"step": done, "loss": self.last_loss, "preempted": preemption.flag,
-            "params": self.state["params"], "model_config": spec.model, "workdir": self.workdir}
+            "params": self._params(), "model_config": spec.model, "workdir": self.workdir}
+
+  def _params(self) -> Any:
+    """The model trained so far (with LoRA: the adapter merged into the base, a new copy)."""
+    return step_lib.merged_params(self.state, self.spec.model, self.lora_cfg)
 
   def _handle(self, done: int, device_metrics: dict, source_tokens: dict) -> None:
     """Checks one step's metrics for NaN/inf, then logs them every `log_every` steps."""

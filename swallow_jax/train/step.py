@@ -1,8 +1,13 @@
 """Train state and the jitted train step (gradient accumulation, z-loss, NEFTune, AdamW,
-token-chunked loss, document masking on or off).
+token-chunked loss, document masking on or off, LoRA).
 
 The state is a plain dict so Orbax saves it as-is and restores it onto any mesh:
-    {'step': int32[], 'params': ..., 'opt_state': ..., 'rng': uint32[2]}
+    full training  {'step': int32[], 'params': ..., 'opt_state': ..., 'rng': uint32[2]}
+    LoRA           {'step', 'params' (the frozen base, any dtype), 'lora' (the adapter, fp32),
+                    ['extra' (LoraConfig.trainable params, fp32),] 'opt_state', 'rng'}
+With LoRA the optimizer (and its state) covers `trainable(state)` = {'lora', ['extra']} only;
+the gradient is taken of a function of those, the base closed over, so no gradient of a frozen
+weight exists. Checkpoints hold `checkpointed(state)`: everything but the base.
 """
 
 from collections.abc import Callable, Mapping
@@ -16,32 +21,88 @@ import optax
 
 from swallow_jax import parallel
 from swallow_jax.model import Llama, init_params
+from swallow_jax.model import lora as lora_lib
 from swallow_jax.model.llama import head_kernel
 from swallow_jax.train.loss import chunked_cross_entropy, weighted_cross_entropy
 
 State = dict[str, Any]
 Batch = Mapping[str, jax.Array]
 BATCH_KEYS = ("inputs", "targets", "positions", "segment_ids", "loss_weights")
+TRAINABLE_KEYS = ("lora", "extra")  # The LoRA state's trained parts; "params" stays frozen.
 
 
-def state_from_params(params: Any, tx: optax.GradientTransformation, seed: int) -> State:
-  """A fresh train state (step 0, new optimizer moments) around existing parameters."""
-  return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-          "rng": jax.random.fold_in(jax.random.PRNGKey(seed), 1)}
+def _lora_on(lora_cfg: lora_lib.LoraConfig | None) -> bool:
+  return lora_cfg is not None and lora_cfg.rank > 0
 
 
-def init_state(model_cfg: Any, tx: optax.GradientTransformation, seed: int) -> State:
+def trainable(state: State) -> Any:
+  """What the optimizer updates: state['params'] (full training), or {'lora': adapter, ['extra':
+  fully trained params]} with LoRA."""
+  if "lora" not in state:
+    return state["params"]
+  return {k: state[k] for k in TRAINABLE_KEYS if k in state}
+
+
+def checkpointed(state: State) -> State:
+  """The part of the state a checkpoint holds: all of it, or with LoRA all but the frozen base."""
+  return state if "lora" not in state else {k: v for k, v in state.items() if k != "params"}
+
+
+def state_from_params(params: Any, tx: optax.GradientTransformation, seed: int,
+                      lora_cfg: lora_lib.LoraConfig | None = None) -> State:
+  """A fresh train state (step 0, new optimizer moments) around existing parameters.
+
+  With `lora_cfg.rank` > 0, `params` become the frozen base and a new fp32 adapter (key
+  PRNGKey(seed) folded with 2; B = 0, so step 0 is the base model) and fp32 copies of the
+  `lora_cfg.trainable` params are what trains."""
+  state = {"step": jnp.zeros((), jnp.int32), "params": params,
+           "rng": jax.random.fold_in(jax.random.PRNGKey(seed), 1)}
+  if _lora_on(lora_cfg):
+    state["lora"] = lora_lib.init_lora_like(
+        params, lora_cfg, jax.random.fold_in(jax.random.PRNGKey(seed), 2))
+    if lora_cfg.trainable:
+      state["extra"] = {k: jax.tree.map(lambda x: x.astype(jnp.float32),
+                                        lora_lib.adapter_leaf(params, (k,)))
+                        for k in lora_cfg.trainable}
+  state["opt_state"] = tx.init(trainable(state))
+  return state
+
+
+def init_state(model_cfg: Any, tx: optax.GradientTransformation, seed: int,
+               lora_cfg: lora_lib.LoraConfig | None = None) -> State:
   """Randomly initialized parameters (key = PRNGKey(seed) folded with 0) in a fresh state."""
   params = init_params(model_cfg, jax.random.fold_in(jax.random.PRNGKey(seed), 0))
-  return state_from_params(params, tx, seed)
+  return state_from_params(params, tx, seed, lora_cfg)
+
+
+def lora_shardings(model_cfg: Any, lora_cfg: lora_lib.LoraConfig, abstract_lora: Any,
+                   mesh: jax.sharding.Mesh) -> Any:
+  """The adapter's shardings: each A/B like the kernel it adapts (`lora_logical_axes`)."""
+  return parallel.param_shardings(abstract_lora, lora_lib.lora_logical_axes(model_cfg, lora_cfg),
+                                  mesh)
+
+
+def _trainable_shardings(param_shardings: Any, lora_sh: Any, extra_keys: Any) -> Any:
+  out = {"lora": lora_sh}
+  if extra_keys:
+    out["extra"] = {k: param_shardings[k] for k in extra_keys}
+  return out
 
 
 def state_shardings(abstract_state: State, tx: optax.GradientTransformation, param_shardings: Any,
-                    mesh: jax.sharding.Mesh) -> State:
+                    mesh: jax.sharding.Mesh, lora_shardings: Any = None) -> State:
+  """Shardings of every state entry; a LoRA state (with 'lora') needs `lora_shardings`."""
   rep = parallel.replicated(mesh)
-  return {"step": rep, "rng": rep, "params": param_shardings,
-          "opt_state": parallel.opt_state_shardings(tx, abstract_state["opt_state"],
-                                                    param_shardings, mesh)}
+  out = {"step": rep, "rng": rep, "params": param_shardings}
+  train_sh = param_shardings
+  if "lora" in abstract_state:
+    if lora_shardings is None:
+      raise ValueError("state_shardings: a LoRA state needs lora_shardings (see lora_shardings())")
+    train_sh = _trainable_shardings(param_shardings, lora_shardings,
+                                    tuple(abstract_state.get("extra", ())))
+    out.update(train_sh)
+  out["opt_state"] = parallel.opt_state_shardings(tx, abstract_state["opt_state"], train_sh, mesh)
+  return out
 
 
 def _microbatches(batch: Batch, n: int) -> Batch:
@@ -60,33 +121,47 @@ def _microbatches(batch: Batch, n: int) -> Batch:
 def make_train_step(model_cfg: Any, tx: optax.GradientTransformation, lr: optax.Schedule, *,
                     z_loss: float = 0.0, grad_accum_steps: int = 1, neftune_alpha: float = 0.0,
                     loss_chunk_size: int = 0, document_masking: bool = True,
-                    param_shardings: Any = None) -> Callable[[State, Batch], tuple[State, dict]]:
+                    param_shardings: Any = None, lora_cfg: lora_lib.LoraConfig | None = None,
+                    lora_shardings: Any = None) -> Callable[[State, Batch], tuple[State, dict]]:
   """Returns the pure step `(state, batch) -> (state, metrics)`; jit it with `jit_train_step`.
 
   The objective is normalized by the loss weight of the whole global batch, so accumulating n
   microbatches gives the same gradient as one big batch. Metrics (fp32 scalars): loss (mean
   cross-entropy, without z-loss), z_loss, grad_norm (before clipping), param_norm (after the
-  update; non-finite means the new state is unusable), lr (used by this update), loss_tokens
-  (sum of loss weights).
+  update, of what trains: all params, or with LoRA the adapter and extra trainable tensors;
+  non-finite means the new state is unusable), lr (used by this update), loss_tokens (sum of
+  loss weights).
 
   `loss_chunk_size` > 0 computes the loss from the final hidden states `loss_chunk_size`
   positions at a time (`chunked_cross_entropy`: no [B, T, V] float32 logits); 0 = full logits.
   `document_masking=False` ignores the batch's positions and segment ids: plain causal attention
   over the whole packed row with positions 0..T-1, as Megatron-LM trains by default (and the
   fused kernels' `is_causal` path on GPU); loss weights are used as given.
+
+  `lora_cfg` with rank > 0 trains a LoRA state (`state_from_params(..., lora_cfg)`): gradients
+  w.r.t. `trainable(state)` only, LoRA dropout from the step's rng; `lora_shardings` (with
+  `param_shardings`) keep the accumulated adapter gradients sharded like the adapter.
   """
   if loss_chunk_size < 0:
     raise ValueError(f"loss_chunk_size must be >= 0 (0 = full logits), got {loss_chunk_size}")
-  model = Llama(model_cfg)
+  use_lora = _lora_on(lora_cfg)
+  model = Llama(model_cfg, lora=lora_cfg if use_lora else None)
 
-  def loss_fn(params, mb, rng, total_weight):
+  def loss_fn(train, frozen, mb, rng, total_weight):
+    if use_lora:  # The base enters as a constant: its gradient is never formed.
+      params = {**jax.lax.stop_gradient(frozen), **train.get("extra", {})}
+      variables = {"params": params, "lora": train["lora"]}
+      rngs = {"lora_dropout": jax.random.fold_in(rng, 1)} if lora_cfg.dropout > 0 else {}
+    else:
+      params, variables, rngs = train, {"params": train}, {}
     kwargs = {}
     if neftune_alpha > 0:
-      kwargs = dict(neftune_alpha=neftune_alpha, rngs={"neftune": rng})
+      kwargs = dict(neftune_alpha=neftune_alpha)
+      rngs["neftune"] = rng
     positions, segment_ids = ((mb["positions"], mb["segment_ids"]) if document_masking
                               else (None, None))
-    out = model.apply({"params": params}, mb["inputs"], positions, segment_ids,
-                      return_hidden=loss_chunk_size > 0, **kwargs)
+    out = model.apply(variables, mb["inputs"], positions, segment_ids,
+                      return_hidden=loss_chunk_size > 0, rngs=rngs, **kwargs)
     if loss_chunk_size > 0:
       ce, z = chunked_cross_entropy(out, head_kernel(model_cfg, params), mb["targets"],
                                     mb["loss_weights"], z_loss, loss_chunk_size)
@@ -96,39 +171,58 @@ def make_train_step(model_cfg: Any, tx: optax.GradientTransformation, lr: optax.
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def constrain(grads):
+  def constrain(grads, state):
     if param_shardings is None:
       return grads
-    return jax.lax.with_sharding_constraint(grads, param_shardings)
+    if not use_lora:
+      return jax.lax.with_sharding_constraint(grads, param_shardings)
+    if lora_shardings is None:
+      return grads
+    return jax.lax.with_sharding_constraint(grads, _trainable_shardings(
+        param_shardings, lora_shardings, tuple(state.get("extra", ()))))
 
   def train_step(state: State, batch: Batch) -> tuple[State, dict]:
-    params = state["params"]
+    train, frozen = trainable(state), state["params"] if use_lora else None
     rng = jax.random.fold_in(state["rng"], state["step"])
     total = jnp.sum(batch["loss_weights"].astype(jnp.float32))
     total_weight = jnp.where(total > 0, total, 1.0)
     if grad_accum_steps == 1:
-      (_, (ce, z)), grads = grad_fn(params, batch, rng, total_weight)
+      (_, (ce, z)), grads = grad_fn(train, frozen, batch, rng, total_weight)
     else:
       def body(carry, xs):
         acc, ce_acc, z_acc = carry
         mb, i = xs
-        (_, (ce, z)), g = grad_fn(params, mb, jax.random.fold_in(rng, i), total_weight)
-        return (constrain(jax.tree.map(jnp.add, acc, g)), ce_acc + ce, z_acc + z), None
-      zeros = constrain(jax.tree.map(jnp.zeros_like, params))
+        (_, (ce, z)), g = grad_fn(train, frozen, mb, jax.random.fold_in(rng, i), total_weight)
+        return (constrain(jax.tree.map(jnp.add, acc, g), state), ce_acc + ce, z_acc + z), None
+      zeros = constrain(jax.tree.map(jnp.zeros_like, train), state)
       (grads, ce, z), _ = jax.lax.scan(
           body, (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)),
           (_microbatches(batch, grad_accum_steps), jnp.arange(grad_accum_steps)))
     grad_norm = optax.tree.norm(grads)
-    updates, opt_state = tx.update(grads, state["opt_state"], params)
-    new_params = optax.apply_updates(params, updates)
-    new_state = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state,
-                 "rng": state["rng"]}
+    updates, opt_state = tx.update(grads, state["opt_state"], train)
+    new_train = optax.apply_updates(train, updates)
+    new_state = {"step": state["step"] + 1, "opt_state": opt_state, "rng": state["rng"]}
+    if use_lora:
+      new_state.update(new_train, params=state["params"])
+    else:
+      new_state["params"] = new_train
     metrics = {"loss": ce / total_weight, "z_loss": z / total_weight, "grad_norm": grad_norm,
-               "param_norm": optax.tree.norm(new_params),
+               "param_norm": optax.tree.norm(new_train),
                "lr": jnp.asarray(lr(state["step"]), jnp.float32), "loss_tokens": total}
     return new_state, metrics
 
   return train_step
+
+
+def merged_params(state: State, model_cfg: Any, lora_cfg: lora_lib.LoraConfig | None) -> Any:
+  """The model a state stands for: its params, or with LoRA the base with the extra trainable
+  tensors (cast to the base dtype) and the adapter merged in (a full copy)."""
+  if "lora" not in state:
+    return state["params"]
+  params = dict(state["params"])
+  for k, sub in state.get("extra", {}).items():
+    params[k] = jax.tree.map(lambda x, p: x.astype(p.dtype), sub, params[k])
+  return lora_lib.merge_lora(model_cfg, params, state["lora"], lora_cfg)
 
 
 def jit_train_step(step_fn: Callable, shardings: State, mesh: jax.sharding.Mesh) -> Callable:
@@ -138,6 +232,7 @@ def jit_train_step(step_fn: Callable, shardings: State, mesh: jax.sharding.Mesh)
 
 
 def jit_init(model_cfg: Any, tx: optax.GradientTransformation, seed: int,
-             shardings: State) -> Callable[[], State]:
+             shardings: State, lora_cfg: lora_lib.LoraConfig | None = None) -> Callable[[], State]:
   """Initialization compiled straight into the target shardings (no full copy on one device)."""
-  return jax.jit(functools.partial(init_state, model_cfg, tx, seed), out_shardings=shardings)
+  return jax.jit(functools.partial(init_state, model_cfg, tx, seed, lora_cfg),
+                 out_shardings=shardings)
