@@ -272,9 +272,11 @@ def preprocess(input_pattern: str, tokenizer: str, output: str, *, fmt: str = "t
     raise PreprocessError(str(e)) from None
   output = output.rstrip("/")
   fileio.remove_stale_tmp(output)
-  if os.path.exists(output):
+  exists = os.path.exists(output)
+  if exists and not (os.path.isdir(output) and not os.listdir(output)):  # an empty dir is free
     if not overwrite:
-      raise PreprocessError(f"--output {output} exists (pass --overwrite to replace it)")
+      raise PreprocessError(f"--output {output} exists and is not empty (pass --overwrite to "
+                            "replace it)")
     _check_overwrite(output, files)
   try:
     tok = _load_tokenizer(tokenizer)
@@ -283,7 +285,7 @@ def preprocess(input_pattern: str, tokenizer: str, output: str, *, fmt: str = "t
 
   reasons = sources.CHAT_REASONS if fmt == "chat" else sources.TEXT_REASONS
   start = time.perf_counter()
-  with fileio.atomic_dir(output, overwrite=overwrite) as tmp:
+  with fileio.atomic_dir(output, overwrite=exists) as tmp:
     writer = records.ShardWriter(tmp, records_per_shard)
     try:
       total, per_file, fields = _write_shards(files, spec, tokenizer, tok, workers, strict,

@@ -225,7 +225,11 @@ def test_overwrite_refuses_other_directories(tmp_path):
     run(path, other, overwrite=True)
   assert (other / "notes.txt").read_text() == "keep me"
   run(path, tmp_path / "ds")
+  with pytest.raises(pp.PreprocessError, match=r"ds exists and is not empty .*--overwrite"):
+    run(path, tmp_path / "ds")
   run(path, tmp_path / "ds", overwrite=True)  # a previous output is replaced
+  (tmp_path / "empty").mkdir()
+  assert run(path, tmp_path / "empty")["documents"] > 0  # an empty dir needs no --overwrite
 
 
 def test_stale_tmp_of_a_dead_process_is_removed(tmp_path, caplog):

@@ -41,7 +41,8 @@ def test_resume_on_another_mesh_then_init_from_and_eval_hook(tiny, tmp_path, mon
   calls = []
   def fake_run_tasks(model_cfg, params, tok, tasks):
     calls.append(tasks)
-    return {"fake": {"score": float(sum(np.abs(x).sum() for x in jax.tree.leaves(params)))}}
+    norm = float(sum(np.abs(x).sum() for x in jax.tree.leaves(params)))
+    return {"fake": {"score": norm, "metrics": {"acc": norm / 2}, "samples": [{"p": "x"}]}}
   monkeypatch.setattr(evaluate, "run_tasks", fake_run_tasks)
 
   a = str(tmp_path / "a")
@@ -51,7 +52,15 @@ def test_resume_on_another_mesh_then_init_from_and_eval_hook(tiny, tmp_path, mon
   assert [m["step"] for m in first] == [1, 2, 3, 4]
   assert calls == [["t.jsonl"], ["t.jsonl"]]
   with open(os.path.join(a, "eval.jsonl")) as f:
-    assert [json.loads(line)["step"] for line in f] == [2, 4]
+    evals = [json.loads(line) for line in f]
+  assert [e["step"] for e in evals] == [2, 4]
+  # The scores also reach the training run's TensorBoard events, beside the loss.
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  events = event_accumulator.EventAccumulator(os.path.join(a, "tensorboard"))
+  events.Reload()
+  assert {"loss", "eval/fake/score", "eval/fake/acc"} <= set(events.Tags()["scalars"])
+  got = [(e.step, e.value) for e in events.Scalars("eval/fake/score")]
+  assert got == [(e["step"], pytest.approx(e["fake"]["score"])) for e in evals]
   for key in ("loss", "lr", "grad_norm", "tokens_per_sec", "mfu", "source_tokens"):
     assert key in first[-1]
   assert first[-1]["mfu"] is None  # CPU: no peak FLOP/s.

@@ -304,7 +304,10 @@ class _Trainer:
             checkpoint.save(self.mngr, done, step_lib.checkpointed(self.state), self.data_iter)
             policy.saved()
           if eval_due:
-            eval_writer.write(done, evaluator(self._params()))
+            results = evaluator(self._params())
+            eval_writer.write(done, results)
+            self.writer.mirror(done, {"eval": {task: {"score": r.get("score"), **r.get("metrics", {})}
+                                               for task, r in results.items()}})
           if stop:
             break
         if pending is not None:

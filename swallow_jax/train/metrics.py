@@ -102,6 +102,12 @@ class MetricsWriter:
     record = {"step": int(step), **{k: _jsonable(v) for k, v in values.items()}}
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
+    self.mirror(step, values)
+
+  def mirror(self, step: int, values: Mapping[str, Any]) -> None:
+    """The finite scalars of `values` (nested keys joined by "/") to TensorBoard / W&B only."""
+    if not self.enabled:
+      return
     scalars = {k: v for k, v in _flatten(values)
                if isinstance(v, (int, float)) and math.isfinite(v)}
     if self._tb is not None:
