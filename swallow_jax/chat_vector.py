@@ -22,6 +22,7 @@ import re
 import shutil
 from typing import Any
 
+from absl import flags
 from flax import traverse_util
 import ml_dtypes
 import numpy as np
@@ -30,6 +31,8 @@ from safetensors import SafetensorError
 from swallow_jax import cli
 from swallow_jax import fileio
 from swallow_jax import task_arithmetic as ta
+from swallow_jax import tokenizer as tokenizer_lib
+from swallow_jax.data import chat
 from swallow_jax.model import hf
 from swallow_jax.model import io as model_io
 from swallow_jax.model import lora
@@ -240,8 +243,6 @@ def protected_ids(spec: str, target: str) -> tuple[int, ...]:
   if not spec:
     return ()
   if spec in ("chat_template", "llama3_chat"):
-    from swallow_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-    from swallow_jax.data import chat  # pylint: disable=g-import-not-at-top
     tok_dir = model_io.resolve(target).tokenizer_dir
     if not tok_dir:
       raise ChatVectorError(f"--protect_tokens={spec}: no tokenizer files with --target={target}")
@@ -261,7 +262,6 @@ def protected_ids(spec: str, target: str) -> tuple[int, ...]:
 
 def main(argv: Sequence[str]) -> None:
   """Command-line entry point (absl, under swallow_jax.cli)."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
   del argv
   f = flags.FLAGS
   for name in ("target", "output"):
@@ -305,7 +305,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 def _define_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
   kinds = "HF dir, Hub id in the local cache, convert --to_orbax dir or training run"
   flags.DEFINE_string("base", None, f"Base model the vector starts from (e.g. Llama 3 8B): {kinds}.")
   flags.DEFINE_string("instruct", None, "Instruction-tuned model (e.g. Llama 3 8B Instruct); "

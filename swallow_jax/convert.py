@@ -21,8 +21,10 @@ from collections.abc import Sequence
 import os
 import sys
 
+from absl import flags
 import jax.numpy as jnp
 
+from swallow_jax import cli
 from swallow_jax.model import io as model_io
 from swallow_jax.model import lora as lora_lib
 
@@ -69,8 +71,6 @@ def convert(model: str, *, to_hf: str = "", to_orbax: str = "", to_peft: str = "
 
 def main(argv: Sequence[str]) -> None:
   """Command-line entry point (absl, under swallow_jax.cli)."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from swallow_jax import cli  # pylint: disable=g-import-not-at-top
   del argv
   f = flags.FLAGS
   if not f.model:
@@ -89,8 +89,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 def _define_flags() -> None:
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from swallow_jax import cli  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("model", "", "Model to read: HF dir, Hub id in the local HF cache, "
                       "--to_orbax output, or a training workdir / checkpoints dir / step dir.")
   flags.DEFINE_string("to_orbax", "", "New Orbax directory to write (params/ + hf_config.json).")
@@ -111,5 +109,4 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-  from swallow_jax import cli  # pylint: disable=g-import-not-at-top
   cli.run(main, prog="convert", define_flags=_define_flags)

@@ -17,6 +17,7 @@ from absl import flags
 
 from swallow_jax import cli
 from swallow_jax import decode
+from swallow_jax.data import chat
 
 FLAGS = flags.FLAGS
 
@@ -30,7 +31,6 @@ def _define_flags() -> None:
 
 
 def _chat(config, params, tok, sample_kw) -> None:
-  from swallow_jax.data import chat  # pylint: disable=g-import-not-at-top
   messages = [{"role": "system", "content": FLAGS.system}] if FLAGS.system else []
   print("Chat: type a message, an empty line or Ctrl-D to quit.", file=sys.stderr)
   for turn in itertools.count():

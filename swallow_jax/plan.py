@@ -206,7 +206,7 @@ def plan(config: Any, devices: int = 0, mesh_override: dict[str, int] | None = N
                       aliased=mem.alias_size_in_bytes, temp=mem.temp_size_in_bytes)
     per_device["peak"] = (mem.argument_size_in_bytes + mem.output_size_in_bytes
                           - mem.alias_size_in_bytes + mem.temp_size_in_bytes)
-  flops_token = metrics.flops_per_token(model_cfg, seq_len)
+  flops_token = metrics.flops_per_token(model_cfg, seq_len, spec.lora)
   tokens = global_batch * seq_len
   report = {
       "num_devices": n,

@@ -46,6 +46,7 @@ from absl import flags
 
 from swallow_jax import cli
 from swallow_jax import fileio
+from swallow_jax import tokenizer as tokenizer_lib
 from swallow_jax.data import chat
 from swallow_jax.data import filters
 from swallow_jax.data import records
@@ -77,14 +78,9 @@ class Spec:
 _worker_tokenizer = None
 
 
-def _load_tokenizer(path: str):
-  from swallow_jax.tokenizer import load_tokenizer  # pylint: disable=g-import-not-at-top
-  return load_tokenizer(path)
-
-
 def _init_worker(tokenizer_path: str) -> None:
   global _worker_tokenizer
-  _worker_tokenizer = _load_tokenizer(tokenizer_path)
+  _worker_tokenizer = tokenizer_lib.load_tokenizer(tokenizer_path)
 
 
 def _encode(obj: dict[str, Any], spec: Spec, tok) -> tuple[list[int], list[int] | None]:
@@ -279,7 +275,7 @@ def preprocess(input_pattern: str, tokenizer: str, output: str, *, fmt: str = "t
                             "replace it)")
     _check_overwrite(output, files)
   try:
-    tok = _load_tokenizer(tokenizer)
+    tok = tokenizer_lib.load_tokenizer(tokenizer)
   except (OSError, ValueError, KeyError) as e:
     raise PreprocessError(f"cannot load tokenizer {tokenizer!r}: {e}") from None
 

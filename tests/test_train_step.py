@@ -247,6 +247,17 @@ def test_flops_per_token_llama3_8b():
   assert matmul == 7_504_658_432
   expected = 6 * matmul + 6 * 32 * 8192 * 32 * 128
   assert metrics_lib.flops_per_token(cfg, 8192) == expected
+  # LoRA rank 16 on all seven projections: frozen weights 4 FLOPs per MAC pair, adapters 6;
+  # q (4096 -> 4096), k/v (4096 -> 1024), o (4096 -> 4096), gate/up (4096 -> 14336), down back.
+  from swallow_jax.model.lora import LoraConfig  # pylint: disable=g-import-not-at-top
+  adapter = 32 * 16 * (2 * 8192 + 2 * 5120 + 3 * 18432)
+  attention = 6 * 32 * 8192 * 32 * 128
+  lora16 = LoraConfig(rank=16)
+  assert metrics_lib.flops_per_token(cfg, 8192, lora16) == 4 * matmul + 6 * adapter + attention
+  with_head = LoraConfig(rank=16, trainable=("lm_head",))
+  assert metrics_lib.flops_per_token(cfg, 8192, with_head) == (
+      4 * matmul + 2 * 4096 * 128256 + 6 * adapter + attention)
+  assert metrics_lib.flops_per_token(cfg, 8192, LoraConfig(rank=0)) == expected
   assert metrics_lib.peak_flops_per_device("NVIDIA H100 80GB HBM3") == 989e12
   assert metrics_lib.peak_flops_per_device("TPU v5 lite") == 197e12
   assert metrics_lib.peak_flops_per_device("TPU v5p") == 459e12

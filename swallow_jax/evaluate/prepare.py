@@ -51,6 +51,9 @@ import os
 from typing import Any
 import xml.etree.ElementTree as ET
 
+from absl import flags
+
+from swallow_jax import cli
 from swallow_jax import fileio
 from swallow_jax.evaluate import scoring
 from swallow_jax.evaluate.tasks import make_task, write_task
@@ -348,7 +351,6 @@ def write(path: str, header: dict[str, Any], examples: Sequence[Example]) -> Non
 
 
 def _define_flags() -> None:
-  from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_enum("task", None, sorted(TASKS), "Task to build; input formats in the table "
                     "above.")
   flags.DEFINE_list("input", None, "Source file(s) of the examples to score "
@@ -364,8 +366,6 @@ def _define_flags() -> None:
 
 def main(argv: Sequence[str]) -> None:
   """The command line: reads --input, writes the task file --output."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from swallow_jax import cli  # pylint: disable=g-import-not-at-top
   del argv
   f = flags.FLAGS
   cli.check_output(f.output, f.overwrite)
@@ -377,5 +377,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  from swallow_jax import cli  # pylint: disable=g-import-not-at-top
   cli.run(main, prog="evaluate.prepare", define_flags=_define_flags)

@@ -99,7 +99,7 @@ def init_lora(config: LlamaConfig, lora_cfg: LoraConfig, rng: jax.Array,
               dtype: Any = jnp.float32) -> Params:
   """A new stacked adapter: A as PEFT (kaiming-uniform a=sqrt(5): U(±1/sqrt(in))), B zero, so the
   adapted model starts equal to the base. Jit with out_shardings to create it sharded."""
-  return _init_adapter(config.num_layers, _dims(config), lora_cfg, rng, dtype)
+  return _init_adapter(config.num_layers, projection_dims(config), lora_cfg, rng, dtype)
 
 
 def init_lora_like(params: Params, lora_cfg: LoraConfig, rng: jax.Array,
@@ -126,7 +126,7 @@ def _init_adapter(l: int, dims: Mapping[str, tuple[int, int]], lora_cfg: LoraCon
   return traverse_util.unflatten_dict(out)
 
 
-def _dims(config: LlamaConfig) -> dict[str, tuple[int, int]]:
+def projection_dims(config: LlamaConfig) -> dict[str, tuple[int, int]]:
   """(in, out) features of each projection."""
   d, f = config.hidden_size, config.intermediate_size
   q, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
@@ -234,7 +234,7 @@ def load_peft(path: str, config: LlamaConfig) -> tuple[Params, LoraConfig]:
   lora_cfg = _peft_config(os.path.join(path, CONFIG_FILE))
   file = os.path.join(path, WEIGHTS_FILE)
   tensors = load_file(file)
-  dims, r, l = _dims(config), lora_cfg.rank, config.num_layers
+  dims, r, l = projection_dims(config), lora_cfg.rank, config.num_layers
   stacks = {(t, ab): [None] * l for t in lora_cfg.targets for ab in "AB"}
   for name, value in tensors.items():
     m = _NAME_RE.match(name)

@@ -38,7 +38,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from swallow_jax import checkpoint, config_utils, fileio, parallel
+from swallow_jax import checkpoint, config_utils, evaluate, fileio, parallel, tokenizer
+from swallow_jax.model import io as model_io
 from swallow_jax.model import param_logical_axes
 from swallow_jax.train import data as data_lib
 from swallow_jax.train import lock as lock_lib
@@ -100,7 +101,6 @@ def _global_batch(local: Mapping[str, np.ndarray], sharding: jax.sharding.Shardi
 
 def _load_init(path: str, abstract_params: Any, what: str = "initialized weights") -> Any:
   """Weights from `init_from` (any path swallow_jax.model.io resolves) onto the target shardings."""
-  from swallow_jax.model import io as model_io  # pylint: disable=g-import-not-at-top
   shardings = jax.tree.map(lambda a: a.sharding, abstract_params)
   dtype = jax.tree.leaves(abstract_params)[0].dtype
   _, params = model_io.load(path, dtype=dtype, shardings=shardings,
@@ -264,7 +264,7 @@ class _Trainer:
       self._build()
     spec, t = self.spec, self.spec.train
     self.log_every = max(1, t.log_every)
-    self.flops_token = metrics_lib.flops_per_token(spec.model, self.seq_len)
+    self.flops_token = metrics_lib.flops_per_token(spec.model, self.seq_len, spec.lora)
     self.peak = metrics_lib.peak_flops_per_device(jax.devices()[0].device_kind)
     self.clock_step = self.start
     self.writer = metrics_lib.MetricsWriter(
@@ -366,7 +366,6 @@ class _Evaluator:
   """Thin hook to swallow_jax.evaluate.run_tasks(model_cfg, params, tokenizer, tasks)."""
 
   def __init__(self, spec: config_utils.TrainSpec):
-    from swallow_jax import evaluate, tokenizer  # pylint: disable=g-import-not-at-top
     if not spec.tokenizer:
       raise ValueError("config.eval.every_steps > 0 needs config.tokenizer")
     self._run = evaluate.run_tasks

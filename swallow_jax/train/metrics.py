@@ -7,7 +7,14 @@ vocabulary V:
     matmul_params = L * (D*(H + 2*KV)*Dh + H*Dh*D + 3*D*F) + D*V       (q,k,v,o; gate,up,down; lm head)
     flops/token   = 6 * matmul_params  +  6 * L * T * H * Dh
 
-6 = 2 FLOPs per multiply-add x 3 (forward + backward). The attention term counts QK^T and AV
+6 = 2 FLOPs per multiply-add x 3 (forward + backward). With LoRA (rank r on projections of
+(in, out) features) a frozen weight costs 4 (forward + the gradient of its input; no weight
+gradient), a fully trained one (`lora.trainable` "lm_head") 6, and each adapter 6 * r * (in + out):
+
+    flops/token   = 4 * matmul_params + 2 * D*V [lm_head trained] + 6 * L * sum_r(in + out)
+                    + 6 * L * T * H * Dh
+
+The attention term counts QK^T and AV
 (2 * 2*T*H*Dh per token per layer, forward) halved for the causal mask. The embedding lookup is
 not a matmul and is not counted; padding tokens are counted (the hardware computes them).
 MFU = tokens/s * flops/token / (num_devices * peak dense bf16 FLOP/s per device). On CPU, or an
@@ -24,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from swallow_jax import fileio
+from swallow_jax.model import lora as lora_lib
 
 # (substring of jax.Device.device_kind, peak dense bf16 FLOP/s per device), most specific first.
 PEAK_FLOPS: tuple[tuple[str, float], ...] = (
@@ -49,13 +57,20 @@ def peak_flops_per_device(device_kind: str) -> float | None:
   return None
 
 
-def flops_per_token(model_cfg: Any, seq_len: int) -> float:
-  """Training FLOPs per token (forward + backward), MaxText convention; see module docstring."""
+def flops_per_token(model_cfg: Any, seq_len: int, lora_cfg: Any = None) -> float:
+  """Training FLOPs per token (forward + backward), MaxText convention, of full training or (with
+  `lora_cfg.rank` > 0) of a LoRA step; see the module docstring."""
   d, f, v, l = (model_cfg.hidden_size, model_cfg.intermediate_size, model_cfg.vocab_size,
                 model_cfg.num_layers)
   h, kv, dh = model_cfg.num_heads, model_cfg.num_kv_heads, model_cfg.head_dim
   matmul_params = l * (d * (h + 2 * kv) * dh + h * dh * d + 3 * d * f) + d * v
-  return 6.0 * matmul_params + 6.0 * l * seq_len * h * dh
+  attention = 6.0 * l * seq_len * h * dh
+  if lora_cfg is None or not lora_cfg.rank:
+    return 6.0 * matmul_params + attention
+  dims = lora_lib.projection_dims(model_cfg)
+  adapter = l * lora_cfg.rank * sum(sum(dims[t]) for t in lora_cfg.targets)
+  head_grad = 2.0 * d * v if "lm_head" in lora_cfg.trainable else 0.0
+  return 4.0 * matmul_params + head_grad + 6.0 * adapter + attention
 
 
 def mfu(tokens_per_sec: float, flops_token: float, num_devices: int,
