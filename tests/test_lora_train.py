@@ -139,6 +139,24 @@ def _sft_config(tiny, tmp_path, base, **overrides):
   return tiny(**kw)
 
 
+def test_a_run_with_extra_trainable_tensors_loads_and_streams_merged(tiny, tmp_path, base):
+  """`model.lora.trainable` tensors replace the base's in `load` and in `open_tensors`."""
+  workdir = str(tmp_path / "run")
+  loop.run(_sft_config(tiny, tmp_path, base, train__num_steps=2, checkpoint__every_steps=2,
+                       model__lora=dict(rank=2, alpha=4.0, dropout=0.0,
+                                        trainable=("final_norm",))), workdir)
+  adapter, extra, lora_cfg = model_io.load_adapter(workdir)
+  _, base_params = model_io.load(base)
+  assert not np.array_equal(extra["final_norm"]["scale"], base_params["final_norm"]["scale"])
+  want = merge_lora(MODEL, {**base_params, "final_norm": extra["final_norm"]}, adapter, lora_cfg)
+  _, merged = model_io.load(workdir)
+  jax.tree.map(np.testing.assert_array_equal, merged, want)
+  reader = model_io.open_tensors(workdir)
+  for name, x in model_io.hf_tensors(MODEL, want, np.float32):
+    np.testing.assert_array_equal(reader.read(name), x, err_msg=name)
+  reader.close()
+
+
 def test_lora_sft_run_checkpoint_export_peft_and_resume_checks(tiny, tmp_path, base):
   workdir = str(tmp_path / "run")
   summary = loop.run(_sft_config(tiny, tmp_path, base), workdir)
@@ -174,9 +192,14 @@ def test_lora_sft_run_checkpoint_export_peft_and_resume_checks(tiny, tmp_path, b
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=0, atol=1e-6),
                jax.device_get(summary["params"]), want)
 
-  reader = model_io.open_tensors(workdir)  # Streaming tools (chat vector) see the merged model.
-  np.testing.assert_array_equal(reader.read("model.layers.1.mlp.down_proj.weight"),
-                                np.asarray(want["layers"]["mlp"]["down_proj"]["kernel"][1]).T)
+  # Streaming tools (chat vector) see the merged model, a row range at a time, bit for bit.
+  reader = model_io.open_tensors(workdir)
+  expected = dict(model_io.hf_tensors(MODEL, want, np.float32))
+  assert set(reader.entries) == set(expected)
+  for name, x in expected.items():
+    np.testing.assert_array_equal(reader.read(name), x, err_msg=name)
+    if x.ndim and x.shape[0] > 3:
+      np.testing.assert_array_equal(reader.read(name, 1, 3), x[1:3], err_msg=name)
   reader.close()
 
   # convert --to_hf: the merged model; --to_peft: the adapter, refused for a non-LoRA model.

@@ -576,16 +576,20 @@ def load_adapter(path_or_ref: str | os.PathLike[str] | ModelRef
   return restored["lora"], restored.get("extra", {}), ref.lora
 
 
+def _base_ref(ref: ModelRef) -> ModelRef:
+  """The base model a LoRA run adapts (its config.json `init_from`)."""
+  try:
+    return resolve(ref.base)
+  except ModelPathError as e:
+    raise ModelPathError(f"{ref.path}: its base model {ref.base} (config.json init_from) is "
+                         f"unreadable: {e}") from None
+
+
 def _load_lora_run(ref: ModelRef, dtype: Any, shardings: Params | None,
                    progress: bool) -> tuple[LlamaConfig, Params]:
   """The run's base (in `dtype`, default the run's param_dtype) with its adapter merged in."""
   adapter, extra, lora_cfg = load_adapter(ref)
-  try:
-    base = resolve(ref.base)
-  except ModelPathError as e:
-    raise ModelPathError(f"{ref.path}: its base model {ref.base} (config.json init_from) is "
-                         f"unreadable: {e}") from None
-  config, params = load(base, dtype=dtype or ref.config.param_dtype, shardings=shardings,
+  config, params = load(_base_ref(ref), dtype=dtype or ref.config.param_dtype, shardings=shardings,
                         progress=progress)
   for k, sub in extra.items():
     params[k] = jax.tree.map(lambda x, p: jnp.asarray(x).astype(p.dtype), sub, params[k])
@@ -710,29 +714,54 @@ class OrbaxTensors:
     self._cache = None
 
 
-class MergedTensors:
-  """A LoRA run's merged model (`load`, held in host memory) seen as HF tensors."""
+class LoraTensors:
+  """A LoRA run seen as HF tensors of its merged model, streamed: each read takes the base's rows
+  and adds the adapted kernel's update (this layer's fp32 `lora_delta`, cast to the run's param
+  dtype as `merge_lora` does); only the adapter and one layer's update are held in memory."""
 
   def __init__(self, ref: ModelRef):
-    config, params = load(ref, progress=False)
-    self._tensors = dict(hf_tensors(config, params, np.dtype(jnp.dtype(config.param_dtype))))
-    self.entries = {n: TensorInfo(x.shape, x.dtype) for n, x in self._tensors.items()}
+    adapter, extra, lora_cfg = load_adapter(ref)
+    self._base = open_tensors(_base_ref(ref))
+    self._dtype = np.dtype(jnp.dtype(ref.config.param_dtype))
+    self._scale = lora_cfg.scale
+    self.entries = {n: TensorInfo(e.shape, self._dtype) for n, e in self._base.entries.items()}
+    layers = ref.config.num_layers
+    self._terms: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # name -> (A [in, r], B [r, out])
+    for path, a in traverse_util.flatten_dict(adapter).items():
+      if path[-1] == "lora_a":
+        b = lora_lib.adapter_leaf(adapter, (*path[:-1], "lora_b"))
+        for layer, name in enumerate(hf.param_to_hf_names((*path[:-1], "kernel"), layers)):
+          self._terms[name] = (a[layer], b[layer])
+    self._extra = {}  # fully trained tensors replace the base's, in HF orientation
+    for path, x in traverse_util.flatten_dict(extra).items():
+      (name,) = hf.param_to_hf_names(path, layers)
+      self._extra[name] = np.asarray(x.T if hf.is_transposed(path) else x).astype(self._dtype)
+    self._delta: tuple[str, np.ndarray] | None = None
 
   def read(self, name: str, lo: int = 0, hi: int | None = None) -> np.ndarray:
-    """Rows [lo, hi) of HF tensor `name`."""
-    x = self._tensors[name]
-    return x[lo:hi] if x.ndim else x
+    """Rows [lo, hi) of merged HF tensor `name`."""
+    if name in self._extra:
+      x = self._extra[name]
+      return x[lo:hi] if x.ndim else x
+    x = self._base.read(name, lo, hi)
+    if name not in self._terms:
+      return x.astype(self._dtype)
+    if self._delta is None or self._delta[0] != name:
+      a, b = self._terms[name]
+      self._delta = (name, np.asarray(lora_lib.lora_delta(a, b, self._scale)).T)
+    return (x.astype(np.float32) + self._delta[1][lo:hi]).astype(self._dtype)
 
   def close(self) -> None:
-    self._tensors = {}
+    self._base.close()
+    self._delta = None
 
 
 def open_tensors(path_or_ref: str | os.PathLike[str] | ModelRef
-                 ) -> SafetensorsReader | OrbaxTensors | MergedTensors:
+                 ) -> SafetensorsReader | OrbaxTensors | LoraTensors:
   """A per-tensor reader with HF tensor names (`.entries`, `.read(name, lo, hi)`, `.close()`)."""
   ref = _ref(path_or_ref)
   if ref.lora is not None:
-    return MergedTensors(ref)
+    return LoraTensors(ref)
   return SafetensorsReader(ref.path) if ref.kind == "hf" else OrbaxTensors(ref)
 
 
