@@ -378,9 +378,13 @@ def _run_stages(config: Mapping[str, Any], workdir: str, names: Sequence[str],
 
 
 def _main_value(result: Mapping[str, Any]) -> Any:
-  if result.get("score") is not None:
-    return round(result["score"], 4)
-  return round(result["metrics"].get("token_perplexity", math.nan), 3)
+  """What the log line shows of a result, in the report's units: the main metric (BLEU 0-100,
+  accuracy, char F1), a chat set's score, a perplexity task's token perplexity."""
+  metrics = result["metrics"]
+  if result.get("type") == "perplexity":
+    return round(metrics.get("token_perplexity", math.nan), 3)
+  value = metrics.get(result.get("main_metric"), result.get("score"))
+  return None if value is None else round(value, 4)
 
 
 # ------------------------------------------------------------------------------------------
