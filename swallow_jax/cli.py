@@ -219,6 +219,15 @@ def _line_bar() -> type:
   return LineBar
 
 
+class _QuietLibraries(logging.Filter):
+  """Drops the INFO chatter of Orbax and JAX's backend setup, so a command's own lines stay
+  readable (`--verbose` keeps it)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    noisy = "/orbax/" in record.pathname or record.pathname.endswith("xla_bridge.py")
+    return record.levelno >= logging.WARNING or not noisy
+
+
 def _one_line(error: BaseException) -> str:
   """The exception's message on one line (KeyError's repr quotes dropped)."""
   text = error.args[0] if isinstance(error, KeyError) and error.args else error
@@ -315,8 +324,9 @@ def run(main: Callable[[list[str]], Any], *, prog: str,
   def guarded_main(args: list[str]) -> Any:
     verbose = FLAGS.verbose
     if not verbose:
-      absl_logging.get_absl_handler().setFormatter(
-          logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+      handler = absl_logging.get_absl_handler()
+      handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+      handler.addFilter(_QuietLibraries())
     try:
       return main(args)
     except BrokenPipeError:

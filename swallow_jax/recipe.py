@@ -458,19 +458,9 @@ def _define_flags() -> None:
   flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietLibraries(logging.Filter):
-  """Drops INFO chatter of Orbax and the XLA bridge so the stage and step lines stay readable."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    noisy = "/orbax/" in record.pathname or record.pathname.endswith("xla_bridge.py")
-    return record.levelno >= logging.WARNING or not noisy
-
-
 def main(argv: Sequence[str]) -> None:
   del argv
   logging.getLogger().setLevel(logging.INFO)
-  for handler in logging.getLogger().handlers:
-    handler.addFilter(_QuietLibraries())
   config, workdir = FLAGS.config, FLAGS.workdir
   try:
     check_references(config)
