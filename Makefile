@@ -25,7 +25,7 @@ $(TEST_STAMP): $(DEMO_STAMP) requirements-test.txt
 
 venv: $(TEST_STAMP)
 
-# pytest-xdist workers: CI has 2 cores (13 min there with 2 workers, about 20 with one).
+# pytest-xdist workers: CI has 2 cores (538 tests in 13 min there with 2 workers; 495 took 17 min with one).
 TEST_WORKERS ?= 2
 
 test: $(TEST_STAMP)
