@@ -226,7 +226,7 @@ def _train(cfg: dict, stage_dir: str) -> dict:
     if jax.process_index() == 0:
       fileio.write_json(trained, {"step": summary["step"], "loss": summary["loss"]})
   out = {"workdir": stage_dir, "model": stage_dir,
-         "checkpoint_bytes": _disk_bytes(os.path.join(stage_dir, "checkpoints"))}
+         "checkpoint_bytes": _checkpoint_bytes(stage_dir)}
   if not cfg.get("export_hf", True):
     return out
   if jax.process_count() > 1:
@@ -245,9 +245,15 @@ def _train(cfg: dict, stage_dir: str) -> dict:
   return out
 
 
-def _disk_bytes(path: str) -> int:
-  """Bytes of the files under `path` (what a training stage's checkpoints take on disk)."""
-  return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+def _checkpoint_bytes(workdir: str) -> int:
+  """Bytes on disk of a training run's latest checkpoint (one checkpoint: how many are kept
+  depends on the save interval and timing, not on what the run trains)."""
+  root = os.path.join(workdir, "checkpoints")
+  steps = [int(n) for n in os.listdir(root) if n.isdigit()] if os.path.isdir(root) else []
+  if not steps:
+    return 0
+  latest = os.path.join(root, str(max(steps)))
+  return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(latest) for f in files)
 
 
 def _trainable_params(lora: Mapping[str, Any] | None, model_cfg: Any, params: Any) -> int:

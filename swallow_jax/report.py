@@ -122,7 +122,8 @@ def build(report_cfg: Mapping[str, Any], stages: Mapping[str, Mapping[str, Any]]
   "units"} ("units": {metric: unit} of the values in "models" and "ablations").
 
   stages: {stage: {"kind", "status", ["seconds"], ["train_log": metrics.jsonl rows],
-  ["trainable_params"], ["checkpoint_bytes"] (train stages: what they cost beside time)}};
+  ["trainable_params"], ["checkpoint_bytes"] (of the latest checkpoint; train stages: what they
+  cost beside time)}};
   results: {model: {task: result}} as evaluate.run_tasks and evaluate.score_chats return them;
   ablation_models: the models of `results` that are ablations (reported apart from the others).
   """
