@@ -72,10 +72,11 @@ def _jax_parts(cfg, batch: int, seq_len: int) -> dict[str, Callable[[], Any]]:
   p_mlp = mlp.init(jax.random.key(0), x)
   mlp_grad = jax.jit(jax.grad(lambda p, x: sq(mlp.apply(p, x)), argnums=(0, 1)))
 
-  block = llama.Block(cfg, plain_causal=True)
-  p_block = block.init(jax.random.key(0), x, None, pos, seg, pos, seg, 0)
+  block = llama.Block(cfg)
+  mask = llama.Mask(pos, seg, pos, seg, plain_causal=True)
+  p_block = block.init(jax.random.key(0), x, None, mask)
   block_grad = jax.jit(jax.grad(
-      lambda p, x: sq(block.apply(p, x, None, pos, seg, pos, seg, 0)[0]), argnums=(0, 1)))
+      lambda p, x: sq(block.apply(p, x, None, mask)[0]), argnums=(0, 1)))
 
   q = jnp.asarray(rng.standard_normal((b, t, h, dh), np.float32))
   k, v = (jnp.asarray(rng.standard_normal((b, t, kv, dh), np.float32)) for _ in range(2))

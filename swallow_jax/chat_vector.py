@@ -23,7 +23,6 @@ import shutil
 from typing import Any
 
 from absl import flags
-from flax import traverse_util
 import ml_dtypes
 import numpy as np
 from safetensors import SafetensorError
@@ -87,9 +86,8 @@ def _plan(t, b, i, exclude, protect, allow_vocab_mismatch):
       if name not in reader.entries:
         raise ChatVectorError(f"{name}: missing from --{role} (use --exclude to skip it)")
     axis = ta.vocab_axis(name)
-    overlap = ta.check_shapes(name, entry.shape, {"base": b.entries[name].shape,
-                                                  "instruct": i.entries[name].shape},
-                              axis, allow_vocab_mismatch)
+    shapes = {"base": b.entries[name].shape, "instruct": i.entries[name].shape}
+    overlap = ta.check_shapes(name, entry.shape, shapes, axis, allow_vocab_mismatch)
     keep = None if axis is None else ta.keep_rows(name, entry.shape[axis], overlap, protect)
     work[name] = (axis, overlap, keep)
   return work
@@ -109,18 +107,14 @@ def _load_adapters(paths: Sequence[str], scales: Sequence[float], ref: model_io.
       raise ChatVectorError(f"--adapter={path}: {lora.CONFIG_FILE} has no key {e}") from None
     except (OSError, ValueError, TypeError, SafetensorError) as e:
       raise ChatVectorError(f"--adapter={path}: {e}") from None
-    for kpath, a in traverse_util.flatten_dict(adapter).items():
-      if kpath[-1] != "lora_a":
-        continue
-      b = lora.adapter_leaf(adapter, (*kpath[:-1], "lora_b"))
-      for layer, name in enumerate(hf.param_to_hf_names((*kpath[:-1], "kernel"), a.shape[0])):
-        want = (b.shape[-1], a.shape[-2])
-        entry = t.entries.get(name)
-        if entry is None or entry.shape != want or not ta.is_float(entry.dtype):
-          got = "missing" if entry is None else f"{entry.shape} {entry.dtype}"
-          raise ChatVectorError(f"{name}: --adapter={path} adapts it as {want} but the target's "
-                                f"is {got}")
-        terms.setdefault(name, []).append((a[layer], b[layer], scale * cfg.scale))
+    for name, a, b in model_io.hf_lora_terms(adapter):
+      want = (b.shape[-1], a.shape[-2])
+      entry = t.entries.get(name)
+      if entry is None or entry.shape != want or not ta.is_float(entry.dtype):
+        got = "missing" if entry is None else f"{entry.shape} {entry.dtype}"
+        raise ChatVectorError(f"{name}: --adapter={path} adapts it as {want} but the target's "
+                              f"is {got}")
+      terms.setdefault(name, []).append((a, b, scale * cfg.scale))
   return terms
 
 
@@ -204,7 +198,6 @@ def merge_checkpoints(base: str | None, instruct: str | None, target: str, outpu
 
 
 def _stream(t, b, i, plan, work, adapted, scales, writers, chunk_elems, progress):
-
   total = sum(math.prod(e.shape) for e in t.entries.values())
   with cli.progress(total=total, unit="param", unit_scale=True, desc="chat vector",
                     enabled=progress) as bar:
@@ -304,9 +297,9 @@ def main(argv: Sequence[str]) -> None:
       print(out)
 
 
-def _define_flags():
-  kinds = "HF dir, Hub id in the local cache, convert --to_orbax dir or training run"
-  flags.DEFINE_string("base", None, f"Base model the vector starts from (e.g. Llama 3 8B): {kinds}.")
+if __name__ == "__main__":
+  flags.DEFINE_string("base", None, "Base model the vector starts from (e.g. Llama 3 8B): HF dir, "
+                      "Hub id in the local cache, convert --to_orbax dir or training run.")
   flags.DEFINE_string("instruct", None, "Instruction-tuned model (e.g. Llama 3 8B Instruct); "
                       "chat vector = instruct - base.")
   flags.DEFINE_string("target", None, "Model that receives the vector (e.g. Swallow 8B after "
@@ -332,7 +325,4 @@ def _define_flags():
   flags.DEFINE_float("max_shard_gb", 5.0, "Maximum size of one output safetensors shard.")
   flags.DEFINE_bool("json", False, "Print one JSON object (output dirs, scales, adapters).")
   flags.DEFINE_bool("quiet", False, "No progress bar.")
-
-
-if __name__ == "__main__":
-  cli.run(main, prog="chat_vector", define_flags=_define_flags)
+  cli.run(main, prog="chat_vector")

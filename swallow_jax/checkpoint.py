@@ -8,7 +8,8 @@ DIR/checkpoints_unreadable/ with a warning, and the previous one is used.
 
 Resume restores everything (weights only, for init_from / generation / eval: swallow_jax.model.io).
 A checkpoint whose state has other shapes, dtypes or structure than the run's is refused
-(IncompatibleCheckpointError), never set aside. Restoring onto another mesh works: pass abstract arrays (ShapeDtypeStruct) carrying the new shardings.
+(IncompatibleCheckpointError), never set aside. Restoring onto another mesh works: pass abstract
+arrays (ShapeDtypeStruct) carrying the new shardings.
 
 Multi-host: every process calls save and restore (Orbax writes and reads each process's array
 shards and coordinates the commit); each process's iterator state goes to its own file
@@ -39,14 +40,10 @@ def make_manager(directory: str | epath.Path,
   options = ocp.CheckpointManagerOptions(
       max_to_keep=spec.keep or None, enable_async_checkpointing=spec.async_save,
       cleanup_tmp_directories=True, create=True)
-  return ocp.CheckpointManager(_absolute(directory), options=options,
-                               item_names=("state", "data"))
-
-
-def _absolute(path: str | epath.Path) -> epath.Path:
-  """Orbax refuses relative paths; `--workdir=runs/x` is what people type."""
-  path = epath.Path(path)
-  return path if "://" in str(path) else epath.Path(os.path.abspath(path))
+  directory = epath.Path(directory)
+  if "://" not in str(directory):  # Orbax refuses relative paths: `--workdir=runs/x` is typed
+    directory = epath.Path(os.path.abspath(directory))
+  return ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
 
 
 class SavePolicy:
@@ -105,12 +102,7 @@ def check_save(mngr: ocp.CheckpointManager) -> None:
 def _flat_names(tree: Any) -> dict[str, Any]:
   """{'params.layers.q.kernel': leaf}: one naming for abstract states and Orbax metadata trees
   (Orbax stores tuples as lists and named tuples as dicts, so only the key names are compared)."""
-  def name(k):
-    for attr in ("key", "name", "idx"):
-      if hasattr(k, attr):
-        return str(getattr(k, attr))
-    return str(k)
-  return {".".join(name(k) for k in path): leaf
+  return {jax.tree_util.keystr(path, simple=True, separator="."): leaf
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
@@ -164,18 +156,18 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any,
   if not steps:
     return None
   for step in steps:
-    check_compatible(epath.Path(mngr.directory) / str(step), abstract_state)
-    if data_iter is not None:
-      _check_process_count(epath.Path(mngr.directory) / str(step))
+    step_dir = epath.Path(mngr.directory) / str(step)
+    check_compatible(step_dir, abstract_state)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None:
+      _check_process_count(step_dir)
       items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
     error = None
     try:
       restored = mngr.restore(step, args=ocp.args.Composite(**items))
-    except IncompatibleCheckpointError:
+    except IncompatibleCheckpointError:  # a user's mistake: refuse, never set aside
       raise
-    except Exception as e:  # Orbax raises many types for damaged files. pylint: disable=broad-except
+    except Exception as e:  # pylint: disable=broad-except  (damaged files: many kinds)
       error = e
     (failed,) = parallel.any_process(error is not None)
     if not failed:  # All processes must continue from the same step.

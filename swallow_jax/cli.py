@@ -15,22 +15,19 @@
   * `--verbose` is defined by `run` (unless the module has its own); Ctrl-C is one line, exit 130.
   * Long jobs show `progress(...)`: tqdm's bar on a terminal, plain timestamped lines elsewhere.
 
-Adopting it in a `__main__` (replaces `app.run(...)`, any `flags_parser`, `normalize_argv`, the
-`if len(argv) > 1` check and the `try: ... except ...: sys.exit(...)` around the work):
+In a `__main__` (flags as usual; `define_flags` when they live in a function):
 
-    from swallow_jax import cli
-
-    _OUT = flags.DEFINE_string("output", None, "...", required=True)  # flags as today
+    _OUT = flags.DEFINE_string("output", None, "...", required=True)
     _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --output.")
     cli.alias("out", "output")             # an old flag name: still accepted, with one notice
 
     def main(argv: list[str]) -> None:     # absl's main; argv[1:] only with positional=True
       cli.check_output(_OUT.value, _OVERWRITE.value)  # before any work
-      ...  # raise cli.Failure / ValueError / OSError (exit 1), cli.UsageError (exit 2); no logging of it
+      ...  # raise cli.Failure / ValueError / OSError (exit 1), cli.UsageError (exit 2)
       cli.print_json(summary)            # what a --json flag prints: one line of JSON
 
     if __name__ == "__main__":
-      cli.run(main, prog="convert")        # define_flags=_define_flags if flags live in a function
+      cli.run(main, prog="convert")
 """
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -129,20 +126,40 @@ def define_decoding_flags(*, temperature: float, top_p: float, max_new_tokens: i
   """--model, --tokenizer, --dtype and the sampling flags of the commands that generate text
   (defaults differ: generate is greedy, synth samples). Call it from the command's module: the
   flags are defined as that module's own, so its --help lists them."""
-  caller = sys._getframe(1).f_globals["__name__"]  # pylint: disable=protected-access
-  module = sys.argv[0] if caller == "__main__" else caller  # absl's name for the main module
-  for name, value, help_text in (
-      ("model", None, MODEL_HELP),
-      ("tokenizer", None, "Tokenizer file or dir; defaults to --model's own.")):
-    flags.DEFINE_string(name, value, help_text, module_name=module)
+  module = _caller_module()
+  for define, name, value, help_text in (
+      (flags.DEFINE_string, "model", None, MODEL_HELP),
+      (flags.DEFINE_string, "tokenizer", None, "Tokenizer file or dir; defaults to --model's own."),
+      (flags.DEFINE_integer, "max_new_tokens", max_new_tokens, "Tokens to generate per reply."),
+      (flags.DEFINE_float, "temperature", temperature, "Sampling temperature (0 = greedy)."),
+      (flags.DEFINE_integer, "top_k", 0, "Top-k sampling (0 = off)."),
+      (flags.DEFINE_float, "top_p", top_p, "Nucleus sampling mass (1 = off)."),
+      (flags.DEFINE_integer, "seed", 0, "Sampling seed.")):
+    define(name, value, help_text, module_name=module)
   flags.DEFINE_enum("dtype", "float32", DTYPES, "Parameter and compute dtype.", module_name=module)
-  flags.DEFINE_integer("max_new_tokens", max_new_tokens, "Tokens to generate per reply.",
+
+
+def define_multihost_flags(workdir_help: str) -> None:
+  """--workdir (required) and the flags of `parallel.initialize`, for the commands that run on
+  every process of a multi-host job (train, recipe); as `define_decoding_flags`, call it from the
+  command's module."""
+  module = _caller_module()
+  flags.DEFINE_string("workdir", None, workdir_help, required=True, module_name=module)
+  flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"], "Multi-host: call "
+                    "jax.distributed.initialize() (auto: when a coordinator or a multi-process "
+                    "launcher is detected).", module_name=module)
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host without "
+                      "auto-detection).", module_name=module)
+  flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).",
                        module_name=module)
-  flags.DEFINE_float("temperature", temperature, "Sampling temperature (0 = greedy).",
-                     module_name=module)
-  flags.DEFINE_integer("top_k", 0, "Top-k sampling (0 = off).", module_name=module)
-  flags.DEFINE_float("top_p", top_p, "Nucleus sampling mass (1 = off).", module_name=module)
-  flags.DEFINE_integer("seed", 0, "Sampling seed.", module_name=module)
+  flags.DEFINE_integer("process_id", None, "This process's index (multi-host).",
+                       module_name=module)
+
+
+def _caller_module() -> str:
+  """absl's name for the module that called our caller (`__main__` is named by its path)."""
+  caller = sys._getframe(2).f_globals["__name__"]  # pylint: disable=protected-access
+  return sys.argv[0] if caller == "__main__" else caller
 
 
 def print_json(obj: Any) -> None:
@@ -358,24 +375,18 @@ def run(main: Callable[[list[str]], Any], *, prog: str,
   sys.exit(0)  # Not reached: app.run exits.
 
 
-def _entry(module: str) -> Callable[[], None]:
-  """A console-script entry point that runs `python -m swallow_jax.<module>`."""
+_COMMANDS = ("train", "recipe", "preprocess", "generate", "evaluate", "convert", "chat_vector",
+             "plan", "vocab", "synth", "sweep")
+
+
+def __getattr__(name: str) -> Callable[[], None]:
+  """`entry_<command>`: the console script `swallow-<command>` (see pyproject.toml), which runs
+  `python -m swallow_jax.<command>`."""
+  module = name.removeprefix("entry_")
+  if name == module or module not in _COMMANDS:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
   def entry() -> None:
     runpy.run_module(f"swallow_jax.{module}", run_name="__main__", alter_sys=True)
 
-  entry.__doc__ = f"Runs `python -m swallow_jax.{module}` (the `swallow-...` console script)."
   return entry
-
-
-entry_train = _entry("train")
-entry_recipe = _entry("recipe")
-entry_preprocess = _entry("preprocess")
-entry_generate = _entry("generate")
-entry_evaluate = _entry("evaluate")
-entry_convert = _entry("convert")
-entry_chat_vector = _entry("chat_vector")
-entry_plan = _entry("plan")
-entry_vocab = _entry("vocab")
-entry_synth = _entry("synth")
-entry_sweep = _entry("sweep")

@@ -31,7 +31,6 @@ def as_section(cls: type[_S], values: "_S | Mapping[str, Any] | None", name: str
   for key, f in fields.items():
     if key not in values and f.default is _REQUIRED and f.default_factory is _REQUIRED:
       raise ValueError(f"config.{name}.{key} is required")
-  out = {}
   for key, value in values.items():
     kind = fields[key].type
     try:
@@ -43,8 +42,8 @@ def as_section(cls: type[_S], values: "_S | Mapping[str, Any] | None", name: str
         value = tuple(value or ())
     except (TypeError, ValueError):
       raise ValueError(f"config.{name}.{key}={value!r} is not a {kind.__name__}") from None
-    out[key] = value
-  return cls(**out)
+    values[key] = value
+  return cls(**values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,22 +151,15 @@ class TrainSpec:
     With LoRA, `init_from` becomes the base's pinned absolute path (`model.io.base_model_path`).
     `read_init_from=False` (planning without the checkpoint at hand) takes the architecture from
     `model.preset` and leaves `init_from` as written."""
-    validate(config)
+    sections = _sections(config)
     lora = lora_config(config)
-    init_from = str(_opt(config, "init_from") or "")
+    init_from = str(config.get("init_from") or "")
     if lora.rank and read_init_from:
       from swallow_jax.model import io as model_io  # pylint: disable=g-import-not-at-top
       init_from = model_io.base_model_path(init_from)
     return cls(model=model_config(config, read_init_from), model_overrides=dict(config["model"]),
-               lora=lora,
-               data=as_section(DataSpec, config["data"], "data"),
-               optimizer=as_section(OptimizerSpec, config["optimizer"], "optimizer"),
-               train=as_section(TrainSection, config["train"], "train"),
-               mesh=as_section(MeshSpec, _opt(config, "mesh"), "mesh"),
-               checkpoint=as_section(CheckpointSpec, _opt(config, "checkpoint"), "checkpoint"),
-               eval=as_section(EvalSpec, _opt(config, "eval"), "eval"),
-               init_from=init_from,
-               tokenizer=str(_opt(config, "tokenizer") or ""))
+               lora=lora, init_from=init_from, tokenizer=str(config.get("tokenizer") or ""),
+               **sections)
 
 
 SECTIONS: dict[str, type] = {"data": DataSpec, "optimizer": OptimizerSpec, "train": TrainSection,
@@ -176,12 +168,9 @@ TOP_LEVEL_SCALARS = frozenset({"init_from", "tokenizer"})
 _REQUIRED_SECTIONS = ("model", "data", "optimizer", "train")
 
 
-def _opt(config: Mapping[str, Any], key: str) -> Any:
-  return config[key] if key in config else None
-
-
-def validate(config: Mapping[str, Any]) -> None:
-  """Raises ValueError naming the first unknown or missing key."""
+def _sections(config: Mapping[str, Any]) -> dict[str, Any]:
+  """Each section of SECTIONS as its dataclass; ValueError naming the first unknown or missing
+  key."""
   known = set(SECTIONS) | {"model"} | TOP_LEVEL_SCALARS
   unknown = set(config.keys()) - known
   if unknown:
@@ -189,15 +178,18 @@ def validate(config: Mapping[str, Any]) -> None:
   for section in _REQUIRED_SECTIONS:
     if section not in config:
       raise ValueError(f"config.{section} is missing")
-  for section, cls in SECTIONS.items():
-    if section in config:
-      as_section(cls, config[section], section)
+  return {name: as_section(cls, config.get(name), name) for name, cls in SECTIONS.items()}
+
+
+def validate(config: Mapping[str, Any]) -> None:
+  """Raises ValueError naming the first unknown or missing key."""
+  _sections(config)
 
 
 def lora_config(config: Mapping[str, Any]) -> LoraConfig:
   """`config.model.lora` (absent = rank 0); an adapter needs `init_from`, the base it adapts."""
   lora = LoraConfig.from_dict(dict(config["model"]).get("lora") or {})
-  if lora.rank and not _opt(config, "init_from"):
+  if lora.rank and not config.get("init_from"):
     raise ValueError(f"config.model.lora.rank={lora.rank} needs config.init_from (the base model)")
   return lora
 
@@ -206,14 +198,12 @@ def model_config(config: Mapping[str, Any], read_init_from: bool = True) -> Llam
   """LlamaConfig: that of `init_from` (any path swallow_jax.model.io resolves) if set and
   `read_init_from`, else `model.preset`; the other `model.*` keys override fields of either."""
   overrides = {k: v for k, v in dict(config["model"]).items() if k not in ("preset", "lora")}
-  if isinstance(overrides.get("eos_token_id"), list):
-    overrides["eos_token_id"] = tuple(overrides["eos_token_id"])
   fields = {f.name for f in dataclasses.fields(LlamaConfig)}
   unknown = set(overrides) - fields
   if unknown:
     raise ValueError(f"unknown LlamaConfig field(s) config.model.{sorted(unknown)}; "
                      f"known: {sorted(fields)}")
-  init_from = _opt(config, "init_from")
+  init_from = config.get("init_from")
   if init_from and read_init_from:
     from swallow_jax.model import io as model_io  # pylint: disable=g-import-not-at-top
     return dataclasses.replace(model_io.resolve(init_from).config, **overrides)
@@ -230,22 +220,13 @@ def resolved_dict(config: Mapping[str, Any], model_cfg: LlamaConfig,
   out = config.to_dict() if hasattr(config, "to_dict") else json.loads(json.dumps(dict(config)))
   if init_from is not None:
     out["init_from"] = init_from
-  model = {"preset": dict(config["model"]).get("preset", "")}
-  if "lora" in dict(config["model"]):
-    model["lora"] = _plain_dict(dict(config["model"])["lora"])
+  written = dict(config["model"])
+  model = {"preset": written.get("preset", "")}
+  if "lora" in written:
+    model["lora"] = {k: _plain(v) for k, v in dict(written["lora"]).items()}
   model.update({f.name: _plain(getattr(model_cfg, f.name)) for f in dataclasses.fields(model_cfg)})
   out["model"] = model
   return out
-
-
-def model_config_from_resolved(resolved: Mapping[str, Any]) -> LlamaConfig:
-  """The LlamaConfig stored by `resolved_dict` (a workdir's config.json)."""
-  fields = {f.name for f in dataclasses.fields(LlamaConfig)}
-  return LlamaConfig(**{k: v for k, v in resolved["model"].items() if k in fields})
-
-
-def _plain_dict(d: Mapping[str, Any]) -> dict[str, Any]:
-  return {k: _plain(v) for k, v in dict(d).items()}
 
 
 def _plain(v: Any) -> Any:

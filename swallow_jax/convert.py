@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 import os
-import sys
 
 from absl import flags
 import jax.numpy as jnp
@@ -88,7 +87,7 @@ def main(argv: Sequence[str]) -> None:
     print(out)
 
 
-def _define_flags() -> None:
+if __name__ == "__main__":
   flags.DEFINE_string("model", "", "Model to read: HF dir, Hub id in the local HF cache, "
                       "--to_orbax output, or a training workdir / checkpoints dir / step dir.")
   flags.DEFINE_string("to_orbax", "", "New Orbax directory to write (params/ + hf_config.json).")
@@ -106,7 +105,4 @@ def _define_flags() -> None:
   cli.alias("from_hf", "model")
   cli.alias("from_orbax", "model")
   cli.alias("tokenizer_dir", "tokenizer")
-
-
-if __name__ == "__main__":
-  cli.run(main, prog="convert", define_flags=_define_flags)
+  cli.run(main, prog="convert")

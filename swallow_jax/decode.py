@@ -1,27 +1,17 @@
-r"""KV-cache decoding with greedy / temperature / top-k / top-p sampling, for any Llama-family checkpoint.
+r"""KV-cache decoding with greedy / temperature / top-k / top-p sampling (`sj.generate`).
 
     new_tokens = sj.generate(config, params, prompts, max_new_tokens, temperature=0.0,
                              top_k=0, top_p=1.0, stop_tokens=(eot_id,), seed=0)
 
-How a batch is decoded (one jit per shape bucket):
-  * prompts are LEFT-padded to a power-of-two length P; pad tokens get segment id 0 and every
-    prompt's positions count from 0 at its first real token, so padding changes nothing;
-  * prefill writes prompt tokens [0, P-1) into the KV cache (their logits are never used, so XLA
-    drops the vocabulary projection); the last prompt token is the first step of the decode loop;
-  * a `lax.while_loop` feeds one token per row per step into slot P-1+i, samples the next one, and
-    ends after max_new_tokens or when every row has produced a stop token;
-  * shapes depend only on (batch, P, new-token bucket), so recompiles are rare; with `batch_size`,
-    prompts are sorted by length into chunks of that size (less padding), results in input order.
-Sampling applies temperature, then top-k, then top-p (the `transformers` order). Each row draws from
-its own key, fold_in(fold_in(key(seed), prompt index), step), so a prompt's sample depends only on
-the seed and its index, not on the batch it was decoded in. Parameters may be sharded: the jitted
-decode takes them as they are. Decoding runs on the per-layer parameter layout
-(`model.unstack_layers`: no layer's weights are copied out of the stack at each step); stacked
-parameters are unstacked on every call, a transient copy of the layer weights that callers who
-decode repeatedly avoid by passing `unstack_layers(params)` once.
+One jit per (batch, prompt length P, new-token bucket); docs/evaluation.md describes the left
+padding, the sampling order and the per-prompt keys. Prefill writes prompt tokens [0, P-1) into
+the KV cache (their logits are never used, so XLA drops the vocabulary projection); the last
+prompt token is the first step of a `lax.while_loop` that writes slot P-1+i at step i. Decoding
+runs on the per-layer layout (`model.unstack_layers`); stacked params are unstacked on every call,
+a transient copy that callers who decode repeatedly avoid by passing `unstack_layers(params)` once.
 
 `load_for_decoding` gives (config, params in the decoding layout, tokenizer) for any model path;
-the command line is `python -m swallow_jax.generate` (swallow_jax/generate.py).
+the command line is `python -m swallow_jax.generate`.
 """
 
 from collections.abc import Sequence

@@ -10,7 +10,7 @@ The one place that writes "temporary sibling, then rename". A killed process lea
     for line, row in read_jsonl("tasks/ja_mc.jsonl"): ...     # ValueError "FILE:LINE: ..."
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 import contextlib
 import gzip
 import json
@@ -24,9 +24,9 @@ from typing import IO, Any
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)(-\w+)?$")
 
 
-def _tmp_name(path: str, suffix: str = "") -> str:
+def _tmp_name(path: str) -> str:
   parent, base = os.path.split(os.path.abspath(path))
-  return os.path.join(parent, f".{base}.tmp-{os.getpid()}{suffix}")
+  return os.path.join(parent, f".{base}.tmp-{os.getpid()}")
 
 
 @contextlib.contextmanager
@@ -62,6 +62,13 @@ def write_json(path: str, obj: Any, indent: int | None = 2) -> None:
   with atomic_file(path) as f:
     json.dump(obj, f, indent=indent, ensure_ascii=False)
     f.write("\n")
+
+
+def write_jsonl(path: str, rows: Iterable[Mapping[str, Any]]) -> None:
+  """Writes one UTF-8 JSON object per line (non-ASCII kept as is) atomically; gzip for .gz."""
+  with atomic_file(path) as f:
+    for row in rows:
+      f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 @contextlib.contextmanager

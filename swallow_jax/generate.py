@@ -22,14 +22,6 @@ from swallow_jax.data import chat
 FLAGS = flags.FLAGS
 
 
-def _define_flags() -> None:
-  """Command-line flags, defined only when run as a program so importing never clashes."""
-  cli.define_decoding_flags(temperature=0.0, top_p=1.0, max_new_tokens=256)
-  flags.DEFINE_string("prompt", None, "Plain-text prompt (no chat template; BOS if the tokenizer adds one).")
-  flags.DEFINE_bool("chat", False, "Chat on stdin with the model's own chat template.")
-  flags.DEFINE_string("system", None, "System message for --chat.")
-
-
 def _chat(config, params, tok, sample_kw) -> None:
   messages = [{"role": "system", "content": FLAGS.system}] if FLAGS.system else []
   print("Chat: type a message, an empty line or Ctrl-D to quit.", file=sys.stderr)
@@ -69,4 +61,9 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  cli.run(main, prog="generate", define_flags=_define_flags)
+  cli.define_decoding_flags(temperature=0.0, top_p=1.0, max_new_tokens=256)
+  flags.DEFINE_string("prompt", None, "Plain-text prompt (no chat template; BOS if the tokenizer "
+                      "adds one).")
+  flags.DEFINE_bool("chat", False, "Chat on stdin with the model's own chat template.")
+  flags.DEFINE_string("system", None, "System message for --chat.")
+  cli.run(main, prog="generate")

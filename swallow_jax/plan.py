@@ -118,12 +118,10 @@ def flash_memory_model(q: jax.Array, k: jax.Array, v: jax.Array, *args, **kwargs
 
 @contextlib.contextmanager
 def attention_memory_model(enabled: bool):
-  """Traces the model with `flash_memory_model` as its attention while active."""
-  if not enabled:
-    yield
-    return
+  """Traces the model with `flash_memory_model` as its attention while active (if `enabled`)."""
   original = llama_lib.attention
-  llama_lib.attention = flash_memory_model
+  if enabled:
+    llama_lib.attention = flash_memory_model
   try:
     yield
   finally:
@@ -252,8 +250,7 @@ def format_table(r: dict[str, Any]) -> str:
       f"{m['remat_policy']}, scan={m['scan_layers']}, compute {m['dtype']}",
       f"mesh       {' '.join(f'{k}={v}' for k, v in r['mesh'].items())} ({r['num_devices']} devices)",
   ]
-  if r.get("lora"):
-    lo = r["lora"]
+  if lo := r.get("lora"):
     lines.append(f"lora       rank {lo['rank']} on {','.join(lo['targets'])}"
                  + (f" + {','.join(lo['trainable'])}" if lo["trainable"] else "")
                  + f": {lo['num_trainable'] / 1e6:.1f}M trainable; base frozen in "
@@ -268,7 +265,7 @@ def format_table(r: dict[str, Any]) -> str:
     if k in r["per_device_bytes"]:
       lines.append(f"  {k:<10} {_gb(r['per_device_bytes'][k])}")
   if "fits" in r:
-    lines.append(f"  fits in {r['hbm_bytes'] / 1e9:.0f} GB: {'yes' if r['fits'] else 'NO'}")
+    lines.append(f"  fits in {r['hbm_bytes'] / 1e9:g} GB: {'yes' if r['fits'] else 'NO'}")
   f = r["flops_per_step"]
   lines += [
       "FLOPs per step",
@@ -283,26 +280,6 @@ def format_table(r: dict[str, Any]) -> str:
                                     if r["attention"].startswith("flash") else ")"))
   lines.append(f"compile    lower {r['lower_s']:.1f}s, compile {r['compile_s']:.1f}s")
   return "\n".join(lines)
-
-
-def define_flags() -> None:
-  """Defined only when run as a program, so importing this module adds no flags to others."""
-  from ml_collections import config_flags  # Not on every GPU image; only the CLI needs it.
-  config_flags.DEFINE_config_file("config", None, "Training config file (configs/X.py).")
-  flags.DEFINE_integer(
-      "devices", 0, "Fake devices to plan for (0: the product of the mesh sizes; required if the "
-      "mesh has a -1).")
-  flags.DEFINE_string("mesh", "", "Mesh override 'data:1,fsdp:8,tensor:1' (else config.mesh).")
-  flags.DEFINE_string("remat", "", "Override model.remat_policy (none, full, dots, ...).")
-  flags.DEFINE_float("hbm_gb", 0.0, "Device memory in GB (1e9 bytes) to check the fit against, "
-                     "e.g. 80 (H100), 95 (TPU v5p); 0: no check.")
-  flags.DEFINE_bool(
-      "hlo_flops", True, "Also lower the step with layers unrolled and report its HLO FLOPs "
-      "(counts remat recomputation; XLA counts a scanned layer loop's body only once).")
-  flags.DEFINE_bool(
-      "flash", True, "Compile attention as a flash-kernel memory model (GPU/TPU plans); "
-      "--noflash compiles the config's attention as XLA:CPU runs it (materializes T x T scores).")
-  flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
 
 
 def main(argv: list[str]) -> None:
@@ -321,4 +298,21 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  cli.run(main, prog="plan", define_flags=define_flags)
+  # Flags only when run as a program, so importing this module adds no flags to others.
+  from ml_collections import config_flags  # Not on every GPU image; only the CLI needs it.
+  config_flags.DEFINE_config_file("config", None, "Training config file (configs/X.py).")
+  flags.DEFINE_integer(
+      "devices", 0, "Fake devices to plan for (0: the product of the mesh sizes; required if the "
+      "mesh has a -1).")
+  flags.DEFINE_string("mesh", "", "Mesh override 'data:1,fsdp:8,tensor:1' (else config.mesh).")
+  flags.DEFINE_string("remat", "", "Override model.remat_policy (none, full, dots, ...).")
+  flags.DEFINE_float("hbm_gb", 0.0, "Device memory in GB (1e9 bytes) to check the fit against, "
+                     "e.g. 80 (H100), 95 (TPU v5p); 0: no check.")
+  flags.DEFINE_bool(
+      "hlo_flops", True, "Also lower the step with layers unrolled and report its HLO FLOPs "
+      "(counts remat recomputation; XLA counts a scanned layer loop's body only once).")
+  flags.DEFINE_bool(
+      "flash", True, "Compile attention as a flash-kernel memory model (GPU/TPU plans); "
+      "--noflash compiles the config's attention as XLA:CPU runs it (materializes T x T scores).")
+  flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+  cli.run(main, prog="plan")

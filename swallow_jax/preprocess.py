@@ -4,30 +4,15 @@ r"""Tokenize raw text or chat data into ArrayRecord shards + manifest.json.
         --output=data/ja_wiki [--text-field=text] [--format=text|chat] [--filter=EXPR] \
         [--keep-fields=a,b] [--path-field=subset] [--strict] [--json] [--workers=N]
 
-Inputs are JSONL (plain or .gz) or Parquet files (comma-separated globs). Every record
-is parsed and tokenized in worker processes; results are written in input order, so
-re-running over the same input gives byte-identical shards. ``--format=text`` stores
-``encode(text, add_bos=True) + [eos]`` (BOS only where the model's tokenizer adds one; no EOS
-for a tokenizer without one); ``--format=chat`` reads ``{"messages": [{"role", "content"},
-...]}`` and stores the model's own chat-template rendering with its SFT loss mask
-(`swallow_jax.data.chat`). The record layout is described in `swallow_jax.data.records`.
-
-Bad records are skipped and counted by reason (invalid_json, invalid_utf8,
-missing_field, empty_text; for chat also unknown_role, empty_conversation,
-no_assistant_turn, invalid_conversation (the template rejects it)); with ``--strict`` the
-first one is an error naming its file and line. A .gz input that ends early or is corrupt is
-``FILE: truncated gzip stream after N lines``: an error with ``--strict``, else counted as
-``truncated_file`` with the records read before it kept. An input file whose records are all bad (or that has none) is always an error,
-and so is an input that yields no document. ``--filter`` (see
-`swallow_jax.data.filters`) drops records by raw JSON fields; they are counted as
-``filtered``. ``--keep-fields`` stores those JSON fields in each record so a training
-config can filter at load time; ``--path-field=NAME`` stores the name of each input
-file's parent directory as field NAME (e.g. Cosmopedia's subset directories).
-
-The output directory is built under a temporary name and renamed into place
-(`swallow_jax.fileio.atomic_dir`); leftovers of killed runs are removed with a notice.
-``--overwrite`` replaces only a previous preprocess output (manifest.json and shards) that
-holds none of the inputs.
+Inputs: JSONL (plain or .gz) or Parquet files. Worker processes tokenize; results are written
+in input order, so a rerun gives byte-identical shards. ``--format=text`` stores
+``encode(text, add_bos=True) + [eos]``; ``--format=chat`` reads ``{"messages": [{"role",
+"content"}, ...]}`` and stores the model's own chat-template ids with their SFT loss mask.
+Bad records are skipped and counted by reason (with ``--strict`` the first one is an error
+naming its file and line); so is a truncated .gz input (``truncated_file``, the records before
+it kept). An input file with no good record, or a run that leaves no document, is an error.
+The output is built under a temporary name and renamed into place; ``--overwrite`` replaces
+only a previous preprocess output that holds none of the inputs. See docs/data.md.
 """
 
 from __future__ import annotations
@@ -125,8 +110,8 @@ def process_chunk(spec: Spec, path_value: str | None, items: Sequence[tuple[int,
 
 
 def _tasks(files: Sequence[str], spec: Spec, strict: bool) -> Iterator[tuple]:
-  """('chunk', file_index, path_value, items) ... [('truncated', file_index, message)]
-  ('end', file_index) per file; a truncated file is an error when `strict`."""
+  """('chunk', file_index, path_value, items) ... ('end', file_index, truncation message or
+  None) per file; a truncated file is an error when `strict`."""
   for index, path in enumerate(files):
     path_value = os.path.basename(os.path.dirname(os.path.abspath(path)))
     chunk, truncated = [], None
@@ -142,9 +127,7 @@ def _tasks(files: Sequence[str], spec: Spec, strict: bool) -> Iterator[tuple]:
       truncated = str(e)
     if chunk:
       yield ("chunk", index, path_value, chunk)
-    if truncated:
-      yield ("truncated", index, truncated)
-    yield ("end", index)
+    yield ("end", index, truncated)
 
 
 def _results(files, spec, tokenizer_path, workers, tok, strict) -> Iterator[tuple]:
@@ -158,11 +141,9 @@ def _results(files, spec, tokenizer_path, workers, tok, strict) -> Iterator[tupl
   with ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer_path,)) as pool:
     pending = collections.deque()
     for task in _tasks(files, spec, strict):
-      if task[0] != "chunk":
-        pending.append(task)
-      else:
-        result = pool.apply_async(process_chunk, (spec, task[2], task[3]))
-        pending.append(("chunk", task[1], result))
+      if task[0] == "chunk":
+        task = ("chunk", task[1], pool.apply_async(process_chunk, (spec, task[2], task[3])))
+      pending.append(task)
       while len(pending) > 2 * workers:
         yield _resolve(pending.popleft())
     while pending:
@@ -171,18 +152,6 @@ def _results(files, spec, tokenizer_path, workers, tok, strict) -> Iterator[tupl
 
 def _resolve(item: tuple) -> tuple:
   return item if item[0] != "chunk" else (item[0], item[1], item[2].get())
-
-
-class _Counts:
-  """Documents, tokens, filtered and skipped-by-reason counts (per file and in total)."""
-
-  def __init__(self, reasons: Sequence[str]):
-    self.documents = self.tokens = self.filtered = 0
-    self.skipped = dict.fromkeys(reasons, 0)
-
-  def as_dict(self) -> dict[str, Any]:
-    return {"documents": self.documents, "tokens": self.tokens, "filtered": self.filtered,
-            "skipped": dict(self.skipped)}
 
 
 def _check_overwrite(output: str, files: Sequence[str]) -> None:
@@ -203,20 +172,20 @@ def _check_overwrite(output: str, files: Sequence[str]) -> None:
 
 def _write_shards(files, spec, tokenizer, tok, workers, strict, writer, reasons, progress):
   """Consumes the results in order; returns (total, per-file counts, field value counts)."""
-  total, per_file = _Counts(reasons), [_Counts(reasons) for _ in files]
+  per_file = [{"documents": 0, "tokens": 0, "filtered": 0, "skipped": dict.fromkeys(reasons, 0)}
+              for _ in files]
   fields: dict[str, dict[str, dict[str, int]]] = {}
+  tokens = 0
   with cli.progress(desc="preprocess", unit=" docs", enabled=progress, mininterval=1.0,
                     leave=False) as bar:
     for kind, index, *rest in _results(files, spec, tokenizer, workers, tok, strict):
       counts = per_file[index]
-      if kind == "truncated":
-        logging.warning("%s; keeping the records read before it", rest[0])
-        counts.skipped["truncated_file"] += 1
-        total.skipped["truncated_file"] += 1
-        continue
       if kind == "end":
-        if counts.documents == 0 and counts.filtered == 0:
-          bad = {k: v for k, v in counts.skipped.items() if v}
+        if rest[0]:
+          logging.warning("%s; keeping the records read before it", rest[0])
+          counts["skipped"]["truncated_file"] += 1
+        if counts["documents"] == 0 and counts["filtered"] == 0:
+          bad = {k: v for k, v in counts["skipped"].items() if v}
           why = f"every record is bad {bad}" if bad else "it has no records"
           raise PreprocessError(f"{files[index]}: no documents: {why}")
         continue
@@ -225,24 +194,24 @@ def _write_shards(files, spec, tokenizer, tok, workers, strict, writer, reasons,
           _, line, reason, message = result
           if strict:
             raise PreprocessError(f"{files[index]}:{line}: {reason}: {message}")
-          counts.skipped[reason] += 1
-          total.skipped[reason] += 1
+          counts["skipped"][reason] += 1
         elif result[0] == "filtered":
-          counts.filtered += 1
-          total.filtered += 1
+          counts["filtered"] += 1
         else:
           _, _, record, n, meta = result
           writer.write(record, n)
-          for c in (counts, total):
-            c.documents += 1
-            c.tokens += n
+          counts["documents"] += 1
+          counts["tokens"] += n
+          tokens += n
           for k, v in meta.items():
             slot = fields.setdefault(k, {}).setdefault(filters.as_text(v),
                                                        {"documents": 0, "tokens": 0})
             slot["documents"] += 1
             slot["tokens"] += n
       bar.update(len(rest[0]))
-      bar.set_postfix(tokens=total.tokens, refresh=False)
+      bar.set_postfix(tokens=tokens, refresh=False)
+  total = {k: sum(c[k] for c in per_file) for k in ("documents", "tokens", "filtered")}
+  total["skipped"] = {r: sum(c["skipped"][r] for c in per_file) for r in reasons}
   return total, per_file, fields
 
 
@@ -288,12 +257,12 @@ def preprocess(input_pattern: str, tokenizer: str, output: str, *, fmt: str = "t
                                               writer, reasons, progress)
     finally:
       shards = writer.close()
-    if total.documents == 0:
+    if total["documents"] == 0:
       raise PreprocessError(f"--input {input_pattern!r}: no documents left after --filter")
     records.write_manifest(tmp, {
         "format_version": records.FORMAT_VERSION,
         "format": fmt,
-        **total.as_dict(),
+        **total,
         "tokenizer": {"path": tokenizer, "identity": tok.identity, "bos_id": tok.bos_id,
                       "add_bos": tok.add_bos, "eos_id": tok.eos_id,
                       "vocab_size": tok.vocab_size},
@@ -301,10 +270,10 @@ def preprocess(input_pattern: str, tokenizer: str, output: str, *, fmt: str = "t
                     "keep_fields": list(spec.keep_fields), "path_field": spec.path_field,
                     "system_prompt": spec.system_prompt},
         "fields": fields,
-        "inputs": [{**sources.file_digest(p), **c.as_dict()} for p, c in zip(files, per_file)],
+        "inputs": [{**sources.file_digest(p), **c} for p, c in zip(files, per_file)],
         "shards": shards,
     })
-  return {**total.as_dict(), "output": output, "shards": len(shards),
+  return {**total, "output": output, "shards": len(shards),
           "seconds": round(time.perf_counter() - start, 3)}
 
 
@@ -319,12 +288,10 @@ def _define_flags() -> None:
                       "JSON field holding the conversation (--format=chat).")
   flags.DEFINE_string("filter", None, "Keep only records matching, e.g. 'lang == ja' "
                       "(syntax: swallow_jax/data/filters.py).")
-  flags.DEFINE_list("keep_fields", [], "JSON fields to store in each record for load-time "
-                    "filters.")
+  flags.DEFINE_list("keep_fields", [], "JSON fields to store in each record for load-time filters.")
   flags.DEFINE_string("path_field", None,
                       "Store each input file's parent directory name as this field.")
-  flags.DEFINE_string("system_prompt", None,
-                      "Chat: system prompt for conversations without one.")
+  flags.DEFINE_string("system_prompt", None, "Chat: system prompt for conversations without one.")
   flags.DEFINE_bool("strict", False, "Fail on the first bad record (file:line: reason).")
   flags.DEFINE_bool("json", False, "Print one JSON object with the counts.")
   flags.DEFINE_integer("workers", os.cpu_count() or 1,

@@ -84,7 +84,6 @@ class Unfinished(RuntimeError):
   for a one-process run); running the recipe again continues it."""
 
 
-# ------------------------------------------------------------------------------------------
 # Config handling: stage list, references between stages.
 
 
@@ -175,7 +174,6 @@ def resolve(value: Any, config: Mapping[str, Any], workdir: str) -> Any:
   return _walk(value, one)
 
 
-# ------------------------------------------------------------------------------------------
 # Stage kinds. Each takes (resolved stage config as a dict, stage dir) and returns its outputs.
 
 
@@ -232,14 +230,11 @@ def _train(cfg: dict, stage_dir: str) -> dict:
   if jax.process_count() > 1:
     raise Unfinished(f"{stage_dir}: trained; its HF export runs on one process: run this stage "
                      "again on one host (it will not retrain)")
-  if summary is None:
-    model_cfg, params = model_io.load(stage_dir, progress=False)
-  else:
-    model_cfg, params = summary["model_config"], summary["params"]
-  tok = cfg.get("tokenizer") or None
+  model_cfg, params = (model_io.load(stage_dir, progress=False) if summary is None
+                       else (summary["model_config"], summary["params"]))
   model_io.save_hf(os.path.join(stage_dir, "hf"), model_cfg, params,
-                   dtype=cfg.get("export_dtype", "bfloat16"), tokenizer_dir=tok, overwrite=True,
-                   progress=False)
+                   dtype=cfg.get("export_dtype", "bfloat16"),
+                   tokenizer_dir=cfg.get("tokenizer") or None, overwrite=True, progress=False)
   out["model"] = os.path.join(stage_dir, "hf")
   out["trainable_params"] = _trainable_params(cfg["model"].get("lora"), model_cfg, params)
   return out
@@ -307,7 +302,6 @@ STAGE_KINDS: dict[str, Callable[[dict, str], dict]] = {
 _ANY_PROCESS_KINDS = ("train",)
 
 
-# ------------------------------------------------------------------------------------------
 # Running.
 
 
@@ -318,10 +312,6 @@ def _json_roundtrip(obj: Any) -> Any:
 def _read_json(path: str) -> Any:
   with open(path, encoding="utf-8") as f:
     return json.load(f)
-
-
-def _process_info() -> tuple[int, int]:
-  return jax.process_index(), jax.process_count()
 
 
 def status(config: Mapping[str, Any], workdir: str) -> dict[str, str]:
@@ -339,11 +329,10 @@ def run(config: Mapping[str, Any], workdir: str, only: Sequence[str] = (),
   """Runs the stages not yet done (or only `only`), then writes the report; returns it."""
   check_references(config)
   names = stage_names(config)
-  unknown = set(only) - set(names)
-  if unknown:
+  if unknown := set(only) - set(names):
     raise ValueError(f"--stages names {sorted(unknown)} are not stages of this config {names}")
   os.makedirs(workdir, exist_ok=True)
-  process, num_processes = _process_info()
+  process, num_processes = jax.process_index(), jax.process_count()
   with lock_lib.workdir_lock(workdir, enabled=process == 0):
     _run_stages(config, workdir, names, only, process, num_processes)
   if not report or process != 0:
@@ -393,7 +382,6 @@ def _main_value(result: Mapping[str, Any]) -> Any:
   return None if value is None else round(value, 4)
 
 
-# ------------------------------------------------------------------------------------------
 # Report: what the stages left in their directories, handed to swallow_jax.report.
 
 
@@ -439,29 +427,9 @@ def write_report(config: Mapping[str, Any], workdir: str) -> dict[str, Any]:
   return rep
 
 
-# ------------------------------------------------------------------------------------------
 # Command line.
 
 FLAGS = flags.FLAGS
-
-
-def _define_flags() -> None:
-  """Only when run as a program: library importers (tests, sweep) must not define flags."""
-  config_flags.DEFINE_config_file("config", None, "Recipe config file (configs/*.py).",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "Recipe directory: one sub-directory per stage, "
-                      "report.md/.json and plots.")
-  flags.DEFINE_list("stages", [], "Run only these stages (others must be done already if these "
-                    "need their outputs).")
-  flags.DEFINE_bool("dry_run", False, "Print the stages and their state; run nothing.")
-  flags.DEFINE_bool("report_only", False, "Only rewrite the report from the stages done so far.")
-  flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
-                    "Multi-host: jax.distributed.initialize() (auto: when a coordinator or a "
-                    "multi-process launcher is detected).")
-  flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
-  flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
-  flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
-  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: Sequence[str]) -> None:
@@ -489,4 +457,14 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   from swallow_jax import cli  # pylint: disable=g-import-not-at-top
-  cli.run(main, prog="recipe", define_flags=_define_flags)
+  # Flags only when run as a program: library importers (tests) must not define them.
+  config_flags.DEFINE_config_file("config", None, "Recipe config file (configs/*.py).",
+                                  lock_config=True)
+  flags.mark_flag_as_required("config")
+  cli.define_multihost_flags("Recipe directory: one sub-directory per stage, report.md/.json and "
+                             "plots.")
+  flags.DEFINE_list("stages", [], "Run only these stages (others must be done already if these "
+                    "need their outputs).")
+  flags.DEFINE_bool("dry_run", False, "Print the stages and their state; run nothing.")
+  flags.DEFINE_bool("report_only", False, "Only rewrite the report from the stages done so far.")
+  cli.run(main, prog="recipe")

@@ -47,27 +47,22 @@ def model_metrics(task_results: Mapping[str, Any]
   from swallow_jax.evaluate import plots  # pylint: disable=g-import-not-at-top  (imports jax)
   metrics, counts, units = {}, {}, {}
   for task, res in task_results.items():
-    n = int(res.get("num_examples", 0))
+    n, m = int(res.get("num_examples", 0)), res["metrics"]
     if res["type"] == "perplexity":
-      m = res["metrics"]
-      bpc_key = (task[:-len("_ppl")] if task.endswith("_ppl") else task) + "_bpc"
-      for key, value, unit in ((task, m["token_perplexity"], _PPL_UNIT),
-                               (bpc_key, m["bits_per_char"], _BPC_UNIT)):
-        metrics[key], counts[key], units[key] = float(value), n, unit
+      rows = [(task, m["token_perplexity"], _PPL_UNIT),
+              (task.removesuffix("_ppl") + "_bpc", m["bits_per_char"], _BPC_UNIT)]
       lang_key = f"{res.get('lang', 'ja')}_ppl"
-      metrics.setdefault(lang_key, float(m["token_perplexity"]))
-      counts.setdefault(lang_key, n)
-      units.setdefault(lang_key, _PPL_UNIT)
+      if lang_key not in {task, *metrics}:
+        rows.append((lang_key, m["token_perplexity"], _PPL_UNIT))
     elif res["type"] == "chat":
-      for key, value, unit in ((f"{task}_ppl", res["metrics"]["assistant_perplexity"], _PPL_UNIT),
-                               (f"{task}_qa", res["metrics"]["answer_accuracy"],
-                                plots.UNITS["chat"])):
-        metrics[key], counts[key], units[key] = float(value), n, unit
+      rows = [(f"{task}_ppl", m["assistant_perplexity"], _PPL_UNIT),
+              (f"{task}_qa", m["answer_accuracy"], plots.UNITS["chat"])]
     else:
       # As evaluate's plots show it: `score` is the main metric but for BLEU, which it has / 100.
-      metrics[task] = float(res["metrics"][res["main_metric"]] if res["type"] == "translation"
-                            else res["score"])
-      counts[task], units[task] = n, plots.UNITS[res["type"]]
+      value = m[res["main_metric"]] if res["type"] == "translation" else res["score"]
+      rows = [(task, value, plots.UNITS[res["type"]])]
+    for key, value, unit in rows:
+      metrics[key], counts[key], units[key] = float(value), n, unit
   return metrics, counts, units
 
 
@@ -161,6 +156,9 @@ def _fmt(v: float) -> str:
   return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
 
 
+_VERB = {"up": "rose", "down": "fell"}
+
+
 def sentence(f: Mapping[str, Any]) -> str:
   """One finding of `compare` in plain words."""
   metric, b, a = f["metric"], f["before"], f["after"]
@@ -169,19 +167,16 @@ def sentence(f: Mapping[str, Any]) -> str:
            + (f", within the +/-{f['noise_band']:.2f} noise band)" if f["noise_band"] is not None
               else f", under {PPL_TOLERANCE:.0%} relative change)"))
   elif f["noise_band"] is None:
-    how = (f"{'rose' if f['direction'] == 'up' else 'fell'} {abs(a - b) / b:.0%} "
-           f"({_fmt(b)} -> {_fmt(a)})")
+    how = f"{_VERB[f['direction']]} {abs(a - b) / b:.0%} ({_fmt(b)} -> {_fmt(a)})"
   else:
-    how = (f"{'rose' if f['direction'] == 'up' else 'fell'} from {_fmt(b)} to {_fmt(a)} "
+    how = (f"{_VERB[f['direction']]} from {_fmt(b)} to {_fmt(a)} "
            f"(beyond the +/-{f['noise_band']:.2f} noise band)")
-  text = f"`{metric}` {how}"
-  if "expected" in f:
-    words = {"up": "rise", "down": "fall", "same": "stay"}
-    text += (" -- as expected." if f["as_expected"] else
-             f" -- expected to {words[f['expected']]}; that effect is absent in this run.")
-  else:
-    text += "."
-  return text
+  if "expected" not in f:
+    return f"`{metric}` {how}."
+  words = {"up": "rise", "down": "fall", "same": "stay"}
+  return f"`{metric}` {how}" + (" -- as expected." if f["as_expected"] else
+                                f" -- expected to {words[f['expected']]}; that effect is absent "
+                                "in this run.")
 
 
 def findings_markdown(c: Mapping[str, Any]) -> list[str]:
@@ -251,13 +246,12 @@ def markdown(report: Mapping[str, Any], plots: Sequence[str] = (), intro: str = 
   lines += ["## Stages", "",
             "| stage | kind | status | seconds | steps | first loss | final loss | trained "
             "params | checkpoint MB |", "|---|---|---|---|---|---|---|---|---|"]
+  columns = {"seconds": str, "steps": str, "first_loss": _fmt, "final_loss": _fmt,
+             "trainable_params": "{:,}".format, "checkpoint_bytes": lambda b: f"{b / 1e6:.2f}"}
   for name, s in report["stages"].items():
-    cells = [name, s["kind"], s["status"], s.get("seconds", "-"), s.get("steps", "-"),
-             _fmt(s["first_loss"]) if "first_loss" in s else "-",
-             _fmt(s["final_loss"]) if "final_loss" in s else "-",
-             f"{s['trainable_params']:,}" if "trainable_params" in s else "-",
-             f"{s['checkpoint_bytes'] / 1e6:.2f}" if "checkpoint_bytes" in s else "-"]
-    lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    cells = [name, s["kind"], s["status"]] + [show(s[k]) if k in s else "-"
+                                              for k, show in columns.items()]
+    lines.append("| " + " | ".join(cells) + " |")
   total = sum(s.get("seconds", 0) for s in report["stages"].values())
   lines += ["", f"Stage time in total: {total:.0f} s (stages skipped as already done count with "
             "the time they took when they ran).", ""]

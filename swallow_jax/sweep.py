@@ -50,14 +50,9 @@ def split_spec(spec: str) -> tuple[str, str | None]:
   return path, (arg if sep else None)
 
 
-def load_config(spec: str, relative_to: str | None = None) -> ml_collections.ConfigDict:
-  """`get_config(arg)` of a config file given as FILE or FILE:arg.
-
-  `relative_to` (a file's __file__) resolves a relative FILE next to that file.
-  """
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of a config file given as FILE or FILE:arg."""
   path, arg = split_spec(spec)
-  if relative_to and not os.path.isabs(path):
-    path = os.path.join(os.path.dirname(os.path.abspath(relative_to)), path)
   module = load_module(path)
   return module.get_config(arg) if arg is not None else module.get_config()
 
@@ -96,10 +91,6 @@ def runs(spec: str) -> list[dict[str, Any]]:
   return items
 
 
-def _flag_value(value: Any) -> str:
-  return str(value).lower() if isinstance(value, bool) else str(value)
-
-
 def run_arg(spec: str, run: Mapping[str, Any]) -> str | None:
   """The config argument of one run: the --config's own argument, then the run's."""
   _, base = split_spec(spec)
@@ -115,28 +106,19 @@ def command(spec: str, run: Mapping[str, Any], workdir_root: str) -> list[str]:
   entry = "swallow_jax.recipe" if "stages" in load_config(config_spec) else "swallow_jax.train"
   cmd = [sys.executable, "-m", entry, f"--config={config_spec}",
          f"--workdir={os.path.join(workdir_root, run['name'])}"]
-  cmd += [f"--config.{k}={_flag_value(v)}" for k, v in run.items() if k not in ("name", "arg")]
+  cmd += [f"--config.{k}={str(v).lower() if isinstance(v, bool) else v}"
+          for k, v in run.items() if k not in ("name", "arg")]
   return cmd
 
 
 def expand(spec: str, workdir_root: str, only: list[str] = ()) -> Iterator[tuple[str, list[str]]]:
   """(run name, command) for every run, or for the named ones."""
   items = runs(spec)
-  unknown = set(only) - {r["name"] for r in items}
-  if unknown:
+  if unknown := set(only) - {r["name"] for r in items}:
     raise ValueError(f"--only names {sorted(unknown)} are not runs of {spec}")
   for run in items:
     if not only or run["name"] in only:
       yield run["name"], command(spec, run, workdir_root)
-
-
-def _define_flags() -> None:
-  """Flags only when run as a program: config files import this module for parse_arg."""
-  flags.DEFINE_string("config", None, "Config file with a sweep() function (FILE or FILE:arg).",
-                      required=True)
-  flags.DEFINE_bool("dry_run", False, "Print the commands and launch nothing.")
-  flags.DEFINE_string("workdir_root", "runs/sweep", "Each run writes to WORKDIR_ROOT/<run name>.")
-  flags.DEFINE_list("only", [], "Run only these run names.")
 
 
 def main(argv: list[str]) -> None:
@@ -146,10 +128,15 @@ def main(argv: list[str]) -> None:
   for name, cmd in planned:
     print(f"# {name}\n{shlex.join(cmd)}", flush=True)
     if not f.dry_run:
-      rc = subprocess.call(cmd)
-      if rc:
+      if rc := subprocess.call(cmd):
         raise cli.Failure(f"run {name} failed with exit code {rc}")
 
 
 if __name__ == "__main__":
-  cli.run(main, prog="sweep", define_flags=_define_flags)
+  # Flags only when run as a program: config files import this module for parse_arg.
+  flags.DEFINE_string("config", None, "Config file with a sweep() function (FILE or FILE:arg).",
+                      required=True)
+  flags.DEFINE_bool("dry_run", False, "Print the commands and launch nothing.")
+  flags.DEFINE_string("workdir_root", "runs/sweep", "Each run writes to WORKDIR_ROOT/<run name>.")
+  flags.DEFINE_list("only", [], "Run only these run names.")
+  cli.run(main, prog="sweep")

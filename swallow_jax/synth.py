@@ -5,7 +5,8 @@ r"""Imitation-data synthesis: sample an instruct model's answers, filter them, w
 
 Input: JSONL with a `messages` list per line (OpenAI roles). A trailing assistant turn is dropped,
 so existing SFT data can be re-answered. Each prompt is encoded with the model's own chat template
-(swallow_jax.data.chat; Llama 3's for Llama 3 tokenizer files without one) and answered `--num_samples` times (Swallow: temperature 1.0, top_p 0.95).
+(swallow_jax.data.chat; Llama 3's for Llama 3 tokenizer files without one) and answered
+`--num_samples` times (Swallow: temperature 1.0, top_p 0.95).
 
 Each response goes through the filters in this order and is counted under the first that rejects it:
   empty       nothing but whitespace;
@@ -27,7 +28,6 @@ printed (as JSON with --json).
 
 from collections import Counter
 from collections.abc import Sequence
-import json
 from typing import Any
 
 from absl import flags
@@ -145,23 +145,6 @@ def synthesize(config, params, tokenizer, prompts: Sequence[list[dict[str, str]]
 FLAGS = flags.FLAGS
 
 
-def _define_flags() -> None:
-  """Command-line flags, defined only when run as a program so importing never clashes."""
-  cli.define_decoding_flags(temperature=1.0, top_p=0.95, max_new_tokens=512)
-  flags.DEFINE_string("input", None, "Prompts: JSONL with a `messages` list per line.")
-  flags.DEFINE_bool("overwrite", False, "Replace an existing --output.")
-  flags.DEFINE_string("output", None, "Output SFT JSONL; stats go to OUTPUT.stats.json.")
-  flags.DEFINE_integer("num_samples", 1, "Responses sampled per prompt.")
-  flags.DEFINE_integer("batch_size", 8, "Prompts decoded together.")
-  flags.DEFINE_enum("lang", "ja", ["ja", "any"], "Language filter: keep Japanese only, or any.")
-  flags.DEFINE_float("min_ja_ratio", 0.5, "Minimum Japanese character ratio for --lang=ja.")
-  flags.DEFINE_integer("min_chars", 1, "Minimum response length in characters.")
-  flags.DEFINE_integer("max_chars", 8192, "Maximum response length in characters.")
-  flags.DEFINE_integer("repeat_n", 10, "Character n-gram size of the repetition filter.")
-  flags.DEFINE_float("max_repeat_ratio", 0.3, "Maximum repeated n-gram ratio.")
-  flags.DEFINE_bool("json", False, "Print the stats summary as JSON.")
-
-
 def main(argv: Sequence[str]) -> None:
   del argv
   for name in ("model", "input", "output"):
@@ -173,19 +156,14 @@ def main(argv: Sequence[str]) -> None:
   prompts = read_prompts(FLAGS.input)
   from swallow_jax import decode as gen  # pylint: disable=g-import-not-at-top
   config, params, tokenizer = gen.load_for_decoding(FLAGS.model, FLAGS.tokenizer, FLAGS.dtype)
-  examples, stats = synthesize(
-      config, params, tokenizer, prompts, num_samples=FLAGS.num_samples,
-      max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature, top_p=FLAGS.top_p,
-      top_k=FLAGS.top_k, seed=FLAGS.seed, batch_size=FLAGS.batch_size, progress=True,
-      lang=FLAGS.lang,
-      min_ja_ratio=FLAGS.min_ja_ratio, min_chars=FLAGS.min_chars, max_chars=FLAGS.max_chars,
-      repeat_n=FLAGS.repeat_n, max_repeat_ratio=FLAGS.max_repeat_ratio)
-  with fileio.atomic_file(FLAGS.output) as f:
-    for ex in examples:
-      f.write(json.dumps(ex, ensure_ascii=False) + "\n")
+  examples, stats = synthesize(config, params, tokenizer, prompts, progress=True, **{
+      name: FLAGS[name].value for name in (
+          "num_samples", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "batch_size",
+          "lang", "min_ja_ratio", "min_chars", "max_chars", "repeat_n", "max_repeat_ratio")})
+  fileio.write_jsonl(FLAGS.output, examples)
   fileio.write_json(FLAGS.output + ".stats.json", stats)
   if FLAGS.json:
-    print(json.dumps(stats, ensure_ascii=False))
+    cli.print_json(stats)
   else:
     removed = ", ".join(f"{k} {v}" for k, v in stats["removed"].items())
     print(f"{stats['kept']}/{stats['responses']} responses kept (removed: {removed}); "
@@ -194,4 +172,17 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   cli.alias("prompts", "input")
-  cli.run(main, prog="synth", define_flags=_define_flags)
+  cli.define_decoding_flags(temperature=1.0, top_p=0.95, max_new_tokens=512)
+  flags.DEFINE_string("input", None, "Prompts: JSONL with a `messages` list per line.")
+  flags.DEFINE_string("output", None, "Output SFT JSONL; stats go to OUTPUT.stats.json.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing --output.")
+  flags.DEFINE_integer("num_samples", 1, "Responses sampled per prompt.")
+  flags.DEFINE_integer("batch_size", 8, "Prompts decoded together.")
+  flags.DEFINE_enum("lang", "ja", ["ja", "any"], "Language filter: keep Japanese only, or any.")
+  flags.DEFINE_float("min_ja_ratio", 0.5, "Minimum Japanese character ratio for --lang=ja.")
+  flags.DEFINE_integer("min_chars", 1, "Minimum response length in characters.")
+  flags.DEFINE_integer("max_chars", 8192, "Maximum response length in characters.")
+  flags.DEFINE_integer("repeat_n", 10, "Character n-gram size of the repetition filter.")
+  flags.DEFINE_float("max_repeat_ratio", 0.3, "Maximum repeated n-gram ratio.")
+  flags.DEFINE_bool("json", False, "Print the stats summary as JSON.")
+  cli.run(main, prog="synth")

@@ -153,13 +153,9 @@ def merge_tensor(name: str, target: Any, terms: Sequence[tuple[Any, Any, Any]], 
       shapes["base" + suffix] = minus.shape
   overlap = check_shapes(name, target.shape, shapes, axis, allow_vocab_mismatch)
   keep = None if axis is None else keep_rows(name, target.shape[axis], overlap, protect_token_ids)
-  diffs = [_f32(plus) if minus is None else diff(plus, minus) for plus, minus, _ in terms]
+  diffs = [_xp(plus).asarray(plus).astype(np.float32) if minus is None else diff(plus, minus)
+           for plus, minus, _ in terms]
   return apply(target, diffs, [w for _, _, w in terms], keep, axis, dtype)
-
-
-def _f32(x: Any) -> Any:
-  """x as a float32 array of its own kind (NumPy or JAX)."""
-  return _xp(x).asarray(x).astype(np.float32)
 
 
 def _flat(tree: Tree, role: str, target: dict[str, Any] | None) -> dict[str, Any]:

@@ -204,6 +204,20 @@ def test_shared_decoding_flags_are_listed_in_the_command_help(module):
     assert flag in out, (module, flag)
 
 
+@pytest.mark.parametrize("module", ["swallow_jax.train", "swallow_jax.recipe"])
+def test_shared_multihost_flags_are_listed_and_workdir_is_required(module):
+  """cli.define_multihost_flags: the command's own flags; --config is still named first."""
+  def run(*args):
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+  out = run("--help").stdout
+  for flag in ("--workdir", "--distributed: <auto|on|off>", "--coordinator_address",
+               "--num_processes", "--process_id"):
+    assert flag in out, (module, flag)
+  err = run().stderr.strip()
+  prog = module.removeprefix("swallow_jax.")
+  assert err == f"{prog}: error: --config and --workdir are required (see --help)"
+
 def _progress_lines(err):
   """'HH:MM:SS rest' lines -> [rest up to its ' [' stats], checking the timestamps."""
   assert "\r" not in err

@@ -111,6 +111,20 @@ def test_sharded_params_same_tokens(tiny):
     assert gen.generate(config, per_layer, PROMPTS[:3], 6) == want
 
 
+def test_tensor_parallel_decoding_same_tokens(tiny):
+  """Under a tensor mesh the residual is sequence-split where the length divides: the prompt's
+  prefill may be split, the one-token decode steps cannot; the tokens must not change."""
+  from swallow_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from swallow_jax.parallel import sharding  # pylint: disable=g-import-not-at-top
+  config, params = tiny
+  mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 2, "tensor": 4})
+  shardings = sharding.param_shardings(jax.eval_shape(lambda: params),
+                                       model_lib.param_logical_axes(config), mesh)
+  want = gen.generate(config, params, PROMPTS[:4], 6)
+  with sharding.mesh_context(mesh):
+    assert gen.generate(config, jax.device_put(params, shardings), PROMPTS[:4], 6) == want
+
+
 def test_sampling_deterministic_by_seed(tiny):
   config, params = tiny
   kw = dict(temperature=1.0, top_k=50, top_p=0.9)

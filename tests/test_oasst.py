@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from swallow_jax import fileio
 from swallow_jax.data import oasst
 
 
@@ -130,8 +131,8 @@ def test_truncated_export_is_a_one_line_error(tmp_path):
 def test_write_jsonl_leaves_nothing_on_failure(tmp_path):
   out = tmp_path / "o.jsonl.gz"
   with pytest.raises(TypeError):
-    oasst.write_jsonl(str(out), [{"ok": 1}, {"bad": object()}])
+    fileio.write_jsonl(str(out), [{"ok": 1}, {"bad": object()}])
   assert not list(tmp_path.iterdir())
-  oasst.write_jsonl(str(out), [{"ok": 1}])
+  fileio.write_jsonl(str(out), [{"ok": 1}])
   with gzip.open(out, "rt") as f:
     assert json.loads(f.read()) == {"ok": 1}

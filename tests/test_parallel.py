@@ -1,6 +1,7 @@
 """Mesh construction, logical-axis shardings, the large-parameter check, multi-host start-up."""
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
@@ -8,6 +9,7 @@ import pytest
 
 from swallow_jax import parallel
 from swallow_jax.model import param_logical_axes, presets
+from swallow_jax.model import llama
 from swallow_jax.model.llama import init_params
 from swallow_jax.train import optimizer as optimizer_lib
 
@@ -94,3 +96,14 @@ def test_distributed_initialize_is_off_on_one_host(monkeypatch):
   with pytest.raises(ValueError, match="'auto', 'on' or 'off'"):
     parallel.initialize(mode="yes")
   assert np.prod(list(parallel.make_mesh({}).shape.values())) == jax.device_count()
+
+
+def test_residual_stream_is_sequence_parallel_where_the_length_divides():
+  """Between layers the residual's length is split over `tensor` (what lets remat's saved layer
+  inputs shrink by the tensor size); a length that `tensor` does not divide stays whole."""
+  mesh = parallel.make_mesh(dict(data=1, fsdp=2, tensor=4))
+  with parallel.mesh_context(mesh):
+    split = jax.jit(llama._residual)(jnp.ones((2, 8, 16)))  # pylint: disable=protected-access
+    whole = jax.jit(llama._residual)(jnp.ones((2, 3, 16)))  # pylint: disable=protected-access
+  assert split.sharding.spec[1] == "tensor"
+  assert "tensor" not in jax.tree.leaves(tuple(whole.sharding.spec))

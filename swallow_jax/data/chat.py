@@ -1,30 +1,14 @@
-"""Chat templates as token ids with an SFT loss mask: the model's own template, rendered as
-transformers renders it.
+"""Chat templates as token ids with an SFT loss mask, rendered as transformers renders them.
 
-``encode_chat`` renders the tokenizer's ``chat_template`` (from the model's
-tokenizer_config.json or chat_template.jinja) in a sandboxed jinja2 environment set up like
-transformers' (ImmutableSandboxedEnvironment, trim_blocks, lstrip_blocks, ``raise_exception``,
-``strftime_now``, the ``tojson`` filter, ``bos_token``/``eos_token`` variables). A Llama 3
-tokenizer file that carries no template gets Meta's Llama 3 Instruct template:
-``<|start_header_id|>{role}<|end_header_id|>\\n\\n{content | trim}<|eot_id|>`` per message, the
-first preceded by BOS, and ``<|start_header_id|>assistant<|end_header_id|>\\n\\n`` as the
-generation prompt.
-
-The rendered text is tokenized as a tokenizer does it (special-token strings are those tokens,
-the text between them is encoded), so the ids equal ``apply_chat_template(..., tokenize=True)``.
-A template with ``{% generation %}...{% endgeneration %}`` blocks gets transformers' assistant
-mask (``apply_chat_template(..., return_assistant_tokens_mask=True)``): the character span of
-each block is recorded while rendering, and every token whose offsets overlap one is 1 (so a
-token straddling a block's start, e.g. ChatML's header newline merged with a reply's leading
-one, is 1; prefix rendering below leaves it out). Tokenizers need ``encode_offsets`` for it.
-Any other template gets a mask from rendering the conversation prefix by prefix, so each
-assistant reply's place in the text is known; ``loss_mask`` is 1 on each assistant message's
-content tokens and its end-of-turn token (``<|eot_id|>``, ``<|im_end|>``, or EOS for templates
-that end a turn with it) and 0 elsewhere (BOS, headers, system and user turns, generation
-prompt, what a template writes after the end-of-turn token). The text is cut where
-each reply starts, at the point where the tokenizer itself cuts (the reply's start or after its
-leading newlines), so the masked tokens are exactly the reply's; a tokenizer that would merge
-across both is cut at the start all the same.
+``encode_chat`` renders the tokenizer's own ``chat_template`` (Meta's Llama 3 Instruct template
+for a Llama 3 file without one) in a sandbox set up like transformers', and tokenizes the text
+as a tokenizer does (special-token strings are those tokens), so the ids equal
+``apply_chat_template(..., tokenize=True)``. The loss mask of a template with ``{% generation %}``
+blocks is transformers' assistant mask (every token whose offsets overlap a block; needs
+``encode_offsets``). Any other template is rendered prefix by prefix to find each assistant
+reply: the mask is 1 on its content and end-of-turn token (``<|eot_id|>``, ``<|im_end|>``, or
+EOS), 0 elsewhere; the text is cut where the tokenizer itself cuts at the reply's start (before
+or after its leading newlines). See docs/data.md.
 """
 
 from __future__ import annotations
@@ -35,7 +19,7 @@ import functools
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import jinja2
 from jinja2 import nodes
@@ -43,6 +27,7 @@ from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from swallow_jax.data.sources import InvalidRecord
+from swallow_jax.tokenizer.base import EOT_NAMES, Tokenizer
 from swallow_jax.tokenizer.specials import LLAMA3_TEMPLATE
 
 # The default system prompt of the Swallow instruct models (not added unless asked).
@@ -52,20 +37,8 @@ ROLES = ("system", "user", "assistant")
 BOS, START_HEADER, END_HEADER, EOT = (
     "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
 
-_END_OF_TURN = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>")
 _LEADING_NEWLINES = re.compile(r"\s*\n")
 _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")  # transformers' test
-
-
-class Tokenizer(Protocol):
-  """What encode_chat needs; ``special_tokens``, ``chat_template``, ``eos_id`` are optional
-  (a tokenizer without them is rendered with the Llama 3 template, its specials found with
-  ``token_to_id``), and so is ``encode_offsets`` (for templates with generation blocks)."""
-  bos_id: int | None
-
-  def encode(self, text: str, *, add_bos: bool = False) -> list[int]: ...
-
-  def token_to_id(self, token: str) -> int: ...
 
 
 class ChatError(InvalidRecord):
@@ -92,8 +65,7 @@ class EmptyMessageError(ChatError):
   reason = "empty_text"
 
 
-def validate_messages(messages: Any, *, require_assistant: bool = True
-                      ) -> list[dict[str, str]]:
+def validate_messages(messages: Any, *, require_assistant: bool = True) -> list[dict[str, str]]:
   """Checks a conversation; returns [{'role', 'content'}]; ChatError subclasses otherwise."""
   if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)):
     raise MalformedMessageError(f"messages must be a list, got {type(messages).__name__}")
@@ -112,14 +84,6 @@ def validate_messages(messages: Any, *, require_assistant: bool = True
   if require_assistant and not any(m["role"] == "assistant" for m in out):
     raise NoAssistantTurnError("no assistant turn")
   return out
-
-
-def with_system_prompt(messages: Sequence[Mapping[str, str]], system_prompt: str | None
-                       ) -> list[Mapping[str, str]]:
-  """Prepends `system_prompt` unless it is empty or the conversation has a system turn."""
-  if not system_prompt or (messages and messages[0].get("role") == "system"):
-    return list(messages)
-  return [{"role": "system", "content": system_prompt}, *messages]
 
 
 class _Generation(Extension):
@@ -168,23 +132,21 @@ def compile_template(template: str) -> jinja2.Template:
   return env.from_string(template)
 
 
-def _specials(tokenizer: Tokenizer) -> dict[str, int]:
-  """Special-token string -> id; a test double without a table gets the Llama 3 chat specials."""
+def _template(tokenizer: Tokenizer) -> tuple[dict[str, int], str]:
+  """(special-token string -> id, chat template). A tokenizer needs only ``bos_id``, ``encode``
+  and ``token_to_id``: without ``special_tokens`` it gets the Llama 3 chat specials, without a
+  ``chat_template`` Llama 3's when it has those specials."""
   table = getattr(tokenizer, "special_tokens", None)
   if table is not None:
-    return dict(table)
-  out = {t: tokenizer.token_to_id(t) for t in (START_HEADER, END_HEADER, EOT)}
-  if tokenizer.bos_id is not None:
-    out[BOS] = tokenizer.bos_id
-  return out
-
-
-def _template(tokenizer: Tokenizer, specials: Mapping[str, int]) -> str:
-  own = getattr(tokenizer, "chat_template", None)
-  if own:
-    return own
+    specials = dict(table)
+  else:
+    specials = {t: tokenizer.token_to_id(t) for t in (START_HEADER, END_HEADER, EOT)}
+    if tokenizer.bos_id is not None:
+      specials[BOS] = tokenizer.bos_id
+  if own := getattr(tokenizer, "chat_template", None):
+    return specials, own
   if all(t in specials for t in (START_HEADER, END_HEADER, EOT)):
-    return LLAMA3_TEMPLATE
+    return specials, LLAMA3_TEMPLATE
   raise ValueError(f"{getattr(tokenizer, 'path', tokenizer)}: the tokenizer has no chat_template "
                    "(tokenizer_config.json or chat_template.jinja) and is not a Llama 3 one")
 
@@ -202,9 +164,7 @@ def render_chat(messages: Sequence[Mapping[str, str]], add_generation_prompt: bo
     return compile_template(LLAMA3_TEMPLATE).render(
         messages=list(messages), add_generation_prompt=add_generation_prompt, bos_token=BOS,
         eos_token="<|end_of_text|>")
-  specials = _specials(tokenizer)
-  return _render(tokenizer, specials, _template(tokenizer, specials), messages,
-                 add_generation_prompt)
+  return _render(tokenizer, *_template(tokenizer), messages, add_generation_prompt)
 
 
 def _render(tokenizer, specials, template, messages, add_generation_prompt,
@@ -217,34 +177,28 @@ def _render(tokenizer, specials, template, messages, add_generation_prompt,
       bos_token=_name(specials, tokenizer.bos_id),
       eos_token=_name(specials, getattr(tokenizer, "eos_id", None)),
       pad_token=_name(specials, getattr(tokenizer, "pad_id", None)))
+  blocks = []
+  tracking = compiled.environment.generation_spans
+  token = tracking.set(None if spans is None else (blocks, spans))
   try:
-    if spans is None:
-      return compiled.render(**variables)
-    blocks = []
-    token = compiled.environment.generation_spans.set((blocks, spans))
-    try:
-      for block in compiled.generate(**variables):
-        blocks.append(block)
-    finally:
-      compiled.environment.generation_spans.reset(token)
-    return "".join(blocks)
+    for block in compiled.generate(**variables):
+      blocks.append(block)
   except jinja2.exceptions.TemplateError as e:
     raise ChatError(f"chat template: {e}", "invalid_conversation") from None
+  finally:
+    tracking.reset(token)
+  return "".join(blocks)
 
 
 def _parts(specials: Mapping[str, int], text: str) -> Iterator[tuple[int, str, int | None]]:
   """(start, text, id) of each special-token string in `text` and (start, text, None) of each
   non-empty stretch between them."""
+  pattern = "|".join(map(re.escape, sorted(specials, key=len, reverse=True)))
   pos = 0
-  if specials:
-    pattern = "|".join(map(re.escape, sorted(specials, key=len, reverse=True)))
-    for m in re.finditer(pattern, text):
-      if m.start() > pos:
-        yield pos, text[pos:m.start()], None
-      yield m.start(), m.group(), specials[m.group()]
-      pos = m.end()
-  if pos < len(text):
-    yield pos, text[pos:], None
+  for i, part in enumerate(re.split(f"({pattern})", text) if specials else [text]):
+    if part:  # re.split puts the special-token strings at odd indices
+      yield pos, part, specials[part] if i % 2 else None
+    pos += len(part)
 
 
 def _tokenize(tokenizer: Tokenizer, specials: Mapping[str, int], text: str) -> list[int]:
@@ -278,11 +232,6 @@ def _overlap_mask(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int,
   return mask
 
 
-def _end_of_turn(specials: Mapping[str, int], tokenizer: Tokenizer) -> list[str]:
-  eos = _name(specials, getattr(tokenizer, "eos_id", None))
-  return [t for t in (*_END_OF_TURN, eos) if t and t in specials]
-
-
 def _split(tokenizer, specials, text: str, pos: int, start: int, stop: int
            ) -> tuple[list[int], list[int]]:
   """Ids of text[pos:start] and of the reply text[start:stop], cut where the tokenizer itself
@@ -311,32 +260,30 @@ def encode_chat(tokenizer: Tokenizer, messages: Sequence[Mapping[str, str]],
   conversation has no system turn. The mask comes from the template's generation blocks
   when it has them, else from prefix rendering (module docstring).
   """
-  messages = with_system_prompt(
-      validate_messages(messages, require_assistant=not add_generation_prompt), system_prompt)
-  specials = _specials(tokenizer)
-  template = _template(tokenizer, specials)
+  messages = validate_messages(messages, require_assistant=not add_generation_prompt)
+  if system_prompt and messages[0]["role"] != "system":
+    messages = [{"role": "system", "content": system_prompt}, *messages]
+  specials, template = _template(tokenizer)
+  render = functools.partial(_render, tokenizer, specials, template)
   if _GENERATION_TAG.search(template):
     spans = []
-    text = _render(tokenizer, specials, template, messages, add_generation_prompt, spans)
+    text = render(messages, add_generation_prompt, spans)
     ids, offsets = _tokenize_offsets(tokenizer, specials, text)
     return ids, _overlap_mask(offsets, spans)
-  text = _render(tokenizer, specials, template, messages, add_generation_prompt)
-  ends = _end_of_turn(specials, tokenizer)
-  spans = []  # (start, end) of each assistant reply and its end-of-turn token in `text`
+  text = render(messages, add_generation_prompt)
+  eos = _name(specials, getattr(tokenizer, "eos_id", None))
+  ends = [t for t in (*EOT_NAMES, eos) if t and t in specials]
+  ids, mask, pos = [], [], 0
   for k, m in enumerate(messages):
     if m["role"] != "assistant":
       continue
-    start = len(_render(tokenizer, specials, template, messages[:k], True))
-    stop = len(_render(tokenizer, specials, template, messages[:k + 1], False))
-    if not (text.startswith(_render(tokenizer, specials, template, messages[:k + 1], False))
-            and start <= stop):
+    start, upto = len(render(messages[:k], True)), render(messages[:k + 1], False)
+    if not (text.startswith(upto) and start <= len(upto)):
       raise ChatError(f"message {k}: the chat template does not render the conversation prefix "
                       "by prefix, so its assistant tokens cannot be found", "invalid_conversation")
-    reply = text[start:stop]
+    reply = text[start:len(upto)]
     found = [reply.find(t) + len(t) for t in ends if t in reply]
-    spans.append((start, start + min(found) if found else stop))
-  ids, mask, pos = [], [], 0
-  for start, stop in spans:
+    stop = start + min(found) if found else len(upto)
     before, reply = _split(tokenizer, specials, text, pos, start, stop)
     ids += before + reply
     mask += [0] * len(before) + [1] * len(reply)
@@ -350,8 +297,7 @@ def chat_special_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
   found by rendering a short conversation and resolved in this vocabulary; sorted."""
   probe = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
            {"role": "user", "content": "c"}]
-  specials = _specials(tokenizer)
-  template = _template(tokenizer, specials)
+  specials, template = _template(tokenizer)
   found = set()
   for messages in ([{"role": "system", "content": "s"}, *probe], probe):
     try:

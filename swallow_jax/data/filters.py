@@ -34,9 +34,7 @@ class Clause:
   values: tuple[str, ...]
 
   def __call__(self, meta: Mapping[str, Any]) -> bool:
-    present = self.field in meta
-    value = as_text(meta.get(self.field))
-    hit = present and value in self.values
+    hit = self.field in meta and as_text(meta[self.field]) in self.values
     return hit if self.op in ("==", "in") else not hit
 
 
@@ -69,21 +67,15 @@ def _unquote(word: str) -> str:
 
 def _parse_values(op: str, text: str, expr: str) -> tuple[str, ...]:
   if op in ("==", "!="):
-    words = re.fullmatch(_WORD, text)
-    if not words:
+    if not re.fullmatch(_WORD, text):
       raise ValueError(f"filter {expr!r}: bad value {text!r}")
     return (_unquote(text),)
   if not (text.startswith("[") and text.endswith("]")):
     raise ValueError(f"filter {expr!r}: '{op}' needs a list like [a, b]")
-  inner, values, pos = text[1:-1], [], 0
-  item = re.compile(r"\s*" + _WORD + r"\s*(,|$)")
-  while inner.strip() and pos < len(inner):
-    m = item.match(inner, pos)
-    if not m or (m[2] == "," and not inner[m.end():].strip()):
-      raise ValueError(f"filter {expr!r}: bad list {text!r}")
-    values.append(_unquote(m[1]))
-    pos = m.end()
-  return tuple(values)
+  inner = text[1:-1]
+  if inner.strip() and not re.fullmatch(rf"\s*{_WORD}\s*(?:,\s*{_WORD}\s*)*", inner):
+    raise ValueError(f"filter {expr!r}: bad list {text!r}")
+  return tuple(_unquote(w) for w in re.findall(_WORD, inner))
 
 
 def parse_filter(expr: str | None) -> Filter | None:

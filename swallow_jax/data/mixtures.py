@@ -15,48 +15,39 @@ from typing import Any
 # Cosmopedia is preprocessed with --path-field=subset so each record knows its
 # subset directory (data/<subset>/*.parquet); Swallow left out the web samples.
 COSMOPEDIA_FILTER = "subset not in [web_samples_v1, web_samples_v2]"
-
-
-def _sources(root: str, table: list[tuple[str, float, str | None]]) -> list[dict[str, Any]]:
-  return [dict(name=name, path=os.path.join(root, name), weight=weight, filter=flt)
-          for name, weight, flt in table]
+_LLAMA3_SWALLOW_8B = (
+    ("swallow_corpus", 0.808, None),     # Swallow Corpus (Japanese web)
+    ("ja_wikipedia", 0.017, None),
+    ("laboro_paracorpus", 0.009, None),  # English-Japanese parallel corpus
+    ("en_wikipedia", 0.021, None),
+    ("refinedweb", 0.021, None),
+    ("cosmopedia", 0.051, COSMOPEDIA_FILTER),
+    ("algebraic_stack", 0.037, None),
+    ("openwebmath", 0.037, None),
+)
+# Llama 3.1 Swallow's corpora in the place of the Llama 3 Swallow ones they succeed.
+_LLAMA31_RENAMES = {"swallow_corpus": "swallow_corpus_v2", "refinedweb": "dclm_baseline",
+                    "algebraic_stack": "the_stack_v2"}
 
 
 def llama3_swallow_8b(root: str) -> list[dict[str, Any]]:
   """Llama 3 Swallow 8B (v0.1) continual pretraining mixture (model card, 2024-07)."""
-  return _sources(root, [
-      ("swallow_corpus", 0.808, None),     # Swallow Corpus (Japanese web)
-      ("ja_wikipedia", 0.017, None),
-      ("laboro_paracorpus", 0.009, None),  # English-Japanese parallel corpus
-      ("en_wikipedia", 0.021, None),
-      ("refinedweb", 0.021, None),
-      ("cosmopedia", 0.051, COSMOPEDIA_FILTER),
-      ("algebraic_stack", 0.037, None),
-      ("openwebmath", 0.037, None),
-  ])
+  return [dict(name=name, path=os.path.join(root, name), weight=weight, filter=flt)
+          for name, weight, flt in _LLAMA3_SWALLOW_8B]
 
 
 def llama31_swallow_8b(root: str) -> list[dict[str, Any]]:
   """Llama 3.1 Swallow 8B continual pretraining mixture -- WEIGHTS UNCONFIRMED.
 
-  The Llama 3.1 Swallow model cards name the corpora (about 200B tokens: Swallow
-  Corpus Version 2, Japanese and English Wikipedia, Laboro ParaCorpus, DCLM
-  (dclm-baseline-1.0), Cosmopedia, and code and math data) but we could not find
-  per-source percentages. Until they are confirmed, the weights below carry over the
-  Llama 3 Swallow 8B shares by role (Japanese web, wikis, parallel text, English web,
-  synthetic textbooks, code, math), with DCLM in RefinedWeb's place and The Stack v2
-  in AlgebraicStack's. Replace them when the numbers are known.
+  The model cards name the corpora (Swallow Corpus v2, Wikipedia ja/en, Laboro ParaCorpus,
+  DCLM, Cosmopedia, code and math) but no per-source percentages: these carry over the Llama 3
+  Swallow 8B shares by role, DCLM in RefinedWeb's place and The Stack v2 in AlgebraicStack's.
   """
-  return _sources(root, [
-      ("swallow_corpus_v2", 0.808, None),
-      ("ja_wikipedia", 0.017, None),
-      ("laboro_paracorpus", 0.009, None),
-      ("en_wikipedia", 0.021, None),
-      ("dclm_baseline", 0.021, None),
-      ("cosmopedia", 0.051, COSMOPEDIA_FILTER),
-      ("the_stack_v2", 0.037, None),
-      ("openwebmath", 0.037, None),
-  ])
+  out = llama3_swallow_8b(root)
+  for s in out:
+    s["name"] = _LLAMA31_RENAMES.get(s["name"], s["name"])
+    s["path"] = os.path.join(root, s["name"])
+  return out
 
 
 def drop_source(sources: list[Mapping[str, Any]], name: str) -> list[dict[str, Any]]:

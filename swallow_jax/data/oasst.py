@@ -3,23 +3,18 @@ r"""OpenAssistant (OASST) export -> top-1 conversation threads as ``messages`` J
     python -m swallow_jax.data.oasst --input=2023-04-12_oasst_ready.trees.jsonl.gz \
         --output=oasst_top1_en.jsonl --lang=en [--json]
 
-Reads message-tree exports (one ``{"message_tree_id", "tree_state", "prompt": {...,
-"replies": [...]}}`` per line) or flat message exports (one message per line/row with
-``message_id``/``parent_id``/``message_tree_id``/``tree_state``, e.g. the oasst1
-Parquet files). Keeps trees in state ``ready_for_export`` (and, with --lang, whose
-first prompt is in one of the languages), takes every root-to-leaf thread and drops a
-thread holding a deleted message or an assistant message of rank >= 1; an unranked
-assistant message is kept only when it is its parent's only reply. Trailing user turns
-are trimmed (a thread left without an assistant turn is dropped) and duplicate threads
-are written once. Roles map prompter -> user, assistant -> assistant. Each output line
-is ``{"messages": [{"role", "content"}, ...], "message_tree_id": ..., "lang": ...}``,
-ready for ``python -m swallow_jax.preprocess --format=chat``.
+Reads message-tree exports or flat message exports (JSONL or Parquet). Keeps trees that are
+``ready_for_export`` (with --lang, whose first prompt is in one of the languages), and of their
+root-to-leaf threads drops those with a deleted message, an assistant message of rank >= 1, or
+an unranked assistant message that has siblings. Trailing user turns are trimmed (a thread
+left with no assistant turn is dropped), duplicates written once. Each line is ``{"messages":
+[{"role", "content"}, ...], "message_tree_id", "lang"}`` (prompter -> user), ready for
+``python -m swallow_jax.preprocess --format=chat``.
 """
 
 from __future__ import annotations
 
 import collections
-import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -59,8 +54,7 @@ def _assemble(tree_id: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
     (parent["replies"] if parent else roots).append(node)
   if len(roots) != 1:
     raise ValueError(f"tree {tree_id}: {len(roots)} root messages")
-  return {"message_tree_id": tree_id, "tree_state": roots[0].get("tree_state"),
-          "prompt": roots[0]}
+  return {"message_tree_id": tree_id, "tree_state": roots[0].get("tree_state"), "prompt": roots[0]}
 
 
 def _paths(node: Mapping[str, Any], prefix: tuple = ()) -> Iterator[tuple]:
@@ -124,17 +118,9 @@ def extract(trees: Iterable[Mapping[str, Any]], langs: Sequence[str] = ()
       counts["trees_other_lang"] += 1
       continue
     for messages in top1_threads(tree, counts["dropped"]):
-      rows.append({"messages": messages, "message_tree_id": tree["message_tree_id"],
-                   "lang": lang})
+      rows.append({"messages": messages, "message_tree_id": tree["message_tree_id"], "lang": lang})
   counts["threads"] = len(rows)
   return rows, counts
-
-
-def write_jsonl(path: str, rows: Iterable[Mapping[str, Any]]) -> None:
-  """Writes rows atomically (`fileio.atomic_file`); gzip when `path` ends in .gz."""
-  with fileio.atomic_file(path) as f:
-    for row in rows:
-      f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def _define_flags() -> None:
@@ -158,7 +144,7 @@ def main(argv: Sequence[str]) -> None:
   rows, counts = extract(read_trees(sources.expand_inputs(f.input)), f.lang)
   if not rows:
     raise cli.Failure(f"no threads left from {counts['trees']} trees ({counts})")
-  write_jsonl(f.output, rows)
+  fileio.write_jsonl(f.output, rows)
   if f.json:
     cli.print_json(counts)
   else:

@@ -1,30 +1,13 @@
 """Grain input pipelines: a weighted mixture of preprocessed sources, packed to seq_len.
 
-Per source (a directory written by `swallow_jax.preprocess`)::
-
-    ArrayRecordDataSource -> MapDataset -> [process_index::process_count] (disjoint, covering)
-      -> shuffle(seed) -> repeat() (reshuffled every epoch) -> filter(meta) -> decode
-
-Pretraining (``kind='pretrain'``) packs every source on its own with Grain's
-``ConcatThenSplitIterDataset`` into rows of ``seq_len + 1`` tokens -- no padding, and a
-document longer than a row continues in the next one, so no token is dropped -- and
-then ``IterDataset.mix`` draws rows with the source weights. Weights are therefore
-shares of *tokens*, which is what published mixtures (and Megatron's blended datasets
-that trained Swallow) mean. SFT (``kind='sft'``) mixes whole conversations with the
-weights, truncates each to ``seq_len + 1`` tokens and packs them with
-``FirstFitPackIterDataset`` (conversations are never split; rows are zero-padded).
-
-Each row of ``seq_len + 1`` tokens gives ``inputs = row[:-1]`` and ``targets =
-row[1:]``; a target that belongs to another document (or padding) gets target 0 and
-loss weight 0. Batches (host-local numpy)::
-
-    inputs int32[b, T], targets int32[b, T], positions int32[b, T],
-    segment_ids int32[b, T] (1, 2, ... per document in the row; 0 = padding),
-    loss_weights float32[b, T] (SFT: the chat loss mask of the target token)
-
-Per-source token counts: the returned iterator's ``source_tokens`` property is a dict
-``{source name: non-padding input tokens yielded so far on this process}``; it is
-part of the iterator state, so it survives checkpoint/restore.
+Per source: its records -> this process's slice -> shuffle -> repeat -> filter -> decode.
+Pretraining packs each source on its own (no padding, nothing dropped), then mixes rows, so
+weights are shares of tokens; SFT mixes whole conversations and packs them first-fit (never
+split, zero-padded). Batches (host-local numpy): ``inputs``, ``targets``, ``positions``,
+``segment_ids`` (0 = padding) int32[b, T] and ``loss_weights`` float32[b, T] (0 where the
+target is another document's; SFT: times the chat mask). The iterator's ``source_tokens``
+({source name: non-padding input tokens so far on this process}) is part of its state.
+See docs/data.md.
 """
 
 from __future__ import annotations
@@ -50,10 +33,6 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
   except (KeyError, AttributeError):
     return default
   return default if value is None else value
-
-
-def _source_seed(seed: int, index: int) -> int:
-  return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
 def _keep(flt: filters.Filter, record: bytes) -> bool:
@@ -95,7 +74,7 @@ def source_documents(source: Mapping[str, Any], *, index: int, kind: str, seq_le
   if not len(ds):
     raise ValueError(f"source {name!r} has {manifest['documents']} documents, none for "
                      f"process {process_index} of {process_count}")
-  ds = ds.shuffle(seed=_source_seed(seed, index))
+  ds = ds.shuffle(seed=int(np.random.SeedSequence([seed, index]).generate_state(1)[0]))
   if repeat:
     ds = ds.repeat()
   flt = filters.parse_filter(_get(source, "filter"))
@@ -110,21 +89,8 @@ def source_documents(source: Mapping[str, Any], *, index: int, kind: str, seq_le
   return ds.map(functools.partial(_decode, fmt, index, seq_len))
 
 
-def _pretrain_rows(docs: grain.IterDataset, seq_len: int, source_id: int) -> grain.IterDataset:
-  packed = grain.experimental.ConcatThenSplitIterDataset(
-      docs, length_struct={"tokens": seq_len + 1})
-  return packed.map(functools.partial(_tag_source, source_id))
-
-
 def _tag_source(source_id: int, row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return {**row, "source": np.int32(source_id)}
-
-
-def _sft_rows(docs: grain.IterDataset, seq_len: int, seed: int, num_bins: int) -> grain.IterDataset:
-  length = seq_len + 1
-  return grain.experimental.FirstFitPackIterDataset(
-      docs, length_struct={"tokens": length, "loss_mask": length, "source": length},
-      num_packing_bins=num_bins, seed=seed, shuffle_bins=True)
 
 
 def make_batch_row(row: Mapping[str, np.ndarray], num_sources: int) -> dict[str, np.ndarray]:
@@ -189,20 +155,16 @@ def _untangle_json(state: Any) -> Any:
   return state
 
 
-class _SourceCountsDataset(grain.IterDataset):
+def make_train_iterator(data_cfg: Any, *, seq_len: int, batch_size_per_process: int,
+                        process_index: int, process_count: int, seed: int
+                        ) -> _SourceCountsIterator:
+  """A checkpointable iterator of host-local batches (see the module docstring).
 
-  def __init__(self, parent: grain.IterDataset, names: Sequence[str]):
-    super().__init__(parent)
-    self._names = names
-
-  def __iter__(self) -> _SourceCountsIterator:
-    return _SourceCountsIterator(self._parent.__iter__(), self._names)
-
-
-def make_dataset(data_cfg: Any, *, seq_len: int, batch_size_per_process: int,
-                 process_index: int = 0, process_count: int = 1, seed: int = 0
-                 ) -> grain.IterDataset:
-  """The batched IterDataset behind make_train_iterator."""
+  `data_cfg`: ``sources`` (list of dict(name, path, weight, filter=None)), ``kind``
+  ('pretrain' | 'sft'), ``shuffle_seed`` (overrides `seed` when set), optional
+  ``packing_bins`` (SFT first-fit bins, default 64). Save and restore the iterator
+  with ``grain.checkpoint.CheckpointSave/CheckpointRestore`` (or get_state/set_state).
+  """
   kind = _get(data_cfg, "kind", "pretrain")
   if kind not in KINDS:
     raise ValueError(f"data.kind must be one of {sorted(KINDS)}, got {kind!r}")
@@ -224,29 +186,17 @@ def make_dataset(data_cfg: Any, *, seq_len: int, batch_size_per_process: int,
                              seed=seed).to_iter_dataset(_READ_OPTIONS)
       for i, (name, s) in enumerate(zip(names, srcs))
   }
-  weight_of = dict(zip(names, weights))
+  weight_of, length = dict(zip(names, weights)), seq_len + 1
   if kind == "pretrain":
+    split = grain.experimental.ConcatThenSplitIterDataset
     rows = grain.IterDataset.mix(
-        {n: _pretrain_rows(d, seq_len, i) for i, (n, d) in enumerate(docs.items())}, weight_of)
+        {n: split(d, length_struct={"tokens": length}).map(functools.partial(_tag_source, i))
+         for i, (n, d) in enumerate(docs.items())}, weight_of)
   else:
-    rows = _sft_rows(grain.IterDataset.mix(docs, weight_of), seq_len, seed,
-                     int(_get(data_cfg, "packing_bins", 64)))
+    rows = grain.experimental.FirstFitPackIterDataset(
+        grain.IterDataset.mix(docs, weight_of),
+        length_struct={"tokens": length, "loss_mask": length, "source": length},
+        num_packing_bins=int(_get(data_cfg, "packing_bins", 64)), seed=seed, shuffle_bins=True)
   ds = rows.map(functools.partial(make_batch_row, num_sources=len(names)))
   ds = ds.batch(batch_size_per_process, drop_remainder=True)
-  return _SourceCountsDataset(ds, names)
-
-
-def make_train_iterator(data_cfg: Any, *, seq_len: int, batch_size_per_process: int,
-                        process_index: int, process_count: int, seed: int
-                        ) -> _SourceCountsIterator:
-  """A checkpointable iterator of host-local batches (see the module docstring).
-
-  `data_cfg`: ``sources`` (list of dict(name, path, weight, filter=None)), ``kind``
-  ('pretrain' | 'sft'), ``shuffle_seed`` (overrides `seed` when set), optional
-  ``packing_bins`` (SFT first-fit bins, default 64). Save and restore the iterator
-  with ``grain.checkpoint.CheckpointSave/CheckpointRestore`` (or get_state/set_state).
-  """
-  return iter(make_dataset(data_cfg, seq_len=seq_len,
-                           batch_size_per_process=batch_size_per_process,
-                           process_index=process_index, process_count=process_count,
-                           seed=seed))
+  return _SourceCountsIterator(iter(ds), names)

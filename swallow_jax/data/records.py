@@ -10,9 +10,7 @@ and ``manifest.json`` (counts, tokenizer identity, inputs with sha256; see
     N bytes               loss_mask     uint8, only in chat datasets (manifest format "chat")
 
 Text documents are ``encode(text, add_bos=True) + [eos]``; chat documents are
-`swallow_jax.data.chat.encode_chat` ids with their loss mask. Shards are written with
-``group_size:1`` so Grain can read records at random; `ShardSource` reads them with
-errors that name the shard and record.
+`swallow_jax.data.chat.encode_chat` ids with their loss mask.
 """
 
 from __future__ import annotations
@@ -87,22 +85,19 @@ class ShardWriter:
 
   def write(self, record: bytes, num_tokens: int) -> None:
     if self._writer is None or self.shards[-1]["documents"] == self._per_shard:
-      self._close_current()
+      self.close()
       name = shard_name(len(self.shards))
-      self._writer = self._module.ArrayRecordWriter(
-          os.path.join(self._dir, name), WRITER_OPTIONS)
+      self._writer = self._module.ArrayRecordWriter(os.path.join(self._dir, name), WRITER_OPTIONS)
       self.shards.append({"file": name, "documents": 0, "tokens": 0})
     self._writer.write(record)
     self.shards[-1]["documents"] += 1
     self.shards[-1]["tokens"] += int(num_tokens)
 
-  def _close_current(self) -> None:
+  def close(self) -> list[dict[str, Any]]:
+    """Closes the open shard; returns the shards written."""
     if self._writer is not None:
       self._writer.close()
       self._writer = None
-
-  def close(self) -> list[dict[str, Any]]:
-    self._close_current()
     return self.shards
 
 

@@ -1,9 +1,7 @@
 """Raw inputs for preprocessing: JSONL (plain or gzip) and Parquet, record by record.
 
-Readers yield ``(line_number, payload)`` with 1-based line (or Parquet row) numbers;
-the payload is the raw line bytes for JSONL and a dict for Parquet, so that parsing
-(and its errors) happens in the worker processes. Whitespace-only JSONL lines are
-skipped silently.
+A JSONL payload is the raw line, so that parsing (and its errors) happens in the worker
+processes; whitespace-only lines are skipped silently.
 """
 
 from __future__ import annotations
@@ -70,11 +68,8 @@ def iter_records(path: str, columns: Sequence[str] | None = None
     pf = pq.ParquetFile(path)
     names = set(pf.schema_arrow.names)
     cols = None if columns is None else [c for c in columns if c in names]
-    row = 0
-    for batch in pf.iter_batches(batch_size=1024, columns=cols):
-      for item in batch.to_pylist():
-        row += 1
-        yield row, item
+    batches = pf.iter_batches(batch_size=1024, columns=cols)
+    yield from enumerate((item for batch in batches for item in batch.to_pylist()), 1)
     return
   opener = gzip.open if path.lower().endswith(".gz") else open
   number = 0
@@ -115,8 +110,6 @@ def require_utf8(text: str) -> str:
 
 def file_digest(path: str) -> dict[str, Any]:
   """{'path', 'bytes', 'sha256'} of a file (dataset manifests)."""
-  h = hashlib.sha256()
   with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return {"path": path, "bytes": os.path.getsize(path), "sha256": h.hexdigest()}
+    digest = hashlib.file_digest(f, "sha256").hexdigest()
+  return {"path": path, "bytes": os.path.getsize(path), "sha256": digest}

@@ -13,7 +13,6 @@ Each file draws from its own random stream, so changing one source's size never 
 """
 
 import dataclasses
-import json
 import os
 import random
 from typing import Any
@@ -42,6 +41,7 @@ class DemoPaths:
   chat_eval: dict[str, str]  # lang -> held-out single-turn chats about held-out facts
 
   def task_files(self, *names: str) -> list[str]:
+    """The files of the named tasks (all of them by default)."""
     return [self.tasks[n] for n in (names or self.tasks)]
 
 
@@ -139,8 +139,7 @@ def _tasks(world: World, seed: int, n: int, asked, held_out) -> dict[str, tuple[
          "fewshot": [as_pair(p) for p in pairs[:_FEWSHOT]]},
         [as_pair(p) for p in pairs[_FEWSHOT:]])
     ppl_rng = random.Random(f"tasks-ppl-{seed}-{lang}")
-    docs = [text.web_post(world, ppl_rng, lang) if i % 2 else text.wiki_article(world, ppl_rng, lang)
-            for i in range(n)]
+    docs = [(text.web_post if i % 2 else text.wiki_article)(world, ppl_rng, lang) for i in range(n)]
     out[f"{lang}_ppl"] = ({"task": f"{lang}_ppl", "type": "perplexity", "lang": lang},
                           [{"text": d, "lang": lang} for d in docs])
   return out
@@ -153,17 +152,10 @@ def _chat_eval(world: World, seed: int, n: int, held_out, lang: str) -> list[dic
   rows = []
   for kind, idx in rng.sample(held_out, min(n, len(held_out))):
     q, _ = text.question(world, kind, idx, lang)
-    rows.append({"messages": [{"role": "user", "content": q},
-                              {"role": "assistant",
-                               "content": text.statement(world, kind, idx, lang, rng.randrange(3))}],
+    a = text.statement(world, kind, idx, lang, rng.randrange(3))
+    rows.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
                  "answer": text.answer_value(world, kind, idx, lang)})
   return rows
-
-
-def _write_jsonl(path: str, rows: list[dict[str, Any]]) -> None:
-  with fileio.atomic_file(path) as f:
-    for row in rows:
-      f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def build_demo_data(out_dir: str, seed: int = 0, scale: float = 1.0) -> DemoPaths:
@@ -172,30 +164,24 @@ def build_demo_data(out_dir: str, seed: int = 0, scale: float = 1.0) -> DemoPath
     raise ValueError(f"scale must be positive, got {scale}")
   world = make_world(seed)
   asked, held_out = text.split_facts(world, seed)
-  raw_dir, task_dir = os.path.join(out_dir, "raw"), os.path.join(out_dir, "tasks")
-  os.makedirs(raw_dir, exist_ok=True)
-  os.makedirs(task_dir, exist_ok=True)
-  counts, raw = {}, {}
-  for name in TEXT_SOURCES + CHAT_SOURCES:
-    n = max(4, round(_SIZES[name] * scale))
-    rows = _records(name, world, random.Random(f"{name}-{seed}"), n, asked)
-    raw[name] = os.path.join(raw_dir, f"{name}.jsonl")
-    _write_jsonl(raw[name], rows)
-    counts[name] = len(rows)
-  tasks = {}
-  for name, (header, examples) in _tasks(world, seed, max(8, round(_EVAL_SIZE * scale)),
-                                         asked, held_out).items():
-    tasks[name] = os.path.join(task_dir, f"{name}.jsonl")
-    _write_jsonl(tasks[name], [header] + examples)
-    counts[f"tasks/{name}"] = len(examples)
-  chat_dir = os.path.join(out_dir, "chat_eval")
-  os.makedirs(chat_dir, exist_ok=True)
+  n_eval, counts = max(8, round(_EVAL_SIZE * scale)), {}
+
+  def write(group: str, name: str, rows: list[dict[str, Any]],
+            header: tuple[dict[str, Any], ...] = ()) -> str:
+    path = os.path.join(out_dir, group, f"{name}.jsonl")
+    fileio.write_jsonl(path, [*header, *rows])
+    counts[name if group == "raw" else f"{group}/{name}"] = len(rows)
+    return path
+
+  raw = {name: write("raw", name, _records(name, world, random.Random(f"{name}-{seed}"),
+                                           max(4, round(_SIZES[name] * scale)), asked))
+         for name in TEXT_SOURCES + CHAT_SOURCES}
+  tasks = {name: write("tasks", name, examples, (header,))
+           for name, (header, examples) in _tasks(world, seed, n_eval, asked, held_out).items()}
   chat_eval = {}
   for lang in ("ja", "en"):
-    rows = _chat_eval(world, seed, max(8, round(_EVAL_SIZE * scale)), held_out, lang)
-    chat_eval[lang] = os.path.join(chat_dir, f"{lang}_chat.jsonl")
-    _write_jsonl(chat_eval[lang], rows)
-    counts[f"chat_eval/{lang}_chat"] = len(rows)
+    rows = _chat_eval(world, seed, n_eval, held_out, lang)
+    chat_eval[lang] = write("chat_eval", f"{lang}_chat", rows)
   fileio.write_json(os.path.join(out_dir, "world.json"), dataclasses.asdict(world), indent=1)
   fileio.write_json(os.path.join(out_dir, "manifest.json"),
                     {"seed": seed, "scale": scale, "lines": counts,

@@ -10,6 +10,7 @@ import random
 import string
 from typing import Callable
 
+from swallow_jax.data.chat import SWALLOW_SYSTEM_PROMPT
 from swallow_jax.demo.world import World
 
 Lang = str  # 'ja' | 'en'
@@ -98,27 +99,21 @@ _OPENERS = (
 )
 
 
-def _a(noun: str) -> str:
-  return ("an " if noun[0] in "aeiou" else "a ") + noun
-
-
 def fields(world: World, kind: str, idx: int, lang: Lang) -> dict[str, str]:
   """The format fields of fact (kind, idx) in one language."""
-  ja = lang == "ja"
-  town_name = lambda t: t.name.ja + "市" if ja else t.name.en
-  river_name = lambda r: r.name.ja if ja else r.name.en
+  name = lambda n: getattr(n, lang)  # a Name in this language
+  town_name = lambda t: t.name.ja + "市" if lang == "ja" else t.name.en
   if kind.startswith("town_"):
     t = world.towns[idx]
-    return dict(T=town_name(t), region=t.region.ja if ja else t.region.en,
-                population=str(t.population), R=river_name(world.rivers[t.river]),
-                product=t.product.ja if ja else t.product.en)
+    return dict(T=town_name(t), region=name(t.region), population=str(t.population),
+                R=name(world.rivers[t.river].name), product=name(t.product))
   if kind.startswith("person_"):
     p = world.people[idx]
-    job = p.job.ja if ja else p.job.en
-    return dict(P=p.name.ja if ja else p.name.en, job=job, a_job=_a(job),
+    job = name(p.job)
+    return dict(P=name(p.name), job=job, a_job=("an " if job[0] in "aeiou" else "a ") + job,
                 home=town_name(world.towns[p.hometown]), age=str(p.age))
   r = world.rivers[idx]
-  return dict(R=river_name(r), length=str(r.length_km))
+  return dict(R=name(r.name), length=str(r.length_km))
 
 
 def statement(world: World, kind: str, idx: int, lang: Lang, variant: int) -> str:
@@ -128,9 +123,8 @@ def statement(world: World, kind: str, idx: int, lang: Lang, variant: int) -> st
 
 def question(world: World, kind: str, idx: int, lang: Lang) -> tuple[str, str]:
   """(question, short answer) for one fact."""
-  ja_q, en_q, ja_a, en_a = QUESTIONS[kind]
   f = fields(world, kind, idx, lang)
-  q, a = (ja_q, ja_a) if lang == "ja" else (en_q, en_a)
+  q, a = QUESTIONS[kind][lang == "en"::2]  # this language's question and short answer
   return q.format(**f), a.format(**f)
 
 
@@ -164,15 +158,12 @@ def split_facts(world: World, seed: int) -> tuple[list[tuple[str, int]], list[tu
   return asked, held_out
 
 
-def qa_text(q: str, a: str, lang: Lang) -> str:
-  """One question and short answer in the evaluation's QA prompt format."""
-  return f"質問: {q}\n回答: {a}" if lang == "ja" else f"Question: {q}\nAnswer: {a}"
-
-
 def faq_page(world: World, rng: random.Random, lang: Lang, asked: list[tuple[str, int]]) -> str:
-  """A web FAQ page: a few questions from `asked`, each with its short answer."""
+  """A web FAQ page: a few questions from `asked`, each with its short answer, in the
+  evaluation's QA prompt format."""
   pairs = [question(world, k, i, lang) for k, i in rng.sample(asked, rng.randint(2, 5))]
-  return "\n\n".join(qa_text(q, a, lang) for q, a in pairs)
+  layout = "質問: {}\n回答: {}" if lang == "ja" else "Question: {}\nAnswer: {}"
+  return "\n\n".join(layout.format(q, a) for q, a in pairs)
 
 
 def _join(sentences: list[str], lang: Lang) -> str:
@@ -252,10 +243,8 @@ def math_problem(world: World, rng: random.Random, lang: Lang) -> tuple[str, str
     a, b = a * 10 + b * 10, b * 10
   answer = fn(a, b)
   problem = (ja_t if lang == "ja" else en_t).format(a=a, b=b, **f)
-  if lang == "ja":
-    solution = f"{a} {_OP_JA[op]} {b} = {answer}。答えは{answer}です。"
-  else:
-    solution = f"{a} {op} {b} = {answer}. The answer is {answer}."
+  solution = (f"{a} {_OP_JA[op]} {b} = {answer}。答えは{answer}です。" if lang == "ja"
+              else f"{a} {op} {b} = {answer}. The answer is {answer}.")
   return problem, solution, answer
 
 
@@ -274,7 +263,6 @@ _GREETINGS_EN = (
     ("Hello!", "Hello! How can I help you today?"),
     ("Thank you.", "You are welcome. Ask me anything else you like."),
 )
-JA_SYSTEM_PROMPT = "あなたは誠実で優秀な日本人のアシスタントです。"
 
 
 def dialogue(world: World, rng: random.Random, lang: Lang,
@@ -282,7 +270,7 @@ def dialogue(world: World, rng: random.Random, lang: Lang,
   """A 1-3 exchange chat: questions from `asked` answered in full sentences, math, translation."""
   messages = []
   if lang == "ja" and rng.random() < 0.3:
-    messages.append({"role": "system", "content": JA_SYSTEM_PROMPT})
+    messages.append({"role": "system", "content": SWALLOW_SYSTEM_PROMPT})
   for _ in range(rng.choice((1, 1, 2, 3))):
     r = rng.random()
     if r < 0.6:

@@ -9,12 +9,9 @@ public releases of the Swallow evaluation sets (prepare.py, `python -m swallow_j
     # entry of the command line and of the recipe's eval stage):
     evaluate.evaluate_models({"base": "hf/base", "cpt": "runs/cpt"}, task_files, None, "out/")
 
-Each result: {"type", "lang", "num_examples", "num_fewshot", "metrics": {...}, "main_metric",
-"score", "truncated_prompts", "samples": first few prompts with predictions}. Main metrics:
-multiple_choice acc, qa char_f1, math accuracy, translation bleu (score = bleu / 100),
-perplexity bits_per_byte.
-Generation is greedy with the tokenizer's end tokens as stop tokens, and the answer is cut at the
-task's stop strings. The command line is `python -m swallow_jax.evaluate --help`.
+Each result: {"type", "lang", "num_examples", "num_fewshot", "metrics": {...}, "main_metric"
+(MAIN_METRIC below), "score", "truncated_prompts", "samples": first few prompts with predictions}.
+How each type is scored: docs/evaluation.md. The command line: `python -m swallow_jax.evaluate`.
 """
 
 from collections.abc import Mapping, Sequence
@@ -81,7 +78,8 @@ def _multiple_choice(config, params, tokenizer, task: Task, examples, opts) -> t
   return {"acc": statistics.fmean(acc), "acc_norm": statistics.fmean(acc_norm)}, samples
 
 
-def _generate_answers(config, params, tokenizer, task: Task, examples, opts) -> list[str]:
+def _generated(config, params, tokenizer, task: Task, examples, opts) -> tuple[dict, list]:
+  """qa, math and translation: greedy answers, cut at the task's stop strings, against golds."""
   room = opts["max_len"] - task.max_new_tokens
   if room < 1:
     raise ValueError(f"task {task.name}: max_new_tokens={task.max_new_tokens} leaves no room "
@@ -90,32 +88,17 @@ def _generate_answers(config, params, tokenizer, task: Task, examples, opts) -> 
                         opts["truncated"]) for ex in examples]
   outs = decode.generate(config, params, prompts, task.max_new_tokens,
                       stop_tokens=decode.stop_tokens_for(tokenizer), batch_size=opts["batch_size"])
-  return [scoring.cut_at_stop(tokenizer.decode(o), task.stop).strip() for o in outs]
-
-
-def _qa(config, params, tokenizer, task, examples, opts):
-  preds = _generate_answers(config, params, tokenizer, task, examples, opts)
-  golds = [ex["answer"] for ex in examples]
-  metrics = {
-      "char_f1": statistics.fmean(scoring.char_f1(p, g) for p, g in zip(preds, golds)),
-      "exact_match": statistics.fmean(scoring.exact_match(p, g) for p, g in zip(preds, golds)),
-  }
+  preds = [scoring.cut_at_stop(tokenizer.decode(o), task.stop).strip() for o in outs]
+  golds = [ex["target" if task.type == "translation" else "answer"] for ex in examples]
+  if task.type == "translation":
+    tok = scoring.bleu_tokenizer(task.lang)
+    return ({"bleu": scoring.bleu(preds, golds, tokenize=tok)},
+            [{"prediction": p, "gold": g, "bleu_tokenize": tok} for p, g in zip(preds, golds)])
+  scorers = ({"char_f1": scoring.char_f1, "exact_match": scoring.exact_match}
+             if task.type == "qa" else {"accuracy": scoring.numeric_match})
+  metrics = {k: statistics.fmean(fn(p, g) for p, g in zip(preds, golds))
+             for k, fn in scorers.items()}
   return metrics, [{"prediction": p, "gold": g} for p, g in zip(preds, golds)]
-
-
-def _math(config, params, tokenizer, task, examples, opts):
-  preds = _generate_answers(config, params, tokenizer, task, examples, opts)
-  golds = [ex["answer"] for ex in examples]
-  acc = statistics.fmean(scoring.numeric_match(p, g) for p, g in zip(preds, golds))
-  return {"accuracy": acc}, [{"prediction": p, "gold": g} for p, g in zip(preds, golds)]
-
-
-def _translation(config, params, tokenizer, task, examples, opts):
-  preds = _generate_answers(config, params, tokenizer, task, examples, opts)
-  golds = [ex["target"] for ex in examples]
-  tok = scoring.bleu_tokenizer(task.lang)
-  metrics = {"bleu": scoring.bleu(preds, golds, tokenize=tok)}
-  return metrics, [{"prediction": p, "gold": g, "bleu_tokenize": tok} for p, g in zip(preds, golds)]
 
 
 def _perplexity(config, params, tokenizer, task, examples, opts):
@@ -136,8 +119,8 @@ def _perplexity(config, params, tokenizer, task, examples, opts):
   return metrics, [{"tokens": n, "nll": nll} for nll, n in nlls]
 
 
-_RUNNERS = {"multiple_choice": _multiple_choice, "qa": _qa, "math": _math,
-            "translation": _translation, "perplexity": _perplexity}
+_RUNNERS = {"multiple_choice": _multiple_choice, "qa": _generated, "math": _generated,
+            "translation": _generated, "perplexity": _perplexity}
 
 
 def run_task(config, params, tokenizer, task: Task, *, batch_size: int = 8, max_len: int = 2048,
@@ -175,21 +158,17 @@ def run_tasks(config, params, tokenizer, tasks: Sequence[Task | str] | str, *,
                            max_examples=max_examples) for t in tasks}
 
 
-def output_files(output: str, models: Sequence[str]) -> list[str]:
-  """The paths `evaluate_models` writes under `output` (results, plots, TensorBoard runs)."""
-  from swallow_jax.evaluate import plots  # pylint: disable=g-import-not-at-top  (matplotlib)
-  return ([os.path.join(output, f) for f in (RESULTS, *plots.PLOT_FILES)]
-          + [os.path.join(output, "tensorboard", m) for m in models])
-
-
 def prepare_output(output: str, models: Sequence[str], *, overwrite: bool = False,
                    resume: bool = False) -> None:
   """Checks `output` before any work: a non-empty directory is an error unless `overwrite`
-  (then what this run would write is removed first, so no stale plot or result survives) or
-  `resume` (results.json is kept and its finished tasks are not run again)."""
+  (then what this run would write, results, plots and TensorBoard runs, is removed first, so no
+  stale plot or result survives) or `resume` (results.json is kept and its finished tasks are
+  not run again)."""
+  from swallow_jax.evaluate import plots  # pylint: disable=g-import-not-at-top  (matplotlib)
   if os.path.isdir(output) and os.listdir(output) and not (overwrite or resume):
     raise FileExistsError(f"{output} is not empty (pass --overwrite to replace its results)")
-  for path in output_files(output, models):
+  for path in ([os.path.join(output, f) for f in (RESULTS, *plots.PLOT_FILES)]
+               + [os.path.join(output, "tensorboard", m) for m in models]):
     if resume and os.path.basename(path) == RESULTS:
       continue
     if os.path.isdir(path):
@@ -197,14 +176,6 @@ def prepare_output(output: str, models: Sequence[str], *, overwrite: bool = Fals
     elif os.path.exists(path):
       os.remove(path)
   os.makedirs(output, exist_ok=True)
-
-
-def _read_results(output: str) -> dict[str, Any]:
-  path = os.path.join(output, RESULTS)
-  if not os.path.exists(path):
-    return {"models": {}}
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
 
 
 def _log_scalars(output: str, model: str, results: Mapping[str, Mapping[str, Any]]) -> None:
@@ -235,7 +206,10 @@ def evaluate_models(models: Mapping[str, str], tasks: Sequence[Task | str],
   tasks = [t if isinstance(t, Task) else load_task(t) for t in tasks]
   chats = dict(chats or {})
   prepare_output(output, list(models), overwrite=overwrite, resume=resume)
-  results = _read_results(output) if resume else {"models": {}}
+  results = {"models": {}}
+  if resume and os.path.exists(os.path.join(output, RESULTS)):
+    with open(os.path.join(output, RESULTS), encoding="utf-8") as f:
+      results = json.load(f)
   results["models"] = {n: m for n, m in results["models"].items()
                        if n in models and m.get("path") == models[n]}
   names = [t.name for t in tasks] + list(chats)

@@ -36,8 +36,7 @@ def token_logprobs(config, params, sequences: Sequence[Sequence[int]], *, batch_
                    max_len: int | None = None) -> list[np.ndarray]:
   """For each sequence s, the float64 array [log p(s[t] | s[:t]) for t in 1..len(s)-1]."""
   max_len = max_len or config.max_position_embeddings
-  too_long = [len(s) for s in sequences if len(s) > max_len]
-  if too_long:
+  if too_long := [len(s) for s in sequences if len(s) > max_len]:
     raise ValueError(f"sequence of {max(too_long)} tokens exceeds max_len={max_len}")
   order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
   out: list[np.ndarray | None] = [None] * len(sequences)

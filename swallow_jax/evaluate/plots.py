@@ -33,10 +33,7 @@ def pyplot() -> Any:
 
 
 def _keys(values: Values) -> list[str]:
-  seen = {}
-  for per_key in values.values():
-    seen.update(dict.fromkeys(per_key))
-  return list(seen)
+  return list(dict.fromkeys(k for per_key in values.values() for k in per_key))
 
 
 def _fmt(v: float) -> str:

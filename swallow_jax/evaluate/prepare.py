@@ -28,17 +28,10 @@ wmt20_ja_en     or one TSV source<TAB>reference, as written by
                 demonstrations)
 ja_ppl, en_ppl  JSONL with a `text` field                                  perplexity, 0
 
-Few-shot counts: 4 for every generated/choice task is CONFIRMED by the Swallow evaluation page
-(swallow-llm.github.io/evaluation/about.en.html: JCom, JEMHopQA, NIILC, JSQuAD, MGSM, WMT20 en-ja
-and ja-en "4-shot") and by its scripts (swallow-llm/swallow-evaluation
-scripts/abci/rt_AF/evaluate_ja_llmjp.sh GENERAL_NUM_FEWSHOT=4; evaluate_ja_mgsm.sh and
-evaluate_ja_wmt20_enja.sh NUM_FEWSHOT=4). Swallow ran JCom, JEMHopQA, NIILC and JSQuAD in
-llm-jp-eval 1.3.0 and MGSM and WMT20 in its JP LM Evaluation Harness fork. Prompts here reuse
-llm-jp-eval's instructions and input layouts ("質問：", "文章：", "選択肢："), the harness's MGSM
-layout ("問題：...\nステップごとの答え：") and its WMT layout ("English phrase: ...\nJapanese
-phrase:"), but not llm-jp-eval's exact wrapper text; and JCommonsenseQA is scored by choice
-log-likelihood (our multiple_choice), where llm-jp-eval generates the choice number. Scores are
-comparable between models evaluated here, not digit for digit with the Swallow leaderboard.
+4-shot is the Swallow setting for every scored task, and the prompts follow llm-jp-eval and the
+JP LM Evaluation Harness closely but not exactly (JCommonsenseQA is scored by choice
+log-likelihood): docs/evaluation.md says what is confirmed and where. Scores compare models
+evaluated here, not digit for digit with the Swallow leaderboard.
 
 Bad input stops with one line naming the file and the line (or, inside a JSON or XML document,
 the item) at fault. An existing non-empty --output is refused unless --overwrite.
@@ -69,16 +62,19 @@ class InputError(ValueError):
 Example = dict[str, Any]
 
 
-# ------------------------------------------------------------------------------------------
 # Readers: list of source paths -> examples in the harness's fields.
+
+
+def _existing(path: str) -> str:
+  if not os.path.exists(path):
+    raise InputError(f"{path}: no such file")
+  return path
 
 
 def _one(paths: Sequence[str], what: str) -> str:
   if len(paths) != 1:
     raise InputError(f"{what} takes one input file, got {len(paths)}: {list(paths)}")
-  if not os.path.exists(paths[0]):
-    raise InputError(f"{paths[0]}: no such file")
-  return paths[0]
+  return _existing(paths[0])
 
 
 def _lines(path: str, skip_blank: bool = True):
@@ -241,9 +237,7 @@ def read_translation(paths: Sequence[str]) -> list[Example]:
     pairs = [fields for _, fields in _tsv_pairs(path, "source<TAB>reference")]
   elif len(paths) == 2:
     sides = []
-    for path in paths:
-      if not os.path.exists(path):
-        raise InputError(f"{path}: no such file")
+    for path in map(_existing, paths):
       lines = []
       for n, line in _lines(path, skip_blank=False):
         if not line.strip():
@@ -261,14 +255,11 @@ def read_translation(paths: Sequence[str]) -> list[Example]:
 
 def read_text(paths: Sequence[str]) -> list[Example]:
   out = []
-  for path in paths:
-    if not os.path.exists(path):
-      raise InputError(f"{path}: no such file")
+  for path in map(_existing, paths):
     out += [{"text": _text(row, f"{path}:{n}", "text")} for n, row in _jsonl(path)]
   return out
 
 
-# ------------------------------------------------------------------------------------------
 # Tasks: a reader and the task-file header.
 
 
@@ -346,22 +337,7 @@ def write(path: str, header: dict[str, Any], examples: Sequence[Example]) -> Non
   write_task(path, header, examples)
 
 
-# ------------------------------------------------------------------------------------------
 # Command line.
-
-
-def _define_flags() -> None:
-  flags.DEFINE_enum("task", None, sorted(TASKS), "Task to build; input formats in the table "
-                    "above.")
-  flags.DEFINE_list("input", None, "Source file(s) of the examples to score "
-                    "(SOURCE,REFERENCE for plain-text WMT).")
-  flags.DEFINE_list("fewshot_input", [], "Source file(s) of the demonstrations (the train/dev "
-                    "split); default: the first --num_fewshot examples of --input.")
-  flags.DEFINE_string("output", None, "Task file to write (JSONL), e.g. ROOT/tasks/niilc.jsonl.")
-  flags.DEFINE_bool("overwrite", False, "Replace an existing --output.")
-  flags.DEFINE_integer("num_fewshot", None, "Demonstrations per prompt (default: the Swallow "
-                       "setting, 4; 0 for perplexity).")
-  flags.mark_flags_as_required(["task", "input", "output"])
 
 
 def main(argv: Sequence[str]) -> None:
@@ -377,4 +353,16 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  cli.run(main, prog="evaluate.prepare", define_flags=_define_flags)
+  # Flags only when run as a program: importing this module (tests) must not define them.
+  flags.DEFINE_enum("task", None, sorted(TASKS), "Task to build; input formats in the table "
+                    "above.", required=True)
+  flags.DEFINE_list("input", None, "Source file(s) of the examples to score (SOURCE,REFERENCE "
+                    "for plain-text WMT).", required=True)
+  flags.DEFINE_list("fewshot_input", [], "Source file(s) of the demonstrations (the train/dev "
+                    "split); default: the first --num_fewshot examples of --input.")
+  flags.DEFINE_string("output", None, "Task file to write (JSONL), e.g. "
+                      "ROOT/tasks/niilc.jsonl.", required=True)
+  flags.DEFINE_bool("overwrite", False, "Replace an existing --output.")
+  flags.DEFINE_integer("num_fewshot", None, "Demonstrations per prompt (default: the Swallow "
+                       "setting, 4; 0 for perplexity).")
+  cli.run(main, prog="evaluate.prepare")

@@ -53,13 +53,8 @@ def char_f1(prediction: str, golds: str | Sequence[str]) -> float:
 
 def extract_last_number(text: str) -> decimal.Decimal | None:
   """The last number in `text` (after NFKC, so full-width digits count), or None."""
-  matches = _NUMBER.findall(unicodedata.normalize("NFKC", text))
-  for m in reversed(matches):
-    try:
-      return decimal.Decimal(m.replace(",", ""))
-    except decimal.InvalidOperation:
-      continue
-  return None
+  matches = _NUMBER.findall(unicodedata.normalize("NFKC", text))  # each one a valid Decimal
+  return decimal.Decimal(matches[-1].replace(",", "")) if matches else None
 
 
 def numeric_match(prediction: str, gold: str | int | float) -> float:
@@ -81,8 +76,4 @@ def bleu_tokenizer(target_lang: str) -> str:
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> str:
   """The text before the earliest occurrence of any stop string."""
-  cut = len(text)
-  for s in stops:
-    if s and (i := text.find(s)) >= 0:
-      cut = min(cut, i)
-  return text[:cut]
+  return text[:min((i for s in stops if s and (i := text.find(s)) >= 0), default=len(text))]

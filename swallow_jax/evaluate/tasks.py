@@ -30,9 +30,8 @@ Example fields by type (optional ones in brackets):
   perplexity       text, [lang]            -> bits_per_byte, bits_per_char, token_perplexity
 Multiple choice scores each choice by the summed log-likelihood of target_delimiter + choice after
 the prompt (acc); acc_norm divides by the choice's length in characters (lm-eval-harness's rule).
-Default templates (_TEMPLATES below): e.g. qa/ja "質問: {question}\n回答:", math/ja
-"問題: {question}\nステップごとの答え:"; translation with lang "ja" is en->ja ("英語: {source}\n日本語:"),
-with lang "en" ja->en. Multiple-choice templates may use {choices_text} (the choices joined by ", ").
+Default templates: _TEMPLATES below (translation with lang "ja" is en->ja, with "en" ja->en).
+Multiple-choice templates may use {choices_text} (the choices joined by ", ").
 
 The Swallow evaluation sets (JCommonsenseQA, JSQuAD, JEMHopQA, NIILC, MGSM, WMT20, perplexity
 text) are converted from their public releases by `python -m swallow_jax.evaluate.prepare`.
@@ -40,7 +39,6 @@ text) are converted from their public releases by `python -m swallow_jax.evaluat
 
 from collections.abc import Iterable, Sequence
 import dataclasses
-import json
 from typing import Any
 
 from swallow_jax import fileio
@@ -123,8 +121,7 @@ def make_task(header: dict[str, Any], examples: Sequence[dict[str, Any]], source
   for key in ("task", "type"):
     if key not in header:
       raise ValueError(f"{where}: header needs {key!r} (got keys {sorted(header)})")
-  unknown = set(header) - _HEADER_KEYS
-  if unknown:
+  if unknown := set(header) - _HEADER_KEYS:
     raise ValueError(f"{where}: unknown header keys {sorted(unknown)}")
   ttype, lang = header["type"], header.get("lang", "ja")
   if ttype not in TYPES:
@@ -134,8 +131,7 @@ def make_task(header: dict[str, Any], examples: Sequence[dict[str, Any]], source
   k = int(header.get("num_fewshot", 0))
   examples = list(examples)
   for i, ex in enumerate(examples + list(header.get("fewshot", []))):
-    missing = [f for f in _REQUIRED[ttype] if f not in ex]
-    if missing:
+    if missing := [f for f in _REQUIRED[ttype] if f not in ex]:
       raise ValueError(f"{where}: example {i} lacks {missing} needed by type {ttype}")
     if ttype == "multiple_choice" and not 0 <= ex["answer"] < len(ex["choices"]):
       raise ValueError(f"{where}: example {i} answer {ex['answer']} is not a choice index")
@@ -182,6 +178,4 @@ def load_tasks(paths: str | Iterable[str]) -> list[Task]:
 
 def write_task(path: str, header: dict[str, Any], examples: Iterable[dict[str, Any]]) -> None:
   """Writes a task file in the format above, atomically (used by prepare, the demo and tests)."""
-  with fileio.atomic_file(path) as f:
-    for row in [header, *examples]:
-      f.write(json.dumps(row, ensure_ascii=False) + "\n")
+  fileio.write_jsonl(path, [header, *examples])

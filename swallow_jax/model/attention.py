@@ -10,20 +10,16 @@ Backends:
   xla          the same numbers laid out for XLA:CPU: heads-first batched GEMMs, and under
                `plain_causal` the key blocks above the diagonal skipped (timing:
                docs/performance.md, "CPU kernels"). Reads the heads-first KV cache in place.
-  dot_product  `jax.nn.dot_product_attention(implementation=None)` with the same mask; in jax
-               0.10 that is JAX's XLA path (JAX may start picking cuDNN by itself later).
+  dot_product  `jax.nn.dot_product_attention(implementation=None)` with the same mask.
   cudnn        `jax.nn.dot_product_attention(implementation='cudnn')`: GPU only, float16/bfloat16,
-               head_dim <= 128 and a multiple of 8. cuDNN's flash kernel natively knows only causal
-               and padding (sequence-length) masks, so with packed documents (`segment_ids` given)
-               JAX turns our boolean mask into an additive [B, 1, T, S] bias: correct, but it
-               materialises O(T*S) per sequence. Plain causal batches (no positions/segment ids
-               passed to `forward`; in training `document_masking=False`) use `is_causal=True`
-               and skip the mask entirely. cuDNN's own packed layout: docs/model.md.
+               head_dim <= 128 and a multiple of 8. Packed documents become an additive
+               [B, 1, T, S] bias (O(T*S) memory); plain causal batches use `is_causal=True`, no
+               mask (docs/model.md, "Attention and packed documents").
   splash       TPU Splash attention (Pallas): causal-by-index mask + `SegmentIds`, which equals the
                rule above for packed batches (positions rise by one inside each document).
-               Needs T % 128 == 0 (or T < 128); not used with a KV cache.
-               Under a mesh it runs per shard (`jax.shard_map`), batch and heads split by the
-               logical rules for 'batch', 'act_heads', 'act_kv_heads'; the sequence must be whole.
+               Needs T % 128 == 0 (or T < 128); not used with a KV cache. Under a mesh it runs
+               per shard (`jax.shard_map`), batch and heads split by the logical rules for
+               'batch', 'act_heads', 'act_kv_heads'; the sequence must be whole.
   auto         GPU: with a KV cache xla (decoding reads the heads-first cache without transposing
                it), else cudnn when the dtype/head_dim allow, else dot_product; TPU: splash when
                T % 128 == 0 and there is no KV cache, else xla; CPU: xla.
@@ -191,29 +187,26 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, q_positions: jax.Array,
   without transposing the whole cache at every step.
   """
   backend = resolve_backend(backend, q, with_cache)
+  mask = lambda: make_mask(q_positions, q_segment_ids, kv_positions, kv_segment_ids)
   if backend == "xla":
     if plain_causal:
       return causal_xla_attention(q, k, v)
-    return xla_attention(q, k, v, make_mask(q_positions, q_segment_ids, kv_positions,
-                                            kv_segment_ids), kv_heads_first=with_cache)
+    return xla_attention(q, k, v, mask(), kv_heads_first=with_cache)
   if with_cache:  # the other backends take [B, S, KV, Dh]
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
   if backend == "reference":
-    return reference_attention(q, k, v, make_mask(q_positions, q_segment_ids, kv_positions,
-                                                  kv_segment_ids))
+    return reference_attention(q, k, v, mask())
   if backend in ("dot_product", "cudnn"):
-    impl = None if backend == "dot_product" else "cudnn"
-    if impl == "cudnn":
-      if jax.default_backend() != "gpu":
-        raise ValueError("attention='cudnn' needs an NVIDIA GPU; this process runs on "
-                         f"{jax.default_backend()!r} (use 'xla' or 'dot_product')")
-      if not _cudnn_ok(q):
-        raise ValueError("attention='cudnn' needs dtype bfloat16/float16 and head_dim <= 128, a "
-                         f"multiple of 8; got {q.dtype} head_dim={q.shape[-1]}")
+    if backend == "cudnn" and jax.default_backend() != "gpu":
+      raise ValueError("attention='cudnn' needs an NVIDIA GPU; this process runs on "
+                       f"{jax.default_backend()!r} (use 'xla' or 'dot_product')")
+    if backend == "cudnn" and not _cudnn_ok(q):
+      raise ValueError("attention='cudnn' needs dtype bfloat16/float16 and head_dim <= 128, a "
+                       f"multiple of 8; got {q.dtype} head_dim={q.shape[-1]}")
+    impl = "cudnn" if backend == "cudnn" else None
     if plain_causal:
       return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
-    mask = make_mask(q_positions, q_segment_ids, kv_positions, kv_segment_ids)
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask(), implementation=impl)
   if backend == "splash":
     if with_cache:
       raise ValueError("attention='splash' does not support a KV cache; use 'xla' for decoding")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 from typing import Any
 
@@ -11,25 +12,43 @@ ATTENTION_BACKENDS = ("auto", "reference", "xla", "dot_product", "cudnn", "splas
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+def _checked(default: Any, ok: Callable[[Any], bool], want: str) -> Any:
+  """A dataclass field whose value must pass `ok`; `want` ends the error "X.name must be ..."."""
+  return dataclasses.field(default=default, metadata={"ok": ok, "want": want})
+
+
+def _positive_int(default: int) -> Any:
+  return _checked(default, lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+                  "a positive int")
+
+
+def _one_of(default: str, choices: tuple[str, ...]) -> Any:
+  return _checked(default, lambda v: v in choices, f"one of {choices}")
+
+
+def _check_fields(obj: Any, prefix: str) -> None:
+  """Raises ValueError for the first field of `obj` (in field order) that fails its check."""
+  for f in dataclasses.fields(obj):
+    value = getattr(obj, f.name)
+    if "ok" in f.metadata and not f.metadata["ok"](value):
+      raise ValueError(f"{prefix}.{f.name} must be {f.metadata['want']}, got {value!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
   """Llama 3.1 RoPE frequency scaling (HF `rope_type: llama3`)."""
 
-  factor: float = 8.0
+  factor: float = _checked(8.0, lambda v: v >= 1.0, ">= 1")
   low_freq_factor: float = 1.0
   high_freq_factor: float = 4.0
-  original_max_position_embeddings: int = 8192
+  original_max_position_embeddings: int = _checked(8192, lambda v: v > 0, "> 0")
 
   def __post_init__(self):
-    if not self.factor >= 1.0:
-      raise ValueError(f"rope_scaling.factor must be >= 1, got {self.factor}")
+    _check_fields(self, "rope_scaling")
     if not 0 < self.low_freq_factor < self.high_freq_factor:
       raise ValueError(
           "rope_scaling.low_freq_factor must be > 0 and < high_freq_factor, got "
           f"low_freq_factor={self.low_freq_factor} high_freq_factor={self.high_freq_factor}")
-    if self.original_max_position_embeddings <= 0:
-      raise ValueError("rope_scaling.original_max_position_embeddings must be > 0, got "
-                       f"{self.original_max_position_embeddings}")
 
   @classmethod
   def from_hf(cls, d: dict[str, Any] | None) -> RopeScaling | None:
@@ -58,28 +77,29 @@ class RopeScaling:
 class LlamaConfig:
   """Llama 3 architecture (HF semantics) plus how to compute it. Hashable: a valid jit static arg."""
 
-  vocab_size: int = 128256
-  hidden_size: int = 4096
-  intermediate_size: int = 14336
-  num_layers: int = 32
-  num_heads: int = 32
-  num_kv_heads: int = 8
-  head_dim: int = 128
-  rope_theta: float = 500000.0
-  rope_scaling: RopeScaling | None = None
-  rms_norm_eps: float = 1e-5
-  max_position_embeddings: int = 8192
+  vocab_size: int = _positive_int(128256)
+  hidden_size: int = _positive_int(4096)
+  intermediate_size: int = _positive_int(14336)
+  num_layers: int = _positive_int(32)
+  num_heads: int = _positive_int(32)
+  num_kv_heads: int = _positive_int(8)
+  head_dim: int = _positive_int(128)
+  rope_theta: float = _checked(500000.0, lambda v: v > 0, "> 0")
+  rope_scaling: RopeScaling | None = _checked(
+      None, lambda v: v is None or isinstance(v, RopeScaling), "None or RopeScaling")
+  rms_norm_eps: float = _checked(1e-5, lambda v: v > 0, "> 0")
+  max_position_embeddings: int = _positive_int(8192)
   tie_word_embeddings: bool = False
   bos_token_id: int = 128000
   eos_token_id: tuple[int, ...] = (128001,)
   pad_token_id: int | None = None
   unk_token_id: int | None = None
   # How to compute (not part of the architecture; not written to config.json).
-  param_dtype: str = "float32"
-  dtype: str = "float32"
-  remat_policy: str = "none"
+  param_dtype: str = _one_of("float32", DTYPES)
+  dtype: str = _one_of("float32", DTYPES)
+  remat_policy: str = _one_of("none", REMAT_POLICIES)
   scan_layers: bool = True
-  attention: str = "auto"
+  attention: str = _one_of("auto", ATTENTION_BACKENDS)
 
   def __post_init__(self):
     if isinstance(self.eos_token_id, int):
@@ -88,31 +108,12 @@ class LlamaConfig:
       object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
     if isinstance(self.rope_scaling, dict):
       object.__setattr__(self, "rope_scaling", RopeScaling.from_hf(self.rope_scaling))
-    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-                 "num_kv_heads", "head_dim", "max_position_embeddings"):
-      v = getattr(self, name)
-      if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-        raise ValueError(f"LlamaConfig.{name} must be a positive int, got {v!r}")
+    _check_fields(self, "LlamaConfig")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"LlamaConfig.num_kv_heads={self.num_kv_heads} must divide "
                        f"num_heads={self.num_heads}")
     if self.head_dim % 2:
       raise ValueError(f"LlamaConfig.head_dim must be even for RoPE, got {self.head_dim}")
-    if not self.rope_theta > 0:
-      raise ValueError(f"LlamaConfig.rope_theta must be > 0, got {self.rope_theta}")
-    if not self.rms_norm_eps > 0:
-      raise ValueError(f"LlamaConfig.rms_norm_eps must be > 0, got {self.rms_norm_eps}")
-    if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
-      raise ValueError(f"LlamaConfig.rope_scaling must be None or RopeScaling, got {self.rope_scaling!r}")
-    for name in ("param_dtype", "dtype"):
-      if getattr(self, name) not in DTYPES:
-        raise ValueError(f"LlamaConfig.{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
-    if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f"LlamaConfig.remat_policy must be one of {REMAT_POLICIES}, "
-                       f"got {self.remat_policy!r}")
-    if self.attention not in ATTENTION_BACKENDS:
-      raise ValueError(f"LlamaConfig.attention must be one of {ATTENTION_BACKENDS}, "
-                       f"got {self.attention!r}")
 
   @property
   def num_params(self) -> int:

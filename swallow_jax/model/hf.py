@@ -9,8 +9,7 @@ Name mapping (kernel = HF weight.T; per-layer HF tensors stack on a leading laye
     model.norm.weight                          final_norm/scale           [D]
     lm_head.weight                             lm_head/kernel             [D, V]        (.T)
 
-Reading and writing live in `swallow_jax.model.io` (`load`, `save_hf`); `load_hf` and `save_hf`
-here are those same functions under their historical names.
+Reading and writing live in `swallow_jax.model.io` (`load`, `save_hf`).
 """
 
 from __future__ import annotations

@@ -5,29 +5,26 @@ r"""One door for model weights: find, load and save a model whatever its layout.
     model_io.save_hf(path, config, params, dtype=jnp.bfloat16, tokenizer_dir=None)
     model_io.save_orbax(path, config, params)
 
-Path forms `resolve` accepts (kind in brackets):
-  * [hf]    a Hugging Face dir (config.json + model.safetensors or model-*-of-*.safetensors + index);
-  * [hf]    a Hub id `org/name` that is no existing path, from the local HF cache
-            ($HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub); nothing is downloaded;
+Path forms `resolve` accepts (kind in brackets; docs/model.md has the details):
+  * [hf]    an HF dir (config.json + safetensors), or a Hub id `org/name` in the local HF cache
+            (nothing is downloaded);
   * [orbax] what `convert --to_orbax` writes: DIR/params (Orbax StandardSave) + DIR/hf_config.json;
-  * [train] a training run: WORKDIR (latest step), WORKDIR/checkpoints (latest step), a step dir
-            WORKDIR/checkpoints/<N>, or WORKDIR/checkpoints/<N>/state. Only "params" is restored
-            (partial restore); the model config is the one the run wrote to WORKDIR/config.json.
-            A LoRA run (config.json: model.lora.rank > 0) holds no base weights: `load` reads
-            its base (config.json's init_from, `ModelRef.base`) and merges the adapter into it.
+  * [train] a training run: WORKDIR or WORKDIR/checkpoints (latest step), WORKDIR/checkpoints/<N>
+            or its state/; only "params" is restored, the config is WORKDIR/config.json's. A LoRA
+            run holds no base weights: `load` reads its base (config.json's init_from,
+            `ModelRef.base`) and merges the adapter into it.
 The config always comes from the checkpoint itself, never from a preset.
 
 Safetensors are read with pread (`SafetensorsReader`: whole tensors or row ranges into fresh
 buffers, so memory stays near what is asked for, unlike a memory map whose touched pages stay
 resident) and written header-first (`SafetensorsWriter`: all shapes are known up front, so tensors
-can arrive a chunk at a time). One shard is `model.safetensors` (no index); more are
-`model-0000i-of-0000N.safetensors` + `model.safetensors.index.json`. Output dirs appear complete
-or not at all (`fileio.atomic_dir`); files are mode 0644.
+can arrive a chunk at a time). Output dirs appear complete or not at all; files are mode 0644.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+import contextlib
 import dataclasses
 import json
 import math
@@ -92,20 +89,10 @@ class TensorInfo:
   dtype: np.dtype
 
 
-# Resolving paths ------------------------------------------------------------------------------
-
-
-def hub_cache_dir() -> str:
-  """The local Hugging Face Hub cache, as huggingface_hub itself locates it."""
-  if os.environ.get("HF_HUB_CACHE"):
-    return os.environ["HF_HUB_CACHE"]
-  home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                   "huggingface")
-  return os.path.join(home, "hub")
-
-
 def _hub_snapshot(repo_id: str) -> str:
-  cache = hub_cache_dir()
+  # The local Hub cache, located as huggingface_hub itself locates it.
+  home = os.environ.get("HF_HOME") or os.path.expanduser(os.path.join("~", ".cache", "huggingface"))
+  cache = os.environ.get("HF_HUB_CACHE") or os.path.join(home, "hub")
   missing = ModelPathError(
       f"{repo_id} is not in the local Hugging Face cache ({cache}); download it with: "
       f"huggingface-cli download {repo_id}")
@@ -174,7 +161,7 @@ def _train_ref(step_dir: str) -> ModelRef:
   except (KeyError, TypeError, ValueError) as e:
     raise ModelPathError(f"{cfg_file}: no valid 'model' section ({e})") from None
   tokenizer = resolved.get("tokenizer") or None
-  if tokenizer and not os.path.isabs(tokenizer) and not os.path.exists(tokenizer):
+  if tokenizer and not os.path.exists(tokenizer):  # then relative to the workdir
     tokenizer = os.path.join(workdir, tokenizer)
   lora, base = None, None
   if (resolved["model"].get("lora") or {}).get("rank"):
@@ -209,9 +196,8 @@ def resolve(path: str | os.PathLike[str]) -> ModelRef:
     return ModelRef("hf", path, _hf_config(cfg), path)
   if os.path.isfile(os.path.join(path, ORBAX_CONFIG)) and os.path.isdir(
       os.path.join(path, ORBAX_PARAMS)):
-    d = _read_json(os.path.join(path, ORBAX_CONFIG))
-    config = _hf_config(os.path.join(path, ORBAX_CONFIG),
-                        param_dtype=d.get("torch_dtype") or "float32")
+    meta = os.path.join(path, ORBAX_CONFIG)
+    config = _hf_config(meta, param_dtype=_read_json(meta).get("torch_dtype") or "float32")
     tok = path if any(_TOKENIZER_FILES.match(n) for n in os.listdir(path)) else None
     return ModelRef("orbax", os.path.join(path, ORBAX_PARAMS), config, tok)
   step_dir = _step_dir(path)
@@ -234,9 +220,6 @@ def base_model_path(path_or_ref: str | os.PathLike[str] | ModelRef) -> str:
   snapshot), the `--to_orbax` dir, or a training run's step dir (not "latest", which moves)."""
   ref = _ref(path_or_ref)
   return ref.path if ref.kind == "hf" else os.path.dirname(ref.path)
-
-
-# Safetensors ---------------------------------------------------------------------------------
 
 
 class SafetensorsReader:
@@ -304,12 +287,6 @@ class SafetensorsReader:
       os.close(fd)
     self._fds = []
 
-  def __enter__(self) -> SafetensorsReader:
-    return self
-
-  def __exit__(self, *exc: Any) -> None:
-    self.close()
-
 
 def plan_shards(tensors: Sequence[tuple[str, TensorInfo]],
                 max_shard_bytes: int) -> list[list[tuple[str, TensorInfo]]]:
@@ -373,18 +350,14 @@ class SafetensorsWriter:
 def copy_side_files(src: str, dst: str, everything: bool = False) -> None:
   """Copies tokenizer files (or, with `everything`, all files but weights and config.json)
   from the dir or single file `src` into `dst`, mode 0644."""
-  if os.path.isfile(src):
-    paths = [src]
-  else:
-    paths = [os.path.join(src, n) for n in sorted(os.listdir(src))]
+  paths = [src] if os.path.isfile(src) else [os.path.join(src, n) for n in sorted(os.listdir(src))]
   for path in paths:
     name = os.path.basename(path)
-    if not os.path.isfile(path):
-      continue
     if everything:
-      if name in (INDEX, "config.json") or name.endswith(_WEIGHT_SUFFIXES):
-        continue
-    elif not _TOKENIZER_FILES.match(name):
+      wanted = name not in (INDEX, "config.json") and not name.endswith(_WEIGHT_SUFFIXES)
+    else:
+      wanted = bool(_TOKENIZER_FILES.match(name))
+    if not wanted or not os.path.isfile(path):
       continue
     shutil.copyfile(path, os.path.join(dst, name))
     os.chmod(os.path.join(dst, name), 0o644)
@@ -407,28 +380,21 @@ def _minimal_tokenizer_config(directory: str, config: LlamaConfig) -> dict[str, 
   return out
 
 
-def _write_configs(directory: str, config: LlamaConfig, dtype: np.dtype) -> None:
-  hf_config = {**config.to_hf(), "torch_dtype": jnp.dtype(dtype).name}
-  fileio.write_json(os.path.join(directory, "config.json"), hf_config)
+def write_model_files(directory: str, config: LlamaConfig, dtype: Any,
+                      tokenizer_dir: str | None) -> None:
+  """config.json, generation_config.json and the tokenizer files of an HF export."""
+  fileio.write_json(os.path.join(directory, "config.json"),
+                    {**config.to_hf(), "torch_dtype": jnp.dtype(dtype).name})
   gen = {"_from_model_config": True, "bos_token_id": config.bos_token_id,
          "eos_token_id": list(config.eos_token_id)}
   if config.pad_token_id is not None:
     gen["pad_token_id"] = config.pad_token_id
   fileio.write_json(os.path.join(directory, "generation_config.json"), gen)
-
-
-def write_model_files(directory: str, config: LlamaConfig, dtype: Any,
-                      tokenizer_dir: str | None) -> None:
-  """config.json, generation_config.json and the tokenizer files of an HF export."""
-  _write_configs(directory, config, dtype)
   if tokenizer_dir:
     copy_side_files(tokenizer_dir, directory)
     if not os.path.exists(os.path.join(directory, "tokenizer_config.json")):
       fileio.write_json(os.path.join(directory, "tokenizer_config.json"),
                         _minimal_tokenizer_config(directory, config))
-
-
-# Loading -------------------------------------------------------------------------------------
 
 
 def _get(tree: Any, path: Sequence[str]) -> Any:
@@ -443,19 +409,13 @@ def _abstract(config: LlamaConfig) -> Params:
 
 def _check_hf_tensors(config: LlamaConfig, reader: SafetensorsReader, path: str) -> None:
   """Errors naming the tensor (and file) if anything is missing, extra or mis-shaped."""
-  expected = _abstract(config)
-  wanted = set()
-  for p in hf.param_paths(config):
-    shape = _get(expected, p).shape
-    per_tensor = shape[1:] if p[0] == "layers" else shape
-    hf_shape = tuple(reversed(per_tensor)) if hf.is_transposed(p) else tuple(per_tensor)
-    for name in hf.param_to_hf_names(p, config.num_layers):
-      wanted.add(name)
-      if name not in reader.entries:
-        raise ModelPathError(f"tensor {name!r} is missing from {path}")
-      if reader.entries[name].shape != hf_shape:
-        raise ModelPathError(f"tensor {name!r} in {reader.files[name]} has shape "
-                             f"{reader.entries[name].shape}, expected {hf_shape} from config.json")
+  wanted = dict(_hf_plan(config, np.dtype(np.float32)))
+  for name, info in wanted.items():
+    if name not in reader.entries:
+      raise ModelPathError(f"tensor {name!r} is missing from {path}")
+    if reader.entries[name].shape != info.shape:
+      raise ModelPathError(f"tensor {name!r} in {reader.files[name]} has shape "
+                           f"{reader.entries[name].shape}, expected {info.shape} from config.json")
   for name, file in reader.files.items():
     tied_head = name == "lm_head.weight" and config.tie_word_embeddings
     if name not in wanted and not tied_head and not hf.IGNORED.match(name):
@@ -473,39 +433,34 @@ def read_hf_param(reader: SafetensorsReader, path: hf.Path, num_layers: int,
   index = index[1:] if stacked else index
   hf_index = tuple(reversed(index)) if transposed else index
   parts = []
-  for i in layers:
+  for i in layers:  # every Llama tensor has rows (no scalars)
     rows = hf_index[0] if hf_index else slice(None)
-    n = reader.entries[names[i]].shape[0] if reader.entries[names[i]].shape else 0
-    lo, hi, _ = rows.indices(n) if reader.entries[names[i]].shape else (0, 0, 1)
+    lo, hi, _ = rows.indices(reader.entries[names[i]].shape[0])
     x = reader.read(names[i], lo, hi)[(slice(None), *hf_index[1:])]
     parts.append(x.T if transposed else x)
   return np.stack(parts) if stacked else parts[0]
 
 
-def _stored_dtype(reader: SafetensorsReader, path: str) -> str:
-  name = jnp.dtype(reader.entries["model.embed_tokens.weight"].dtype).name
-  if name not in ("float32", "bfloat16", "float16"):
-    raise ModelPathError(f"{path}: weights are {name}; pass dtype= to load them as a float type")
-  return name
-
-
 def _load_hf(ref: ModelRef, dtype: Any, shardings: Params | None,
              progress: bool) -> tuple[LlamaConfig, Params]:
-  with SafetensorsReader(ref.path) as reader:
+  with contextlib.closing(SafetensorsReader(ref.path)) as reader:
     _check_hf_tensors(ref.config, reader, ref.path)
-    name = jnp.dtype(dtype).name if dtype is not None else _stored_dtype(reader, ref.path)
+    stored = reader.entries["model.embed_tokens.weight"].dtype
+    name = jnp.dtype(stored if dtype is None else dtype).name
+    if dtype is None and name not in ("float32", "bfloat16", "float16"):
+      raise ModelPathError(f"{ref.path}: weights are {name}; pass dtype= to load them as a float "
+                           "type")
     config = dataclasses.replace(ref.config, param_dtype=name)
     expected = _abstract(config)
     params: dict = {}
     for p in cli.progress(hf.param_paths(config), desc=f"load {os.path.basename(ref.path)}",
                           enabled=progress):
       if shardings is None:
-        value = jnp.asarray(read_hf_param(reader, p, config.num_layers).astype(name))
+        params[p] = jnp.asarray(read_hf_param(reader, p, config.num_layers).astype(name))
       else:
-        value = jax.make_array_from_callback(
+        params[p] = jax.make_array_from_callback(
             _get(expected, p).shape, _get(shardings, p),
             lambda idx, p=p: read_hf_param(reader, p, config.num_layers, tuple(idx)).astype(name))
-      params[p] = value
   return config, traverse_util.unflatten_dict(params)
 
 
@@ -596,24 +551,20 @@ def _load_lora_run(ref: ModelRef, dtype: Any, shardings: Params | None,
   return config, lora_lib.merge_lora(config, params, adapter, lora_cfg)
 
 
-# Saving --------------------------------------------------------------------------------------
-
-
 def hf_tensors(config: LlamaConfig, params: Params,
                dtype: Any = jnp.bfloat16) -> Iterator[tuple[str, np.ndarray]]:
   """(HF name, tensor in `dtype`) one at a time in HF order; stacked or per-layer params."""
   per_layer = is_per_layer(params)
   for p in hf.param_paths(config):
     names = hf.param_to_hf_names(p, config.num_layers)
-    stacked = None if per_layer or p[0] != "layers" else np.asarray(
-        jax.device_get(_get(params, p))).astype(dtype)
-    for i, name in enumerate(names):
-      if p[0] != "layers":
-        x = np.asarray(jax.device_get(_get(params, p))).astype(dtype)
-      elif per_layer:
-        x = np.asarray(jax.device_get(_get(params[f"layers_{i}"], p[1:]))).astype(dtype)
-      else:
-        x = stacked[i]
+    if p[0] != "layers":
+      xs = [_get(params, p)]
+    elif per_layer:
+      xs = (_get(params[f"layers_{i}"], p[1:]) for i in range(len(names)))
+    else:  # one host copy of the stack, served a layer at a time
+      xs = np.asarray(jax.device_get(_get(params, p))).astype(dtype)
+    for name, x in zip(names, xs):
+      x = np.asarray(jax.device_get(x)).astype(dtype, copy=False)
       yield name, np.ascontiguousarray(x.T if hf.is_transposed(p) else x)
 
 
@@ -621,9 +572,8 @@ def _hf_plan(config: LlamaConfig, dtype: np.dtype) -> list[tuple[str, TensorInfo
   expected = _abstract(config)
   plan = []
   for p in hf.param_paths(config):
-    shape = _get(expected, p).shape
-    shape = shape[1:] if p[0] == "layers" else shape
-    shape = tuple(reversed(shape)) if hf.is_transposed(p) else tuple(shape)
+    shape = tuple(_get(expected, p).shape[1 if p[0] == "layers" else 0:])
+    shape = shape[::-1] if hf.is_transposed(p) else shape
     plan += [(n, TensorInfo(shape, dtype)) for n in hf.param_to_hf_names(p, config.num_layers)]
   return plan
 
@@ -661,9 +611,6 @@ def save_orbax(path: str, config: LlamaConfig, params: Params, *, overwrite: boo
                       {**config.to_hf(), "torch_dtype": config.param_dtype})
 
 
-# Per-tensor access for streaming tools (chat vector) -------------------------------------------
-
-
 class OrbaxTensors:
   """An orbax/train checkpoint's params seen as HF tensors (names, shapes, HF orientation).
 
@@ -681,20 +628,18 @@ class OrbaxTensors:
       raise ModelPathError(f"{ref.path}: unreadable Orbax checkpoint ({e})") from None
     tree = getattr(meta, "item_metadata", meta)
     tree = _get(getattr(tree, "tree", tree), self._prefix)
-    stored = {k: m for k, m in traverse_util.flatten_dict(dict(tree)).items()}
+    stored = traverse_util.flatten_dict(dict(tree))
     self.entries: dict[str, TensorInfo] = {}
-    self._source: dict[str, tuple[hf.Path, int | None]] = {}
     for name, info in _hf_plan(ref.config, np.dtype(np.float32)):
-      p, layer = hf.hf_to_param_name(name)
+      p, _ = hf.hf_to_param_name(name)
       if p not in stored:
         raise ModelPathError(f"{ref.path}: parameter {'/'.join(p)} is missing")
       self.entries[name] = TensorInfo(info.shape, np.dtype(stored[p].dtype))
-      self._source[name] = (p, layer)
     self._cache: tuple[hf.Path, np.ndarray] | None = None
 
   def read(self, name: str, lo: int = 0, hi: int | None = None) -> np.ndarray:
     """Rows [lo, hi) of HF tensor `name`."""
-    p, layer = self._source[name]
+    p, layer = hf.hf_to_param_name(name)
     if self._cache is None or self._cache[0] != p:
       self._cache = None
       item, args = 0, ocp.RestoreArgs(restore_type=np.ndarray)
@@ -707,11 +652,19 @@ class OrbaxTensors:
         raise ModelPathError(f"{self._ref.path}: {'/'.join(p)}: cannot restore ({e})") from None
       self._cache = (p, np.asarray(_get(tree, self._prefix + p)))
     x = self._cache[1] if layer is None else self._cache[1][layer]
-    x = x.T if hf.is_transposed(p) else x
-    return np.ascontiguousarray(x[lo:hi]) if x.ndim else x
+    return np.ascontiguousarray((x.T if hf.is_transposed(p) else x)[lo:hi])
 
   def close(self) -> None:
     self._cache = None
+
+
+def hf_lora_terms(adapter: Params) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+  """(HF tensor name, A [in, r], B [r, out]) per layer of each kernel a stacked adapter adapts."""
+  for path, a in traverse_util.flatten_dict(adapter).items():
+    if path[-1] == "lora_a":
+      b = lora_lib.adapter_leaf(adapter, (*path[:-1], "lora_b"))
+      for layer, name in enumerate(hf.param_to_hf_names((*path[:-1], "kernel"), a.shape[0])):
+        yield name, a[layer], b[layer]
 
 
 class LoraTensors:
@@ -725,24 +678,17 @@ class LoraTensors:
     self._dtype = np.dtype(jnp.dtype(ref.config.param_dtype))
     self._scale = lora_cfg.scale
     self.entries = {n: TensorInfo(e.shape, self._dtype) for n, e in self._base.entries.items()}
-    layers = ref.config.num_layers
-    self._terms: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # name -> (A [in, r], B [r, out])
-    for path, a in traverse_util.flatten_dict(adapter).items():
-      if path[-1] == "lora_a":
-        b = lora_lib.adapter_leaf(adapter, (*path[:-1], "lora_b"))
-        for layer, name in enumerate(hf.param_to_hf_names((*path[:-1], "kernel"), layers)):
-          self._terms[name] = (a[layer], b[layer])
+    self._terms = {name: (a, b) for name, a, b in hf_lora_terms(adapter)}
     self._extra = {}  # fully trained tensors replace the base's, in HF orientation
     for path, x in traverse_util.flatten_dict(extra).items():
-      (name,) = hf.param_to_hf_names(path, layers)
+      (name,) = hf.param_to_hf_names(path, ref.config.num_layers)
       self._extra[name] = np.asarray(x.T if hf.is_transposed(path) else x).astype(self._dtype)
     self._delta: tuple[str, np.ndarray] | None = None
 
   def read(self, name: str, lo: int = 0, hi: int | None = None) -> np.ndarray:
     """Rows [lo, hi) of merged HF tensor `name`."""
     if name in self._extra:
-      x = self._extra[name]
-      return x[lo:hi] if x.ndim else x
+      return self._extra[name][lo:hi]
     x = self._base.read(name, lo, hi)
     if name not in self._terms:
       return x.astype(self._dtype)

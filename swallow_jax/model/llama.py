@@ -7,8 +7,10 @@ Every parameter carries logical axis names (`nn.with_logical_partitioning`) and 
 """
 
 import functools
+import math
 from typing import Any
 
+from flax import struct
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -39,6 +41,21 @@ REMAT_POLICIES = {
 
 def _constrain(x: jax.Array, *names: str | None) -> jax.Array:
   return nn.with_logical_constraint(x, names)
+
+
+def _residual(x_BxTxD: jax.Array) -> jax.Array:
+  """Constrains the residual stream between layers. Its length is split over the mesh axes
+  'act_length' maps to (`tensor`: Megatron-style sequence parallelism) when they divide T, so
+  the layer inputs remat keeps for the backward pass take 1/tensor of the memory each; a length
+  they do not divide (decoding) stays whole. The two layouts compute the same values."""
+  mesh = jax.sharding.get_abstract_mesh()
+  length = "length"
+  if not mesh.empty:
+    axes = nn.logical_to_mesh_axes(("act_length",))[0]
+    group = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    if x_BxTxD.shape[1] % math.prod(mesh.shape[a] for a in group) == 0:
+      length = "act_length"
+  return _constrain(x_BxTxD, "batch", length, "act_embed")
 
 
 def token_matmul(x: jax.Array, kernel: jax.Array, contract: int = 0,
@@ -130,13 +147,26 @@ class LMHead(nn.Module):
     return token_matmul(x, kernel.astype(x.dtype), preferred_element_type=jnp.float32)
 
 
+@struct.dataclass
+class Mask:
+  """What every layer's attention masks by (the rule of `swallow_jax.model.attention`) and the KV
+  cache slot of the first new token. `plain_causal` (static) promises positions 0..T-1, one
+  segment per row and no cache."""
+
+  positions: jax.Array
+  segment_ids: jax.Array
+  kv_positions: jax.Array
+  kv_segment_ids: jax.Array
+  cache_index: jax.Array | int = 0
+  plain_causal: bool = struct.field(pytree_node=False, default=False)
+
+
 class Attention(nn.Module):
   config: LlamaConfig
-  plain_causal: bool = False
   lora: Any = None
 
   @nn.compact
-  def __call__(self, x, positions, segment_ids, kv_positions, kv_segment_ids, cache, index):
+  def __call__(self, x, mask: Mask, cache):
     cfg = self.config
     b, t, _ = x.shape
     h, kv, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -144,8 +174,8 @@ class Attention(nn.Module):
     k = Dense(kv * dh, ("embed", "kv_heads"), cfg, self.lora, name="k_proj")(x).reshape(b, t, kv, dh)
     v = Dense(kv * dh, ("embed", "kv_heads"), cfg, self.lora, name="v_proj")(x).reshape(b, t, kv, dh)
     inv_freq = inv_frequencies(dh, cfg.rope_theta, cfg.rope_scaling)
-    q = checkpoint_name(apply_rope(q, positions, inv_freq), "query_proj")
-    k = checkpoint_name(apply_rope(k, positions, inv_freq), "key_proj")
+    q = checkpoint_name(apply_rope(q, mask.positions, inv_freq), "query_proj")
+    k = checkpoint_name(apply_rope(k, mask.positions, inv_freq), "key_proj")
     v = checkpoint_name(v, "value_proj")
     q = _constrain(q, "batch", "length", "act_heads", None)
     k = _constrain(k, "batch", "length", "act_kv_heads", None)
@@ -153,11 +183,12 @@ class Attention(nn.Module):
     new_cache = None
     if cache is not None:  # write the T new entries into slots [index, index + T), heads first
       k, v = (jax.lax.dynamic_update_slice(c, x.transpose(0, 2, 1, 3).astype(c.dtype),
-                                           (0, 0, index, 0)) for c, x in zip(cache, (k, v)))
+                                           (0, 0, mask.cache_index, 0))
+              for c, x in zip(cache, (k, v)))
       new_cache = (k, v)
       k, v = k.astype(q.dtype), v.astype(q.dtype)
-    out = attention(q, k, v, positions, segment_ids, kv_positions, kv_segment_ids,
-                    backend=cfg.attention, plain_causal=self.plain_causal,
+    out = attention(q, k, v, mask.positions, mask.segment_ids, mask.kv_positions,
+                    mask.kv_segment_ids, backend=cfg.attention, plain_causal=mask.plain_causal,
                     with_cache=cache is not None)
     out = checkpoint_name(out.reshape(b, t, h * dh), "attn_out")
     out = Dense(cfg.hidden_size, ("heads", "embed"), cfg, self.lora, name="o_proj")(out)
@@ -178,21 +209,23 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-  """One decoder layer; signature shaped for nn.scan: (carry, scanned cache, broadcast...)."""
+  """One decoder layer; signature shaped for nn.scan: (carry, scanned cache, broadcast mask)."""
 
   config: LlamaConfig
-  plain_causal: bool = False
   lora: Any = None
 
   @nn.compact
-  def __call__(self, x, cache, positions, segment_ids, kv_positions, kv_segment_ids, index):
+  def __call__(self, x, cache, mask: Mask):
     cfg = self.config
-    attn_out, new_cache = Attention(cfg, self.plain_causal, self.lora, name="attn")(
-        RMSNorm(cfg, name="attn_norm")(x), positions, segment_ids, kv_positions, kv_segment_ids,
-        cache, index)
-    x = _constrain(x + attn_out, "batch", "length", "act_embed")
-    x = x + MLP(cfg, self.lora, name="mlp")(RMSNorm(cfg, name="mlp_norm")(x))
-    return _constrain(x, "batch", "length", "act_embed"), new_cache
+    # Sublayer inputs and outputs (and so their cotangents) are whole-length here, where XLA
+    # gathers within each tensor group: past the projections' token flattening it would have to
+    # replicate over the whole mesh. Only the residual between them is sequence-split.
+    whole = lambda h: _constrain(h, "batch", "length", "act_embed")
+    attn_out, new_cache = Attention(cfg, self.lora, name="attn")(
+        whole(RMSNorm(cfg, name="attn_norm")(x)), mask, cache)
+    x = _residual(x + whole(attn_out))
+    mlp_out = MLP(cfg, self.lora, name="mlp")(whole(RMSNorm(cfg, name="mlp_norm")(x)))
+    return _residual(x + whole(mlp_out)), new_cache
 
 
 def _block_class(cfg: LlamaConfig, prevent_cse: bool) -> type[Block]:
@@ -201,32 +234,24 @@ def _block_class(cfg: LlamaConfig, prevent_cse: bool) -> type[Block]:
   return nn.remat(Block, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=prevent_cse)
 
 
-def _layer_stack(cfg: LlamaConfig, plain_causal: bool, lora: Any) -> nn.Module:
+def _layer_stack(cfg: LlamaConfig, lora: Any) -> nn.Module:
   # prevent_cse is only needed outside a scan (the scan already stops CSE across layers).
   stack = nn.scan(
       _block_class(cfg, prevent_cse=not cfg.scan_layers), variable_axes={"params": 0, "lora": 0},
-      split_rngs={"params": True, "lora_dropout": True},
-      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+      split_rngs={"params": True, "lora_dropout": True}, in_axes=(0, nn.broadcast),
       length=cfg.num_layers, unroll=1 if cfg.scan_layers else cfg.num_layers,
       metadata_params={nn.PARTITION_NAME: "layers"})
-  return stack(cfg, plain_causal, lora, name="layers")
+  return stack(cfg, lora, name="layers")
 
 
 class Llama(nn.Module):
   """Llama 3 causal LM. Returns float32 logits [B, T, V]; with `cache`, (logits, new_cache).
 
   `return_hidden=True` returns the final-normed hidden states [B, T, D] in the compute dtype
-  instead of the logits (no cache): a loss can then apply `head_kernel` chunk by chunk and never
-  hold the [B, T, V] logits (`swallow_jax.train.loss.chunked_cross_entropy`).
-
-  `per_layer=True` takes the layers' parameters as separate subtrees "layers_0", "layers_1", ...
-  (`unstack_layers`) and the cache's "k"/"v" as tuples of per-layer arrays (`init_cache(...,
-  per_layer=True)`); the math is the same. Decoding uses it: a scan over stacked layers slices
-  (copies) every layer's weights and cache out of the stack at every step.
-
-  `lora` (a `swallow_jax.model.lora.LoraConfig`) applies the adapter passed as the "lora"
-  collection (`apply({"params": p, "lora": adapter}, ...)`, in the params' layout); LoRA
-  dropout runs only when a "lora_dropout" rng is given.
+  instead of the logits (no cache), for `swallow_jax.train.loss.chunked_cross_entropy`.
+  `per_layer=True` takes the params of `unstack_layers` and the cache of `init_cache(...,
+  per_layer=True)`. `lora` (a LoraConfig) applies the adapter passed as the "lora" collection,
+  in the params' layout; LoRA dropout runs only when a "lora_dropout" rng is given.
   """
 
   config: LlamaConfig
@@ -248,44 +273,40 @@ class Llama(nn.Module):
     if segment_ids is None:
       segment_ids = jnp.ones((b, t), jnp.int32)
     embed = Embed(cfg, name="embed")
-    x = _constrain(embed(tokens), "batch", "length", "act_embed")
+    x = _residual(embed(tokens))
     if not (isinstance(neftune_alpha, (int, float)) and neftune_alpha == 0):
       # NEFTune (Jain et al. 2023): uniform noise scaled by alpha / sqrt(T * D), not on padding.
       noise = jax.random.uniform(self.make_rng("neftune"), x.shape, jnp.float32, -1.0, 1.0)
       noise = noise * (neftune_alpha / jnp.sqrt(float(t * cfg.hidden_size)))
       x = x + (noise * (segment_ids != 0)[..., None]).astype(x.dtype)
     if cache is None:
-      kv_positions, kv_segment_ids, layer_cache = positions, segment_ids, None
+      layer_cache = None
+      mask = Mask(positions, segment_ids, positions, segment_ids, plain_causal=plain_causal)
     else:
-      kv_positions = jax.lax.dynamic_update_slice(
-          cache["positions"], positions.astype(jnp.int32), (0, cache_index))
-      kv_segment_ids = jax.lax.dynamic_update_slice(
-          cache["segment_ids"], segment_ids.astype(jnp.int32), (0, cache_index))
       layer_cache = (cache["k"], cache["v"])
+      kv_positions, kv_segment_ids = (
+          jax.lax.dynamic_update_slice(cache[key], new.astype(jnp.int32), (0, cache_index))
+          for key, new in (("positions", positions), ("segment_ids", segment_ids)))
+      mask = Mask(positions, segment_ids, kv_positions, kv_segment_ids, cache_index)
     if self.per_layer:
       block = _block_class(cfg, prevent_cse=True)
       new_kv = []
       for i in range(cfg.num_layers):
-        x, kv = block(cfg, plain_causal, self.lora, name=f"layers_{i}")(
-            x, None if cache is None else (cache["k"][i], cache["v"][i]), positions, segment_ids,
-            kv_positions, kv_segment_ids, cache_index)
+        x, kv = block(cfg, self.lora, name=f"layers_{i}")(
+            x, None if cache is None else (cache["k"][i], cache["v"][i]), mask)
         new_kv.append(kv)
       new_layer_cache = None if cache is None else tuple(map(tuple, zip(*new_kv)))
     else:
-      x, new_layer_cache = _layer_stack(cfg, plain_causal, self.lora)(
-          x, layer_cache, positions, segment_ids, kv_positions, kv_segment_ids, cache_index)
-    x = RMSNorm(cfg, name="final_norm")(x)
+      x, new_layer_cache = _layer_stack(cfg, self.lora)(x, layer_cache, mask)
+    x = _constrain(RMSNorm(cfg, name="final_norm")(x), "batch", "length", "act_embed")
     if return_hidden:
-      return _constrain(x, "batch", "length", "act_embed")
-    if cfg.tie_word_embeddings:
-      logits = embed.attend(x)
-    else:
-      logits = LMHead(cfg, name="lm_head")(x)
+      return x
+    logits = embed.attend(x) if cfg.tie_word_embeddings else LMHead(cfg, name="lm_head")(x)
     logits = _constrain(logits, "batch", "length", "act_vocab")
     if cache is None:
       return logits
-    new_cache = {"k": new_layer_cache[0], "v": new_layer_cache[1], "positions": kv_positions,
-                 "segment_ids": kv_segment_ids}
+    new_cache = {"k": new_layer_cache[0], "v": new_layer_cache[1],
+                 "positions": mask.kv_positions, "segment_ids": mask.kv_segment_ids}
     return logits, new_cache
 
 

@@ -209,11 +209,8 @@ def _peft_config(file: str) -> LoraConfig:
     d = json.load(f)
   if d.get("peft_type") != "LORA":
     raise ValueError(f"{file}: peft_type {d.get('peft_type')!r} is not supported (only LORA)")
-  refuse = {"use_dora": d.get("use_dora"), "rank_pattern": d.get("rank_pattern"),
-            "alpha_pattern": d.get("alpha_pattern"), "modules_to_save": d.get("modules_to_save"),
-            "fan_in_fan_out": d.get("fan_in_fan_out"), "lora_bias": d.get("lora_bias"),
-            "layers_to_transform": d.get("layers_to_transform")}
-  bad = {k: v for k, v in refuse.items() if v}
+  bad = {k: d[k] for k in ("use_dora", "rank_pattern", "alpha_pattern", "modules_to_save",
+                           "fan_in_fan_out", "lora_bias", "layers_to_transform") if d.get(k)}
   if d.get("bias", "none") != "none":
     bad["bias"] = d["bias"]
   if bad:

@@ -14,6 +14,10 @@ _LLAMA3_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, 
                   max_position_embeddings=8192, bos_token_id=128000, eos_token_id=(128001,))
 _LLAMA3_70B = dict(_LLAMA3_8B, hidden_size=8192, intermediate_size=28672, num_layers=80,
                    num_heads=64)
+# Test and demo sizes (vocab_size is usually overridden to the tokenizer's).
+_TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+             num_kv_heads=4, head_dim=16, max_position_embeddings=512, bos_token_id=1,
+             eos_token_id=(2,))
 _LLAMA31 = dict(rope_scaling=RopeScaling(8.0, 1.0, 4.0, 8192), max_position_embeddings=131072)
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -24,14 +28,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "llama3_2_1b": dict(_LLAMA3_8B, hidden_size=2048, intermediate_size=8192, num_layers=16,
                         head_dim=64, tie_word_embeddings=True, max_position_embeddings=131072,
                         rope_scaling=RopeScaling(32.0, 1.0, 4.0, 8192)),
-    # Test and demo sizes (vocab_size is usually overridden to the tokenizer's).
-    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-                 num_kv_heads=4, head_dim=16, max_position_embeddings=512, bos_token_id=1,
-                 eos_token_id=(2,)),
-    "tiny_gqa": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2,
-                     num_heads=4, num_kv_heads=2, head_dim=16, max_position_embeddings=512,
-                     bos_token_id=1, eos_token_id=(2,),
-                     rope_scaling=RopeScaling(8.0, 1.0, 4.0, 64)),
+    "tiny": _TINY,
+    "tiny_gqa": dict(_TINY, num_kv_heads=2, rope_scaling=RopeScaling(8.0, 1.0, 4.0, 64)),
     # ~7M parameters: trains a few hundred steps on CPU in minutes.
     "small": dict(vocab_size=8192, hidden_size=256, intermediate_size=768, num_layers=4,
                   num_heads=4, num_kv_heads=2, head_dim=64, max_position_embeddings=2048,
@@ -39,14 +37,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def names() -> list[str]:
-  return sorted(PRESETS)
-
-
 def get(name: str, **overrides: Any) -> LlamaConfig:
   """Returns the preset `name` with `overrides` applied (any LlamaConfig field)."""
   if name not in PRESETS:
-    raise ValueError(f"unknown model preset {name!r}; known: {', '.join(names())}")
+    raise ValueError(f"unknown model preset {name!r}; known: {', '.join(sorted(PRESETS))}")
   fields = {f.name for f in dataclasses.fields(LlamaConfig)}
   unknown = set(overrides) - fields
   if unknown:

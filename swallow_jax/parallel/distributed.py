@@ -6,12 +6,11 @@ auto-detects (Cloud TPU VMs, SLURM, Open MPI, Kubernetes) or pass the coordinato
     JAX_COORDINATOR_ADDRESS=host0:1234 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=0 python -m swallow_jax.train ...
     python -m swallow_jax.train ... --coordinator_address=host0:1234 --num_processes=2 --process_id=0
 
-A process that dies is noticed by the others through the coordination service's heartbeats: after
-about `heartbeat_timeout_seconds` every survivor is terminated (non-zero exit) with JAX's message
-"The following tasks are unhealthy (stopped sending heartbeats): <process ids>" instead of
-hanging in a collective that will never complete.
+A process that dies stops the others after `heartbeat_timeout_seconds` (docs/multihost.md,
+"When a process dies").
 """
 
+import contextlib
 import glob
 import importlib.util
 import logging
@@ -35,13 +34,9 @@ _MULTI_PROCESS_ENV = {
 
 def _launcher_detected() -> bool:
   for name, is_multi in _MULTI_PROCESS_ENV.items():
-    value = os.environ.get(name)
-    if value:
-      try:
-        if is_multi(value):
-          return True
-      except ValueError:
-        continue
+    with contextlib.suppress(ValueError):  # A malformed value counts as absent.
+      if os.environ.get(name) and is_multi(os.environ[name]):
+        return True
   return False
 
 

@@ -3,10 +3,10 @@
     config.mesh = dict(data=1, fsdp=-1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
 
 Sizes are per slice (TPU) or per node (GPU); -1 takes the rest of the devices (a missing `fsdp`
-means -1, other missing sizes 1). The `dcn_*` sizes
-split the same axes across slices/nodes, which talk over the slower data-centre network: keep
-`tensor` inside a slice, put `data` (or `fsdp`) across them. The mesh is Auto-typed so that linen's
-logical constraints and `nn.logical_to_mesh_sharding` apply (jax.make_mesh defaults to Explicit).
+means -1, other missing sizes 1). The `dcn_*` sizes split the same axes across slices/nodes,
+which talk over the slower data-centre network: keep `tensor` inside a slice, put `data` (or
+`fsdp`) across them. The mesh is Auto-typed so that linen's logical constraints and
+`nn.logical_to_mesh_sharding` apply (jax.make_mesh defaults to Explicit).
 """
 
 from collections.abc import Mapping, Sequence
@@ -40,13 +40,6 @@ def resolve_shape(sizes: Sequence[int], total: int, what: str = "mesh") -> tuple
   return tuple(sizes)
 
 
-def _granules(devices: Sequence[Any]) -> int:
-  """Number of slices (TPU `slice_index`) or else processes: what DCN axes run across."""
-  if hasattr(devices[0], "slice_index"):
-    return len({d.slice_index for d in devices})
-  return len({d.process_index for d in devices})
-
-
 def make_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[Any] | None = None) -> jax.sharding.Mesh:
   """Builds the ('data', 'fsdp', 'tensor') mesh described by `mesh_cfg` over `devices` (all)."""
   devices = list(jax.devices() if devices is None else devices)
@@ -61,13 +54,13 @@ def make_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[Any] | None = None)
     raise ValueError(f"mesh: {len(devices)} devices are not divisible into {num_dcn} DCN groups")
   ici = resolve_shape([mesh_cfg.get(a, DEFAULTS[a]) for a in AXES], len(devices) // num_dcn,
                       "mesh (ICI)")
-  if num_dcn > 1:
-    granules = _granules(devices)
+  if num_dcn > 1:  # DCN axes run across TPU slices (`slice_index`), else across processes.
+    by_process = not hasattr(devices[0], "slice_index")
+    granules = len({d.process_index if by_process else d.slice_index for d in devices})
     if granules != num_dcn:
       raise ValueError(f"mesh: dcn_* sizes multiply to {num_dcn} but the devices span {granules} "
                        "slices/processes")
-    grid = mesh_utils.create_hybrid_device_mesh(
-        ici, dcn, devices, process_is_granule=not hasattr(devices[0], "slice_index"))
+    grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=by_process)
   else:
     try:  # Physical-topology-aware order on TPU; plain order elsewhere.
       grid = mesh_utils.create_device_mesh(ici, devices)

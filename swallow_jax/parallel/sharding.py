@@ -3,7 +3,8 @@ of parameters, optimizer state and batches derived from them.
 
 Parameters: FSDP shards the 'embed' dimension over `fsdp`; Megatron-style tensor parallelism
 shards heads / MLP / vocab over `tensor`; the `data` axis replicates parameters (pure data
-parallelism, e.g. across slices). Batches are split over `data` x `fsdp`.
+parallelism, e.g. across slices). Batches are split over `data` x `fsdp`; between layers the
+residual stream's length is split over `tensor` too (sequence parallelism).
 """
 
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     # Activations.
     ("batch", ("data", "fsdp")),
     ("length", None),
+    ("act_length", "tensor"),  # the residual stream between layers (model/llama.py)
     ("act_embed", None),
     ("act_heads", "tensor"),
     ("act_kv_heads", "tensor"),
@@ -48,7 +50,7 @@ def mesh_context(mesh: jax.sharding.Mesh) -> Iterator[None]:
     yield
 
 
-def _fit_spec(spec: P, shape: tuple[int, ...], mesh: jax.sharding.Mesh, name: str) -> P:
+def fit_spec(spec: P, shape: tuple[int, ...], mesh: jax.sharding.Mesh, name: str) -> P:
   """Replicates dimensions that the mesh axes do not divide (small test models on 8 devices)."""
   out = []
   for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
@@ -66,7 +68,7 @@ def logical_sharding(logical_axes: tuple[str | None, ...], shape: tuple[int, ...
                      mesh: jax.sharding.Mesh, name: str = "array") -> NamedSharding:
   """NamedSharding for an array with these logical axis names under LOGICAL_AXIS_RULES."""
   spec = nn.logical_to_mesh_sharding(P(*logical_axes), mesh, LOGICAL_AXIS_RULES).spec
-  return NamedSharding(mesh, _fit_spec(spec, tuple(shape), mesh, name))
+  return NamedSharding(mesh, fit_spec(spec, tuple(shape), mesh, name))
 
 
 def param_shardings(param_shapes: Any, logical_axes: Any, mesh: jax.sharding.Mesh) -> Any:
@@ -91,8 +93,7 @@ def opt_state_shardings(tx: optax.GradientTransformation, opt_state_shapes: Any,
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   """Sharding of [batch, length] input arrays."""
-  return NamedSharding(mesh, nn.logical_to_mesh_sharding(P(*BATCH_AXES), mesh,
-                                                         LOGICAL_AXIS_RULES).spec)
+  return nn.logical_to_mesh_sharding(P(*BATCH_AXES), mesh, LOGICAL_AXIS_RULES)
 
 
 def check_sharded(shapes: Any, shardings: Any, mesh: jax.sharding.Mesh,

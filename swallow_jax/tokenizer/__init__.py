@@ -1,18 +1,10 @@
 """One tokenizer protocol over three file formats, with the model's own special tokens.
 
-``load_tokenizer(path)`` takes a file or a directory and picks the backend:
-
-* tiktoken BPE ranks (Meta's Llama 3 ``tokenizer.model``), `tiktoken_bpe`;
-* Hugging Face ``tokenizer.json`` through ``tokenizers``, `hf_json`;
-* sentencepiece ``.model`` (Llama 2, Mistral, the original Swallow, the demo's models),
-  `sentencepiece_model`.
-
-Which token is BOS, EOS, PAD, whether texts start with BOS, the stop ids and the chat template
-come from the model's files next to the tokenizer (`specials`); a bare tokenizer file falls back
-to the token names. ``encode(text, add_bos=True)`` adds BOS only where the model does
-(SmolLM2's ChatML tokenizer never does). In every backend ``encode`` treats special-token
-strings inside the text as plain text: only ``token_to_id`` (or ``add_bos``) produces special
-ids. ``decode`` renders special ids as their strings.
+``load_tokenizer(path)`` takes a file or a directory and picks the backend: tiktoken BPE ranks
+(Meta's Llama 3 ``tokenizer.model``), a Hugging Face ``tokenizer.json``, or a sentencepiece
+``.model``. Special-token roles, add_bos, stop ids and the chat template come from the model's
+files beside it (`specials`). ``encode`` treats special-token strings in the text as plain
+text; ``decode`` renders special ids as their strings. See docs/tokenizers.md.
 """
 
 from __future__ import annotations
@@ -39,11 +31,6 @@ __all__ = [
 _DIR_CANDIDATES = ("tokenizer.model", "tokenizer.json")
 
 
-def _looks_like_tiktoken(head: bytes) -> bool:
-  first = head.split(b"\n", 1)[0].strip()
-  return bool(re.fullmatch(rb"[A-Za-z0-9+/=]+ \d+", first))
-
-
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
   """Loads a tokenizer file, or the ``tokenizer.model``/``tokenizer.json`` in a directory,
   with the special tokens and chat template of the model files beside it."""
@@ -64,7 +51,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     head = f.read(4096)
   if head.lstrip()[:1] == b"{":
     return HFTokenizer(path, model)
-  if _looks_like_tiktoken(head):
+  if re.fullmatch(rb"[A-Za-z0-9+/=]+ \d+", head.split(b"\n", 1)[0].strip()):
     return TiktokenTokenizer(path, model)
   try:
     return SentencePieceTokenizer(path, model)

@@ -13,11 +13,10 @@ from swallow_jax.tokenizer.specials import ModelTokens
 # Role of a special token -> names it goes by, first match wins (bare tokenizer files only;
 # a model directory's tokenizer_config.json says so itself). EOT is by name (no config file
 # names the end-of-turn token), preferring the one the chat template writes.
-_BOS_NAMES = ("<|begin_of_text|>", "<s>", "<bos>")
-_EOS_NAMES = ("<|end_of_text|>", "</s>", "<eos>", "<|endoftext|>")
+_GUESS = {"bos": ("<|begin_of_text|>", "<s>", "<bos>"),
+          "eos": ("<|end_of_text|>", "</s>", "<eos>", "<|endoftext|>"),
+          "pad": ("<pad>", "<|pad|>", "[PAD]")}
 EOT_NAMES = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>")
-_PAD_NAMES = ("<pad>", "<|pad|>", "[PAD]")
-_GUESS = {"bos": _BOS_NAMES, "eos": _EOS_NAMES, "pad": _PAD_NAMES}
 
 
 @runtime_checkable
@@ -74,11 +73,8 @@ def char_spans(text: str, byte_spans: Iterable[tuple[int, int]]) -> list[tuple[i
 @functools.cache
 def _file_sha256(path: str, mtime_ns: int) -> str:
   del mtime_ns  # Part of the cache key only.
-  h = hashlib.sha256()
   with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
+    return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class BaseTokenizer:
@@ -104,7 +100,7 @@ class BaseTokenizer:
     self.bos_id, self.eos_id, self.pad_id = roles["bos"], roles["eos"], roles["pad"]
     # The end-of-turn token the model's template writes, else the first known one present.
     used = [n for n in EOT_NAMES if n in (model.chat_template or "")]
-    self.eot_id = self._first(used) if used else self._first(EOT_NAMES)
+    self.eot_id = self._first(used or EOT_NAMES)
     # A bare file adds the BOS its names give; a model directory says so in add_bos_token,
     # else the file decides (as transformers: a tokenizer.json's post-processor).
     if self.bos_id is None:

@@ -16,26 +16,16 @@ from swallow_jax.tokenizer.specials import ModelTokens
 @functools.cache
 def byte_to_unicode() -> dict[int, str]:
   """GPT-2's reversible map from bytes to printable characters (ByteLevel vocabularies)."""
-  bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-      range(ord("®"), ord("ÿ") + 1))
-  cs = bs[:]
-  n = 0
-  for b in range(256):
-    if b not in bs:
-      bs.append(b)
-      cs.append(256 + n)
-      n += 1
-  return dict(zip(bs, map(chr, cs)))
+  printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+               *range(ord("®"), ord("ÿ") + 1)]
+  others = [b for b in range(256) if b not in printable]
+  return {**{b: chr(b) for b in printable}, **{b: chr(256 + n) for n, b in enumerate(others)}}
 
 
 @functools.cache
 def unicode_to_byte() -> dict[str, int]:
   """The inverse of `byte_to_unicode`."""
   return {c: b for b, c in byte_to_unicode().items()}
-
-
-def _mentions(config: object, type_name: str) -> bool:
-  return type_name in json.dumps(config)
 
 
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
@@ -53,8 +43,8 @@ class HFTokenizer(BaseTokenizer):
     # Special added tokens inside text are then tokenized as ordinary text.
     self.tok.encode_special_tokens = True
     self.config = json.loads(self.tok.to_str())
-    self.byte_level = _mentions(self.config.get("pre_tokenizer"), "ByteLevel") or _mentions(
-        self.config.get("decoder"), "ByteLevel")
+    self.byte_level = any("ByteLevel" in json.dumps(self.config.get(k))
+                          for k in ("pre_tokenizer", "decoder"))
     added = self.tok.get_added_tokens_decoder()
     self._vocab = self.tok.get_vocab(with_added_tokens=True)
     self._by_id = {i: s for s, i in self._vocab.items()}

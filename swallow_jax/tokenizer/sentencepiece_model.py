@@ -1,11 +1,8 @@
-"""sentencepiece ``.model`` files (Llama 2, Mistral, the original Swallow, the demo's models).
-
-User-defined symbols of the form ``<|...|>`` (the Llama 3 chat specials the demo's models
-carry, see `swallow_jax.vocab.train.train_sentencepiece`) count as special tokens.
-"""
+"""sentencepiece ``.model`` files (Llama 2, Mistral, the original Swallow, the demo's models)."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable
 
@@ -15,7 +12,8 @@ from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 from swallow_jax.tokenizer.base import BaseTokenizer, char_spans
 from swallow_jax.tokenizer.specials import ModelTokens
 
-# sentencepiece user-defined symbols of this form are special tokens, not text.
+# User-defined symbols of this form (the Llama 3 chat specials of the demo's models, see
+# `swallow_jax.vocab.train`) are special tokens, not text.
 _SPECIAL_FORM = re.compile(r"<\|[^|]+\|>")
 
 
@@ -44,11 +42,10 @@ class SentencePieceTokenizer(BaseTokenizer):
     run_proto = sp_pb2.ModelProto()
     run_proto.CopyFrom(self.proto)
     for i, p in enumerate(run_proto.pieces):
-      if p.type == Type.CONTROL:
-        specials[p.piece] = i
-      elif p.type == Type.USER_DEFINED and _SPECIAL_FORM.fullmatch(p.piece):
-        # sentencepiece matches user-defined symbols inside text; control symbols it never does.
+      # sentencepiece matches user-defined symbols inside text; control symbols it never does.
+      if p.type == Type.USER_DEFINED and _SPECIAL_FORM.fullmatch(p.piece):
         p.type = Type.CONTROL
+      if p.type == Type.CONTROL:
         specials[p.piece] = i
     self.sp = spm.SentencePieceProcessor()
     self.sp.LoadFromSerializedProto(run_proto.SerializeToString())
@@ -69,15 +66,9 @@ class SentencePieceTokenizer(BaseTokenizer):
   def decode(self, ids: Iterable[int]) -> str:
     """Text of the ids, specials as their names."""
     # sentencepiece drops control ids; render specials as text between decoded runs.
-    out, run = [], []
-    for i in ids:
-      if i in self._special_by_id:
-        out.append(self.sp.decode(run))
-        out.append(self._special_by_id[i])
-        run = []
-      else:
-        run.append(i)
-    out.append(self.sp.decode(run))
+    out = []
+    for special, run in itertools.groupby(ids, lambda i: i in self._special_by_id):
+      out += [self._special_by_id[i] for i in run] if special else [self.sp.decode(list(run))]
     return "".join(out)
 
   def token_bytes(self, token_id: int) -> bytes | None:

@@ -1,19 +1,11 @@
 """Special tokens and the chat template from a model's own files.
 
-A Hugging Face model directory says which tokens play which role; transformers resolves them
-in this order of authority, and so does `read_model_tokens`:
-
-1. ``tokenizer_config.json``: ``bos_token``, ``eos_token``, ``pad_token`` (strings or
-   AddedToken dicts; an explicit null means "none"), ``add_bos_token``, ``chat_template``
-   (a string, or a list of ``{"name", "template"}`` of which "default" is used);
-2. ``special_tokens_map.json``: the same token keys, where the config lacks them;
-3. ``chat_template.jinja`` when the config carries no template (transformers >= 4.50);
-4. ``generation_config.json``: ``bos/eos/pad_token_id`` (eos may be a list: the stop tokens);
-5. ``config.json``: ``bos/eos/pad_token_id`` where nothing above named them.
-
-Without a tokenizer_config.json or special_tokens_map.json next to the tokenizer file, roles
-are guessed from the token names (`swallow_jax.tokenizer.base`); the ids of 4-5 still fill a
-role the names leave open.
+`read_model_tokens` reads them in transformers' order of authority: ``tokenizer_config.json``
+(``bos/eos/pad_token`` as strings or AddedToken dicts, an explicit null meaning none;
+``add_bos_token``; ``chat_template``, a string or a list with a "default" entry), then
+``special_tokens_map.json``, ``chat_template.jinja``, and the ``bos/eos/pad_token_id`` of
+``generation_config.json`` (eos may be a list: the stop tokens) and ``config.json``. Without
+the first two files, roles are guessed by token name (`swallow_jax.tokenizer.base`).
 """
 
 from __future__ import annotations
@@ -32,8 +24,6 @@ LLAMA3_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
     "{% endif %}")
 ROLES = ("bos", "eos", "pad")
-FILES = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-         "generation_config.json", "config.json")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,9 +1,7 @@
 """tiktoken BPE ranks (Meta's Llama 3 ``tokenizer.model``: ``base64-bytes rank`` lines).
 
-Llama 3's pre-tokenization pattern and its 256 special tokens are placed right after the
-contiguous ranks (``<|begin_of_text|>`` = 128000 ... ``<|eot_id|>`` = 128009), as Meta's
-``llama/tokenizer.py`` does. Ranks after a gap (ids past the specials) are the extra tokens an
-expanded vocabulary adds; the specials keep their ids.
+Run with Llama 3's pre-tokenization pattern and its 256 special tokens, as Meta's
+``llama/tokenizer.py`` does (``<|begin_of_text|>`` = 128000 ... ``<|eot_id|>`` = 128009).
 
 The ranks are parsed here rather than by ``tiktoken.load.load_tiktoken_bpe``: that caches every
 file it reads under /tmp keyed by its path (a rewritten file at the same path would load stale)
@@ -52,7 +50,6 @@ def read_tiktoken_ranks(path: str) -> dict[bytes, int]:
   if not ranks:
     raise ValueError(f"{path}: empty tiktoken file")
   return ranks
-
 
 
 def write_tiktoken_ranks(path: str | os.PathLike, ranks: Mapping[bytes, int]) -> None:

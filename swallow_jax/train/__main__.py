@@ -21,21 +21,13 @@ from swallow_jax import cli
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py, optionally with ':arg' for get_config(arg)).",
     lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (multi-host: a filesystem all "
-                               "hosts share): checkpoints/, metrics.jsonl, config.json, "
-                               "tensorboard/.")
-_DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
-                                 "Multi-host: call jax.distributed.initialize() (auto: when a "
-                                 "coordinator or a multi-process launcher is detected).")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "host:port of process 0 (multi-host without auto-detection).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+flags.mark_flag_as_required("config")
+cli.define_multihost_flags("Output directory (multi-host: a filesystem all hosts share): "
+                           "checkpoints/, metrics.jsonl, config.json, tensorboard/.")
 _HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_seconds", None,
                                   "Multi-host: if a process stops sending heartbeats for this "
                                   "long, all others exit (non-zero) naming it (default 60).",
                                   lower_bound=1)
-flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
@@ -43,13 +35,13 @@ def main(argv: list[str]) -> None:
   logging.getLogger().setLevel(logging.INFO)  # The progress lines.
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save chatter.
   from swallow_jax import parallel  # pylint: disable=g-import-not-at-top
-  parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                      mode=_DISTRIBUTED.value,
+  f = flags.FLAGS
+  parallel.initialize(f.coordinator_address, f.num_processes, f.process_id, mode=f.distributed,
                       heartbeat_timeout_seconds=_HEARTBEAT.value or parallel.HEARTBEAT_TIMEOUT_S)
   from swallow_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from swallow_jax.train import lock, loop  # pylint: disable=g-import-not-at-top
   try:
-    summary = loop.run(_CONFIG.value, _WORKDIR.value)
+    summary = loop.run(_CONFIG.value, f.workdir)
   except (loop.NonFiniteLossError, lock.WorkdirInUseError, checkpoint.CheckpointSaveError) as e:
     raise cli.Failure(str(e)) from e
   logging.info("done: step %d, loss %s%s", summary["step"], summary["loss"],

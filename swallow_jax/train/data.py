@@ -1,10 +1,8 @@
 """Host-local training batches, independent of how many processes share the work.
 
-Every source is cut into `config.data.num_shards` disjoint slices (default: one per process). Data
-shard k feeds rows [k*B/S, (k+1)*B/S) of every global batch of B rows; a process reads the shards
-whose rows its devices hold (`parallel.local_batch_shards`) and concatenates them. With a fixed
-num_shards the global batch is the same on 1 process x 8 devices and on 2 processes x 4 devices,
-so the losses are too. Each process checkpoints the positions of its own shards.
+Data shard k of `config.data.num_shards` (S; default one per process) feeds rows
+[k*B/S, (k+1)*B/S) of every global batch of B rows; a process reads the shards whose rows its
+devices hold and checkpoints their positions (docs/multihost.md, "The batches do not depend...").
 """
 
 from collections.abc import Mapping, Sequence

@@ -1,29 +1,12 @@
 """The training loop: `run(config, workdir)` (CPT and SFT), used by the CLI and the recipe runner.
 
-Start-up picks one of three ways to get the train state:
-  resume     DIR/checkpoints has a step: params, optimizer, step, RNG and data position from it;
-  init_from  any model path swallow_jax.model.io reads (HF dir, `convert --to_orbax` dir, another
-             run's workdir): weights only, fresh optimizer, step 0;
-  scratch    random init (config.train.seed).
-LoRA (config.model.lora.rank > 0, swallow_jax.train.step): init_from is the frozen base, loaded
-at every start; checkpoints hold the adapter, its optimizer state, step, RNG and data position,
-not the base; config.json records the base's pinned absolute path and a resume refuses another
-base, or other adapter settings.
-Then it steps until config.train.num_steps, logging metrics, saving checkpoints every N steps /
-M minutes / on SIGTERM or Ctrl-C, and stopping with NonFiniteLossError on a NaN/inf loss (before
-any save of the bad state, so the last checkpoint stays good).
-
-Resume safety: the workdir is locked (swallow_jax.train.lock); a checkpoint whose model or
-optimizer state has other shapes, dtypes or structure than the config stops the run before
-anything is written; other config changes (lr, steps, batch, data, ...) are logged one line each
-and appended to WORKDIR/config_history.jsonl; config.json is the latest start's config.
-
-Multi-host: every process runs this same loop. Each reads the data shards of the batch rows its
-devices hold (swallow_jax.train.data) and the global batch is assembled from them; save and stop
-decisions are agreed between processes; only process 0 writes metrics, config.json and the lock.
+Start-up resumes from WORKDIR/checkpoints, else loads `init_from` (weights only), else initializes
+at random; with LoRA the frozen base always comes from `init_from`. Then it steps to
+config.train.num_steps, logging metrics and saving every N steps / M minutes / on SIGTERM or
+Ctrl-C. Resume safety, checkpoints and multi-host behaviour: docs/training.md, docs/multihost.md.
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 import json
 import logging
 import math
@@ -274,7 +257,7 @@ class _Trainer:
     eval_writer = metrics_lib.MetricsWriter(self.workdir, self.start,
                                             enabled=self.is_main and eval_every > 0,
                                             filename="eval.jsonl", tensorboard=False)
-    evaluator = _Evaluator(spec) if eval_every else None
+    evaluator = _evaluator(spec) if eval_every else None
     policy = checkpoint.SavePolicy(spec.checkpoint)
     preemption = _Preemption()
     pending = None
@@ -362,16 +345,9 @@ class _Trainer:
       logging.info(metrics_lib.progress_line(done, num_steps, record, eta))
 
 
-class _Evaluator:
-  """Thin hook to swallow_jax.evaluate.run_tasks(model_cfg, params, tokenizer, tasks)."""
-
-  def __init__(self, spec: config_utils.TrainSpec):
-    if not spec.tokenizer:
-      raise ValueError("config.eval.every_steps > 0 needs config.tokenizer")
-    self._run = evaluate.run_tasks
-    self._tok = tokenizer.load_tokenizer(spec.tokenizer)
-    self._tasks = list(spec.eval.tasks)
-    self._model_cfg = spec.model
-
-  def __call__(self, params: Any) -> dict[str, Any]:
-    return self._run(self._model_cfg, params, self._tok, self._tasks)
+def _evaluator(spec: config_utils.TrainSpec) -> Callable[[Any], dict[str, Any]]:
+  """params -> swallow_jax.evaluate.run_tasks results on config.eval.tasks."""
+  if not spec.tokenizer:
+    raise ValueError("config.eval.every_steps > 0 needs config.tokenizer")
+  tok = tokenizer.load_tokenizer(spec.tokenizer)
+  return lambda params: evaluate.run_tasks(spec.model, params, tok, list(spec.eval.tasks))

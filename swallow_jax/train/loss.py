@@ -5,9 +5,6 @@ For logits z over the vocabulary and target y, per token:
     z_loss = coef * logsumexp(z)**2          (PaLM; keeps the softmax normalizer near 1)
 The training objective is sum(w * (ce + z_loss)) / sum(w) over the whole global batch, where w
 is the per-token loss weight (0 on padding and, for SFT, on non-assistant tokens).
-
-`chunked_cross_entropy` computes the same sums from the final hidden states and the output
-kernel, a chunk of positions at a time, so the [B, T, V] float32 logits never exist at once.
 """
 
 import functools

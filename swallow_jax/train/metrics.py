@@ -1,24 +1,8 @@
 """Throughput and MFU, and the writers for metrics.jsonl, TensorBoard and the progress line.
 
-FLOPs are counted like MaxText (`calculate_tflops_training_per_device`), per token of a packed
-sequence of length T, for L layers, width D, H query / KV key-value heads of size Dh, MLP width F,
-vocabulary V:
-
-    matmul_params = L * (D*(H + 2*KV)*Dh + H*Dh*D + 3*D*F) + D*V       (q,k,v,o; gate,up,down; lm head)
-    flops/token   = 6 * matmul_params  +  6 * L * T * H * Dh
-
-6 = 2 FLOPs per multiply-add x 3 (forward + backward). With LoRA (rank r on projections of
-(in, out) features) a frozen weight costs 4 (forward + the gradient of its input; no weight
-gradient), a fully trained one (`lora.trainable` "lm_head") 6, and each adapter 6 * r * (in + out):
-
-    flops/token   = 4 * matmul_params + 2 * D*V [lm_head trained] + 6 * L * sum_r(in + out)
-                    + 6 * L * T * H * Dh
-
-The attention term counts QK^T and AV
-(2 * 2*T*H*Dh per token per layer, forward) halved for the causal mask. The embedding lookup is
-not a matmul and is not counted; padding tokens are counted (the hardware computes them).
-MFU = tokens/s * flops/token / (num_devices * peak dense bf16 FLOP/s per device). On CPU, or an
-accelerator not in the table, MFU is null.
+FLOPs per token are counted like MaxText (`calculate_tflops_training_per_device`), for full
+training and for LoRA steps; the formulas and the peak-FLOPs table: docs/training.md, "MFU".
+MFU is null on CPU or an accelerator not in PEAK_FLOPS.
 """
 
 from collections.abc import Mapping
@@ -28,6 +12,7 @@ import math
 import os
 from typing import Any
 
+from flax import traverse_util
 import numpy as np
 
 from swallow_jax import fileio
@@ -123,8 +108,8 @@ class MetricsWriter:
     """The finite scalars of `values` (nested keys joined by "/") to TensorBoard / W&B only."""
     if not self.enabled:
       return
-    scalars = {k: v for k, v in _flatten(values)
-               if isinstance(v, (int, float)) and math.isfinite(v)}
+    flat = traverse_util.flatten_dict(_jsonable(values), sep="/")
+    scalars = {k: v for k, v in flat.items() if isinstance(v, (int, float)) and math.isfinite(v)}
     if self._tb is not None:
       for k, v in scalars.items():
         self._tb.add_scalar(k, v, step)
@@ -165,16 +150,6 @@ def _jsonable(v: Any) -> Any:
   if isinstance(v, float) and not math.isfinite(v):
     return str(v)  # JSON has no NaN/inf literals.
   return v
-
-
-def _flatten(values: Mapping[str, Any], prefix: str = ""):
-  for k, v in values.items():
-    if isinstance(v, Mapping):
-      yield from _flatten(v, f"{prefix}{k}/")
-    elif isinstance(v, (np.ndarray, np.generic)):
-      yield prefix + k, v.item()
-    else:
-      yield prefix + k, v
 
 
 def progress_line(step: int, num_steps: int, m: Mapping[str, Any], eta_s: float | None) -> str:

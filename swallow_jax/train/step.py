@@ -1,13 +1,10 @@
 """Train state and the jitted train step (gradient accumulation, z-loss, NEFTune, AdamW,
 token-chunked loss, document masking on or off, LoRA).
 
-The state is a plain dict so Orbax saves it as-is and restores it onto any mesh:
-    full training  {'step': int32[], 'params': ..., 'opt_state': ..., 'rng': uint32[2]}
-    LoRA           {'step', 'params' (the frozen base, any dtype), 'lora' (the adapter, fp32),
-                    ['extra' (LoraConfig.trainable params, fp32),] 'opt_state', 'rng'}
-With LoRA the optimizer (and its state) covers `trainable(state)` = {'lora', ['extra']} only;
-the gradient is taken of a function of those, the base closed over, so no gradient of a frozen
-weight exists. Checkpoints hold `checkpointed(state)`: everything but the base.
+The state is a plain dict that Orbax saves as-is and restores onto any mesh: {'step', 'params',
+'opt_state', 'rng'}; with LoRA also 'lora' (the fp32 adapter) and ['extra'] (the fp32
+LoraConfig.trainable params), the optimizer covering `trainable(state)` only and checkpoints
+`checkpointed(state)`, all but the frozen base (docs/training.md, "LoRA").
 """
 
 from collections.abc import Callable, Mapping
@@ -132,11 +129,10 @@ def make_train_step(model_cfg: Any, tx: optax.GradientTransformation, lr: optax.
   non-finite means the new state is unusable), lr (used by this update), loss_tokens (sum of
   loss weights).
 
-  `loss_chunk_size` > 0 computes the loss from the final hidden states `loss_chunk_size`
-  positions at a time (`chunked_cross_entropy`: no [B, T, V] float32 logits); 0 = full logits.
-  `document_masking=False` ignores the batch's positions and segment ids: plain causal attention
-  over the whole packed row with positions 0..T-1, as Megatron-LM trains by default (and the
-  fused kernels' `is_causal` path on GPU); loss weights are used as given.
+  `loss_chunk_size` > 0: the loss from the final hidden states, that many positions at a time
+  (`chunked_cross_entropy`); 0 = full logits. `document_masking=False` ignores the batch's
+  positions and segment ids: plain causal attention over the whole packed row (both:
+  docs/training.md, "Loss and attention options").
 
   `lora_cfg` with rank > 0 trains a LoRA state (`state_from_params(..., lora_cfg)`): gradients
   w.r.t. `trainable(state)` only, LoRA dropout from the step's rng; `lora_shardings` (with
@@ -171,15 +167,15 @@ def make_train_step(model_cfg: Any, tx: optax.GradientTransformation, lr: optax.
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def constrain(grads, state):
-    if param_shardings is None:
+  grad_shardings = param_shardings  # None: accumulated gradients left unconstrained.
+  if use_lora:
+    grad_shardings = (None if param_shardings is None or lora_shardings is None else
+                      _trainable_shardings(param_shardings, lora_shardings, lora_cfg.trainable))
+
+  def constrain(grads):
+    if grad_shardings is None:
       return grads
-    if not use_lora:
-      return jax.lax.with_sharding_constraint(grads, param_shardings)
-    if lora_shardings is None:
-      return grads
-    return jax.lax.with_sharding_constraint(grads, _trainable_shardings(
-        param_shardings, lora_shardings, tuple(state.get("extra", ()))))
+    return jax.lax.with_sharding_constraint(grads, grad_shardings)
 
   def train_step(state: State, batch: Batch) -> tuple[State, dict]:
     train, frozen = trainable(state), state["params"] if use_lora else None
@@ -193,19 +189,16 @@ def make_train_step(model_cfg: Any, tx: optax.GradientTransformation, lr: optax.
         acc, ce_acc, z_acc = carry
         mb, i = xs
         (_, (ce, z)), g = grad_fn(train, frozen, mb, jax.random.fold_in(rng, i), total_weight)
-        return (constrain(jax.tree.map(jnp.add, acc, g), state), ce_acc + ce, z_acc + z), None
-      zeros = constrain(jax.tree.map(jnp.zeros_like, train), state)
+        return (constrain(jax.tree.map(jnp.add, acc, g)), ce_acc + ce, z_acc + z), None
+      zeros = constrain(jax.tree.map(jnp.zeros_like, train))
       (grads, ce, z), _ = jax.lax.scan(
           body, (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)),
           (_microbatches(batch, grad_accum_steps), jnp.arange(grad_accum_steps)))
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state["opt_state"], train)
     new_train = optax.apply_updates(train, updates)
-    new_state = {"step": state["step"] + 1, "opt_state": opt_state, "rng": state["rng"]}
-    if use_lora:
-      new_state.update(new_train, params=state["params"])
-    else:
-      new_state["params"] = new_train
+    new_state = {**state, "step": state["step"] + 1, "opt_state": opt_state,
+                 **(new_train if use_lora else {"params": new_train})}
     metrics = {"loss": ce / total_weight, "z_loss": z / total_weight, "grad_norm": grad_norm,
                "param_norm": optax.tree.norm(new_train),
                "lr": jnp.asarray(lr(state["step"]), jnp.float32), "loss_tokens": total}

@@ -1,9 +1,8 @@
 """Vocabulary study: Japanese coverage of tokenizers, and what adding Japanese subwords buys.
 
   python -m swallow_jax.vocab stats --tokenizer=PATH [--corpus=FILE] [--json]
-      vocab_size (special tokens included) and how many vocabulary entries are exactly one
-      hiragana (U+3040-309F), katakana (U+30A0-30FF) or CJK ideograph (U+4E00-9FFF); byte-level
-      pieces that are not valid UTF-8 alone do not count. With --corpus: chars, tokens and
+      vocab_size (specials included) and how many entries are exactly one hiragana, katakana or
+      CJK ideograph (U+3040-309F, U+30A0-30FF, U+4E00-9FFF); with --corpus, chars, tokens and
       chars_per_token of that text (each line encoded alone, line ends not counted).
 
   python -m swallow_jax.vocab table --tokenizer=A --tokenizer=B ... [--corpus=FILE] [--json]
@@ -11,20 +10,17 @@
 
   python -m swallow_jax.vocab expand --tokenizer=PATH --corpus=FILE --heldout=FILE \\
       --num-new=48000 --output=DIR [--model-type=bpe|unigram] [--model=HF_DIR] [--json]
-      learns Japanese subwords on --corpus with sentencepiece, adds up to --num-new of them that
-      the vocabulary lacks, writes the expanded tokenizer (same format) and expansion.json to
-      DIR, and reports held-out token counts before/after, the sequence-length reduction and
-      the implied decode speed-up 1/(1-reduction). With --model, also writes DIR/model: that
-      HF Llama checkpoint with embedding and LM head grown for the new tokens (each new row the
-      mean of the rows of the tokens the old tokenizer splits it into), in bfloat16.
+      adds up to --num-new Japanese subwords learned on --corpus, writes the expanded tokenizer
+      (same format) and expansion.json to DIR, and reports held-out token counts before/after,
+      the reduction and the implied decode speed-up 1/(1-reduction). --model also writes
+      DIR/model: that HF Llama checkpoint with embedding and LM head grown (bfloat16).
 
 A tokenizer PATH is a tiktoken tokenizer.model (Llama 3), a tokenizer.json, a sentencepiece
-.model, or a directory holding one. Bad input exits with status 1 and a one-line reason.
+.model, or a directory holding one. See docs/tokenizers.md.
 """
 
 import json
 import os
-import sys
 
 from absl import flags
 
@@ -55,20 +51,11 @@ def _require(**values):
       raise ValueError(f"--{name.replace('_', '-')} is required")
 
 
-def _stats_row(path: str, corpus: list[str] | None) -> dict:
-  tok = tokenizer_lib.load_tokenizer(path)
-  row = {"tokenizer": path, **stats.vocab_stats(tok)}
-  if corpus is not None:
-    row.update(stats.corpus_stats(tok, corpus))
-  return row
-
-
 def run(command: str) -> str:
   """Runs one command on the parsed flags; returns what to print."""
   paths = _TOKENIZER.value
   if command == "expand":
-    _require(tokenizer=paths, corpus=_CORPUS.value, heldout=_HELDOUT.value,
-             output=_OUTPUT.value)
+    _require(tokenizer=paths, corpus=_CORPUS.value, heldout=_HELDOUT.value, output=_OUTPUT.value)
     if len(paths) != 1:
       raise ValueError("expand takes exactly one --tokenizer")
     if _MODEL.value:  # any form model.io accepts; a wrong path is refused before the expansion
@@ -91,7 +78,11 @@ def run(command: str) -> str:
   if command == "stats" and len(paths) != 1:
     raise ValueError("stats takes exactly one --tokenizer (use table for several)")
   corpus = stats.read_lines(_CORPUS.value) if _CORPUS.value else None
-  rows = [_stats_row(p, corpus) for p in paths]
+  rows = []
+  for path in paths:
+    tok = tokenizer_lib.load_tokenizer(path)
+    rows.append({"tokenizer": path, **stats.vocab_stats(tok),
+                 **(stats.corpus_stats(tok, corpus) if corpus else {})})
   if command == "stats":
     row = rows[0]
     return json.dumps(row) if _JSON.value else "\n".join(f"{k}: {v}" for k, v in row.items())

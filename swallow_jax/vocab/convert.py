@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, processors
@@ -13,15 +13,18 @@ from swallow_jax import fileio
 from swallow_jax.tokenizer import TiktokenTokenizer, byte_to_unicode
 
 
+def token_splits(token: Sequence, vocab: Mapping) -> list[tuple]:
+  """Every split of `token` into two entries of `vocab`, in the order of their ids."""
+  splits = [(token[:i], token[i:]) for i in range(1, len(token))
+            if token[:i] in vocab and token[i:] in vocab]
+  return sorted(splits, key=lambda lr: (vocab[lr[0]], vocab[lr[1]]))
+
+
 def bpe_merges(ranks: Mapping[bytes, int]) -> list[tuple[bytes, bytes]]:
   """Merge list equivalent to tiktoken's ranks: every split of a token into two tokens, ordered
   by the rank of the result (tiktoken merges by the rank of the concatenation, HF by pair)."""
-  merges = []
-  for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
-    splits = [(token[:i], token[i:]) for i in range(1, len(token))
-              if token[:i] in ranks and token[i:] in ranks]
-    merges += sorted(splits, key=lambda lr: (ranks[lr[0]], ranks[lr[1]]))
-  return merges
+  return [pair for token, _ in sorted(ranks.items(), key=lambda kv: kv[1])
+          for pair in token_splits(token, ranks)]
 
 
 def tiktoken_to_tokenizer_json(tok: TiktokenTokenizer, path: str | os.PathLike) -> str:

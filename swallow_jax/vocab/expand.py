@@ -1,35 +1,19 @@
 """Vocabulary expansion study: add Japanese subwords to a tokenizer and measure the gain.
 
-Sentencepiece learns subwords on a Japanese corpus; those containing a Japanese character and
-not already in the base vocabulary are added, single characters first, then longer pieces in
-the order sentencepiece learned them, until ``num_new`` are in. The expanded tokenizer keeps
-every old id and is written in the base's own format, so ``load_tokenizer`` runs it as is.
-
-How a new token becomes one the tokenizer really produces:
-
-* BPE bases (tiktoken ranks, byte-level BPE ``tokenizer.json``, sentencepiece BPE): a string
-  is added only if the current (already expanded) tokenizer splits it into exactly two tokens
-  ``L R``. It gets the next rank: tiktoken, a new rank on its bytes; tokenizer.json, a vocab
-  entry plus a merge for each split into two tokens (as ``tiktoken_to_tokenizer_json`` does);
-  sentencepiece, a piece scored below every existing one. New ranks come after all old ones, so
-  BPE first reaches the old tokenization and then applies the new merges on top of it; and a
-  pre-tokenization chunk that is a vocabulary entry as a whole is one token (tiktoken, and
-  ``ignore_merges`` in Llama 3's tokenizer.json). Strings that would need several new merges at
-  once, or that span two pre-tokenization chunks (e.g. ``日本。`` for Llama 3's pattern), are
-  skipped and counted as ``skipped_unreachable``.
-* sentencepiece unigram bases: pieces are added with the scores the new unigram model gave
-  them; Viterbi segmentation then uses them wherever they score better.
-
-Limits: the merge order of the added tokens is sentencepiece's, not a BPE retraining on the
-base's own segmentation, so in running text the expanded tokenizer can choose other splits than
-sentencepiece would. The held-out counts are measured with the written tokenizer itself, so
-the reported reduction is what the expanded tokenizer really does.
+Sentencepiece learns subwords on a Japanese corpus; those holding a Japanese character and
+missing from the base vocabulary are added (single characters first, then in learning order)
+until ``num_new`` are in. The expanded tokenizer keeps every old id and is written in the base's
+own format. On BPE bases a string is added only when the expanded-so-far tokenizer splits it
+into exactly two tokens (it gets the next rank / merge / lowest score), else it is counted as
+``skipped_unreachable``; unigram bases take the new model's scores. The held-out counts are
+measured with the written tokenizer. Details and limits: docs/tokenizers.md.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -43,6 +27,7 @@ import regex  # tiktoken's dependency; Python's re has no \p{L}.
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
 from swallow_jax import tokenizer as tokenizer_lib
+from swallow_jax.vocab import convert
 from swallow_jax.vocab import stats
 from swallow_jax.vocab import train
 
@@ -61,15 +46,9 @@ Piece = collections.namedtuple("Piece", "text score")
 def bpe_merge(parts: list, rank: Callable[[object, object], int | None]) -> list:
   """Greedy BPE: merge the adjacent pair of lowest rank (leftmost on ties) until none has one."""
   parts = list(parts)
-  while len(parts) > 1:
-    best = None
-    for i in range(len(parts) - 1):
-      r = rank(parts[i], parts[i + 1])
-      if r is not None and (best is None or r < best[0]):
-        best = (r, i)
-    if best is None:
-      break
-    i = best[1]
+  while ranked := [(r, i) for i, pair in enumerate(zip(parts, parts[1:]))
+                   if (r := rank(*pair)) is not None]:
+    _, i = min(ranked)
     parts[i:i + 2] = [parts[i] + parts[i + 1]]
   return parts
 
@@ -141,12 +120,10 @@ class _HFByteLevelExpander:
     parts = bpe_merge(parts, lambda a, b: self.merge_rank.get((a, b)))
     if len(parts) != 2:
       return False
-    # Like tokenizer.tiktoken_to_tokenizer_json: every split into two tokens is a merge, as
-    # tiktoken would merge any of them.
+    # As tiktoken_to_tokenizer_json: every split into two tokens is a merge, as tiktoken would
+    # merge any of them.
     vocab, symbol = self.model["vocab"], self._symbol(piece.text)
-    splits = [(symbol[:i], symbol[i:]) for i in range(1, len(symbol))
-              if symbol[:i] in vocab and symbol[i:] in vocab]
-    for pair in sorted(splits, key=lambda lr: (vocab[lr[0]], vocab[lr[1]])):
+    for pair in convert.token_splits(symbol, vocab):
       self.merge_rank[pair] = len(self.merge_rank)
       self.model["merges"].append(" ".join(pair) if self.merges_as_str else list(pair))
     vocab[symbol] = self.next_id
@@ -208,25 +185,15 @@ class _SentencePieceExpander:
     return path
 
 
-def _expander(tok: tokenizer_lib.Tokenizer):
-  if isinstance(tok, tokenizer_lib.TiktokenTokenizer):
-    return _TiktokenExpander(tok)
-  if isinstance(tok, tokenizer_lib.HFTokenizer):
-    return _HFByteLevelExpander(tok)
-  if isinstance(tok, tokenizer_lib.SentencePieceTokenizer):
-    return _SentencePieceExpander(tok)
-  raise ValueError(f"{tok.path}: no expansion for backend {tok.backend}")
+_EXPANDERS = {"tiktoken": _TiktokenExpander, "tokenizers": _HFByteLevelExpander,
+              "sentencepiece": _SentencePieceExpander}
 
 
 def required_chars(lines: Sequence[str], coverage: float) -> int:
   """How many distinct characters sentencepiece keeps at this character coverage."""
   counts = sorted(collections.Counter("".join(lines)).values(), reverse=True)
-  total, covered = sum(counts), 0
-  for n, c in enumerate(counts, 1):
-    covered += c
-    if covered >= coverage * total:
-      return n
-  return len(counts)
+  need = coverage * sum(counts)
+  return next((n for n, c in enumerate(itertools.accumulate(counts), 1) if c >= need), len(counts))
 
 
 def learn_pieces(corpus: str, vocab_size: int, workdir: str, model_type: str,
@@ -248,20 +215,6 @@ def learn_pieces(corpus: str, vocab_size: int, workdir: str, model_type: str,
   pieces = [Piece(p.piece.replace("▁", " "), p.score) for p in proto.pieces
             if p.type == normal and JAPANESE.search(p.piece)]
   return sorted(pieces, key=lambda p: len(p.text) > 1), len(proto.pieces)  # Stable sort.
-
-
-def copy_role_files(src_dir: str, output_dir: str) -> list[str]:
-  """Copies `ROLE_FILES` present in `src_dir` into `output_dir` (mode 0644), so the expanded
-  tokenizer keeps BOS/EOS/PAD, add_bos, stop ids and the chat template; returns their names."""
-  copied = []
-  for name in ROLE_FILES:
-    src, dst = os.path.join(src_dir, name), os.path.join(output_dir, name)
-    if not os.path.isfile(src) or (os.path.exists(dst) and os.path.samefile(src, dst)):
-      continue
-    shutil.copyfile(src, dst)
-    os.chmod(dst, 0o644)
-    copied.append(name)
-  return copied
 
 
 @dataclasses.dataclass
@@ -303,24 +256,16 @@ def expand(tokenizer_path: str, corpus: str, heldout: str, num_new: int, output_
            max_rounds: int = 3) -> Expansion:
   """Adds up to ``num_new`` Japanese subwords learned on ``corpus``; measures on ``heldout``.
 
-  Args:
-    tokenizer_path: base tokenizer (file or directory).
-    corpus: UTF-8 text to learn subwords on.
-    heldout: UTF-8 text to measure sequence lengths on (each line encoded alone).
-    num_new: how many tokens to add at most; fewer when the corpus does not support more.
-    output_dir: gets the expanded tokenizer (the base's format and file name), the base's
-      `ROLE_FILES` (special tokens, chat template) and ``expansion.json`` (this report plus the
-      added strings in id order).
-    model_type: sentencepiece model for learning ('bpe' or 'unigram'); by default the base's
-      own type for sentencepiece bases and 'bpe' otherwise. A unigram base needs 'unigram'.
-    character_coverage: sentencepiece's character coverage when learning.
-    max_rounds: a first model is sized for ``num_new`` plus the characters; if too many of its
-      pieces are already present, train a bigger one (up to this many times).
+  `output_dir` gets the expanded tokenizer (the base's format and file name), the base's
+  `ROLE_FILES` and ``expansion.json`` (this report plus the added strings in id order).
+  `model_type` (sentencepiece 'bpe' or 'unigram') defaults to the base's own type for
+  sentencepiece bases, else 'bpe'. A first model is sized for ``num_new`` plus the characters;
+  if too many of its pieces are already present, a bigger one is trained (up to `max_rounds`).
   """
   if num_new < 1:
     raise ValueError(f"num_new must be positive, got {num_new}")
   base = tokenizer_lib.load_tokenizer(tokenizer_path)
-  expander = _expander(base)
+  expander = _EXPANDERS[base.backend](base)
   if model_type is None:
     model_type = "bpe" if getattr(expander, "bpe", True) else "unigram"
   if not getattr(expander, "bpe", True) and model_type != "unigram":
@@ -332,7 +277,7 @@ def expand(tokenizer_path: str, corpus: str, heldout: str, num_new: int, output_
       logging.info("vocab expand: round %d: training a %s sentencepiece model of %d pieces",
                    round_ + 1, model_type, size)
       pieces, trained = learn_pieces(corpus, size, workdir, model_type, character_coverage)
-      expander = _expander(base)
+      expander = _EXPANDERS[base.backend](base)
       added, present, unreachable = [], 0, 0
       for piece in pieces:
         if len(added) == num_new:
@@ -347,7 +292,11 @@ def expand(tokenizer_path: str, corpus: str, heldout: str, num_new: int, output_
         break
       size = math.ceil(size * 1.2 * num_new / max(len(added), 1))
   os.makedirs(output_dir, exist_ok=True)
-  copy_role_files(os.path.dirname(os.path.abspath(base.path)), output_dir)
+  for name in ROLE_FILES:  # mode 0644, not the source's
+    src, dst = os.path.join(os.path.dirname(base.path), name), os.path.join(output_dir, name)
+    if os.path.isfile(src) and not (os.path.exists(dst) and os.path.samefile(src, dst)):
+      shutil.copyfile(src, dst)
+      os.chmod(dst, 0o644)
   path = expander.write(output_dir)
   new = tokenizer_lib.load_tokenizer(path)
   before = stats.count_tokens(base, heldout_lines)

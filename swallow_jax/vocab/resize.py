@@ -19,10 +19,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
 
 from swallow_jax import tokenizer as tokenizer_lib
 from swallow_jax.model import io as model_io
+from swallow_jax.parallel import sharding as parallel_sharding
 from swallow_jax.tokenizer import Tokenizer
 from swallow_jax.vocab import convert
 
@@ -35,16 +36,6 @@ def new_token_pieces(old_tokenizer: Tokenizer, new_tokenizer: Tokenizer,
     data = new_tokenizer.token_bytes(i) if i < new_tokenizer.vocab_size else None
     pieces.append(old_tokenizer.encode(data.decode("utf-8", "replace")) if data else [])
   return pieces
-
-
-def _fit(sharding: Any, shape: tuple[int, ...]) -> Any:
-  if not isinstance(sharding, NamedSharding):
-    return None
-  mesh, spec = sharding.mesh, tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
-  def size(axes):
-    return int(np.prod([mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes)]))
-  spec = tuple(a if a is None or dim % size(a) == 0 else None for dim, a in zip(shape, spec))
-  return NamedSharding(mesh, PartitionSpec(*spec))
 
 
 @functools.partial(jax.jit, static_argnames=("keep", "num_new", "out_sharding"))
@@ -75,7 +66,11 @@ def grow_rows(table: jax.Array, pieces: Sequence[Sequence[int]], keep: int | Non
   flat = np.array([i for ids in pieces for i in ids], np.int32)
   segment = np.array([k for k, ids in enumerate(pieces) for _ in ids], np.int32)
   empty = np.array([not ids for ids in pieces], bool)
-  out_sharding = _fit(getattr(table, "sharding", None), (keep + len(pieces),) + table.shape[1:])
+  sharding, out_sharding = getattr(table, "sharding", None), None
+  if isinstance(sharding, NamedSharding):
+    shape = (keep + len(pieces),) + table.shape[1:]
+    out_sharding = NamedSharding(sharding.mesh, parallel_sharding.fit_spec(
+        sharding.spec, shape, sharding.mesh, "the grown embedding"))
   return _grow(table, flat, segment, empty, keep=keep, num_new=len(pieces),
                out_sharding=out_sharding)
 

@@ -25,15 +25,9 @@ def single_character(tok: Tokenizer, token_id: int) -> str | None:
 
 def vocab_stats(tok: Tokenizer) -> dict[str, int]:
   """``vocab_size`` (specials included) and single-character entry counts per block."""
-  counts = dict.fromkeys(BLOCKS, 0)
-  for i in range(tok.vocab_size):
-    char = single_character(tok, i)
-    if char is None:
-      continue
-    for name, (lo, hi) in BLOCKS.items():
-      if lo <= ord(char) <= hi:
-        counts[name] += 1
-  return {"vocab_size": tok.vocab_size, **counts}
+  chars = [c for c in (single_character(tok, i) for i in range(tok.vocab_size)) if c]
+  return {"vocab_size": tok.vocab_size,
+          **{name: sum(lo <= ord(c) <= hi for c in chars) for name, (lo, hi) in BLOCKS.items()}}
 
 
 def read_lines(path: str | os.PathLike) -> list[str]:
@@ -42,10 +36,9 @@ def read_lines(path: str | os.PathLike) -> list[str]:
     raise FileNotFoundError(f"{os.fspath(path)}: no such text file")
   try:
     with open(path, encoding="utf-8") as f:
-      lines = [line.rstrip("\r\n") for line in f]
+      lines = [text for line in f if (text := line.rstrip("\r\n"))]
   except UnicodeDecodeError as e:
     raise ValueError(f"{os.fspath(path)}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-  lines = [line for line in lines if line]
   if not lines:
     raise ValueError(f"{os.fspath(path)}: no text")
   return lines

@@ -21,24 +21,14 @@ def train_sentencepiece(inputs: str | os.PathLike | Sequence[str | os.PathLike] 
                         special_tokens: Sequence[str] = CHAT_SPECIAL_TOKENS,
                         character_coverage: float = 0.9995, shrink_to_fit: bool = False,
                         **trainer_options) -> str:
-  """Trains a sentencepiece model and returns the path of ``{output_prefix}.model``.
+  """Trains a sentencepiece model on a text file, files or lines; returns ``{prefix}.model``.
 
-  Args:
-    inputs: a text file, a list/tuple of text files, or an iterator of text lines.
-    vocab_size: pieces in the model, specials, ``<unk>`` and byte pieces included.
-    output_prefix: writes ``{output_prefix}.model`` and ``.vocab``.
-    model_type: 'bpe' or 'unigram'.
-    byte_fallback: unknown characters become UTF-8 byte pieces (no ``<unk>`` in practice).
-    special_tokens: user-defined symbols placed at ids 1.. (the Llama 3 chat specials by
-      default); ``load_tokenizer`` treats them as special tokens, never as text.
-    character_coverage: share of characters covered by character pieces.
-    shrink_to_fit: if the text cannot support ``vocab_size`` pieces, train the largest model
-      it supports instead of failing.
-    **trainer_options: passed on to ``SentencePieceTrainer.train``.
-
-  Text is kept as is (identity normalisation, no dummy prefix, no whitespace folding), so
-  ``decode(encode(text)) == text`` and ``encode(a) + encode(b)`` is how ``a + b`` splits at
-  a piece boundary, which chat templates rely on.
+  ``vocab_size`` counts specials, ``<unk>`` and byte pieces; ``byte_fallback`` spells unknown
+  characters as UTF-8 bytes; ``special_tokens`` are user-defined symbols at ids 1.. that
+  ``load_tokenizer`` treats as specials; ``shrink_to_fit`` trains the largest model the text
+  supports instead of failing; ``trainer_options`` go to ``SentencePieceTrainer.train``. Text
+  is kept as is (identity normalisation, no dummy prefix), so ``decode(encode(t)) == t`` and
+  texts encoded apart concatenate cleanly, which chat templates rely on.
   """
   if model_type not in ("bpe", "unigram"):
     raise ValueError(f"model_type must be 'bpe' or 'unigram', not {model_type!r}")
@@ -56,9 +46,8 @@ def train_sentencepiece(inputs: str | os.PathLike | Sequence[str | os.PathLike] 
   if isinstance(inputs, (str, os.PathLike)):
     inputs = [inputs]
   if isinstance(inputs, (list, tuple)):
-    for p in inputs:
-      if not os.path.isfile(p):
-        raise FileNotFoundError(f"{p}: no such text file")
+    if missing := [p for p in inputs if not os.path.isfile(p)]:
+      raise FileNotFoundError(f"{missing[0]}: no such text file")
     options["input"] = ",".join(map(os.fspath, inputs))
   else:
     inputs = list(inputs)  # A retry after shrinking needs the lines again.
