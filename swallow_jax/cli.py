@@ -17,6 +17,8 @@
 
 In a `__main__` (flags as usual; `define_flags` when they live in a function):
 
+    from swallow_jax import cli
+
     _OUT = flags.DEFINE_string("output", None, "...", required=True)
     _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --output.")
     cli.alias("out", "output")             # an old flag name: still accepted, with one notice
@@ -375,18 +377,25 @@ def run(main: Callable[[list[str]], Any], *, prog: str,
   sys.exit(0)  # Not reached: app.run exits.
 
 
-_COMMANDS = ("train", "recipe", "preprocess", "generate", "evaluate", "convert", "chat_vector",
-             "plan", "vocab", "synth", "sweep")
-
-
-def __getattr__(name: str) -> Callable[[], None]:
-  """`entry_<command>`: the console script `swallow-<command>` (see pyproject.toml), which runs
-  `python -m swallow_jax.<command>`."""
-  module = name.removeprefix("entry_")
-  if name == module or module not in _COMMANDS:
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def _entry(module: str) -> Callable[[], None]:
+  """A console-script entry point that runs `python -m swallow_jax.<module>`."""
 
   def entry() -> None:
     runpy.run_module(f"swallow_jax.{module}", run_name="__main__", alter_sys=True)
 
+  entry.__doc__ = f"Runs `python -m swallow_jax.{module}` (the `swallow-...` console script)."
   return entry
+
+
+# The console scripts of pyproject.toml (`swallow-train` -> entry_train, ...).
+entry_train = _entry("train")
+entry_recipe = _entry("recipe")
+entry_preprocess = _entry("preprocess")
+entry_generate = _entry("generate")
+entry_evaluate = _entry("evaluate")
+entry_convert = _entry("convert")
+entry_chat_vector = _entry("chat_vector")
+entry_plan = _entry("plan")
+entry_vocab = _entry("vocab")
+entry_synth = _entry("synth")
+entry_sweep = _entry("sweep")
