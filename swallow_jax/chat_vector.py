@@ -15,7 +15,6 @@ docs/chat_vector.md.
 
 from collections.abc import Sequence
 import functools
-import json
 import math
 import os
 import re
@@ -129,8 +128,7 @@ def _write_side_files(ref: model_io.ModelRef, out: str, dtype: np.dtype | None) 
     shutil.copyfile(src, os.path.join(out, "config.json"))
     os.chmod(os.path.join(out, "config.json"), 0o644)
     return
-  with open(src, encoding="utf-8") as f:
-    config = json.load(f)
+  config = fileio.read_json(src)
   for key in ("torch_dtype", "dtype"):
     if key in config:
       config[key] = str(dtype)

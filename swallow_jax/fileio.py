@@ -1,5 +1,5 @@
 """File helpers: atomic writes (a file or a directory appears complete under its final name, or
-not at all) and the one JSONL reader.
+not at all), and the one JSON and JSONL readers.
 
 The one place that writes "temporary sibling, then rename". A killed process leaves at most a
 `.NAME.tmp-PID` sibling; `remove_stale_tmp` clears those of dead processes.
@@ -7,7 +7,8 @@ The one place that writes "temporary sibling, then rename". A killed process lea
     with atomic_file("out/results.json") as f: ...        # text; "wb" for bytes
     write_json("out/report.json", obj)
     with atomic_dir("out/model", overwrite=True) as tmp: ...  # fill tmp; renamed on success
-    for line, row in read_jsonl("tasks/ja_mc.jsonl"): ...     # ValueError "FILE:LINE: ..."
+    config = read_json("run/config.json")                       # ValueError "FILE:LINE: ..."
+    for line, row in read_jsonl("tasks/ja_mc.jsonl"): ...     # the same, per line
 """
 
 from collections.abc import Iterable, Iterator, Mapping
@@ -99,6 +100,25 @@ def atomic_dir(path: str, overwrite: bool = False) -> Iterator[str]:
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+
+
+def read_json(path: str) -> Any:
+  """The JSON value in a UTF-8 file (a BOM is skipped).
+
+  FileNotFoundError for a missing file; ValueError `path:line: ...` for text that is not UTF-8 or
+  not JSON.
+  """
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no such file or directory")
+  with open(path, "rb") as f:
+    raw = f.read().removeprefix(b"\xef\xbb\xbf")
+  try:
+    return json.loads(raw.decode("utf-8"))
+  except UnicodeDecodeError as e:
+    line = raw[:e.start].count(b"\n") + 1
+    raise ValueError(f"{path}:{line}: not UTF-8 ({e.reason})") from None
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}:{e.lineno}: not JSON ({e.msg})") from None
 
 
 def read_jsonl(path: str) -> Iterator[tuple[int, dict[str, Any]]]:

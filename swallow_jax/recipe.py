@@ -309,11 +309,6 @@ def _json_roundtrip(obj: Any) -> Any:
   return json.loads(json.dumps(obj, ensure_ascii=False, default=str))
 
 
-def _read_json(path: str) -> Any:
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
-
-
 def status(config: Mapping[str, Any], workdir: str) -> dict[str, str]:
   """stage -> 'done' | 'partial' (its directory exists) | 'pending'."""
   out = {}
@@ -347,7 +342,7 @@ def _run_stages(config: Mapping[str, Any], workdir: str, names: Sequence[str],
     done_path = os.path.join(stage_dir, DONE)
     kind = config[name]["kind"]
     if os.path.exists(done_path):
-      done = _read_json(done_path)
+      done = fileio.read_json(done_path)
       if only and name in only:
         logging.info("stage %s: already complete (delete %s to run it again)", name, stage_dir)
       if done.get("config") != _json_roundtrip(resolve(_to_plain(config[name]), config, workdir)):
@@ -396,7 +391,7 @@ def report_inputs(config: Mapping[str, Any], workdir: str
     kind = config[name]["kind"]
     stages[name] = {"kind": kind, "status": states[name]}
     if states[name] == "done":
-      done = _read_json(os.path.join(stage_dir, DONE))
+      done = fileio.read_json(os.path.join(stage_dir, DONE))
       stages[name]["seconds"] = done["seconds"]
       stages[name].update({k: done["outputs"][k] for k in report_lib.STAGE_COSTS
                            if k in done["outputs"]})
@@ -408,7 +403,7 @@ def report_inputs(config: Mapping[str, Any], workdir: str
       ablations = list(config[name].get("ablations", {}) or {})
       ablation_models |= set(ablations)
       path = os.path.join(stage_dir, evaluate.RESULTS)
-      evaluated = _read_json(path)["models"] if os.path.exists(path) else {}
+      evaluated = fileio.read_json(path)["models"] if os.path.exists(path) else {}
       for model in list(config[name].get("models", {}) or {}) + ablations:
         if model in evaluated:
           results[model] = evaluated[model]["tasks"]

@@ -89,3 +89,17 @@ def test_read_jsonl_rows_and_one_line_errors(tmp_path):
       list(fileio.read_jsonl(str(path)))
   with pytest.raises(FileNotFoundError, match="nope.jsonl: no such file or directory"):
     list(fileio.read_jsonl(str(tmp_path / "nope.jsonl")))
+
+
+def test_read_json_value_and_one_line_errors(tmp_path):
+  path = tmp_path / "config.json"
+  path.write_bytes('\ufeff{"a": [1, "東京"]}\n'.encode("utf-8"))
+  assert fileio.read_json(str(path)) == {"a": [1, "東京"]}
+  cases = {b'{"a": 1,\n\n oops}': r"config.json:3: not JSON", b'{"a": "\n\xff"}': r"config.json:2: "
+           r"not UTF-8"}
+  for data, message in cases.items():
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=message):
+      fileio.read_json(str(path))
+  with pytest.raises(FileNotFoundError, match="nope.json: no such file or directory"):
+    fileio.read_json(str(tmp_path / "nope.json"))

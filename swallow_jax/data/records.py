@@ -114,8 +114,7 @@ def read_manifest(directory: str) -> dict[str, Any]:
   if not os.path.exists(path):
     raise ValueError(f"{directory}: no {MANIFEST}; is it a preprocessed dataset "
                      "(python -m swallow_jax.preprocess)?")
-  with open(path, encoding="utf-8") as f:
-    manifest = json.load(f)
+  manifest = fileio.read_json(path)
   if manifest.get("format_version") != FORMAT_VERSION:
     raise ValueError(f"{path}: format_version {manifest.get('format_version')!r}, "
                      f"this code reads {FORMAT_VERSION}")

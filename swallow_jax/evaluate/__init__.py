@@ -15,7 +15,6 @@ How each type is scored: docs/evaluation.md. The command line: `python -m swallo
 """
 
 from collections.abc import Mapping, Sequence
-import json
 import logging
 import os
 import shutil
@@ -208,8 +207,7 @@ def evaluate_models(models: Mapping[str, str], tasks: Sequence[Task | str],
   prepare_output(output, list(models), overwrite=overwrite, resume=resume)
   results = {"models": {}}
   if resume and os.path.exists(os.path.join(output, RESULTS)):
-    with open(os.path.join(output, RESULTS), encoding="utf-8") as f:
-      results = json.load(f)
+    results = fileio.read_json(os.path.join(output, RESULTS))
   results["models"] = {n: m for n, m in results["models"].items()
                        if n in models and m.get("path") == models[n]}
   names = [t.name for t in tasks] + list(chats)

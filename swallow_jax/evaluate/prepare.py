@@ -39,7 +39,6 @@ the item) at fault. An existing non-empty --output is refused unless --overwrite
 
 from collections.abc import Callable, Sequence
 import dataclasses
-import json
 import os
 from typing import Any
 import xml.etree.ElementTree as ET
@@ -99,15 +98,10 @@ def _jsonl(path: str):
 
 
 def _json(path: str) -> Any:
-  with open(path, "rb") as f:
-    raw = f.read().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
   try:
-    return json.loads(raw.decode("utf-8"))
-  except UnicodeDecodeError as e:
-    line = raw[:e.start].count(b"\n") + 1
-    raise InputError(f"{path}:{line}: not UTF-8 ({e.reason})") from None
-  except json.JSONDecodeError as e:
-    raise InputError(f"{path}:{e.lineno}: not JSON ({e.msg})") from None
+    return fileio.read_json(path)
+  except ValueError as e:  # the same one-line message, as this module's input error
+    raise InputError(str(e)) from None
 
 
 def _text(value: Any, where: str, key: str) -> str:

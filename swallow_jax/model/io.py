@@ -121,10 +121,9 @@ def _has_safetensors(path: str) -> bool:
 
 def _read_json(path: str) -> Any:
   try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
+    return fileio.read_json(path)
   except (OSError, ValueError) as e:
-    raise ModelPathError(f"{path}: unreadable JSON ({e})") from None
+    raise ModelPathError(str(e)) from None
 
 
 def _hf_config(path: str, **overrides: Any) -> LlamaConfig:

@@ -7,7 +7,6 @@ the update is `x @ A @ B * scale`; PEFT stores lora_A.weight = A.T [r, in], lora
 """
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -20,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from swallow_jax.fileio import atomic_dir, write_json
+from swallow_jax.fileio import atomic_dir, read_json, write_json
 from swallow_jax.model.config import LlamaConfig
 from swallow_jax.model.llama import Params, is_per_layer, param_logical_axes
 
@@ -205,8 +204,7 @@ _NAME_RE = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(self_attn|mlp
 
 
 def _peft_config(file: str) -> LoraConfig:
-  with open(file, encoding="utf-8") as f:
-    d = json.load(f)
+  d = read_json(file)
   if d.get("peft_type") != "LORA":
     raise ValueError(f"{file}: peft_type {d.get('peft_type')!r} is not supported (only LORA)")
   bad = {k: d[k] for k in ("use_dora", "rank_pattern", "alpha_pattern", "modules_to_save",

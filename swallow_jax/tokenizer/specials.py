@@ -11,9 +11,10 @@ the first two files, roles are guessed by token name (`swallow_jax.tokenizer.bas
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
+
+from swallow_jax import fileio
 
 # The chat_template of meta-llama/Meta-Llama-3-8B-Instruct's tokenizer_config.json.
 LLAMA3_TEMPLATE = (
@@ -45,12 +46,7 @@ class ModelTokens:
 def _read_json(path: str) -> dict[str, Any] | None:
   if not os.path.isfile(path):
     return None
-  try:
-    with open(path, encoding="utf-8") as f:
-      data = json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f"{path}: not valid JSON ({e})") from None
-  if not isinstance(data, dict):
+  if not isinstance(data := fileio.read_json(path), dict):
     raise ValueError(f"{path}: expected a JSON object")
   return data
 

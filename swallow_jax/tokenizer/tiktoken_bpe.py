@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 
 import tiktoken
 
+from swallow_jax import fileio
 from swallow_jax.tokenizer.base import BaseTokenizer, char_spans
 from swallow_jax.tokenizer.specials import ModelTokens
 
@@ -54,7 +55,7 @@ def read_tiktoken_ranks(path: str) -> dict[bytes, int]:
 
 def write_tiktoken_ranks(path: str | os.PathLike, ranks: Mapping[bytes, int]) -> None:
   """Writes ranks as a tiktoken BPE file, in rank order."""
-  with open(path, "w", encoding="ascii") as f:
+  with fileio.atomic_file(os.fspath(path), encoding="ascii") as f:
     for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
       f.write(f"{base64.b64encode(token).decode()} {rank}\n")
 

@@ -8,7 +8,6 @@ Multi-host: only process 0 locks (all processes of one run share the workdir).
 
 from collections.abc import Iterator
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -45,8 +44,7 @@ def _acquire(path: str, stale_after_s: float) -> None:
       except FileExistsError:
         pass
       try:
-        with open(path, encoding="utf-8") as f:
-          held = json.load(f)
+        held = fileio.read_json(path)
       except FileNotFoundError:
         continue  # Released meanwhile.
       except ValueError:
@@ -84,9 +82,7 @@ def workdir_lock(workdir: str, *, enabled: bool = True, heartbeat_s: float = HEA
   def beat():
     while not stop.wait(heartbeat_s):
       with contextlib.suppress(OSError, ValueError):
-        with open(path, encoding="utf-8") as f:
-          held = json.load(f)
-        if held.get("pid") == os.getpid():
+        if (held := fileio.read_json(path)).get("pid") == os.getpid():
           fileio.write_json(path, {**held, "heartbeat": time.time()})
 
   thread = threading.Thread(target=beat, name="workdir-lock-heartbeat", daemon=True)
@@ -97,6 +93,5 @@ def workdir_lock(workdir: str, *, enabled: bool = True, heartbeat_s: float = HEA
     stop.set()
     thread.join()
     with contextlib.suppress(OSError, ValueError):
-      with open(path, encoding="utf-8") as f:
-        if json.load(f).get("pid") == os.getpid():
-          os.remove(path)
+      if fileio.read_json(path).get("pid") == os.getpid():
+        os.remove(path)

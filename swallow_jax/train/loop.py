@@ -101,8 +101,7 @@ def _config_changes(workdir: str, resolved: dict[str, Any]) -> list[dict[str, An
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return []
-  with open(path, encoding="utf-8") as f:
-    old = traverse_util.flatten_dict(json.load(f), sep=".")
+  old = traverse_util.flatten_dict(fileio.read_json(path), sep=".")
   new = traverse_util.flatten_dict(json.loads(json.dumps(resolved)), sep=".")
   for field in STATE_FIELDS:
     key = f"model.{field}"

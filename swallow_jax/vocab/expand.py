@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 import regex  # tiktoken's dependency; Python's re has no \p{L}.
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
+from swallow_jax import fileio
 from swallow_jax import tokenizer as tokenizer_lib
 from swallow_jax.vocab import convert
 from swallow_jax.vocab import stats
@@ -132,8 +133,7 @@ class _HFByteLevelExpander:
 
   def write(self, output_dir: str) -> str:
     path = os.path.join(output_dir, "tokenizer.json")
-    with open(path, "w", encoding="utf-8") as f:
-      json.dump(self.config, f, ensure_ascii=False)
+    fileio.write_json(path, self.config, indent=None)
     return path
 
 
@@ -180,7 +180,7 @@ class _SentencePieceExpander:
   def write(self, output_dir: str) -> str:
     self.proto.trainer_spec.vocab_size = len(self.proto.pieces)
     path = os.path.join(output_dir, "tokenizer.model")
-    with open(path, "wb") as f:
+    with fileio.atomic_file(path, "wb") as f:
       f.write(self.proto.SerializeToString())
     return path
 
@@ -308,6 +308,6 @@ def expand(tokenizer_path: str, corpus: str, heldout: str, num_new: int, output_
       heldout_chars=sum(map(len, heldout_lines)), heldout_tokens_before=before,
       heldout_tokens_after=len(after_ids),
       new_tokens_used=len({i for i in after_ids if i >= base.vocab_size}), new_tokens=added)
-  with open(os.path.join(output_dir, "expansion.json"), "w", encoding="utf-8") as f:
-    json.dump({**result.as_dict(), "new_tokens": added}, f, ensure_ascii=False, indent=1)
+  fileio.write_json(os.path.join(output_dir, "expansion.json"),
+                    {**result.as_dict(), "new_tokens": added}, indent=1)
   return result
