@@ -1,4 +1,4 @@
-"""swallow_jax: the Llama 3 Swallow recipe (continual pretraining, chat vector, SFT, evaluation) in JAX.
+"""The Llama 3 Swallow recipe in JAX: continual pretraining, chat vector, SFT, evaluation.
 
 The public API is small and imported lazily so that `import swallow_jax` stays cheap:
 

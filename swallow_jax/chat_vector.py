@@ -18,7 +18,6 @@ import functools
 import math
 import os
 import re
-import shutil
 from typing import Any
 
 from absl import flags
@@ -84,11 +83,8 @@ def _plan(t, b, i, exclude, protect, allow_vocab_mismatch):
     for role, reader in (("base", b), ("instruct", i)):
       if name not in reader.entries:
         raise ChatVectorError(f"{name}: missing from --{role} (use --exclude to skip it)")
-    axis = ta.vocab_axis(name)
     shapes = {"base": b.entries[name].shape, "instruct": i.entries[name].shape}
-    overlap = ta.check_shapes(name, entry.shape, shapes, axis, allow_vocab_mismatch)
-    keep = None if axis is None else ta.keep_rows(name, entry.shape[axis], overlap, protect)
-    work[name] = (axis, overlap, keep)
+    work[name] = ta.plan_rows(name, entry.shape, shapes, protect, allow_vocab_mismatch)
   return work
 
 
@@ -122,13 +118,10 @@ def _write_side_files(ref: model_io.ModelRef, out: str, dtype: np.dtype | None) 
     model_io.write_model_files(out, ref.config, dtype or np.dtype(ref.config.param_dtype),
                                ref.tokenizer_dir)
     return
-  model_io.copy_side_files(ref.path, out, everything=True)
-  src = os.path.join(ref.path, "config.json")
+  model_io.copy_side_files(ref.path, out, everything=True)  # config.json included, as it is
   if dtype is None:
-    shutil.copyfile(src, os.path.join(out, "config.json"))
-    os.chmod(os.path.join(out, "config.json"), 0o644)
     return
-  config = fileio.read_json(src)
+  config = fileio.read_json(os.path.join(out, "config.json"))
   for key in ("torch_dtype", "dtype"):
     if key in config:
       config[key] = str(dtype)
@@ -251,6 +244,14 @@ def protected_ids(spec: str, target: str) -> tuple[int, ...]:
                           "'chat_template' or 'llama3_chat'") from None
 
 
+def _floats(name: str, example: str) -> list[float]:
+  value = flags.FLAGS[name].value
+  try:
+    return [float(s) for s in value.split(",")]
+  except ValueError:
+    raise cli.UsageError(f"--{name}={value}: expected numbers like {example}") from None
+
+
 def main(argv: Sequence[str]) -> None:
   """Command-line entry point (absl, under swallow_jax.cli)."""
   del argv
@@ -262,15 +263,8 @@ def main(argv: Sequence[str]) -> None:
     raise cli.UsageError("give --base and --instruct (a chat vector), --adapter, or both")
   if not f.base and f["scale"].present:
     raise cli.UsageError("--scale weighs the chat vector: it needs --base and --instruct")
-  try:
-    scales = [float(s) for s in f.scale.split(",")]
-  except ValueError:
-    raise cli.UsageError(f"--scale={f.scale}: expected numbers like 0.5 or 0.3,0.5,1.0") from None
-  try:
-    adapter_scales = [float(s) for s in f.adapter_scale.split(",")]
-  except ValueError:
-    raise cli.UsageError(f"--adapter_scale={f.adapter_scale}: expected numbers like 1.0 "
-                         "or 1.0,0.5 (one per --adapter)") from None
+  scales = _floats("scale", "0.5 or 0.3,0.5,1.0")
+  adapter_scales = _floats("adapter_scale", "1.0 or 1.0,0.5 (one per --adapter)")
   if len(adapter_scales) == 1:
     adapter_scales *= len(f.adapter)
   if len(adapter_scales) != len(f.adapter):

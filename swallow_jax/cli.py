@@ -306,7 +306,8 @@ def _parser(prog: str, positional: bool) -> Callable[[list[str]], list[str]]:
       lines = [line.strip() for line in str(e).splitlines() if line.strip()]
       # A config file that raised: absl's "flag --config=...: Error whilst parsing" + traceback;
       # its first and last lines are the file and the reason.
-      message = lines[0] if len(lines) < 2 else f"{lines[0].split(': Error whilst')[0]}: {lines[-1]}"
+      message = (lines[0] if len(lines) < 2
+                 else f"{lines[0].split(': Error whilst')[0]}: {lines[-1]}")
       _exit(prog, f"{message} (see --help)", 2)
     except (AttributeError, KeyError, TypeError, ValueError) as e:  # config_flags overrides.
       _exit(prog, _override_error(argv, e), 2)

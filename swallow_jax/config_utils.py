@@ -92,6 +92,7 @@ class MeshSpec:
   dcn_tensor: int = 1
 
   def as_dict(self) -> dict[str, int]:
+    """The mesh axis sizes by name."""
     return dataclasses.asdict(self)
 
 
@@ -132,7 +133,6 @@ class DataSpec:
 class TrainSpec:
   """The whole training config, checked; `model` is the resolved LlamaConfig."""
   model: LlamaConfig
-  model_overrides: Mapping[str, Any]  # config.model as written (preset + field overrides).
   data: DataSpec
   optimizer: OptimizerSpec
   train: TrainSection
@@ -151,15 +151,14 @@ class TrainSpec:
     With LoRA, `init_from` becomes the base's pinned absolute path (`model.io.base_model_path`).
     `read_init_from=False` (planning without the checkpoint at hand) takes the architecture from
     `model.preset` and leaves `init_from` as written."""
-    sections = _sections(config)
+    sections = validate(config)
     lora = lora_config(config)
     init_from = str(config.get("init_from") or "")
     if lora.rank and read_init_from:
       from swallow_jax.model import io as model_io  # pylint: disable=g-import-not-at-top
       init_from = model_io.base_model_path(init_from)
-    return cls(model=model_config(config, read_init_from), model_overrides=dict(config["model"]),
-               lora=lora, init_from=init_from, tokenizer=str(config.get("tokenizer") or ""),
-               **sections)
+    return cls(model=model_config(config, read_init_from), lora=lora, init_from=init_from,
+               tokenizer=str(config.get("tokenizer") or ""), **sections)
 
 
 SECTIONS: dict[str, type] = {"data": DataSpec, "optimizer": OptimizerSpec, "train": TrainSection,
@@ -168,7 +167,7 @@ TOP_LEVEL_SCALARS = frozenset({"init_from", "tokenizer"})
 _REQUIRED_SECTIONS = ("model", "data", "optimizer", "train")
 
 
-def _sections(config: Mapping[str, Any]) -> dict[str, Any]:
+def validate(config: Mapping[str, Any]) -> dict[str, Any]:
   """Each section of SECTIONS as its dataclass; ValueError naming the first unknown or missing
   key."""
   known = set(SECTIONS) | {"model"} | TOP_LEVEL_SCALARS
@@ -179,11 +178,6 @@ def _sections(config: Mapping[str, Any]) -> dict[str, Any]:
     if section not in config:
       raise ValueError(f"config.{section} is missing")
   return {name: as_section(cls, config.get(name), name) for name, cls in SECTIONS.items()}
-
-
-def validate(config: Mapping[str, Any]) -> None:
-  """Raises ValueError naming the first unknown or missing key."""
-  _sections(config)
 
 
 def lora_config(config: Mapping[str, Any]) -> LoraConfig:
@@ -213,18 +207,18 @@ def model_config(config: Mapping[str, Any], read_init_from: bool = True) -> Llam
   return presets.get(preset, **overrides)
 
 
-def resolved_dict(config: Mapping[str, Any], model_cfg: LlamaConfig,
-                  init_from: str | None = None) -> dict[str, Any]:
-  """The config with every model field filled in (written to the workdir as config.json);
-  `init_from`, when given, replaces the config's (a LoRA run records its base's pinned path)."""
+def resolved_dict(config: Mapping[str, Any], spec: TrainSpec) -> dict[str, Any]:
+  """The config with every model field of `spec.model` filled in (written to the workdir as
+  config.json); a LoRA run records its base's pinned path, `spec.init_from`."""
   out = config.to_dict() if hasattr(config, "to_dict") else json.loads(json.dumps(dict(config)))
-  if init_from is not None:
-    out["init_from"] = init_from
+  if spec.lora.rank:
+    out["init_from"] = spec.init_from
   written = dict(config["model"])
   model = {"preset": written.get("preset", "")}
   if "lora" in written:
     model["lora"] = {k: _plain(v) for k, v in dict(written["lora"]).items()}
-  model.update({f.name: _plain(getattr(model_cfg, f.name)) for f in dataclasses.fields(model_cfg)})
+  model.update({f.name: _plain(getattr(spec.model, f.name))
+                for f in dataclasses.fields(spec.model)})
   out["model"] = model
   return out
 

@@ -32,6 +32,8 @@ MIN_BUCKET = 16
 
 
 class Generation(NamedTuple):
+  """One prompt's generated tokens and why generation stopped."""
+
   tokens: list[int]  # new tokens, stop token excluded
   stopped: bool      # True if a stop token ended it (False: ran out of max_new_tokens)
 

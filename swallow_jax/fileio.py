@@ -43,12 +43,9 @@ def atomic_file(path: str, mode: str = "w", encoding: str | None = "utf-8",
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = _tmp_name(path)
   binary = mode == "wb"
-  if path.endswith(".gz"):
-    f = gzip.open(tmp, "wb" if binary else "wt", encoding=None if binary else encoding)
-  else:
-    f = open(tmp, mode, encoding=None if binary else encoding)  # pylint: disable=consider-using-with
+  opener = gzip.open if path.endswith(".gz") else open
   try:
-    with f:
+    with opener(tmp, "wb" if binary else "wt", encoding=None if binary else encoding) as f:
       yield f
     os.chmod(tmp, file_mode)
     os.replace(tmp, path)

@@ -8,7 +8,8 @@ shardings: the trainer's own functions) from abstract shapes only (`jax.eval_sha
 are allocated), sets up N fake CPU devices, and compiles it ahead of time
 (`jit(...).lower(...).compile()`) for the mesh. It prints, per device:
 
-  params / opt_state   bytes of the sharded parameters and optimizer state (exact, from the shardings)
+  params / opt_state   bytes of the sharded parameters and optimizer state (exact, from the
+                       shardings)
   trainable            with LoRA: the adapter (+ `lora.trainable` tensors), fp32; params is then
                        the frozen base and opt_state covers the adapter only
   temp                 the compiler's temporaries (activations, gradients, collectives' buffers)
@@ -42,7 +43,6 @@ import jax.numpy as jnp
 from swallow_jax import cli
 from swallow_jax import parallel
 from swallow_jax.model import llama as llama_lib
-from swallow_jax.model import param_logical_axes
 from swallow_jax.train import metrics
 from swallow_jax.train import optimizer as optimizer_lib
 from swallow_jax.train import step as step_lib
@@ -77,30 +77,21 @@ def num_devices_for(mesh_cfg: dict[str, int], devices: int) -> int:
 def abstract_train_step(model_cfg: Any, tx: Any, lr: Any, mesh: Any, global_batch: int,
                         seq_len: int, *, seed: int = 0, plain_causal: bool = False,
                         lora_cfg: Any = None, **step_options: Any) -> tuple[Any, Any, Any, Any]:
-  """(jitted step, abstract state, abstract batch, state shardings), as `train.loop.run` builds
-  them, with ShapeDtypeStructs carrying the shardings instead of arrays; `step_options` go to
-  `make_train_step` (`TrainSection.step_options()` in swallow_jax.config_utils). Call inside
-  `parallel.mesh_context(mesh)`. `plain_causal` drops positions/segment_ids from the batch so
-  the model may use `is_causal` kernels (unpacked sequences). `lora_cfg` (rank > 0): the LoRA
-  step (frozen base in the config's param_dtype, fp32 adapter, optimizer over the adapter)."""
-  lora_cfg = lora_cfg if lora_cfg is not None and lora_cfg.rank else None
-  abstract = jax.eval_shape(lambda: step_lib.init_state(model_cfg, tx, seed, lora_cfg))
-  param_sh = parallel.param_shardings(abstract["params"], param_logical_axes(model_cfg), mesh)
-  lora_sh = (step_lib.lora_shardings(model_cfg, lora_cfg, abstract["lora"], mesh)
-             if lora_cfg else None)
-  shardings = step_lib.state_shardings(abstract, tx, param_sh, mesh, lora_sh)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, shardings)
-  batch_sh = parallel.batch_sharding(mesh)
+  """(jitted step, abstract state, abstract batch, state shardings): what `train.loop.run` builds
+  (`train.step.sharded_train_step`) and the batch, as ShapeDtypeStructs carrying their shardings;
+  `step_options` go to `make_train_step` (`TrainSection.step_options()` in
+  swallow_jax.config_utils). Call inside `parallel.mesh_context(mesh)`. `plain_causal` drops
+  positions/segment_ids from the batch so the model may use `is_causal` kernels (unpacked
+  sequences). `lora_cfg` (rank > 0): the LoRA step (frozen base in the config's param_dtype, fp32
+  adapter, optimizer over the adapter)."""
+  step_fn, abstract, shardings = step_lib.sharded_train_step(
+      model_cfg, tx, lr, mesh, seed=seed, lora_cfg=lora_cfg, **step_options)
   batch = {k: jax.ShapeDtypeStruct((global_batch, seq_len),
                                    jnp.float32 if k == "loss_weights" else jnp.int32,
-                                   sharding=batch_sh) for k in step_lib.BATCH_KEYS}
+                                   sharding=parallel.batch_sharding(mesh))
+           for k in step_lib.BATCH_KEYS}
   if plain_causal:
     batch["positions"] = batch["segment_ids"] = None
-  step_fn = step_lib.jit_train_step(
-      step_lib.make_train_step(model_cfg, tx, lr, param_shardings=param_sh, lora_cfg=lora_cfg,
-                               lora_shardings=lora_sh, **step_options),
-      shardings, mesh)
   return step_fn, abstract, batch, shardings
 
 
@@ -244,11 +235,13 @@ def _gb(x: float | None) -> str:
 
 
 def format_table(r: dict[str, Any]) -> str:
+  """The human-readable form of a `plan` report."""
   m = r["model"]
   lines = [
       f"model      {m['num_params'] / 1e9:.2f}B params, {m['num_layers']} layers, remat="
       f"{m['remat_policy']}, scan={m['scan_layers']}, compute {m['dtype']}",
-      f"mesh       {' '.join(f'{k}={v}' for k, v in r['mesh'].items())} ({r['num_devices']} devices)",
+      f"mesh       {' '.join(f'{k}={v}' for k, v in r['mesh'].items())} "
+      f"({r['num_devices']} devices)",
   ]
   if lo := r.get("lora"):
     lines.append(f"lora       rank {lo['rank']} on {','.join(lo['targets'])}"
@@ -275,9 +268,10 @@ def format_table(r: dict[str, Any]) -> str:
       "(a scanned layer loop counted once)",
   ]
   if f["xla_hlo_unrolled"]:
-    lines.append(f"  XLA HLO, layers unrolled       {f['xla_hlo_unrolled']:.4g} (x grad_accum; remat "
-                 "recomputation" + ("; without the T x T attention matmuls under the flash model)"
-                                    if r["attention"].startswith("flash") else ")"))
+    flash_note = ("; without the T x T attention matmuls under the flash model"
+                  if r["attention"].startswith("flash") else "")
+    lines.append(f"  XLA HLO, layers unrolled       {f['xla_hlo_unrolled']:.4g} (x grad_accum; "
+                 f"remat recomputation{flash_note})")
   lines.append(f"compile    lower {r['lower_s']:.1f}s, compile {r['compile_s']:.1f}s")
   return "\n".join(lines)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import multiprocessing
 import logging
 import os
@@ -56,6 +55,7 @@ class Spec:
 
   @property
   def columns(self) -> list[str]:
+    """The input fields a record needs: the text field, kept fields, filter fields."""
     extra = self.filter.fields if self.filter else ()
     return sorted({self.field, *self.keep_fields, *extra})
 
@@ -314,7 +314,7 @@ def main(argv: Sequence[str]) -> None:
       records_per_shard=f.records_per_shard, overwrite=f.overwrite,
       progress=True)
   if f.json:
-    print(json.dumps(summary, ensure_ascii=False))
+    cli.print_json(summary)
   else:
     skipped = ", ".join(f"{k}={v}" for k, v in summary["skipped"].items() if v) or "none"
     print(f"wrote {summary['documents']} documents, {summary['tokens']} tokens in "

@@ -178,7 +178,8 @@ def resolve(value: Any, config: Mapping[str, Any], workdir: str) -> Any:
 
 
 def _demo_data(cfg: dict, stage_dir: str) -> dict:
-  paths = demo.build_demo_data(stage_dir, seed=int(cfg.get("seed", 0)), scale=float(cfg.get("scale", 1)))
+  paths = demo.build_demo_data(stage_dir, seed=int(cfg.get("seed", 0)),
+                               scale=float(cfg.get("scale", 1)))
   return {"raw": paths.raw, "tasks": paths.tasks, "chat_eval": paths.chat_eval}
 
 
@@ -204,15 +205,17 @@ def _preprocess(cfg: dict, stage_dir: str) -> dict:
   out = {}
   for name, src in cfg["sources"].items():
     summary = preprocess.preprocess(
-        src["input"], cfg["tokenizer"], os.path.join(stage_dir, name), fmt=src.get("format", "text"),
-        workers=int(cfg.get("workers", 1)), overwrite=True, progress=False)
+        src["input"], cfg["tokenizer"], os.path.join(stage_dir, name),
+        fmt=src.get("format", "text"), workers=int(cfg.get("workers", 1)), overwrite=True,
+        progress=False)
     out[name] = summary["output"]
     out[f"{name}_tokens"] = summary["tokens"]
   return out
 
 
 def _train(cfg: dict, stage_dir: str) -> dict:
-  train_cfg = ml_collections.ConfigDict({k: v for k, v in cfg.items() if k not in _TRAIN_STAGE_KEYS})
+  train_cfg = ml_collections.ConfigDict(
+      {k: v for k, v in cfg.items() if k not in _TRAIN_STAGE_KEYS})
   if train_cfg.model.get("vocab_size", None) == 0:  # the size of the tokenizer this stage uses
     train_cfg.model.vocab_size = tokenizer.load_tokenizer(cfg["tokenizer"]).vocab_size
   trained = os.path.join(stage_dir, "TRAINED.json")
@@ -267,11 +270,12 @@ def _chat_vector(cfg: dict, stage_dir: str) -> dict:
   protect = cfg.get("protect_token_ids", ())
   if isinstance(protect, str):  # "chat_template", "llama3_chat" or "1,2,3"
     protect = chat_vector.protected_ids(protect, cfg["target"])
+  scale = float(cfg.get("scale", 0.5))
   chat_vector.merge_checkpoints(
-      cfg["base"], cfg["instruct"], cfg["target"], output, scales=(float(cfg.get("scale", 0.5)),),
+      cfg["base"], cfg["instruct"], cfg["target"], output, scales=(scale,),
       exclude=tuple(cfg.get("exclude", ())), protect_token_ids=tuple(protect),
       dtype=cfg.get("dtype") or None, progress=False)
-  return {"model": output, "scale": float(cfg.get("scale", 0.5))}
+  return {"model": output, "scale": scale}
 
 
 def _task_files(tasks: str | Sequence[str]) -> list[str]:
@@ -292,7 +296,8 @@ def _eval(cfg: dict, stage_dir: str) -> dict:
       max_len=int(cfg.get("max_len", 2048)), max_examples=max_examples,
       dtype=cfg.get("dtype", "float32"), resume=True, progress=False)
   for name, entry in results["models"].items():
-    logging.info("eval %s: %s", name, {k: _main_value(v) for k, v in entry["tasks"].items()})
+    metrics, _, _ = report_lib.model_metrics(entry["tasks"])  # in the report's units
+    logging.info("eval %s: %s", name, {k: round(v, 4) for k, v in metrics.items()})
   return {"results": os.path.join(stage_dir, evaluate.RESULTS)}
 
 
@@ -365,16 +370,6 @@ def _run_stages(config: Mapping[str, Any], workdir: str, names: Sequence[str],
                                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                     "config": stage_cfg})
     logging.info("stage %s: done in %.1fs", name, seconds)
-
-
-def _main_value(result: Mapping[str, Any]) -> Any:
-  """What the log line shows of a result, in the report's units: the main metric (BLEU 0-100,
-  accuracy, char F1), a chat set's score, a perplexity task's token perplexity."""
-  metrics = result["metrics"]
-  if result.get("type") == "perplexity":
-    return round(metrics.get("token_perplexity", math.nan), 3)
-  value = metrics.get(result.get("main_metric"), result.get("score"))
-  return None if value is None else round(value, 4)
 
 
 # Report: what the stages left in their directories, handed to swallow_jax.report.

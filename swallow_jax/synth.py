@@ -54,6 +54,7 @@ def japanese_ratio(text: str) -> float:
 
 
 def is_japanese(text: str, min_ratio: float = 0.5) -> bool:
+  """Whether at least `min_ratio` of the characters are Japanese and some are kana."""
   return japanese_ratio(text) >= min_ratio and any(_in(c, KANA_RANGES) for c in text)
 
 

@@ -102,9 +102,15 @@ def vocab_axis(name: str, vocab_axes: Sequence[tuple[str, int]] = VOCAB_AXES) ->
   return None
 
 
-def check_shapes(name: str, target: tuple[int, ...], others: dict[str, tuple[int, ...]],
-                 axis: int | None, allow_vocab_mismatch: bool) -> int | None:
-  """Validates shapes; returns the number of overlapping token rows along `axis` (or None)."""
+def plan_rows(name: str, target: tuple[int, ...], others: dict[str, tuple[int, ...]],
+              protect: Sequence[int] = (), allow_vocab_mismatch: bool = False,
+              vocab_axes: Sequence[tuple[str, int]] = VOCAB_AXES
+              ) -> tuple[int | None, int | None, Any]:
+  """Checks the shapes `others` ({role: shape}) of tensor `name` against the target's. Returns
+  (token axis, overlapping rows, bool mask of the target's rows kept as they are: protected ids,
+  rows past the overlap); axis and overlap are None without token rows, the mask None when
+  nothing is kept."""
+  axis = vocab_axis(name, vocab_axes)
   for role, shape in others.items():
     if tuple(shape) == tuple(target):
       continue
@@ -118,20 +124,17 @@ def check_shapes(name: str, target: tuple[int, ...], others: dict[str, tuple[int
           f"{name}: vocabulary size mismatch: target {tuple(target)} vs {role} {tuple(shape)} "
           "(pass allow_vocab_mismatch / --allow_vocab_mismatch to merge the overlapping rows)")
   if axis is None:
-    return None
-  return min([target[axis]] + [s[axis] for s in others.values()])
-
-
-def keep_rows(name: str, rows: int, overlap: int | None, protect: Sequence[int]) -> Any:
-  """Bool mask over token rows to leave untouched (protected ids, rows past the overlap)."""
-  if overlap is None or (overlap == rows and not protect):
-    return None
+    return None, None, None
+  rows = target[axis]
+  overlap = min([rows] + [s[axis] for s in others.values()])
+  if overlap == rows and not protect:
+    return axis, overlap, None
   keep = np.arange(rows) >= overlap
   for i in protect:
     if not 0 <= i < rows:
       raise ChatVectorError(f"{name}: protected token id {i} is outside its {rows} rows")
     keep[i] = True
-  return keep
+  return axis, overlap, keep
 
 
 def merge_tensor(name: str, target: Any, terms: Sequence[tuple[Any, Any, Any]], *,
@@ -144,15 +147,14 @@ def merge_tensor(name: str, target: Any, terms: Sequence[tuple[Any, Any, Any]], 
   dtype = target.dtype if dtype is None else dtype
   if not is_float(target.dtype):
     return target
-  axis = vocab_axis(name, vocab_axes)
   shapes = {}
   for k, (plus, minus, _) in enumerate(terms):
     suffix = f" {k}" if len(terms) > 1 else ""
     shapes[("instruct" if minus is not None else "vector") + suffix] = plus.shape
     if minus is not None:
       shapes["base" + suffix] = minus.shape
-  overlap = check_shapes(name, target.shape, shapes, axis, allow_vocab_mismatch)
-  keep = None if axis is None else keep_rows(name, target.shape[axis], overlap, protect_token_ids)
+  axis, _, keep = plan_rows(name, target.shape, shapes, protect_token_ids, allow_vocab_mismatch,
+                            vocab_axes)
   diffs = [_xp(plus).asarray(plus).astype(np.float32) if minus is None else diff(plus, minus)
            for plus, minus, _ in terms]
   return apply(target, diffs, [w for _, _, w in terms], keep, axis, dtype)

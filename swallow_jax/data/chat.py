@@ -151,9 +151,11 @@ def _template(tokenizer: Tokenizer) -> tuple[dict[str, int], str]:
                    "(tokenizer_config.json or chat_template.jinja) and is not a Llama 3 one")
 
 
-def _name(specials: Mapping[str, int], token_id: int | None) -> str:
+def _token_strings(tokenizer: Tokenizer, specials: Mapping[str, int]) -> dict[str, str]:
+  """The template's bos_token, eos_token and pad_token ("" for what the tokenizer lacks)."""
   by_id = {i: s for s, i in specials.items()}
-  return by_id.get(token_id, "") if token_id is not None else ""
+  return {f"{role}_token": by_id.get(getattr(tokenizer, f"{role}_id", None), "")
+          for role in ("bos", "eos", "pad")}
 
 
 def render_chat(messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False,
@@ -161,32 +163,29 @@ def render_chat(messages: Sequence[Mapping[str, str]], add_generation_prompt: bo
   """The template as text (what apply_chat_template(..., tokenize=False) returns); the
   tokenizer's own template, Llama 3's without a tokenizer."""
   if tokenizer is None:
-    return compile_template(LLAMA3_TEMPLATE).render(
-        messages=list(messages), add_generation_prompt=add_generation_prompt, bos_token=BOS,
-        eos_token="<|end_of_text|>")
-  return _render(tokenizer, *_template(tokenizer), messages, add_generation_prompt)
+    return _render(LLAMA3_TEMPLATE, {"bos_token": BOS, "eos_token": "<|end_of_text|>"},
+                   messages, add_generation_prompt)
+  specials, template = _template(tokenizer)
+  return _render(template, _token_strings(tokenizer, specials), messages, add_generation_prompt)
 
 
-def _render(tokenizer, specials, template, messages, add_generation_prompt,
+def _render(template: str, tokens: Mapping[str, str], messages, add_generation_prompt,
             spans: list[tuple[int, int]] | None = None) -> str:
-  """The rendered text; with `spans`, each generation block's (start, end) is appended there."""
+  """The rendered text; `tokens`: the special-token variables (`_token_strings`); with `spans`,
+  each generation block's (start, end) is appended there."""
   compiled = compile_template(template)
-  variables = dict(
-      messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt,
-      tools=None, documents=None,
-      bos_token=_name(specials, tokenizer.bos_id),
-      eos_token=_name(specials, getattr(tokenizer, "eos_id", None)),
-      pad_token=_name(specials, getattr(tokenizer, "pad_id", None)))
   blocks = []
   tracking = compiled.environment.generation_spans
-  token = tracking.set(None if spans is None else (blocks, spans))
+  previous = tracking.set(None if spans is None else (blocks, spans))
   try:
-    for block in compiled.generate(**variables):
+    for block in compiled.generate(messages=[dict(m) for m in messages], tools=None,
+                                   add_generation_prompt=add_generation_prompt, documents=None,
+                                   **tokens):
       blocks.append(block)
   except jinja2.exceptions.TemplateError as e:
     raise ChatError(f"chat template: {e}", "invalid_conversation") from None
   finally:
-    tracking.reset(token)
+    tracking.reset(previous)
   return "".join(blocks)
 
 
@@ -264,15 +263,15 @@ def encode_chat(tokenizer: Tokenizer, messages: Sequence[Mapping[str, str]],
   if system_prompt and messages[0]["role"] != "system":
     messages = [{"role": "system", "content": system_prompt}, *messages]
   specials, template = _template(tokenizer)
-  render = functools.partial(_render, tokenizer, specials, template)
+  tokens = _token_strings(tokenizer, specials)
+  render = functools.partial(_render, template, tokens)
   if _GENERATION_TAG.search(template):
     spans = []
     text = render(messages, add_generation_prompt, spans)
     ids, offsets = _tokenize_offsets(tokenizer, specials, text)
     return ids, _overlap_mask(offsets, spans)
   text = render(messages, add_generation_prompt)
-  eos = _name(specials, getattr(tokenizer, "eos_id", None))
-  ends = [t for t in (*EOT_NAMES, eos) if t and t in specials]
+  ends = [t for t in (*EOT_NAMES, tokens["eos_token"]) if t and t in specials]
   ids, mask, pos = [], [], 0
   for k, m in enumerate(messages):
     if m["role"] != "assistant":
@@ -301,7 +300,7 @@ def chat_special_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
   found = set()
   for messages in ([{"role": "system", "content": "s"}, *probe], probe):
     try:
-      text = _render(tokenizer, specials, template, messages, True)
+      text = _render(template, _token_strings(tokenizer, specials), messages, True)
     except ChatError:
       continue
     found.update(i for i in _tokenize(tokenizer, specials, text) if i in specials.values())

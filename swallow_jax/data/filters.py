@@ -29,6 +29,8 @@ _WORD = r"""("(?:[^"\\]|\\.)*"|'[^']*'|[^,\[\]\s"']+)"""
 
 @dataclasses.dataclass(frozen=True)
 class Clause:
+  """One `field op values` test of a filter."""
+
   field: str
   op: str  # '==', '!=', 'in', 'not in'
   values: tuple[str, ...]
@@ -47,6 +49,7 @@ class Filter:
 
   @property
   def fields(self) -> frozenset[str]:
+    """The metadata fields the filter reads."""
     return frozenset(c.field for c in self.clauses)
 
   def __call__(self, meta: Mapping[str, Any]) -> bool:
@@ -54,6 +57,7 @@ class Filter:
 
 
 def as_text(value: Any) -> str:
+  """A metadata value as filters compare it: a string as is, anything else as its JSON text."""
   return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 

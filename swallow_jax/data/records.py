@@ -84,6 +84,7 @@ class ShardWriter:
     self.shards: list[dict[str, Any]] = []  # {"file", "documents", "tokens"}
 
   def write(self, record: bytes, num_tokens: int) -> None:
+    """Appends a record of `num_tokens` tokens (to a new shard once the current one is full)."""
     if self._writer is None or self.shards[-1]["documents"] == self._per_shard:
       self.close()
       name = shard_name(len(self.shards))

@@ -35,6 +35,8 @@ _FAQ_SHARE = 0.15      # share of web documents that are FAQ pages
 
 @dataclasses.dataclass(frozen=True)
 class DemoPaths:
+  """Where build_demo_data wrote the corpus, the task files and the chat sets."""
+
   root: str
   raw: dict[str, str]     # source name -> JSONL path (text and chat sources)
   tasks: dict[str, str]   # task name -> task file
@@ -178,10 +180,9 @@ def build_demo_data(out_dir: str, seed: int = 0, scale: float = 1.0) -> DemoPath
          for name in TEXT_SOURCES + CHAT_SOURCES}
   tasks = {name: write("tasks", name, examples, (header,))
            for name, (header, examples) in _tasks(world, seed, n_eval, asked, held_out).items()}
-  chat_eval = {}
-  for lang in ("ja", "en"):
-    rows = _chat_eval(world, seed, n_eval, held_out, lang)
-    chat_eval[lang] = write("chat_eval", f"{lang}_chat", rows)
+  chat_eval = {lang: write("chat_eval", f"{lang}_chat",
+                           _chat_eval(world, seed, n_eval, held_out, lang))
+               for lang in ("ja", "en")}
   fileio.write_json(os.path.join(out_dir, "world.json"), dataclasses.asdict(world), indent=1)
   fileio.write_json(os.path.join(out_dir, "manifest.json"),
                     {"seed": seed, "scale": scale, "lines": counts,

@@ -117,6 +117,7 @@ def fields(world: World, kind: str, idx: int, lang: Lang) -> dict[str, str]:
 
 
 def statement(world: World, kind: str, idx: int, lang: Lang, variant: int) -> str:
+  """Paraphrase `variant` (mod the kind's count) of fact (kind, idx) in `lang`."""
   pair = STATEMENTS[kind][variant % len(STATEMENTS[kind])]
   return pair[lang == "en"].format(**fields(world, kind, idx, lang))
 
@@ -136,6 +137,7 @@ def answer_value(world: World, kind: str, idx: int, lang: Lang) -> str:
 
 
 def all_facts(world: World) -> list[tuple[str, int]]:
+  """Every (kind, entity index) fact the world holds, towns then people then rivers."""
   return ([(k, i) for i in range(len(world.towns)) for k in TOWN_KINDS]
           + [(k, i) for i in range(len(world.people)) for k in PERSON_KINDS]
           + [(k, i) for i in range(len(world.rivers)) for k in RIVER_KINDS])
@@ -249,6 +251,7 @@ def math_problem(world: World, rng: random.Random, lang: Lang) -> tuple[str, str
 
 
 def math_text(world: World, rng: random.Random, lang: Lang) -> str:
+  """A math problem with its worked solution, as a corpus document."""
   problem, solution, _ = math_problem(world, rng, lang)
   if lang == "ja":
     return f"問題: {problem}\n解答: {solution}"

@@ -34,18 +34,24 @@ REGIONS = (("北部", "north"), ("南部", "south"), ("東部", "east"), ("西�
 
 @dataclasses.dataclass(frozen=True)
 class Name:
+  """An entity's name in Japanese and English."""
+
   ja: str
   en: str
 
 
 @dataclasses.dataclass(frozen=True)
 class River:
+  """A river and its length."""
+
   name: Name          # 青川 / the Ao River
   length_km: int
 
 
 @dataclasses.dataclass(frozen=True)
 class Town:
+  """A town and its facts (region, population, river, product)."""
+
   name: Name          # 青山 / Aoyama (Japanese text adds 市)
   region: Name
   population: int
@@ -55,6 +61,8 @@ class Town:
 
 @dataclasses.dataclass(frozen=True)
 class Person:
+  """A person and their facts (job, hometown, age)."""
+
   name: Name          # 青山太郎 / Taro Aoyama
   job: Name
   hometown: int       # index into World.towns
@@ -63,14 +71,18 @@ class Person:
 
 @dataclasses.dataclass(frozen=True)
 class World:
+  """All entities of the generated world; facts refer to entities by index."""
+
   towns: tuple[Town, ...]
   people: tuple[Person, ...]
   rivers: tuple[River, ...]
 
   def residents(self, town: int) -> list[Person]:
+    """People whose hometown is town `town`."""
     return [p for p in self.people if p.hometown == town]
 
   def towns_on(self, river: int) -> list[Town]:
+    """Towns on river `river`."""
     return [t for t in self.towns if t.river == river]
 
 

@@ -1,6 +1,7 @@
 """Evaluation harness: task files (tasks.py), scorers (scoring.py), log-likelihoods (loglik.py),
 plots (plots.py), chat sets scored under the chat template (chat.py), task files built from the
-public releases of the Swallow evaluation sets (prepare.py, `python -m swallow_jax.evaluate.prepare`).
+public releases of the Swallow evaluation sets (prepare.py,
+`python -m swallow_jax.evaluate.prepare`).
 
     from swallow_jax import evaluate
     results = evaluate.run_tasks(config, params, tokenizer, ["ja_mc.jsonl", "niilc.jsonl"])
@@ -86,7 +87,8 @@ def _generated(config, params, tokenizer, task: Task, examples, opts) -> tuple[d
   prompts = [fit_prompt(tokenizer, tokenizer.encode(task.prompt(ex), add_bos=True), room,
                         opts["truncated"]) for ex in examples]
   outs = decode.generate(config, params, prompts, task.max_new_tokens,
-                      stop_tokens=decode.stop_tokens_for(tokenizer), batch_size=opts["batch_size"])
+                         stop_tokens=decode.stop_tokens_for(tokenizer),
+                         batch_size=opts["batch_size"])
   preds = [scoring.cut_at_stop(tokenizer.decode(o), task.stop).strip() for o in outs]
   golds = [ex["target" if task.type == "translation" else "answer"] for ex in examples]
   if task.type == "translation":

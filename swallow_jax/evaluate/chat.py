@@ -50,11 +50,11 @@ def score_chats(config, params, tokenizer, rows: Sequence[Mapping[str, Any]], *,
                          add_generation_prompt=True)[0] for r in rows]
   replies = [tokenizer.decode(o) for o in decode.generate(
       config, params, prompts, max_new_tokens, stop_tokens=decode.stop_tokens_for(tokenizer))]
-  hits = [float(str(r["answer"]) in reply) for r, reply in zip(rows, replies)]
+  accuracy = sum(str(r["answer"]) in reply for r, reply in zip(rows, replies)) / max(len(rows), 1)
   return {"type": "chat", "num_examples": len(rows),
           "metrics": {"assistant_perplexity": math.exp(nll / max(n_tokens, 1)),
-                      "answer_accuracy": sum(hits) / max(len(hits), 1)},
-          "score": sum(hits) / max(len(hits), 1),
+                      "answer_accuracy": accuracy},
+          "score": accuracy,
           "samples": [{"user": next((m["content"] for m in reversed(r["messages"])
                                      if m["role"] == "user"), ""),
                        "reply": reply, "gold": r["answer"]}

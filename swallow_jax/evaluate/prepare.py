@@ -114,6 +114,7 @@ def _text(value: Any, where: str, key: str) -> str:
 
 
 def read_jcommonsenseqa(paths: Sequence[str]) -> list[Example]:
+  """Multiple-choice examples from JCommonsenseQA's JSONL (one input file)."""
   path = _one(paths, "jcommonsenseqa")
   out = []
   for n, row in _jsonl(path):
@@ -127,6 +128,7 @@ def read_jcommonsenseqa(paths: Sequence[str]) -> list[Example]:
 
 
 def read_jsquad(paths: Sequence[str]) -> list[Example]:
+  """QA examples from JSQuAD's SQuAD-format JSON."""
   path = _one(paths, "jsquad")
   doc = _json(path)
   if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
@@ -150,6 +152,7 @@ def read_jsquad(paths: Sequence[str]) -> list[Example]:
 
 
 def read_jemhopqa(paths: Sequence[str]) -> list[Example]:
+  """QA examples from a JEMHopQA JSON list of questions."""
   path = _one(paths, "jemhopqa")
   doc = _json(path)
   if not isinstance(doc, list):
@@ -248,6 +251,7 @@ def read_translation(paths: Sequence[str]) -> list[Example]:
 
 
 def read_text(paths: Sequence[str]) -> list[Example]:
+  """Perplexity examples: the `text` field of every row of the JSONL inputs."""
   out = []
   for path in map(_existing, paths):
     out += [{"text": _text(row, f"{path}:{n}", "text")} for n, row in _jsonl(path)]
@@ -259,6 +263,8 @@ def read_text(paths: Sequence[str]) -> list[Example]:
 
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
+  """How to build one task file: its reader, header and few-shot count."""
+
   read: Callable[[Sequence[str]], list[Example]]
   header: dict[str, Any]
   num_fewshot: int = SWALLOW_NUM_FEWSHOT

@@ -22,6 +22,7 @@ _NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?|[-+]?\.\d+")
 
 
 def normalize_answer(text: str) -> str:
+  """NFKC, lower case, no whitespace or punctuation: the form answers are compared in."""
   text = unicodedata.normalize("NFKC", text).lower()
   return "".join(c for c in text
                  if not c.isspace() and not unicodedata.category(c).startswith("P"))

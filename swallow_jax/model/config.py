@@ -68,6 +68,7 @@ class RopeScaling:
       raise ValueError(f"rope_scaling: missing key {e.args[0]!r} in {d}") from None
 
   def to_hf(self) -> dict[str, Any]:
+    """The `rope_scaling` entry of an HF config.json."""
     return {"rope_type": "llama3", "factor": self.factor, "low_freq_factor": self.low_freq_factor,
             "high_freq_factor": self.high_freq_factor,
             "original_max_position_embeddings": self.original_max_position_embeddings}
@@ -75,7 +76,7 @@ class RopeScaling:
 
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
-  """Llama 3 architecture (HF semantics) plus how to compute it. Hashable: a valid jit static arg."""
+  """Llama 3 architecture (HF semantics) plus how to compute it. Hashable: a jit static arg."""
 
   vocab_size: int = _positive_int(128256)
   hidden_size: int = _positive_int(4096)
@@ -117,6 +118,7 @@ class LlamaConfig:
 
   @property
   def num_params(self) -> int:
+    """Parameter count: embeddings (and an untied head), layers, final norm."""
     d, f, v, l = self.hidden_size, self.intermediate_size, self.vocab_size, self.num_layers
     attn = d * self.head_dim * (2 * self.num_heads + 2 * self.num_kv_heads)
     per_layer = attn + 3 * d * f + 2 * d

@@ -85,8 +85,15 @@ class ModelRef:
 
 @dataclasses.dataclass(frozen=True)
 class TensorInfo:
+  """A tensor's shape and dtype, known before any of its bytes are read."""
+
   shape: tuple[int, ...]
   dtype: np.dtype
+
+  @property
+  def nbytes(self) -> int:
+    """Size of the tensor's data."""
+    return math.prod(self.shape) * self.dtype.itemsize
 
 
 def _hub_snapshot(repo_id: str) -> str:
@@ -193,9 +200,8 @@ def resolve(path: str | os.PathLike[str]) -> ModelRef:
     if not os.path.isfile(cfg):
       raise ModelPathError(f"{path}: safetensors without a config.json (expected an HF dir)")
     return ModelRef("hf", path, _hf_config(cfg), path)
-  if os.path.isfile(os.path.join(path, ORBAX_CONFIG)) and os.path.isdir(
-      os.path.join(path, ORBAX_PARAMS)):
-    meta = os.path.join(path, ORBAX_CONFIG)
+  meta = os.path.join(path, ORBAX_CONFIG)
+  if os.path.isfile(meta) and os.path.isdir(os.path.join(path, ORBAX_PARAMS)):
     config = _hf_config(meta, param_dtype=_read_json(meta).get("torch_dtype") or "float32")
     tok = path if any(_TOKENIZER_FILES.match(n) for n in os.listdir(path)) else None
     return ModelRef("orbax", os.path.join(path, ORBAX_PARAMS), config, tok)
@@ -262,7 +268,7 @@ class SafetensorsReader:
           continue
         begin, end = info["data_offsets"]
         entry = TensorInfo(tuple(info["shape"]), _ST_DTYPES[info["dtype"]])
-        if end - begin != math.prod(entry.shape) * entry.dtype.itemsize or 8 + n + end > size:
+        if end - begin != entry.nbytes or 8 + n + end > size:
           raise ValueError(f"tensor {name} has bad offsets or the file is truncated")
         self.entries[name], self.files[name] = entry, path
         self._where[name] = (fd, 8 + n + begin)
@@ -293,12 +299,11 @@ def plan_shards(tensors: Sequence[tuple[str, TensorInfo]],
   shards: list[list[tuple[str, TensorInfo]]] = [[]]
   size = 0
   for name, info in tensors:
-    nbytes = math.prod(info.shape) * info.dtype.itemsize
-    if shards[-1] and size + nbytes > max_shard_bytes:
+    if shards[-1] and size + info.nbytes > max_shard_bytes:
       shards.append([])
       size = 0
     shards[-1].append((name, info))
-    size += nbytes
+    size += info.nbytes
   return shards
 
 
@@ -315,7 +320,7 @@ class SafetensorsWriter:
     self._shard_of = {name: i for i, s in enumerate(self._shards) for name, _ in s}
     self._current: tuple[int, Any] = (-1, None)
     if n > 1:
-      total = sum(math.prod(t.shape) * t.dtype.itemsize for s in self._shards for _, t in s)
+      total = sum(t.nbytes for s in self._shards for _, t in s)
       fileio.write_json(os.path.join(directory, INDEX), {
           "metadata": {"total_size": total},
           "weight_map": {name: self._files[i] for name, i in self._shard_of.items()}})
@@ -330,10 +335,9 @@ class SafetensorsWriter:
       os.chmod(path, 0o644)
       header, offset = {"__metadata__": {"format": "pt"}}, 0
       for tensor, info in self._shards[i]:
-        nbytes = math.prod(info.shape) * info.dtype.itemsize
         header[tensor] = {"dtype": _ST_NAMES[info.dtype], "shape": list(info.shape),
-                          "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
+                          "data_offsets": [offset, offset + info.nbytes]}
+        offset += info.nbytes
       blob = json.dumps(header, separators=(",", ":")).encode()
       blob += b" " * (-len(blob) % 8)
       f.write(struct.pack("<Q", len(blob)) + blob)
@@ -347,13 +351,13 @@ class SafetensorsWriter:
 
 
 def copy_side_files(src: str, dst: str, everything: bool = False) -> None:
-  """Copies tokenizer files (or, with `everything`, all files but weights and config.json)
+  """Copies tokenizer files (or, with `everything`, all files but the weights and their index)
   from the dir or single file `src` into `dst`, mode 0644."""
   paths = [src] if os.path.isfile(src) else [os.path.join(src, n) for n in sorted(os.listdir(src))]
   for path in paths:
     name = os.path.basename(path)
     if everything:
-      wanted = name not in (INDEX, "config.json") and not name.endswith(_WEIGHT_SUFFIXES)
+      wanted = name != INDEX and not name.endswith(_WEIGHT_SUFFIXES)
     else:
       wanted = bool(_TOKENIZER_FILES.match(name))
     if not wanted or not os.path.isfile(path):
@@ -472,22 +476,28 @@ def _load_orbax(ref: ModelRef, dtype: Any, shardings: Params | None) -> tuple[Ll
     shardings = jax.tree.map(lambda _: device, abstract)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)
-  item, args = abstract, ocp.checkpoint_utils.construct_restore_args(abstract)
-  if ref.kind == "train":
-    item, args = {"params": item}, {"params": args}
-  restored = _partial_restore(ref.path, item, args, "the parameters")
-  return config, restored["params"] if ref.kind == "train" else restored
+  return config, _partial_restore(ref.path, abstract,
+                                  ocp.checkpoint_utils.construct_restore_args(abstract),
+                                  "the parameters", _params_key(ref))
 
 
-def _partial_restore(path: str, item: Any, args: Any, what: str) -> Any:
-  """The subtree `item` of the Orbax checkpoint at `path`; ModelPathError naming `what`."""
+def _params_key(ref: ModelRef) -> tuple[str, ...]:
+  """Where the params sit in the checkpoint: a training state holds them under "params"."""
+  return ("params",) if ref.kind == "train" else ()
+
+
+def _partial_restore(path: str, item: Any, args: Any, what: str, key: Sequence[str] = ()) -> Any:
+  """The subtree `item` at `key` of the Orbax checkpoint at `path`; ModelPathError naming `what`."""
+  for k in reversed(key):
+    item, args = {k: item}, {k: args}
   try:
     with ocp.PyTreeCheckpointer() as ckptr:
-      return ckptr.restore(path, args=ocp.args.PyTreeRestore(
+      tree = ckptr.restore(path, args=ocp.args.PyTreeRestore(
           item=item, restore_args=args, partial_restore=True))
   except Exception as e:  # pylint: disable=broad-except  (Orbax raises many kinds)
     first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
     raise ModelPathError(f"{path}: cannot restore {what} ({first})") from None
+  return _get(tree, key)
 
 
 def load(path_or_ref: str | os.PathLike[str] | ModelRef, *, dtype: Any = None,
@@ -619,10 +629,10 @@ class OrbaxTensors:
 
   def __init__(self, ref: ModelRef):
     self._ref = ref
-    self._prefix = ("params",) if ref.kind == "train" else ()
-    self._ckpt = ocp.PyTreeCheckpointer()
+    self._prefix = _params_key(ref)
     try:
-      meta = self._ckpt.metadata(ref.path)
+      with ocp.PyTreeCheckpointer() as ckptr:
+        meta = ckptr.metadata(ref.path)
     except Exception as e:  # pylint: disable=broad-except  (Orbax raises many kinds)
       raise ModelPathError(f"{ref.path}: unreadable Orbax checkpoint ({e})") from None
     tree = getattr(meta, "item_metadata", meta)
@@ -641,15 +651,9 @@ class OrbaxTensors:
     p, layer = hf.hf_to_param_name(name)
     if self._cache is None or self._cache[0] != p:
       self._cache = None
-      item, args = 0, ocp.RestoreArgs(restore_type=np.ndarray)
-      for k in reversed(self._prefix + p):
-        item, args = {k: item}, {k: args}
-      try:
-        tree = self._ckpt.restore(self._ref.path, args=ocp.args.PyTreeRestore(
-            item=item, restore_args=args, partial_restore=True))
-      except Exception as e:  # pylint: disable=broad-except
-        raise ModelPathError(f"{self._ref.path}: {'/'.join(p)}: cannot restore ({e})") from None
-      self._cache = (p, np.asarray(_get(tree, self._prefix + p)))
+      x = _partial_restore(self._ref.path, 0, ocp.RestoreArgs(restore_type=np.ndarray),
+                           "/".join(p), self._prefix + p)
+      self._cache = (p, np.asarray(x))
     x = self._cache[1] if layer is None else self._cache[1][layer]
     return np.ascontiguousarray((x.T if hf.is_transposed(p) else x)[lo:hi])
 

@@ -7,7 +7,6 @@ Every parameter carries logical axis names (`nn.with_logical_partitioning`) and 
 """
 
 import functools
-import math
 from typing import Any
 
 from flax import struct
@@ -19,6 +18,7 @@ from jax.ad_checkpoint import checkpoint_name
 from swallow_jax.model.attention import attention
 from swallow_jax.model.config import LlamaConfig
 from swallow_jax.model.rope import apply_rope, inv_frequencies
+from swallow_jax.parallel.sharding import axes_size
 
 Params = dict[str, Any]
 _INIT = nn.initializers.normal(0.02)  # HF `initializer_range`
@@ -50,11 +50,9 @@ def _residual(x_BxTxD: jax.Array) -> jax.Array:
   they do not divide (decoding) stays whole. The two layouts compute the same values."""
   mesh = jax.sharding.get_abstract_mesh()
   length = "length"
-  if not mesh.empty:
-    axes = nn.logical_to_mesh_axes(("act_length",))[0]
-    group = (axes,) if isinstance(axes, str) else tuple(axes or ())
-    if x_BxTxD.shape[1] % math.prod(mesh.shape[a] for a in group) == 0:
-      length = "act_length"
+  if not mesh.empty and x_BxTxD.shape[1] % axes_size(
+      nn.logical_to_mesh_axes(("act_length",))[0], mesh) == 0:
+    length = "act_length"
   return _constrain(x_BxTxD, "batch", length, "act_embed")
 
 
@@ -130,6 +128,7 @@ class Embed(nn.Module):
     return jnp.take(self.embedding, tokens, axis=0).astype(jnp.dtype(self.config.dtype))
 
   def attend(self, x: jax.Array) -> jax.Array:
+    """Logits against the embedding matrix (a tied output head), in float32."""
     return token_matmul(x, self.embedding.astype(x.dtype), contract=1,
                         preferred_element_type=jnp.float32)
 
@@ -162,6 +161,8 @@ class Mask:
 
 
 class Attention(nn.Module):
+  """Grouped-query self-attention with RoPE (Llama's q/k/v/o projections)."""
+
   config: LlamaConfig
   lora: Any = None
 
@@ -170,9 +171,10 @@ class Attention(nn.Module):
     cfg = self.config
     b, t, _ = x.shape
     h, kv, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    q = Dense(h * dh, ("embed", "heads"), cfg, self.lora, name="q_proj")(x).reshape(b, t, h, dh)
-    k = Dense(kv * dh, ("embed", "kv_heads"), cfg, self.lora, name="k_proj")(x).reshape(b, t, kv, dh)
-    v = Dense(kv * dh, ("embed", "kv_heads"), cfg, self.lora, name="v_proj")(x).reshape(b, t, kv, dh)
+    q = Dense(h * dh, ("embed", "heads"), cfg, self.lora, name="q_proj")(x)
+    k = Dense(kv * dh, ("embed", "kv_heads"), cfg, self.lora, name="k_proj")(x)
+    v = Dense(kv * dh, ("embed", "kv_heads"), cfg, self.lora, name="v_proj")(x)
+    q, k, v = q.reshape(b, t, h, dh), k.reshape(b, t, kv, dh), v.reshape(b, t, kv, dh)
     inv_freq = inv_frequencies(dh, cfg.rope_theta, cfg.rope_scaling)
     q = checkpoint_name(apply_rope(q, mask.positions, inv_freq), "query_proj")
     k = checkpoint_name(apply_rope(k, mask.positions, inv_freq), "key_proj")
@@ -196,6 +198,8 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+  """Llama's SwiGLU feed-forward block (gate, up, down projections)."""
+
   config: LlamaConfig
   lora: Any = None
 
@@ -423,4 +427,5 @@ def forward_with_cache(config: LlamaConfig, params: Params, tokens: jax.Array,
     raise ValueError("KV cache layout does not match the params: use init_cache(..., per_layer="
                      f"{per_layer}) with {'per-layer' if per_layer else 'stacked'} params")
   return Llama(config, per_layer=per_layer, lora=lora_cfg).apply(
-      _variables(params, lora, lora_cfg), tokens, positions, segment_ids, cache=cache, cache_index=index)
+      _variables(params, lora, lora_cfg), tokens, positions, segment_ids, cache=cache,
+      cache_index=index)

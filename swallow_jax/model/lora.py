@@ -60,7 +60,8 @@ class LoraConfig:
       raise ValueError(f"LoraConfig.dropout must be in [0, 1), got {self.dropout!r}")
     unknown = sorted(set(self.targets) - set(TARGETS))
     if unknown or not self.targets:
-      raise ValueError(f"LoraConfig.targets: unknown or empty {unknown}; choose from {list(TARGETS)}")
+      raise ValueError(f"LoraConfig.targets: unknown or empty {unknown}; choose from "
+                       f"{list(TARGETS)}")
 
   @property
   def scale(self) -> float:
@@ -246,5 +247,6 @@ def load_peft(path: str, config: LlamaConfig) -> tuple[Params, LoraConfig]:
     missing = [i for i, x in enumerate(layers) if x is None]
     if missing:
       raise ValueError(f"{file}: no lora_{ab} for {target} in layers {missing}")
-    out[("layers", TARGETS[target][0], target, f"lora_{ab.lower()}")] = jnp.asarray(np.stack(layers))
+    path = ("layers", TARGETS[target][0], target, f"lora_{ab.lower()}")
+    out[path] = jnp.asarray(np.stack(layers))
   return traverse_util.unflatten_dict(out), lora_cfg

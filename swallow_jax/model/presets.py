@@ -1,4 +1,4 @@
-"""Named LlamaConfigs: the Llama 3 family (HF config.json values) and tiny sizes for tests and demos.
+"""Named LlamaConfigs: the Llama 3 family (HF config.json values), tiny sizes for tests and demos.
 
     cfg = presets.get('llama3_1_8b')
     cfg = dataclasses.replace(presets.get('tiny'), dtype='bfloat16')

@@ -16,7 +16,8 @@ def inv_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) ->
   inv_freq = f32(1.0) / (f32(theta) ** (np.arange(0, head_dim, 2).astype(f32) / f32(head_dim)))
   if scaling is None:
     return inv_freq
-  factor, low, high = f32(scaling.factor), f32(scaling.low_freq_factor), f32(scaling.high_freq_factor)
+  factor, low = f32(scaling.factor), f32(scaling.low_freq_factor)
+  high = f32(scaling.high_freq_factor)
   old_len = f32(scaling.original_max_position_embeddings)
   low_freq_wavelen, high_freq_wavelen = old_len / low, old_len / high
   wavelen = f32(2 * math.pi) / inv_freq

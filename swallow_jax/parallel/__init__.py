@@ -8,6 +8,6 @@ from swallow_jax.parallel.sharding import (BATCH_AXES, LOGICAL_AXIS_RULES, batch
                                            replicated, shard_fraction)
 
 __all__ = ["AXES", "BATCH_AXES", "HEARTBEAT_TIMEOUT_S", "LOGICAL_AXIS_RULES", "any_process",
-           "batch_sharding", "check_sharded", "describe", "initialize", "local_batch_shards", "logical_sharding",
-           "make_mesh", "mesh_context", "opt_state_shardings", "param_shardings", "replicated",
-           "required_devices", "resolve_shape", "shard_fraction"]
+           "batch_sharding", "check_sharded", "describe", "initialize", "local_batch_shards",
+           "logical_sharding", "make_mesh", "mesh_context", "opt_state_shardings",
+           "param_shardings", "replicated", "required_devices", "resolve_shape", "shard_fraction"]

@@ -40,7 +40,8 @@ def resolve_shape(sizes: Sequence[int], total: int, what: str = "mesh") -> tuple
   return tuple(sizes)
 
 
-def make_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[Any] | None = None) -> jax.sharding.Mesh:
+def make_mesh(mesh_cfg: Mapping[str, int],
+              devices: Sequence[Any] | None = None) -> jax.sharding.Mesh:
   """Builds the ('data', 'fsdp', 'tensor') mesh described by `mesh_cfg` over `devices` (all)."""
   devices = list(jax.devices() if devices is None else devices)
   unknown = set(mesh_cfg) - set(AXES) - {f"dcn_{a}" for a in AXES}

@@ -50,15 +50,20 @@ def mesh_context(mesh: jax.sharding.Mesh) -> Iterator[None]:
     yield
 
 
+def axes_size(axes: str | tuple[str, ...] | None, mesh: Any) -> int:
+  """How many shards mesh axes `axes` (one name, several, or None) split a dimension into."""
+  group = (axes,) if isinstance(axes, str) else tuple(axes or ())
+  return math.prod(mesh.shape[a] for a in group)
+
+
 def fit_spec(spec: P, shape: tuple[int, ...], mesh: jax.sharding.Mesh, name: str) -> P:
   """Replicates dimensions that the mesh axes do not divide (small test models on 8 devices)."""
   out = []
   for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-    group = (axes,) if isinstance(axes, str) else tuple(axes or ())
-    size = math.prod(mesh.shape[a] for a in group)
-    if size > 1 and dim % size:
+    size = axes_size(axes, mesh)
+    if dim % size:
       logging.warning("sharding: %s dim %d not divisible by %s=%d; replicating that dim",
-                      name, dim, group, size)
+                      name, dim, axes, size)
       axes = None
     out.append(axes)
   return P(*out)
@@ -79,6 +84,7 @@ def param_shardings(param_shapes: Any, logical_axes: Any, mesh: jax.sharding.Mes
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """A full copy on every device of `mesh`."""
   return NamedSharding(mesh, P())
 
 

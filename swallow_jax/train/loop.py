@@ -23,7 +23,6 @@ import numpy as np
 
 from swallow_jax import checkpoint, config_utils, evaluate, fileio, parallel, tokenizer
 from swallow_jax.model import io as model_io
-from swallow_jax.model import param_logical_axes
 from swallow_jax.train import data as data_lib
 from swallow_jax.train import lock as lock_lib
 from swallow_jax.train import metrics as metrics_lib
@@ -82,7 +81,7 @@ def _global_batch(local: Mapping[str, np.ndarray], sharding: jax.sharding.Shardi
           for k in step_lib.BATCH_KEYS}
 
 
-def _load_init(path: str, abstract_params: Any, what: str = "initialized weights") -> Any:
+def _load_init(path: str, abstract_params: Any, what: str) -> Any:
   """Weights from `init_from` (any path swallow_jax.model.io resolves) onto the target shardings."""
   shardings = jax.tree.map(lambda a: a.sharding, abstract_params)
   dtype = jax.tree.leaves(abstract_params)[0].dtype
@@ -146,8 +145,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """
   spec = config_utils.TrainSpec.from_config(config)
   parallel.initialize()
-  resolved = config_utils.resolved_dict(config, spec.model,
-                                        spec.init_from if spec.lora.rank else None)
+  resolved = config_utils.resolved_dict(config, spec)
   with lock_lib.workdir_lock(workdir, enabled=jax.process_index() == 0):
     return _Trainer(spec, resolved, workdir).run()
 
@@ -159,7 +157,7 @@ class _Trainer:
     self.spec, self.resolved, self.workdir = spec, resolved, workdir
     self.is_main = jax.process_index() == 0
     self.last_loss: float | None = None
-    self.clock_step, self.clock_time, self.first = 0, time.perf_counter(), None
+    self.clock_time, self.first = time.perf_counter(), None
     d, t = spec.data, spec.train
     self.seq_len, self.global_batch = d.seq_len, d.global_batch_size
     self.shards = data_lib.num_shards(d.num_shards, jax.process_count())
@@ -178,29 +176,20 @@ class _Trainer:
 
   def _build(self) -> None:
     """Data iterator, train state (resumed, init_from or random) and the jitted step."""
-    spec, workdir = self.spec, self.workdir
+    spec, workdir, lora = self.spec, self.workdir, self.spec.lora
     tx, lr = optimizer_lib.make_optimizer(spec.optimizer)
     seed = spec.train.seed
     os.makedirs(workdir, exist_ok=True)
     if self.is_main:
       logging.info("building the data pipeline...")
     local_shards = parallel.local_batch_shards(self.batch_sharding, self.global_batch, self.shards)
-    self.data_iter = data_lib.make_iterator(
+    self.data_iter = data_lib.make_iterator(  # data.shuffle_seed, when set, overrides the seed
         spec.data.pipeline_config(), seq_len=self.seq_len, global_batch=self.global_batch,
-        shards=self.shards, local_shards=local_shards,
-        seed=seed if spec.data.shuffle_seed is None else spec.data.shuffle_seed)
-
-    model_cfg = spec.model
-    lora_cfg = self.lora_cfg = spec.lora if spec.lora.rank else None
-    abstract = jax.eval_shape(lambda: step_lib.init_state(model_cfg, tx, seed, lora_cfg))
-    param_sh = parallel.param_shardings(abstract["params"], param_logical_axes(model_cfg),
-                                        self.mesh)
+        shards=self.shards, local_shards=local_shards, seed=seed)
+    self.step_fn, abstract, shardings = step_lib.sharded_train_step(
+        spec.model, tx, lr, self.mesh, seed=seed, lora_cfg=lora, **spec.train.step_options())
+    param_sh = shardings["params"]
     parallel.check_sharded(abstract["params"], param_sh, self.mesh)
-    lora_sh = (step_lib.lora_shardings(model_cfg, lora_cfg, abstract["lora"], self.mesh)
-               if lora_cfg else None)
-    shardings = step_lib.state_shardings(abstract, tx, param_sh, self.mesh, lora_sh)
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            abstract, shardings)
 
     self.mngr = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), spec.checkpoint)
     # Before the restore, which may set unreadable checkpoints aside: a mismatch writes nothing.
@@ -209,43 +198,37 @@ class _Trainer:
                                          self.data_iter)
     if restored is not None:
       self.start, self.state = restored
-      if lora_cfg:  # The checkpoint holds the adapter; the frozen base comes from init_from.
+      if lora.rank:  # The checkpoint holds the adapter; the frozen base comes from init_from.
         self.state["params"] = _load_init(spec.init_from, abstract["params"], "LoRA base")
       logging.info("resumed from %s/checkpoints step %d", workdir, self.start)
     elif spec.init_from:
       self.start = 0
       params = _load_init(spec.init_from, abstract["params"],
-                          "LoRA base" if lora_cfg else "initialized weights")
-      self.state = jax.jit(lambda p: step_lib.state_from_params(p, tx, seed, lora_cfg),
+                          "LoRA base" if lora.rank else "initialized weights")
+      self.state = jax.jit(lambda p: step_lib.state_from_params(p, tx, seed, lora),
                            out_shardings=shardings, donate_argnums=0)(params)
     else:
       self.start = 0
-      self.state = step_lib.jit_init(model_cfg, tx, seed, shardings)()
+      self.state = step_lib.jit_init(spec.model, tx, seed, shardings)()
 
     n_params = sum(math.prod(a.shape) for a in jax.tree.leaves(abstract["params"]))
     logging.info("model %s: %.2fM parameters; mesh %s; %.1f%% of parameter bytes per device",
                  self.resolved["model"]["preset"] or f"from {spec.init_from}", n_params / 1e6,
                  parallel.describe(self.mesh),
                  100 * parallel.shard_fraction(abstract["params"], param_sh))
-    if lora_cfg:
+    if lora.rank:
       n_train = sum(math.prod(a.shape) for a in jax.tree.leaves(step_lib.trainable(abstract)))
       logging.info("LoRA rank %d on %s%s: %.2fM trainable parameters (%.2f%%), the base frozen",
-                   lora_cfg.rank, ",".join(lora_cfg.targets),
-                   f" + {','.join(lora_cfg.trainable)}" if lora_cfg.trainable else "",
+                   lora.rank, ",".join(lora.targets),
+                   f" + {','.join(lora.trainable)}" if lora.trainable else "",
                    n_train / 1e6, 100 * n_train / n_params)
     if self.is_main:
-      _record_config(workdir, self.resolved, changes if restored is not None else [], self.start)
-    self.step_fn = step_lib.jit_train_step(
-        step_lib.make_train_step(model_cfg, tx, lr, **spec.train.step_options(),
-                                 param_shardings=param_sh, lora_cfg=lora_cfg,
-                                 lora_shardings=lora_sh),
-        shardings, self.mesh)
+      _record_config(workdir, self.resolved, changes, self.start)
 
   def run(self) -> dict[str, Any]:
     with parallel.mesh_context(self.mesh):
       self._build()
     spec, t = self.spec, self.spec.train
-    self.log_every = max(1, t.log_every)
     self.flops_token = metrics_lib.flops_per_token(spec.model, self.seq_len, spec.lora)
     self.peak = metrics_lib.peak_flops_per_device(jax.devices()[0].device_kind)
     self.clock_step = self.start
@@ -265,8 +248,8 @@ class _Trainer:
       with parallel.mesh_context(self.mesh):
         for step in range(self.start, t.num_steps):
           local = next(self.data_iter)
-          logged = (step + 1) % self.log_every == 0 or step + 1 == t.num_steps
-          counts = data_lib.source_tokens(self.data_iter, self.shards) if logged else {}
+          logged = (step + 1) % max(1, t.log_every) == 0 or step + 1 == t.num_steps
+          counts = data_lib.source_tokens(self.data_iter, self.shards) if logged else None
           if step == self.start and self.is_main:
             logging.info("compiling the train step (first step)...")
           self.state, device_metrics = self.step_fn(
@@ -288,8 +271,9 @@ class _Trainer:
           if eval_due:
             results = evaluator(self._params())
             eval_writer.write(done, results)
-            self.writer.mirror(done, {"eval": {task: {"score": r.get("score"), **r.get("metrics", {})}
-                                               for task, r in results.items()}})
+            self.writer.mirror(done, {"eval": {
+                task: {"score": r.get("score"), **r.get("metrics", {})}
+                for task, r in results.items()}})
           if stop:
             break
         if pending is not None:
@@ -309,10 +293,11 @@ class _Trainer:
 
   def _params(self) -> Any:
     """The model trained so far (with LoRA: the adapter merged into the base, a new copy)."""
-    return step_lib.merged_params(self.state, self.spec.model, self.lora_cfg)
+    return step_lib.merged_params(self.state, self.spec.model, self.spec.lora)
 
-  def _handle(self, done: int, device_metrics: dict, source_tokens: dict) -> None:
-    """Checks one step's metrics for NaN/inf, then logs them every `log_every` steps."""
+  def _handle(self, done: int, device_metrics: dict, source_tokens: dict | None) -> None:
+    """Checks one step's metrics for NaN/inf; logs them on a logged step (every `log_every` and
+    the last: the one `source_tokens` is counted for, else None)."""
     m = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
     if not all(math.isfinite(m[k]) for k in ("loss", "grad_norm", "param_norm")):
       self.mngr.wait_until_finished()
@@ -322,9 +307,9 @@ class _Trainer:
           f"param_norm={m['param_norm']}): stopped without saving that state; last good "
           f"checkpoint: {'none' if good is None else f'step {good} in {self.mngr.directory}'}")
     self.last_loss = m["loss"]
-    num_steps = self.spec.train.num_steps
-    if done % self.log_every and done != num_steps:
+    if source_tokens is None:
       return
+    num_steps = self.spec.train.num_steps
     now = time.perf_counter()
     tps = ((done - self.clock_step) * self.global_batch * self.seq_len
            / max(now - self.clock_time, 1e-9))

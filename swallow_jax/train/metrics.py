@@ -60,6 +60,7 @@ def flops_per_token(model_cfg: Any, seq_len: int, lora_cfg: Any = None) -> float
 
 def mfu(tokens_per_sec: float, flops_token: float, num_devices: int,
         peak_per_device: float | None) -> float | None:
+  """Model FLOPs utilization of the mesh, or None without a known peak or a finite rate."""
   if not peak_per_device or not math.isfinite(tokens_per_sec):
     return None
   return tokens_per_sec * flops_token / (num_devices * peak_per_device)

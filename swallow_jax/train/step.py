@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from swallow_jax import parallel
-from swallow_jax.model import Llama, init_params
+from swallow_jax.model import Llama, init_params, param_logical_axes
 from swallow_jax.model import lora as lora_lib
 from swallow_jax.model.llama import head_kernel
 from swallow_jax.train.loss import chunked_cross_entropy, weighted_cross_entropy
@@ -229,3 +229,22 @@ def jit_init(model_cfg: Any, tx: optax.GradientTransformation, seed: int,
   """Initialization compiled straight into the target shardings (no full copy on one device)."""
   return jax.jit(functools.partial(init_state, model_cfg, tx, seed, lora_cfg),
                  out_shardings=shardings)
+
+
+def sharded_train_step(model_cfg: Any, tx: optax.GradientTransformation, lr: optax.Schedule,
+                       mesh: jax.sharding.Mesh, *, seed: int = 0,
+                       lora_cfg: lora_lib.LoraConfig | None = None, **step_options: Any
+                       ) -> tuple[Callable, State, State]:
+  """(jitted step, abstract state, state shardings) on `mesh`, allocating nothing: the abstract
+  state's ShapeDtypeStructs carry their shardings (restore into it, or `jit_init`);
+  `step_options` go to `make_train_step`. Call inside `parallel.mesh_context(mesh)`."""
+  lora_cfg = lora_cfg if _lora_on(lora_cfg) else None
+  abstract = jax.eval_shape(lambda: init_state(model_cfg, tx, seed, lora_cfg))
+  param_sh = parallel.param_shardings(abstract["params"], param_logical_axes(model_cfg), mesh)
+  lora_sh = lora_shardings(model_cfg, lora_cfg, abstract["lora"], mesh) if lora_cfg else None
+  shardings = state_shardings(abstract, tx, param_sh, mesh, lora_sh)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, shardings)
+  step_fn = make_train_step(model_cfg, tx, lr, **step_options, param_shardings=param_sh,
+                            lora_cfg=lora_cfg, lora_shardings=lora_sh)
+  return jit_train_step(step_fn, shardings, mesh), abstract, shardings

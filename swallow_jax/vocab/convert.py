@@ -55,7 +55,6 @@ def tiktoken_to_tokenizer_json(tok: TiktokenTokenizer, path: str | os.PathLike) 
     by_content[name]["id"] = i
     config["model"]["vocab"][name] = i
   path = os.fspath(path)
-  with fileio.atomic_file(path) as f:
-    json.dump(config, f, ensure_ascii=False)
+  fileio.write_json(path, config, indent=None)
   return path
 

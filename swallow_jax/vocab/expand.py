@@ -237,13 +237,16 @@ class Expansion:
 
   @property
   def reduction(self) -> float:
+    """Fraction of held-out tokens the added pieces save."""
     return 1.0 - self.heldout_tokens_after / self.heldout_tokens_before
 
   @property
   def speedup(self) -> float:
+    """Held-out tokens before / after: how much shorter the text gets."""
     return 1.0 / (1.0 - self.reduction)
 
   def as_dict(self) -> dict[str, object]:
+    """The report as JSON-ready values, with the derived ratios."""
     out = {k: v for k, v in dataclasses.asdict(self).items() if k != "new_tokens"}
     out.update(reduction=self.reduction, speedup=self.speedup,
                chars_per_token_before=self.heldout_chars / self.heldout_tokens_before,
