@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Lines of swallow_jax/ that exist only to deliver issues 15-18, at a commit (default 605beb3).
 
-    python3 docs/line_budget.py [COMMIT] [--repo=.] [--list]
+    python3 docs/line_budget.py [COMMIT|WORKTREE] [--repo=.] [--list]
 
 Prints the total `wc -l` of swallow_jax/**/*.py at COMMIT, the feature lines per issue, their
 sum and total - features (the size the restructuring of issue 14 alone would have).
@@ -18,6 +18,7 @@ Only /usr/bin/python3's standard library is used; nothing in the repository is c
 """
 
 import ast
+import os
 import subprocess
 import sys
 
@@ -251,12 +252,19 @@ BASE_COMMIT = "605beb3"  # the commit the PARTIAL figures were counted on
 
 
 def git_show(repo: str, commit: str, path: str) -> str | None:
+  if commit == "WORKTREE":  # the uncommitted checkout, counted as if HEAD's descendant
+    full = os.path.join(repo, path)
+    return open(full, encoding="utf-8").read() if os.path.exists(full) else None
   r = subprocess.run(["git", "-C", repo, "show", f"{commit}:{path}"], capture_output=True,
                      text=True)
   return r.stdout if r.returncode == 0 else None
 
 
 def py_files(repo: str, commit: str) -> list[str]:
+  if commit == "WORKTREE":
+    return sorted(os.path.relpath(os.path.join(d, f), repo)
+                  for d, _, fs in os.walk(os.path.join(repo, "swallow_jax"))
+                  for f in fs if f.endswith(".py"))
   out = subprocess.run(["git", "-C", repo, "ls-tree", "-r", "--name-only", commit, "swallow_jax"],
                        capture_output=True, text=True, check=True).stdout.split()
   return [p for p in out if p.endswith(".py")]
@@ -295,7 +303,8 @@ def main(argv: list[str]) -> int:
   files = py_files(repo, commit)
   # The partial figures were read off 605beb3; they mean nothing before it.
   partials_apply = subprocess.run(["git", "-C", repo, "merge-base", "--is-ancestor", BASE_COMMIT,
-                                   commit], capture_output=True).returncode == 0
+                                   "HEAD" if commit == "WORKTREE" else commit],
+                                  capture_output=True).returncode == 0
   sources = {p: git_show(repo, commit, p) for p in files}
   total = sum(wc_l(s) for s in sources.values())
   trees: dict[str, ast.Module] = {}
