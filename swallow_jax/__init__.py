@@ -27,12 +27,11 @@ __all__ = sorted(_PUBLIC)
 
 
 def __getattr__(name: str) -> Any:
-  if name in _PUBLIC:
-    module, attribute = _PUBLIC[name]
-    value = getattr(importlib.import_module(module), attribute)
-    globals()[name] = value
-    return value
-  raise AttributeError(f"module 'swallow_jax' has no attribute {name!r}")
+  if name not in _PUBLIC:
+    raise AttributeError(f"module 'swallow_jax' has no attribute {name!r}")
+  module, attribute = _PUBLIC[name]
+  globals()[name] = value = getattr(importlib.import_module(module), attribute)
+  return value
 
 
 class _Package(types.ModuleType):

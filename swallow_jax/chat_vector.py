@@ -5,12 +5,9 @@ c * (alpha / r) * B @ A per adapted kernel of each `--adapter` (a PEFT LoRA dire
         --instruct=meta-llama/Meta-Llama-3-8B-Instruct --target=runs/cpt --output=Swallow-8B-cv
     python -m swallow_jax.chat_vector ... --adapter=runs/sft_lora_peft --adapter_scale=1.0
 
-Inputs: any mix of the path kinds `model_io.resolve` accepts, all read as HF tensors (Orbax params
-through the name table of `model.hf`); the output is always an HF dir in `model_io.save_hf`'s
-layout. Safetensors stream in ~1 MiB chunks; an Orbax input holds one stacked parameter at a
-time; an adapter is held whole (it is small) and each adapted kernel's fp32 update is made for
-one layer at a time. Everything is checked before anything is written. Options and figures:
-docs/chat_vector.md.
+Inputs: any mix of the path kinds `model_io.resolve` accepts, read as HF tensors; the output is an
+HF dir in `model_io.save_hf`'s layout. Everything is checked before anything is written, then
+the inputs stream in ~1 MiB chunks. Options, memory and figures: docs/chat_vector.md.
 """
 
 from collections.abc import Sequence
@@ -45,26 +42,6 @@ def _excluded(name: str, exclude: Sequence[str]) -> bool:
   except KeyError:
     names = (name,)
   return any(re.search(p, n) for p in exclude for n in names)
-
-
-def _out_dtype(dtype: str | None) -> np.dtype | None:
-  if not dtype:
-    return None
-  try:
-    out = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
-  except TypeError:
-    out = None
-  if out not in (np.float32, np.float16, ml_dtypes.bfloat16):
-    raise ChatVectorError(f"--dtype={dtype}: expected float32, bfloat16 or float16")
-  return out
-
-
-def _open(path: str, role: str):
-  try:
-    ref = model_io.resolve(path)
-    return ref, model_io.open_tensors(ref)
-  except model_io.ModelPathError as e:
-    raise ChatVectorError(f"{role} --{role}={path}: {e}") from None
 
 
 def _plan(t, b, i, exclude, protect, allow_vocab_mismatch):
@@ -119,13 +96,11 @@ def _write_side_files(ref: model_io.ModelRef, out: str, dtype: np.dtype | None) 
                                ref.tokenizer_dir)
     return
   model_io.copy_side_files(ref.path, out, everything=True)  # config.json included, as it is
-  if dtype is None:
-    return
-  config = fileio.read_json(os.path.join(out, "config.json"))
-  for key in ("torch_dtype", "dtype"):
-    if key in config:
-      config[key] = str(dtype)
-  fileio.write_json(os.path.join(out, "config.json"), config)
+  if dtype is not None:
+    path = os.path.join(out, "config.json")
+    config = fileio.read_json(path)
+    config.update({key: str(dtype) for key in ("torch_dtype", "dtype") if key in config})
+    fileio.write_json(path, config)
 
 
 def merge_checkpoints(base: str | None, instruct: str | None, target: str, output: str,
@@ -135,14 +110,11 @@ def merge_checkpoints(base: str | None, instruct: str | None, target: str, outpu
                       dtype: str | None = None, max_shard_bytes: int = 5 * 10**9,
                       chunk_elems: int = 1 << 18, progress: bool = True) -> list[str]:
   """Streams target + s * (instruct - base) + sum_j c_j * merged LoRA delta_j over checkpoints;
-  returns the output directories.
-
-  One scale writes `output`; several write `output/scale_<s>` each, from a single read pass.
-  `adapters` are PEFT LoRA dirs made for the target's architecture, each adding
-  `adapter_scales[j] * (alpha / r) * B @ A` (default scale 1) to its kernels, bit for bit the
-  update `lora.merge_lora` makes, after the chat vector; `exclude` concerns the chat vector only.
-  base and instruct may both be None (adapters only; `scales` is then unused).
-  """
+  returns the output dirs: `output` for one scale, `output/scale_<s>` each (one read pass) for
+  several. `adapters` are PEFT LoRA dirs for the target's architecture, each adding
+  `adapter_scales[j] * (alpha / r) * B @ A` (default 1) to its kernels after the chat vector, bit
+  for bit as `lora.merge_lora` does; `exclude` concerns the chat vector only. base and instruct
+  may both be None (adapters only; `scales` is then unused)."""
   if os.path.exists(output):
     raise ChatVectorError(f"--output={output} already exists; remove it or pick another path")
   if (base is None) != (instruct is None) or (base is None and not adapters):
@@ -154,28 +126,30 @@ def merge_checkpoints(base: str | None, instruct: str | None, target: str, outpu
   adapter_scales = [1.0] * len(adapters) if adapter_scales is None else list(adapter_scales)
   if len(adapter_scales) != len(adapters):
     raise ChatVectorError(f"{len(adapters)} adapters but {len(adapter_scales)} adapter scales")
-  out_dtype = _out_dtype(dtype)
-  readers = []
+  if dtype and dtype not in cli.DTYPES:
+    raise ChatVectorError(f"--dtype={dtype}: expected float32, bfloat16 or float16")
+  out_dtype = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype) if dtype else None
+  readers, refs = [], {}
   try:
-    refs = {}
     for role, path in (("target", target), ("base", base), ("instruct", instruct)):
       if path is not None:
-        refs[role], reader = _open(path, role)
-        readers.append(reader)
+        try:
+          refs[role] = model_io.resolve(path)
+          readers.append(model_io.open_tensors(refs[role]))
+        except model_io.ModelPathError as e:
+          raise ChatVectorError(f"{role} --{role}={path}: {e}") from None
     t, b, i = readers + [None] * (3 - len(readers))
     work = _plan(t, b, i, exclude, protect_token_ids, allow_vocab_mismatch)
     adapted = _load_adapters(adapters, adapter_scales, refs["target"], t)
-    names = model_io.hf_order(t.entries)
     plan = [(n, model_io.TensorInfo(t.entries[n].shape, out_dtype if out_dtype is not None
                                     and ta.is_float(t.entries[n].dtype) else t.entries[n].dtype))
-            for n in names]
+            for n in model_io.hf_order(t.entries)]
     multi = len(scales) > 1
     with fileio.atomic_dir(output) as tmp:
       outs = [os.path.join(tmp, f"scale_{s:g}") if multi else tmp for s in scales]
-      writers = []
       for out in outs:
         os.makedirs(out, exist_ok=True)
-        writers.append(model_io.SafetensorsWriter(out, plan, max_shard_bytes))
+      writers = [model_io.SafetensorsWriter(out, plan, max_shard_bytes) for out in outs]
       _stream(t, b, i, plan, work, adapted, scales, writers, chunk_elems, progress)
       for out, writer in zip(outs, writers):
         writer.close()
@@ -189,9 +163,8 @@ def merge_checkpoints(base: str | None, instruct: str | None, target: str, outpu
 
 
 def _stream(t, b, i, plan, work, adapted, scales, writers, chunk_elems, progress):
-  total = sum(math.prod(e.shape) for e in t.entries.values())
-  with cli.progress(total=total, unit="param", unit_scale=True, desc="chat vector",
-                    enabled=progress) as bar:
+  with cli.progress(total=sum(math.prod(e.shape) for e in t.entries.values()), unit="param",
+                    unit_scale=True, desc="chat vector", enabled=progress) as bar:
     for name, out_entry in plan:
       shape = t.entries[name].shape
       step = max(1, chunk_elems // max(1, math.prod(shape[1:])))
@@ -285,8 +258,7 @@ def main(argv: Sequence[str]) -> None:
     cli.print_json({"outputs": outs, "scales": scales if f.base else [],
                     "adapters": list(f.adapter), "adapter_scales": adapter_scales})
   else:
-    for out in outs:
-      print(out)
+    print("\n".join(outs))
 
 
 if __name__ == "__main__":

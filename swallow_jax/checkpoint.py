@@ -1,20 +1,8 @@
 """Orbax checkpoints of the train state and the data-iterator state, saved together.
 
-Layout: DIR/checkpoints/<step>/{state, data}/  ('state' = StandardSave of the train-state dict,
-'data' = the Grain iterator state, one file per process). Orbax writes each step into a temporary
-directory and renames it when complete, so a killed save never looks like a checkpoint. A
-finalized checkpoint that cannot be read (e.g. truncated files) is moved to
-DIR/checkpoints_unreadable/ with a warning, and the previous one is used.
-
-Resume restores everything (weights only, for init_from / generation / eval: swallow_jax.model.io).
-A checkpoint whose state has other shapes, dtypes or structure than the run's is refused
-(IncompatibleCheckpointError), never set aside. Restoring onto another mesh works: pass abstract
-arrays (ShapeDtypeStruct) carrying the new shardings.
-
-Multi-host: every process calls save and restore (Orbax writes and reads each process's array
-shards and coordinates the commit); each process's iterator state goes to its own file
-data/process_<i>-of-<n>.json and comes back to the same process, so a resume needs the same
-process count. The processes agree on whether a checkpoint was readable before using it.
+Layout: DIR/checkpoints/<step>/{state, data/process_<i>-of-<n>.json} (docs/training.md,
+"Checkpoints"). Every process calls save and restore; restoring onto another mesh works with
+abstract arrays carrying the new shardings (weights only: swallow_jax.model.io).
 """
 
 from collections.abc import Mapping
@@ -29,6 +17,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from swallow_jax import cli
 from swallow_jax import parallel
 from swallow_jax.config_utils import CheckpointSpec, as_section
 
@@ -40,10 +29,9 @@ def make_manager(directory: str | epath.Path,
   options = ocp.CheckpointManagerOptions(
       max_to_keep=spec.keep or None, enable_async_checkpointing=spec.async_save,
       cleanup_tmp_directories=True, create=True)
-  directory = epath.Path(directory)
   if "://" not in str(directory):  # Orbax refuses relative paths: `--workdir=runs/x` is typed
-    directory = epath.Path(os.path.abspath(directory))
-  return ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
+    directory = os.path.abspath(directory)
+  return ocp.CheckpointManager(epath.Path(directory), options=options, item_names=("state", "data"))
 
 
 class SavePolicy:
@@ -56,8 +44,7 @@ class SavePolicy:
 
   def __init__(self, ckpt_cfg: CheckpointSpec | Mapping[str, Any]):
     spec = as_section(CheckpointSpec, ckpt_cfg, "checkpoint")
-    self.every_steps = spec.every_steps
-    self.every_seconds = 60.0 * spec.every_minutes
+    self.every_steps, self.every_seconds = spec.every_steps, 60.0 * spec.every_minutes
     self.last_save = time.monotonic()
 
   def due(self, step: int) -> bool:
@@ -83,7 +70,7 @@ class IncompatibleCheckpointError(ValueError):
   """A checkpoint this run cannot continue as configured (e.g. another process count)."""
 
 
-class CheckpointSaveError(RuntimeError):
+class CheckpointSaveError(cli.Failure):
   """An asynchronous checkpoint save failed; the run stops before doing more work."""
 
 
@@ -145,12 +132,12 @@ def _check_process_count(step_dir: epath.Path) -> None:
 
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any,
                    data_iter: Any = None) -> tuple[int, Any] | None:
-  """Restores the newest readable checkpoint into `abstract_state`'s shapes/shardings.
+  """Restores the newest readable checkpoint into `abstract_state`'s shapes/shardings (and
+  `data_iter`'s position); returns (step, state), or None without a checkpoint.
 
-  Sets `data_iter` to the saved position. Returns (step, state), or None when there is no
-  checkpoint. Unreadable checkpoints (on any process) are moved aside with a warning; if none is
-  readable, raises. Raises IncompatibleCheckpointError, moving nothing, when the checkpoint is
-  fine but this run cannot continue it (other shapes/dtypes/structure, other process count).
+  Unreadable checkpoints (on any process) are moved to DIR/checkpoints_unreadable/ with a warning
+  (none readable: RuntimeError). IncompatibleCheckpointError, moving nothing, when this run cannot
+  continue the checkpoint (other shapes/dtypes/structure, other process count).
   """
   steps = sorted(mngr.all_steps(), reverse=True)
   if not steps:
@@ -165,7 +152,7 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any,
     error = None
     try:
       restored = mngr.restore(step, args=ocp.args.Composite(**items))
-    except IncompatibleCheckpointError:  # a user's mistake: refuse, never set aside
+    except IncompatibleCheckpointError:  # a user's mistake (train.data): refuse, never set aside
       raise
     except Exception as e:  # pylint: disable=broad-except  (damaged files: many kinds)
       error = e

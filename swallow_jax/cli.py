@@ -64,19 +64,13 @@ class UsageError(Exception):
 
 
 def normalize_argv(argv: Sequence[str]) -> list[str]:
-  """Accepts --dry-run, --text-field, ... as well as absl's --dry_run, --text_field.
-
-  `--config=...` and `--config.key=...` arguments are left alone: their paths and keys are the
-  user's own spelling. Arguments after a bare `--` are not flags and are left alone too.
-  """
-  out = []
-  for i, arg in enumerate(argv):
-    if arg == "--":
-      return out + list(argv[i:])
+  """Accepts --dry-run, --text-field, ... as well as absl's --dry_run, --text_field; leaves alone
+  `--config...` arguments (the user's own spelling) and everything after a bare `--`."""
+  out = list(argv)
+  for i, arg in enumerate(out[:out.index("--") if "--" in out else None]):
     if arg.startswith("--") and len(arg) > 2 and not arg.startswith("--config"):
       name, eq, value = arg[2:].partition("=")
-      arg = "--" + name.replace("-", "_") + eq + value
-    out.append(arg)
+      out[i] = "--" + name.replace("-", "_") + eq + value
   return out
 
 
@@ -152,10 +146,9 @@ def define_multihost_flags(workdir_help: str) -> None:
                     "launcher is detected).", module_name=module)
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host without "
                       "auto-detection).", module_name=module)
-  flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).",
-                       module_name=module)
-  flags.DEFINE_integer("process_id", None, "This process's index (multi-host).",
-                       module_name=module)
+  for name, help_text in (("num_processes", "Number of processes (multi-host)."),
+                          ("process_id", "This process's index (multi-host).")):
+    flags.DEFINE_integer(name, None, help_text, module_name=module)
 
 
 def _caller_module() -> str:

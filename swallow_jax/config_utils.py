@@ -1,9 +1,7 @@
 """The training config's schema: one frozen dataclass per section, built once, then passed down.
 
-Config files return a locked `ml_collections.ConfigDict` (the user's surface: `--config.a.b=v`
-for a missing key fails at flag parsing). `TrainSpec.from_config(config)` turns it into frozen
-dataclasses; every default and check of a key lives here, and an unknown key is an error naming
-the known ones. Code below the entry points reads `spec.train.seed`, never `config.get(...)`.
+`TrainSpec.from_config(config)` checks a config file's ConfigDict (every default and check of a
+key lives here; an unknown key is an error naming the known ones); code reads `spec.train.seed`.
 """
 
 from collections.abc import Mapping
@@ -15,7 +13,6 @@ from swallow_jax.model import LlamaConfig, presets
 from swallow_jax.model.lora import LoraConfig
 
 _S = TypeVar("_S")
-_REQUIRED = dataclasses.MISSING
 
 
 def as_section(cls: type[_S], values: "_S | Mapping[str, Any] | None", name: str) -> _S:
@@ -25,21 +22,18 @@ def as_section(cls: type[_S], values: "_S | Mapping[str, Any] | None", name: str
     return values
   values = dict(values or {})
   fields = {f.name: f for f in dataclasses.fields(cls)}
-  bad = set(values) - set(fields)
-  if bad:
+  if bad := set(values) - set(fields):
     raise ValueError(f"unknown key(s) config.{name}.{sorted(bad)}; known: {sorted(fields)}")
   for key, f in fields.items():
-    if key not in values and f.default is _REQUIRED and f.default_factory is _REQUIRED:
+    if key not in values and f.default is f.default_factory is dataclasses.MISSING:
       raise ValueError(f"config.{name}.{key} is required")
   for key, value in values.items():
     kind = fields[key].type
     try:
-      if kind in (int, float, str) and value is not None:
-        value = kind(value)
-      elif kind is bool:
-        value = bool(value)
-      elif kind is tuple:
+      if kind is tuple:
         value = tuple(value or ())
+      elif kind in (int, float, str, bool) and (value is not None or kind is bool):
+        value = kind(value)
     except (TypeError, ValueError):
       raise ValueError(f"config.{name}.{key}={value!r} is not a {kind.__name__}") from None
     values[key] = value
@@ -76,9 +70,8 @@ class TrainSection:
 
   def step_options(self) -> dict[str, Any]:
     """make_train_step's keyword options."""
-    return dict(z_loss=self.z_loss, grad_accum_steps=self.grad_accum_steps,
-                neftune_alpha=self.neftune_alpha, loss_chunk_size=self.loss_chunk_size,
-                document_masking=self.document_masking)
+    return {k: getattr(self, k) for k in ("z_loss", "grad_accum_steps", "neftune_alpha",
+                                          "loss_chunk_size", "document_masking")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,11 +139,9 @@ class TrainSpec:
   @classmethod
   def from_config(cls, config: Mapping[str, Any], *,
                   read_init_from: bool = True) -> "TrainSpec":
-    """Checks `config` (unknown/missing keys, types) and resolves the model config.
-
-    With LoRA, `init_from` becomes the base's pinned absolute path (`model.io.base_model_path`).
-    `read_init_from=False` (planning without the checkpoint at hand) takes the architecture from
-    `model.preset` and leaves `init_from` as written."""
+    """Checks `config` (unknown/missing keys, types) and resolves the model config; with LoRA,
+    `init_from` becomes the base's pinned path (`model.io.base_model_path`).
+    `read_init_from=False` (planning without the checkpoint) takes `model.preset` instead."""
     sections = validate(config)
     lora = lora_config(config)
     init_from = str(config.get("init_from") or "")
@@ -163,20 +154,15 @@ class TrainSpec:
 
 SECTIONS: dict[str, type] = {"data": DataSpec, "optimizer": OptimizerSpec, "train": TrainSection,
                              "mesh": MeshSpec, "checkpoint": CheckpointSpec, "eval": EvalSpec}
-TOP_LEVEL_SCALARS = frozenset({"init_from", "tokenizer"})
-_REQUIRED_SECTIONS = ("model", "data", "optimizer", "train")
 
 
 def validate(config: Mapping[str, Any]) -> dict[str, Any]:
-  """Each section of SECTIONS as its dataclass; ValueError naming the first unknown or missing
-  key."""
-  known = set(SECTIONS) | {"model"} | TOP_LEVEL_SCALARS
-  unknown = set(config.keys()) - known
-  if unknown:
+  """Each section of SECTIONS as its dataclass; ValueError naming the first unknown/missing key."""
+  known = set(SECTIONS) | {"model", "init_from", "tokenizer"}
+  if unknown := set(config.keys()) - known:
     raise ValueError(f"unknown config key(s) {sorted(unknown)}; known: {sorted(known)}")
-  for section in _REQUIRED_SECTIONS:
-    if section not in config:
-      raise ValueError(f"config.{section} is missing")
+  if missing := [s for s in ("model", "data", "optimizer", "train") if s not in config]:
+    raise ValueError(f"config.{missing[0]} is missing")
   return {name: as_section(cls, config.get(name), name) for name, cls in SECTIONS.items()}
 
 
@@ -193,8 +179,7 @@ def model_config(config: Mapping[str, Any], read_init_from: bool = True) -> Llam
   `read_init_from`, else `model.preset`; the other `model.*` keys override fields of either."""
   overrides = {k: v for k, v in dict(config["model"]).items() if k not in ("preset", "lora")}
   fields = {f.name for f in dataclasses.fields(LlamaConfig)}
-  unknown = set(overrides) - fields
-  if unknown:
+  if unknown := set(overrides) - fields:
     raise ValueError(f"unknown LlamaConfig field(s) config.model.{sorted(unknown)}; "
                      f"known: {sorted(fields)}")
   init_from = config.get("init_from")
@@ -214,12 +199,11 @@ def resolved_dict(config: Mapping[str, Any], spec: TrainSpec) -> dict[str, Any]:
   if spec.lora.rank:
     out["init_from"] = spec.init_from
   written = dict(config["model"])
-  model = {"preset": written.get("preset", "")}
+  out["model"] = model = {"preset": written.get("preset", "")}
   if "lora" in written:
     model["lora"] = {k: _plain(v) for k, v in dict(written["lora"]).items()}
   model.update({f.name: _plain(getattr(spec.model, f.name))
                 for f in dataclasses.fields(spec.model)})
-  out["model"] = model
   return out
 
 

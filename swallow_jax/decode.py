@@ -5,13 +5,10 @@ r"""KV-cache decoding with greedy / temperature / top-k / top-p sampling (`sj.ge
 
 One jit per (batch, prompt length P, new-token bucket); docs/evaluation.md describes the left
 padding, the sampling order and the per-prompt keys. Prefill writes prompt tokens [0, P-1) into
-the KV cache (their logits are never used, so XLA drops the vocabulary projection); the last
-prompt token is the first step of a `lax.while_loop` that writes slot P-1+i at step i. Decoding
-runs on the per-layer layout (`model.unstack_layers`); stacked params are unstacked on every call,
-a transient copy that callers who decode repeatedly avoid by passing `unstack_layers(params)` once.
-
-`load_for_decoding` gives (config, params in the decoding layout, tokenizer) for any model path;
-the command line is `python -m swallow_jax.generate`.
+the KV cache (their logits are unused, so XLA drops the vocabulary projection); the last prompt
+token is step 0 of a `lax.while_loop` that writes slot P-1+i at step i. Decoding runs on the
+per-layer layout: stacked params are copied into it on every call unless the caller passes
+`model.unstack_layers(params)`. `load_for_decoding` gives (config, params, tokenizer) for any path.
 """
 
 from collections.abc import Sequence
@@ -42,8 +39,11 @@ def _pow2(n: int) -> int:
   return 1 << max(0, n - 1).bit_length()
 
 
-def _bucket(n: int) -> int:
-  return max(MIN_BUCKET, _pow2(n))
+def bucket_length(n: int, cap: int | None = None) -> int:
+  """Smallest power of two >= max(n, MIN_BUCKET), at most `cap` (when n fits under it): few
+  distinct shapes, so few compilations."""
+  b = max(MIN_BUCKET, _pow2(n))
+  return min(b, cap) if cap and n <= cap else b
 
 
 def filter_logits(logits: jax.Array, temperature: float = 1.0, top_k: int = 0,
@@ -95,13 +95,11 @@ def _decode(config, params, tokens, segment_ids, row_ids, key, num_slots: int, t
     done = done | jnp.isin(nxt, stops)
     return i + 1, cache, nxt, pos + 1, out, length, done
 
-  def cond(state):
-    i, *_, done = state
-    return (i < max_new_tokens) & ~jnp.all(done)
-
   state = (jnp.int32(0), cache, tokens[:, -1], positions[:, -1], jnp.zeros((b, n), jnp.int32),
            jnp.zeros((b,), jnp.int32), done0)
-  _, _, _, _, out, length, _ = jax.lax.while_loop(cond, body, state)
+  # Steps until max_new_tokens or until every row is done (state[-1]).
+  _, _, _, _, out, length, _ = jax.lax.while_loop(
+      lambda s: (s[0] < max_new_tokens) & ~jnp.all(s[-1]), body, state)
   return out, length
 
 
@@ -109,9 +107,8 @@ def generate_detailed(config: model_lib.LlamaConfig, params: Any, prompts: Seque
                       max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0,
                       top_p: float = 1.0, stop_tokens: Sequence[int] = (), seed: int = 0,
                       batch_size: int | None = None, progress: str = "") -> list[Generation]:
-  """Like `generate`, also saying whether each generation ended on a stop token.
-
-  `progress`: a label for a bar over the batches on stderr (`cli.progress`) ("" = none)."""
+  """Like `generate`, also saying whether each generation ended on a stop token; `progress`: a
+  label for a bar over the batches on stderr (`cli.progress`) ("" = none)."""
   if not prompts or any(len(p) == 0 for p in prompts):
     raise ValueError("prompts must be a non-empty list of non-empty token lists")
   if max_new_tokens < 1:
@@ -134,16 +131,14 @@ def generate_detailed(config: model_lib.LlamaConfig, params: Any, prompts: Seque
   for start in cli.progress(range(0, len(order), batch), desc=progress, unit="batch",
                             enabled=bool(progress)):
     idx = order[start:start + batch]
-    p = _bucket(max(len(prompts[i]) for i in idx))
-    tokens = np.zeros((batch, p), np.int32)
-    segs = np.zeros((batch, p), np.int32)
-    row_ids = np.zeros((batch,), np.int32)
+    p = bucket_length(max(len(prompts[i]) for i in idx))
+    tokens, segs = np.zeros((2, batch, p), np.int32)
+    row_ids = np.pad(np.asarray(idx, np.int32), (0, batch - len(idx)))
     for row, i in enumerate(idx):
       tokens[row, p - len(prompts[i]):] = prompts[i]
       segs[row, p - len(prompts[i]):] = 1
-      row_ids[row] = i
     out, length = _decode(config, params, jnp.asarray(tokens), jnp.asarray(segs),
-                          jnp.asarray(row_ids), key, p - 1 + _bucket(max_new_tokens),
+                          jnp.asarray(row_ids), key, p - 1 + bucket_length(max_new_tokens),
                           float(temperature), int(top_k), float(top_p),
                           jnp.asarray(stops, jnp.int32), jnp.int32(max_new_tokens))
     out, length = np.asarray(out), np.asarray(length)

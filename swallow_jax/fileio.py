@@ -1,14 +1,8 @@
 """File helpers: atomic writes (a file or a directory appears complete under its final name, or
-not at all), and the one JSON and JSONL readers.
+not at all) and the one JSON and JSONL readers (ValueError "FILE:LINE: ...").
 
 The one place that writes "temporary sibling, then rename". A killed process leaves at most a
 `.NAME.tmp-PID` sibling; `remove_stale_tmp` clears those of dead processes.
-
-    with atomic_file("out/results.json") as f: ...        # text; "wb" for bytes
-    write_json("out/report.json", obj)
-    with atomic_dir("out/model", overwrite=True) as tmp: ...  # fill tmp; renamed on success
-    config = read_json("run/config.json")                       # ValueError "FILE:LINE: ..."
-    for line, row in read_jsonl("tasks/ja_mc.jsonl"): ...     # the same, per line
 """
 
 from collections.abc import Iterable, Iterator, Mapping
@@ -33,10 +27,8 @@ def _tmp_name(path: str) -> str:
 @contextlib.contextmanager
 def atomic_file(path: str, mode: str = "w", encoding: str | None = "utf-8",
                 file_mode: int = 0o644) -> Iterator[IO[Any]]:
-  """Opens a temporary sibling of `path` for writing; renames it over `path` on success.
-
-  `mode` is "w" (text) or "wb"; a path ending in .gz is gzip-compressed. On an exception the
-  temporary file is removed and `path` is left as it was.
+  """Opens a temporary sibling of `path` for writing ("w": text, or "wb"; gzip for .gz); renames
+  it over `path` on success. On an exception the temporary file is removed, `path` left as it was.
   """
   if mode not in ("w", "wb"):
     raise ValueError(f"atomic_file: mode must be 'w' or 'wb', not {mode!r}")
@@ -55,26 +47,24 @@ def atomic_file(path: str, mode: str = "w", encoding: str | None = "utf-8",
     raise
 
 
-def write_json(path: str, obj: Any, indent: int | None = 2) -> None:
+def write_json(path: str, obj: Any, indent: int | None = 2, sort_keys: bool = False) -> None:
   """Writes `obj` as UTF-8 JSON (non-ASCII kept as is) atomically."""
   with atomic_file(path) as f:
-    json.dump(obj, f, indent=indent, ensure_ascii=False)
+    json.dump(obj, f, indent=indent, ensure_ascii=False, sort_keys=sort_keys)
     f.write("\n")
 
 
 def write_jsonl(path: str, rows: Iterable[Mapping[str, Any]]) -> None:
   """Writes one UTF-8 JSON object per line (non-ASCII kept as is) atomically; gzip for .gz."""
   with atomic_file(path) as f:
-    for row in rows:
-      f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
 @contextlib.contextmanager
 def atomic_dir(path: str, overwrite: bool = False) -> Iterator[str]:
-  """Yields a new empty temporary directory; on success it replaces `path` in one rename.
-
-  An existing `path` is an error unless `overwrite` (then it is swapped out only once the new
-  one is complete). Directory mode 0755. On an exception the temporary directory is removed.
+  """Yields a new empty temporary directory (mode 0755); on success it replaces `path` in one
+  rename. An existing `path` is an error unless `overwrite` (swapped out once the new one is
+  complete). On an exception the temporary directory is removed.
   """
   path = os.path.abspath(path)
   if os.path.exists(path) and not overwrite:
@@ -100,11 +90,8 @@ def atomic_dir(path: str, overwrite: bool = False) -> Iterator[str]:
 
 
 def read_json(path: str) -> Any:
-  """The JSON value in a UTF-8 file (a BOM is skipped).
-
-  FileNotFoundError for a missing file; ValueError `path:line: ...` for text that is not UTF-8 or
-  not JSON.
-  """
+  """The JSON value in a UTF-8 file (a BOM is skipped). FileNotFoundError for a missing file;
+  ValueError `path:line: ...` for non-UTF-8 or non-JSON."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: no such file or directory")
   with open(path, "rb") as f:
@@ -120,22 +107,19 @@ def read_json(path: str) -> Any:
 
 def read_jsonl(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
   """(line number, object) for each non-blank line of a UTF-8 JSONL file (a BOM is skipped).
-
   FileNotFoundError for a missing file; ValueError `path:line: ...` for a line that is not UTF-8,
-  not JSON or not a JSON object.
-  """
+  not JSON or not a JSON object."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: no such file or directory")
   with open(path, "rb") as f:
     for n, raw in enumerate(f, 1):
       try:
         line = raw.decode("utf-8").removeprefix("\ufeff") if n == 1 else raw.decode("utf-8")
+        if not line.strip():
+          continue
+        row = json.loads(line)
       except UnicodeDecodeError as e:
         raise ValueError(f"{path}:{n}: not UTF-8 ({e.reason})") from None
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
       except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
       if not isinstance(row, dict):

@@ -3,27 +3,17 @@
     python -m swallow_jax.plan --config=configs/X.py [--devices=N] [--mesh=data:1,fsdp:8,tensor:1]
         [--remat=full] [--hbm_gb=80] [--json]
 
-Builds the real train step of the config (model, optimizer, z-loss, gradient accumulation,
-shardings: the trainer's own functions) from abstract shapes only (`jax.eval_shape`, no weights
-are allocated), sets up N fake CPU devices, and compiles it ahead of time
-(`jit(...).lower(...).compile()`) for the mesh. It prints, per device:
+Compiles the config's real train step (the trainer's own functions) ahead of time on N fake CPU
+devices from abstract shapes only (no weights are allocated) and prints, per device: params and
+opt_state bytes (exact, from the shardings), `trainable` with LoRA (the fp32 adapter and
+`lora.trainable` tensors; params is then the frozen base, opt_state the adapter's), the compiler's
+temporaries and the peak (arguments + outputs - donated aliases + temporaries); and FLOPs per
+step: the analytical MaxText-style count beside XLA's cost analysis (compiled, where a scanned
+layer loop counts once, and with layers unrolled, which counts remat recomputation).
 
-  params / opt_state   bytes of the sharded parameters and optimizer state (exact, from the
-                       shardings)
-  trainable            with LoRA: the adapter (+ `lora.trainable` tensors), fp32; params is then
-                       the frozen base and opt_state covers the adapter only
-  temp                 the compiler's temporaries (activations, gradients, collectives' buffers)
-  peak                 arguments + outputs - donated aliases + temporaries
-
-and FLOPs per step: the analytical MaxText-style count (`swallow_jax.train.metrics`) beside XLA's
-own cost analysis (of the compiled program, where a scanned layer loop counts once, and of the
-same step lowered with layers unrolled, which counts remat recomputation).
-
-The compiler here is XLA:CPU, so memory is an estimate of what XLA:GPU/TPU will need (their
-fusion, collective and rematerialization passes differ); use it to rank meshes and remat
-policies and to see what clearly does or does not fit, and leave ~10% headroom. Attention is
-traced as `flash_memory_model` by default: XLA:CPU's own attention would hold [B, H, T, T] scores
-that the cuDNN and Splash kernels never materialize (--noflash shows that CPU-only figure).
+The compiler is XLA:CPU, so memory is an estimate for XLA:GPU/TPU: rank meshes and remat policies
+with it and leave ~10% headroom. Attention is traced as `flash_memory_model` (no [B, H, T, T]
+scores, like cuDNN/Splash); --noflash shows XLA:CPU's own attention.
 """
 
 from __future__ import annotations
@@ -32,9 +22,11 @@ import contextlib
 import dataclasses
 import json
 import math
+import re
 import sys
 import time
 from typing import Any
+from unittest import mock
 
 from absl import flags
 import jax
@@ -52,38 +44,28 @@ FLAGS = flags.FLAGS
 
 def parse_mesh(spec: str) -> dict[str, int]:
   """'data:1,fsdp:8,tensor:1' -> {'data': 1, 'fsdp': 8, 'tensor': 1}."""
-  out = {}
-  for part in filter(None, (p.strip() for p in spec.split(","))):
-    name, sep, size = part.partition(":")
-    if not sep or not name:
-      raise ValueError(f"--mesh: expected 'axis:size' items, got {part!r}")
-    try:
-      out[name.strip()] = int(size)
-    except ValueError:
-      raise ValueError(f"--mesh: size of {name!r} must be an int, got {size!r}") from None
-  return out
+  items = [p.strip() for p in spec.split(",") if p.strip()]
+  for part in items:
+    if not re.fullmatch(r"\w+\s*:\s*-?\d+", part):
+      raise ValueError(f"--mesh: expected 'axis:size' items with int sizes, got {part!r}")
+  return {name.strip(): int(size) for name, size in (p.split(":") for p in items)}
 
 
 def num_devices_for(mesh_cfg: dict[str, int], devices: int) -> int:
   """The device count: `devices` if given, else the product of the (positive) mesh sizes."""
-  if devices:
-    return devices
   sizes = [int(v) for v in mesh_cfg.values()]
-  if any(s == -1 for s in sizes):
+  if -1 in sizes and not devices:
     raise ValueError(f"mesh {mesh_cfg} has a -1 axis: pass --devices")
-  return max(1, math.prod(sizes))
+  return devices or max(1, math.prod(sizes))
 
 
 def abstract_train_step(model_cfg: Any, tx: Any, lr: Any, mesh: Any, global_batch: int,
                         seq_len: int, *, seed: int = 0, plain_causal: bool = False,
                         lora_cfg: Any = None, **step_options: Any) -> tuple[Any, Any, Any, Any]:
-  """(jitted step, abstract state, abstract batch, state shardings): what `train.loop.run` builds
-  (`train.step.sharded_train_step`) and the batch, as ShapeDtypeStructs carrying their shardings;
-  `step_options` go to `make_train_step` (`TrainSection.step_options()` in
-  swallow_jax.config_utils). Call inside `parallel.mesh_context(mesh)`. `plain_causal` drops
-  positions/segment_ids from the batch so the model may use `is_causal` kernels (unpacked
-  sequences). `lora_cfg` (rank > 0): the LoRA step (frozen base in the config's param_dtype, fp32
-  adapter, optimizer over the adapter)."""
+  """(jitted step, abstract state, abstract batch, state shardings) of `train.loop.run`'s step
+  (`train.step.sharded_train_step`), as sharded ShapeDtypeStructs; call inside
+  `parallel.mesh_context(mesh)`. `plain_causal` drops positions/segment_ids (`is_causal` kernels);
+  `lora_cfg` (rank > 0): the LoRA step; `step_options`: `TrainSection.step_options()`."""
   step_fn, abstract, shardings = step_lib.sharded_train_step(
       model_cfg, tx, lr, mesh, seed=seed, lora_cfg=lora_cfg, **step_options)
   batch = {k: jax.ShapeDtypeStruct((global_batch, seq_len),
@@ -96,10 +78,8 @@ def abstract_train_step(model_cfg: Any, tx: Any, lr: Any, mesh: Any, global_batc
 
 
 def flash_memory_model(q: jax.Array, k: jax.Array, v: jax.Array, *args, **kwargs) -> jax.Array:
-  """Stands in for a fused flash-attention kernel (cuDNN on GPU, Splash on TPU) when compiling
-  on CPU: its output and gradients have the real shapes and it keeps only O(T) tensors, like the
-  kernel, instead of the [B, H, T, T] scores that XLA:CPU's attention materializes. The numbers
-  it computes are meaningless (plan only compiles), and its FLOPs are negligible."""
+  """Memory stand-in for a flash kernel (cuDNN, Splash) on CPU: real output/gradient shapes, only
+  O(T) tensors (no [B, H, T, T] scores); its numbers are meaningless and its FLOPs negligible."""
   del args, kwargs
   b, t, h, dh = q.shape
   kv = k.shape[2]
@@ -107,27 +87,15 @@ def flash_memory_model(q: jax.Array, k: jax.Array, v: jax.Array, *args, **kwargs
   return (q.reshape(b, t, kv, h // kv, dh) * summary).reshape(b, t, h, dh)
 
 
-@contextlib.contextmanager
-def attention_memory_model(enabled: bool):
-  """Traces the model with `flash_memory_model` as its attention while active (if `enabled`)."""
-  original = llama_lib.attention
-  if enabled:
-    llama_lib.attention = flash_memory_model
-  try:
-    yield
-  finally:
-    llama_lib.attention = original
-
-
 def _per_device_bytes(tree: Any) -> int:
   return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
              for x in jax.tree.leaves(tree))
 
 
-def _xla_flops(cost: Any) -> float | None:
+def _xla_flops(cost: Any, scale: int = 1) -> float | None:
   if isinstance(cost, (list, tuple)):  # Older jax: one dict per program.
     cost = cost[0] if cost else None
-  return float(cost["flops"]) if cost and "flops" in cost else None
+  return float(cost["flops"]) * scale if cost and "flops" in cost else None
 
 
 def plan(config: Any, devices: int = 0, mesh_override: dict[str, int] | None = None,
@@ -135,11 +103,8 @@ def plan(config: Any, devices: int = 0, mesh_override: dict[str, int] | None = N
          flash: bool = True) -> dict[str, Any]:
   """Compiles the config's train step for the mesh on fake CPU devices; returns the report dict.
 
-  `flash`: trace attention as `flash_memory_model` (what a GPU/TPU run with cuDNN/Splash needs);
-  False compiles the config's own attention backend as XLA:CPU runs it.
-
-  Must run before anything else in the process touched a JAX backend (it sets the CPU device
-  count).
+  `flash`: trace attention as `flash_memory_model` (else as XLA:CPU runs the config's backend).
+  Must run before anything in the process touched a JAX backend (it sets the CPU device count).
   """
   from swallow_jax import config_utils  # pylint: disable=g-import-not-at-top  (ml_collections)
   from swallow_jax.model import io as model_io  # pylint: disable=g-import-not-at-top
@@ -157,33 +122,30 @@ def plan(config: Any, devices: int = 0, mesh_override: dict[str, int] | None = N
   if jax.device_count() != n:
     raise RuntimeError(f"wanted {n} fake CPU devices, JAX has {jax.device_count()} (a backend "
                        "was initialised before plan() ran)")
-  model_cfg = spec.model
-  if remat:
-    model_cfg = dataclasses.replace(model_cfg, remat_policy=remat)
-  seq_len = spec.data.seq_len
-  global_batch = spec.data.global_batch_size
+  model_cfg = dataclasses.replace(spec.model, remat_policy=remat) if remat else spec.model
+  seq_len, global_batch = spec.data.seq_len, spec.data.global_batch_size
   kwargs = spec.train.step_options()
   accum = kwargs["grad_accum_steps"]
   mesh = parallel.make_mesh(mesh_cfg)
 
   tx, lr = optimizer_lib.make_optimizer(spec.optimizer)
-  with parallel.mesh_context(mesh), attention_memory_model(flash):
+  attention = (mock.patch.object(llama_lib, "attention", flash_memory_model) if flash
+               else contextlib.nullcontext())
+  with parallel.mesh_context(mesh), attention:
     step_fn, state, batch, _ = abstract_train_step(model_cfg, tx, lr, mesh, global_batch,
                                                    seq_len, lora_cfg=spec.lora, **kwargs)
     t0 = time.perf_counter()
     lowered = step_fn.lower(state, batch)
-    lower_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t1 = time.perf_counter()
     compiled = lowered.compile()
-    compile_s = time.perf_counter() - t0
+    lower_s, compile_s = t1 - t0, time.perf_counter() - t1
     hlo = None
     if hlo_flops:
-      unrolled = dataclasses.replace(model_cfg, scan_layers=False)
-      step_u, state_u, batch_u, _ = abstract_train_step(unrolled, tx, lr, mesh, global_batch,
-                                                        seq_len, lora_cfg=spec.lora, **kwargs)
-      hlo = _xla_flops(step_u.lower(state_u, batch_u).cost_analysis())
+      step_u, state_u, batch_u, _ = abstract_train_step(
+          dataclasses.replace(model_cfg, scan_layers=False), tx, lr, mesh, global_batch, seq_len,
+          lora_cfg=spec.lora, **kwargs)
       # The gradient-accumulation loop is still a loop: its body (one microbatch) counts once.
-      hlo = hlo * accum if hlo is not None else None
+      hlo = _xla_flops(step_u.lower(state_u, batch_u).cost_analysis(), scale=accum)
 
   mem = compiled.memory_analysis()
   per_device = {"params": _per_device_bytes(state["params"]),
@@ -198,12 +160,9 @@ def plan(config: Any, devices: int = 0, mesh_override: dict[str, int] | None = N
   flops_token = metrics.flops_per_token(model_cfg, seq_len, spec.lora)
   tokens = global_batch * seq_len
   report = {
-      "num_devices": n,
-      "mesh": dict(mesh.shape),
-      "model": {"num_params": model_cfg.num_params, "num_layers": model_cfg.num_layers,
-                "hidden_size": model_cfg.hidden_size, "remat_policy": model_cfg.remat_policy,
-                "scan_layers": model_cfg.scan_layers, "dtype": model_cfg.dtype,
-                "param_dtype": model_cfg.param_dtype},
+      "num_devices": n, "mesh": dict(mesh.shape),
+      "model": {k: getattr(model_cfg, k) for k in ("num_params", "num_layers", "hidden_size",
+                "remat_policy", "scan_layers", "dtype", "param_dtype")},
       "lora": ({"rank": spec.lora.rank, "alpha": spec.lora.alpha,
                 "targets": list(spec.lora.targets), "trainable": list(spec.lora.trainable),
                 "num_trainable": sum(math.prod(x.shape)
@@ -230,43 +189,31 @@ def plan(config: Any, devices: int = 0, mesh_override: dict[str, int] | None = N
   return report
 
 
-def _gb(x: float | None) -> str:
-  return "-" if x is None else f"{x / 1e9:8.2f} GB"
-
-
 def format_table(r: dict[str, Any]) -> str:
   """The human-readable form of a `plan` report."""
   m = r["model"]
-  lines = [
-      f"model      {m['num_params'] / 1e9:.2f}B params, {m['num_layers']} layers, remat="
-      f"{m['remat_policy']}, scan={m['scan_layers']}, compute {m['dtype']}",
-      f"mesh       {' '.join(f'{k}={v}' for k, v in r['mesh'].items())} "
-      f"({r['num_devices']} devices)",
-  ]
+  lines = [f"model      {m['num_params'] / 1e9:.2f}B params, {m['num_layers']} layers, remat="
+           f"{m['remat_policy']}, scan={m['scan_layers']}, compute {m['dtype']}",
+           f"mesh       {' '.join(f'{k}={v}' for k, v in r['mesh'].items())} "
+           f"({r['num_devices']} devices)"]
   if lo := r.get("lora"):
     lines.append(f"lora       rank {lo['rank']} on {','.join(lo['targets'])}"
                  + (f" + {','.join(lo['trainable'])}" if lo["trainable"] else "")
                  + f": {lo['num_trainable'] / 1e6:.1f}M trainable; base frozen in "
                  f"{m['param_dtype']}")
-  lines += [
-      f"batch      {r['global_batch_size']} x {r['seq_len']} tokens, grad_accum "
-      f"{r['grad_accum_steps']}",
-      "per device (XLA:CPU estimate)",
-  ]
-  for k in ("params", "trainable", "opt_state", "temp", "arguments", "outputs", "aliased",
-            "peak"):
-    if k in r["per_device_bytes"]:
-      lines.append(f"  {k:<10} {_gb(r['per_device_bytes'][k])}")
+  lines += [f"batch      {r['global_batch_size']} x {r['seq_len']} tokens, grad_accum "
+            f"{r['grad_accum_steps']}", "per device (XLA:CPU estimate)"]
+  per_device = r["per_device_bytes"]
+  keys = ("params", "trainable", "opt_state", "temp", "arguments", "outputs", "aliased", "peak")
+  lines += [f"  {k:<10} {per_device[k] / 1e9:8.2f} GB" for k in keys if k in per_device]
   if "fits" in r:
     lines.append(f"  fits in {r['hbm_bytes'] / 1e9:g} GB: {'yes' if r['fits'] else 'NO'}")
   f = r["flops_per_step"]
-  lines += [
-      "FLOPs per step",
-      f"  analytical (MaxText formula)   {f['analytical']:.4g} ({f['analytical_per_device']:.4g} "
-      "per device)",
-      f"  XLA compiled, per device       {f['xla_compiled_per_device'] or float('nan'):.4g} "
-      "(a scanned layer loop counted once)",
-  ]
+  lines += ["FLOPs per step",
+            f"  analytical (MaxText formula)   {f['analytical']:.4g} "
+            f"({f['analytical_per_device']:.4g} per device)",
+            f"  XLA compiled, per device       {f['xla_compiled_per_device'] or float('nan'):.4g} "
+            "(a scanned layer loop counted once)"]
   if f["xla_hlo_unrolled"]:
     flash_note = ("; without the T x T attention matmuls under the flash model"
                   if r["attention"].startswith("flash") else "")

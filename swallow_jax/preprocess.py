@@ -4,23 +4,19 @@ r"""Tokenize raw text or chat data into ArrayRecord shards + manifest.json.
         --output=data/ja_wiki [--text-field=text] [--format=text|chat] [--filter=EXPR] \
         [--keep-fields=a,b] [--path-field=subset] [--strict] [--json] [--workers=N]
 
-Inputs: JSONL (plain or .gz) or Parquet files. Worker processes tokenize; results are written
-in input order, so a rerun gives byte-identical shards. ``--format=text`` stores
-``encode(text, add_bos=True) + [eos]``; ``--format=chat`` reads ``{"messages": [{"role",
-"content"}, ...]}`` and stores the model's own chat-template ids with their SFT loss mask.
-Bad records are skipped and counted by reason (with ``--strict`` the first one is an error
-naming its file and line); so is a truncated .gz input (``truncated_file``, the records before
-it kept). An input file with no good record, or a run that leaves no document, is an error.
-The output is built under a temporary name and renamed into place; ``--overwrite`` replaces
-only a previous preprocess output that holds none of the inputs. See docs/data.md.
+Inputs: JSONL (plain or .gz) or Parquet, tokenized by worker processes and written in input order
+(a rerun gives byte-identical shards). Bad records and a truncated .gz (``truncated_file``) are
+skipped and counted by reason; with ``--strict`` the first is an error naming its file and line.
+``--overwrite`` replaces only a previous preprocess output that holds no input (docs/data.md).
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import multiprocessing
+import itertools
 import logging
+import multiprocessing
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -53,12 +49,6 @@ class Spec:
   filter: filters.Filter | None = None
   system_prompt: str | None = None
 
-  @property
-  def columns(self) -> list[str]:
-    """The input fields a record needs: the text field, kept fields, filter fields."""
-    extra = self.filter.fields if self.filter else ()
-    return sorted({self.field, *self.keep_fields, *extra})
-
 
 _worker_tokenizer = None
 
@@ -70,16 +60,14 @@ def _init_worker(tokenizer_path: str) -> None:
 
 def _encode(obj: dict[str, Any], spec: Spec, tok) -> tuple[list[int], list[int] | None]:
   value = obj.get(spec.field)
+  if value is None or (spec.format == "text" and not isinstance(value, str)):
+    what = "no field" if value is None else f"non-string ({type(value).__name__}) field"
+    raise sources.InvalidRecord(f"{what} {spec.field!r}", "missing_field")
   if spec.format == "chat":
-    if value is None:
-      raise sources.InvalidRecord(f"no field {spec.field!r}", "missing_field")
     messages = chat.validate_messages(value)
     for m in messages:
       sources.require_utf8(m["content"])
     return chat.encode_chat(tok, messages, system_prompt=spec.system_prompt)
-  if not isinstance(value, str):
-    what = "no field" if value is None else f"non-string ({type(value).__name__}) field"
-    raise sources.InvalidRecord(f"{what} {spec.field!r}", "missing_field")
   if not value.strip():
     raise sources.InvalidRecord(f"field {spec.field!r} is empty", "empty_text")
   eos = [] if tok.eos_id is None else [tok.eos_id]
@@ -110,48 +98,43 @@ def process_chunk(spec: Spec, path_value: str | None, items: Sequence[tuple[int,
 
 
 def _tasks(files: Sequence[str], spec: Spec, strict: bool) -> Iterator[tuple]:
-  """('chunk', file_index, path_value, items) ... ('end', file_index, truncation message or
-  None) per file; a truncated file is an error when `strict`."""
+  """(file_index, path_value, items, end) per chunk of records; `end` is None but in a file's
+  last chunk (maybe empty): its truncation message or ''. Truncation is an error if `strict`."""
+  # The input fields a record needs: the text field, kept fields, filter fields.
+  columns = sorted({spec.field, *spec.keep_fields, *(spec.filter.fields if spec.filter else ())})
   for index, path in enumerate(files):
     path_value = os.path.basename(os.path.dirname(os.path.abspath(path)))
-    chunk, truncated = [], None
+    chunk, end = [], ""
     try:
-      for item in sources.iter_records(path, spec.columns):
+      for item in sources.iter_records(path, columns):
         chunk.append(item)
         if len(chunk) == _CHUNK:
-          yield ("chunk", index, path_value, chunk)
+          yield index, path_value, chunk, None
           chunk = []
     except sources.TruncatedFile as e:
       if strict:
         raise PreprocessError(str(e)) from None
-      truncated = str(e)
-    if chunk:
-      yield ("chunk", index, path_value, chunk)
-    yield ("end", index, truncated)
+      end = str(e)
+    yield index, path_value, chunk, end
 
 
 def _results(files, spec, tokenizer_path, workers, tok, strict) -> Iterator[tuple]:
-  """Task results in input order; at most 2 * workers tasks in flight."""
+  """(file_index, results, end) per `_tasks` task, in input order; at most 2 * workers tasks
+  in flight."""
+  tasks = _tasks(files, spec, strict)
   if workers <= 1:
-    for task in _tasks(files, spec, strict):
-      yield task if task[0] != "chunk" else ("chunk", task[1],
-                                             process_chunk(spec, task[2], task[3], tok))
+    yield from ((i, process_chunk(spec, value, items, tok), end) for i, value, items, end in tasks)
     return
   ctx = multiprocessing.get_context("spawn")  # fork is unsafe with tokenizer threads
   with ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer_path,)) as pool:
     pending = collections.deque()
-    for task in _tasks(files, spec, strict):
-      if task[0] == "chunk":
-        task = ("chunk", task[1], pool.apply_async(process_chunk, (spec, task[2], task[3])))
-      pending.append(task)
-      while len(pending) > 2 * workers:
-        yield _resolve(pending.popleft())
-    while pending:
-      yield _resolve(pending.popleft())
-
-
-def _resolve(item: tuple) -> tuple:
-  return item if item[0] != "chunk" else (item[0], item[1], item[2].get())
+    for task in itertools.chain(tasks, [None]):  # None: the end, drain what is in flight
+      if task is not None:
+        index, value, items, end = task
+        pending.append((index, pool.apply_async(process_chunk, (spec, value, items)), end))
+      while len(pending) > (0 if task is None else 2 * workers):
+        index, results, end = pending.popleft()
+        yield index, results.get(), end
 
 
 def _check_overwrite(output: str, files: Sequence[str]) -> None:
@@ -178,18 +161,9 @@ def _write_shards(files, spec, tokenizer, tok, workers, strict, writer, reasons,
   tokens = 0
   with cli.progress(desc="preprocess", unit=" docs", enabled=progress, mininterval=1.0,
                     leave=False) as bar:
-    for kind, index, *rest in _results(files, spec, tokenizer, workers, tok, strict):
+    for index, results, end in _results(files, spec, tokenizer, workers, tok, strict):
       counts = per_file[index]
-      if kind == "end":
-        if rest[0]:
-          logging.warning("%s; keeping the records read before it", rest[0])
-          counts["skipped"]["truncated_file"] += 1
-        if counts["documents"] == 0 and counts["filtered"] == 0:
-          bad = {k: v for k, v in counts["skipped"].items() if v}
-          why = f"every record is bad {bad}" if bad else "it has no records"
-          raise PreprocessError(f"{files[index]}: no documents: {why}")
-        continue
-      for result in rest[0]:
+      for result in results:
         if result[0] == "bad":
           _, line, reason, message = result
           if strict:
@@ -200,16 +174,23 @@ def _write_shards(files, spec, tokenizer, tok, workers, strict, writer, reasons,
         else:
           _, _, record, n, meta = result
           writer.write(record, n)
-          counts["documents"] += 1
-          counts["tokens"] += n
           tokens += n
-          for k, v in meta.items():
-            slot = fields.setdefault(k, {}).setdefault(filters.as_text(v),
-                                                       {"documents": 0, "tokens": 0})
+          # The file's counts and, per kept field, its value's counts.
+          for slot in [counts, *(fields.setdefault(k, {}).setdefault(
+              filters.as_text(v), {"documents": 0, "tokens": 0}) for k, v in meta.items())]:
             slot["documents"] += 1
             slot["tokens"] += n
-      bar.update(len(rest[0]))
+      bar.update(len(results))
       bar.set_postfix(tokens=tokens, refresh=False)
+      if end is None:  # more of this file to come
+        continue
+      if end:
+        logging.warning("%s; keeping the records read before it", end)
+        counts["skipped"]["truncated_file"] += 1
+      if counts["documents"] == 0 and counts["filtered"] == 0:
+        bad = {k: v for k, v in counts["skipped"].items() if v}
+        why = f"every record is bad {bad}" if bad else "it has no records"
+        raise PreprocessError(f"{files[index]}: no documents: {why}")
   total = {k: sum(c[k] for c in per_file) for k in ("documents", "tokens", "filtered")}
   total["skipped"] = {r: sum(c["skipped"][r] for c in per_file) for r in reasons}
   return total, per_file, fields
@@ -221,10 +202,8 @@ def preprocess(input_pattern: str, tokenizer: str, output: str, *, fmt: str = "t
                system_prompt: str | None = None, strict: bool = False, workers: int = 1,
                records_per_shard: int = 100_000, overwrite: bool = False,
                progress: bool = False) -> dict[str, Any]:
-  """Runs the preprocessing; returns the summary; PreprocessError on bad input.
-
-  `progress`: documents read so far on stderr (`cli.progress`: a bar, or lines in a log).
-  """
+  """Runs the preprocessing; returns the summary; PreprocessError on bad input. `progress`:
+  documents read so far on stderr (`cli.progress`: a bar, or lines in a log)."""
   if fmt not in records.FORMATS:
     raise PreprocessError(f"--format must be one of {records.FORMATS}, got {fmt!r}")
   try:
@@ -260,18 +239,14 @@ def preprocess(input_pattern: str, tokenizer: str, output: str, *, fmt: str = "t
     if total["documents"] == 0:
       raise PreprocessError(f"--input {input_pattern!r}: no documents left after --filter")
     records.write_manifest(tmp, {
-        "format_version": records.FORMAT_VERSION,
-        "format": fmt,
-        **total,
+        "format_version": records.FORMAT_VERSION, "format": fmt, **total,
         "tokenizer": {"path": tokenizer, "identity": tok.identity, "bos_id": tok.bos_id,
-                      "add_bos": tok.add_bos, "eos_id": tok.eos_id,
-                      "vocab_size": tok.vocab_size},
+                      "add_bos": tok.add_bos, "eos_id": tok.eos_id, "vocab_size": tok.vocab_size},
         "options": {"field": spec.field, "filter": filter_expr or None,
                     "keep_fields": list(spec.keep_fields), "path_field": spec.path_field,
                     "system_prompt": spec.system_prompt},
-        "fields": fields,
         "inputs": [{**sources.file_digest(p), **c} for p, c in zip(files, per_file)],
-        "shards": shards,
+        "fields": fields, "shards": shards,
     })
   return {**total, "output": output, "shards": len(shards),
           "seconds": round(time.perf_counter() - start, 3)}
@@ -311,8 +286,7 @@ def main(argv: Sequence[str]) -> None:
       field=f.messages_field if f.format == "chat" else f.text_field,
       filter_expr=f.filter, keep_fields=f.keep_fields, path_field=f.path_field,
       system_prompt=f.system_prompt, strict=f.strict, workers=f.workers,
-      records_per_shard=f.records_per_shard, overwrite=f.overwrite,
-      progress=True)
+      records_per_shard=f.records_per_shard, overwrite=f.overwrite, progress=True)
   if f.json:
     cli.print_json(summary)
   else:

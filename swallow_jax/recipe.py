@@ -5,25 +5,22 @@ r"""The Swallow recipe as a staged run: cpt -> chat_vector -> sft -> eval, then 
     python -m swallow_jax.recipe --config=configs/demo.py --workdir=runs/demo --dry_run
 
 A recipe config names its stages in order (`config.stages`) and has one sub-config per stage,
-whose `kind` says what it does:
+whose `kind` says what it does; each stage works in WORKDIR/<stage> and leaves its outputs at
+fixed paths there (after the colon):
 
-  demo_data    build the demo's generated corpus and tasks (swallow_jax.demo)
-  tokenizer    train a sentencepiece tokenizer on text files (swallow_jax.vocab.train)
-  preprocess   tokenize raw JSONL sources into ArrayRecord datasets (swallow_jax.preprocess)
+  demo_data    build the demo's generated corpus and tasks (swallow_jax.demo): raw/<source>.jsonl,
+               tasks/<task>.jsonl, chat_eval/<lang>_chat.jsonl
+  tokenizer    train a sentencepiece tokenizer on text files (swallow_jax.vocab.train):
+               tokenizer.model
+  preprocess   tokenize raw JSONL sources into ArrayRecord datasets (swallow_jax.preprocess):
+               <source>/ (one dataset per source)
   train        CPT or SFT with swallow_jax.train (the rest of the sub-config is a training config),
-               then export the weights as a Hugging Face directory (`export_hf`)
-  chat_vector  target + scale * (instruct - base), streamed over HF directories
+               then export the weights as a Hugging Face directory (`export_hf`): the stage
+               directory is the training workdir, hf/ the HF export
+  chat_vector  target + scale * (instruct - base), streamed over HF directories: model/ (HF)
   eval         swallow_jax.evaluate.evaluate_models on every listed model, and optional chat
                sets (`chat_tasks`: held-out chats scored under the chat template); `tasks` is a
-               list of task files or a directory of them
-
-Each stage works in WORKDIR/<stage> and leaves its outputs at fixed paths there:
-  demo_data    WORKDIR/<stage>/{raw/<source>.jsonl, tasks/<task>.jsonl, chat_eval/<lang>_chat.jsonl}
-  tokenizer    WORKDIR/<stage>/tokenizer.model
-  preprocess   WORKDIR/<stage>/<source>/ (one ArrayRecord dataset per source)
-  train        WORKDIR/<stage>/ (a training workdir), WORKDIR/<stage>/hf (the HF export)
-  chat_vector  WORKDIR/<stage>/model (an HF directory)
-  eval         WORKDIR/<stage>/results.json, plots, tensorboard/<model>/ (evaluate_models)
+               list of task files or a directory of them: results.json, plots, tensorboard/<model>/
 A stage refers to an earlier one by name: `stage("cpt")` is that stage's main output (the HF
 export of a train stage, the model of chat_vector, the tokenizer file of tokenizer, else the
 stage directory) and `stage("data", "tasks")` a path under WORKDIR/data. These are plain strings
@@ -84,9 +81,6 @@ class Unfinished(RuntimeError):
   for a one-process run); running the recipe again continues it."""
 
 
-# Config handling: stage list, references between stages.
-
-
 def stage(name: str, *path: str) -> str:
   """A reference to stage `name`: its main output, or the file or directory `path` (parts
   joined by "/") under WORKDIR/<name>. Resolved when the recipe runs."""
@@ -108,9 +102,7 @@ def stage_names(config: Mapping[str, Any]) -> list[str]:
 
 
 def _to_plain(value: Any) -> Any:
-  if isinstance(value, (ml_collections.ConfigDict, ml_collections.FrozenConfigDict)):
-    return value.to_dict()
-  return copy.deepcopy(value)
+  return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else copy.deepcopy(value)
 
 
 def _walk(value: Any, fn: Callable[[str], Any]) -> Any:
@@ -129,18 +121,13 @@ def _split_ref(ref: str) -> tuple[str, str]:
   return name, path
 
 
-def references(value: Any) -> set[str]:
-  """Stage names that `stage(...)` references inside `value` refer to."""
-  found: set[str] = set()
-  _walk(value, lambda s: found.add(_split_ref(s)[0]) if s.startswith(STAGE_REF) else None)
-  return found
-
-
 def check_references(config: Mapping[str, Any]) -> None:
   """Every reference must name a stage listed before the one using it."""
   names = stage_names(config)
   for i, name in enumerate(names):
-    for ref in sorted(references(_to_plain(config[name]))):
+    refs: set[str] = set()
+    _walk(_to_plain(config[name]), lambda s: s.startswith(STAGE_REF) and refs.add(_split_ref(s)[0]))
+    for ref in sorted(refs):
       if ref not in names[:i]:
         where = "a later stage" if ref in names else "no stage"
         raise ValueError(f"config.{name} refers to stage {ref!r}, which is {where}; a stage "
@@ -150,10 +137,8 @@ def check_references(config: Mapping[str, Any]) -> None:
 def main_output(config: Mapping[str, Any], workdir: str, name: str) -> str:
   """The path `stage(name)` stands for (see the module docstring)."""
   stage_dir = os.path.join(os.path.abspath(workdir), name)
-  kind = config[name]["kind"]
-  if kind == "train" and config[name].get("export_hf", True):
-    return os.path.join(stage_dir, "hf")
-  sub = {"tokenizer": "tokenizer.model", "chat_vector": "model"}.get(kind, "")
+  sub = {"tokenizer": "tokenizer.model", "chat_vector": "model",
+         "train": "hf" if config[name].get("export_hf", True) else ""}.get(config[name]["kind"])
   return os.path.join(stage_dir, sub) if sub else stage_dir
 
 
@@ -188,8 +173,7 @@ def _jsonl_texts(paths: Sequence[str]):
   for path in paths:
     for _, row in fileio.read_jsonl(path):
       texts = [row["text"]] if "text" in row else [m["content"] for m in row["messages"]]
-      for text in texts:
-        yield from filter(None, text.split("\n"))
+      yield from filter(None, "\n".join(texts).split("\n"))
 
 
 def _tokenizer(cfg: dict, stage_dir: str) -> dict:
@@ -208,8 +192,7 @@ def _preprocess(cfg: dict, stage_dir: str) -> dict:
         src["input"], cfg["tokenizer"], os.path.join(stage_dir, name),
         fmt=src.get("format", "text"), workers=int(cfg.get("workers", 1)), overwrite=True,
         progress=False)
-    out[name] = summary["output"]
-    out[f"{name}_tokens"] = summary["tokens"]
+    out.update({name: summary["output"], f"{name}_tokens": summary["tokens"]})
   return out
 
 
@@ -304,24 +287,13 @@ def _eval(cfg: dict, stage_dir: str) -> dict:
 STAGE_KINDS: dict[str, Callable[[dict, str], dict]] = {
     "demo_data": _demo_data, "tokenizer": _tokenizer, "preprocess": _preprocess,
     "train": _train, "chat_vector": _chat_vector, "eval": _eval}
-_ANY_PROCESS_KINDS = ("train",)
-
-
-# Running.
-
-
-def _json_roundtrip(obj: Any) -> Any:
-  return json.loads(json.dumps(obj, ensure_ascii=False, default=str))
 
 
 def status(config: Mapping[str, Any], workdir: str) -> dict[str, str]:
   """stage -> 'done' | 'partial' (its directory exists) | 'pending'."""
-  out = {}
-  for name in stage_names(config):
-    d = os.path.join(workdir, name)
-    out[name] = ("done" if os.path.exists(os.path.join(d, DONE)) else
-                 "partial" if os.path.isdir(d) else "pending")
-  return out
+  dirs = {name: os.path.join(workdir, name) for name in stage_names(config)}
+  return {name: "done" if os.path.exists(os.path.join(d, DONE)) else
+          "partial" if os.path.isdir(d) else "pending" for name, d in dirs.items()}
 
 
 def run(config: Mapping[str, Any], workdir: str, only: Sequence[str] = (),
@@ -332,92 +304,67 @@ def run(config: Mapping[str, Any], workdir: str, only: Sequence[str] = (),
   if unknown := set(only) - set(names):
     raise ValueError(f"--stages names {sorted(unknown)} are not stages of this config {names}")
   os.makedirs(workdir, exist_ok=True)
-  process, num_processes = jax.process_index(), jax.process_count()
+  process = jax.process_index()
   with lock_lib.workdir_lock(workdir, enabled=process == 0):
-    _run_stages(config, workdir, names, only, process, num_processes)
-  if not report or process != 0:
-    return {}
-  return write_report(config, workdir)
+    for name in names:
+      stage_dir, kind = os.path.join(workdir, name), config[name]["kind"]
+      done_path = os.path.join(stage_dir, DONE)
+      if os.path.exists(done_path):
+        if only and name in only:
+          logging.info("stage %s: already complete (delete %s to run it again)", name, stage_dir)
+        now = json.loads(json.dumps(resolve(_to_plain(config[name]), config, workdir), default=str))
+        if fileio.read_json(done_path).get("config") != now:
+          logging.warning("stage %s was completed with a different config; its outputs are used "
+                          "as they are (delete %s to redo it)", name, stage_dir)
+        continue
+      if only and name not in only:
+        continue
+      if jax.process_count() > 1 and kind != "train":  # the only kind run on every process
+        raise StageError(f"stage {name} ({kind}) runs on one process; start it without "
+                         "multi-host (e.g. --stages={name} on one host)")
+      stage_cfg = resolve(_to_plain(config[name]), config, workdir)
+      os.makedirs(stage_dir, exist_ok=True)
+      logging.info("stage %s (%s): starting in %s", name, kind, stage_dir)
+      t0 = time.perf_counter()
+      result = STAGE_KINDS[kind](stage_cfg, stage_dir)
+      seconds = round(time.perf_counter() - t0, 2)
+      if process == 0:
+        fileio.write_json(done_path, {"kind": kind, "outputs": result, "seconds": seconds,
+                                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                      "config": stage_cfg})
+      logging.info("stage %s: done in %.1fs", name, seconds)
+  return write_report(config, workdir) if report and process == 0 else {}
 
 
-def _run_stages(config: Mapping[str, Any], workdir: str, names: Sequence[str],
-                only: Sequence[str], process: int, num_processes: int) -> None:
-  for name in names:
-    stage_dir = os.path.join(workdir, name)
-    done_path = os.path.join(stage_dir, DONE)
-    kind = config[name]["kind"]
-    if os.path.exists(done_path):
-      done = fileio.read_json(done_path)
-      if only and name in only:
-        logging.info("stage %s: already complete (delete %s to run it again)", name, stage_dir)
-      if done.get("config") != _json_roundtrip(resolve(_to_plain(config[name]), config, workdir)):
-        logging.warning("stage %s was completed with a different config; its outputs are used "
-                        "as they are (delete %s to redo it)", name, stage_dir)
-      continue
-    if only and name not in only:
-      continue
-    if num_processes > 1 and kind not in _ANY_PROCESS_KINDS:
-      raise StageError(f"stage {name} ({kind}) runs on one process; start it without "
-                       "multi-host (e.g. --stages={name} on one host)")
-    stage_cfg = resolve(_to_plain(config[name]), config, workdir)
-    os.makedirs(stage_dir, exist_ok=True)
-    logging.info("stage %s (%s): starting in %s", name, kind, stage_dir)
-    t0 = time.perf_counter()
-    result = STAGE_KINDS[kind](stage_cfg, stage_dir)
-    seconds = round(time.perf_counter() - t0, 2)
-    if process == 0:
-      fileio.write_json(done_path, {"kind": kind, "outputs": result, "seconds": seconds,
-                                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                    "config": stage_cfg})
-    logging.info("stage %s: done in %.1fs", name, seconds)
-
-
-# Report: what the stages left in their directories, handed to swallow_jax.report.
-
-
-def report_inputs(config: Mapping[str, Any], workdir: str
-                  ) -> tuple[dict[str, dict], dict[str, dict], set[str]]:
-  """(stages, results, ablation models) for report.build, read from WORKDIR: each stage's kind,
-  status, seconds (from DONE.json) and training log; each evaluated model's task results."""
-  states = status(config, workdir)
-  stages, results, ablation_models = {}, {}, set()
-  for name in stage_names(config):
-    stage_dir = os.path.join(workdir, name)
-    kind = config[name]["kind"]
-    stages[name] = {"kind": kind, "status": states[name]}
-    if states[name] == "done":
+def write_report(config: Mapping[str, Any], workdir: str) -> dict[str, Any]:
+  """Writes WORKDIR/report.json, report.md and the plots from what the stages left (DONE.json,
+  training logs, evaluation results); returns the report."""
+  stages, results, ablation_models, curves = {}, {}, set(), {}
+  for name, state in status(config, workdir).items():
+    stage_dir, kind = os.path.join(workdir, name), config[name]["kind"]
+    stages[name] = {"kind": kind, "status": state}
+    if state == "done":
       done = fileio.read_json(os.path.join(stage_dir, DONE))
-      stages[name]["seconds"] = done["seconds"]
-      stages[name].update({k: done["outputs"][k] for k in report_lib.STAGE_COSTS
-                           if k in done["outputs"]})
+      stages[name].update(seconds=done["seconds"], **{k: v for k, v in done["outputs"].items()
+                                                      if k in report_lib.STAGE_COSTS})
     if kind == "train":
       log = os.path.join(stage_dir, "metrics.jsonl")
       stages[name]["train_log"] = ([r for _, r in fileio.read_jsonl(log)]
                                    if os.path.exists(log) else [])
+      curves[f"{name} ({config[name].get('data', {}).get('kind', 'pretrain')})"] = (
+          report_lib.train_summary(stages[name]["train_log"]).get("curve"))
     if kind == "eval":
       ablations = list(config[name].get("ablations", {}) or {})
       ablation_models |= set(ablations)
       path = os.path.join(stage_dir, evaluate.RESULTS)
       evaluated = fileio.read_json(path)["models"] if os.path.exists(path) else {}
-      for model in list(config[name].get("models", {}) or {}) + ablations:
-        if model in evaluated:
-          results[model] = evaluated[model]["tasks"]
-  return stages, results, ablation_models
-
-
-def write_report(config: Mapping[str, Any], workdir: str) -> dict[str, Any]:
-  """Writes WORKDIR/report.json, report.md and the plots; returns the report."""
+      models = [*(config[name].get("models", {}) or {}), *ablations]
+      results.update({m: evaluated[m]["tasks"] for m in models if m in evaluated})
   report_cfg = _to_plain(config.get("report", {})) or {}
-  stages, results, ablation_models = report_inputs(config, workdir)
   rep = report_lib.build(report_cfg, stages, results, ablation_models)
-  curves = {f"{name} ({config[name].get('data', {}).get('kind', 'pretrain')})":
-            report_lib.train_summary(s["train_log"]).get("curve")
-            for name, s in stages.items() if s["kind"] == "train"}
   report_lib.write(workdir, rep, intro=report_cfg.get("intro", ""), curves=curves)
   return rep
 
-
-# Command line.
 
 FLAGS = flags.FLAGS
 

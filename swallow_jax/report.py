@@ -1,7 +1,6 @@
 """A recipe's report: what every model scored and, in plain words, what each stage moved.
 
-Pure functions over what the stages recorded (no reading of run directories: the recipe runner
-gathers that and calls `build`):
+Pure functions over what the stages recorded (the recipe runner reads the run directories):
 
     report = build(report_cfg, stages, results, ablation_models)   # the report.json content
     text = markdown(report, plots, intro=report_cfg.get("intro", ""))
@@ -93,9 +92,7 @@ def compare(models: Mapping[str, Mapping[str, float]], counts: Mapping[str, Mapp
   for metric in sorted(set(before) & set(after)):
     b, a = before[metric], after[metric]
     if LOWER_IS_BETTER.search(metric):
-      rel = (a - b) / b if b else 0.0
-      moved = abs(rel) > PPL_TOLERANCE
-      band = None
+      band, moved = None, b != 0 and abs((a - b) / b) > PPL_TOLERANCE
     else:
       band = (BLEU_TOLERANCE if _is_bleu(metric, units)
               else noise_band(b, a, counts[comparison["after"]].get(metric, 0)))
@@ -104,8 +101,7 @@ def compare(models: Mapping[str, Mapping[str, float]], counts: Mapping[str, Mapp
     finding = {"metric": metric, "before": b, "after": a, "direction": direction,
                "noise_band": band}
     if metric in expect:
-      finding["expected"] = expect[metric]
-      finding["as_expected"] = expect[metric] == direction
+      finding.update(expected=expect[metric], as_expected=expect[metric] == direction)
     out.append(finding)
   return out
 
@@ -114,14 +110,10 @@ def build(report_cfg: Mapping[str, Any], stages: Mapping[str, Mapping[str, Any]]
           results: Mapping[str, Mapping[str, Any]], ablation_models: Collection[str] = ()
           ) -> dict[str, Any]:
   """report.json's content: {"title", "models", "ablations", "stages", "comparisons", "examples",
-  "units"} ("units": {metric: unit} of the values in "models" and "ablations").
-
-  stages: {stage: {"kind", "status", ["seconds"], ["train_log": metrics.jsonl rows],
-  ["trainable_params"], ["checkpoint_bytes"] (of the latest checkpoint; train stages: what they
-  cost beside time)}};
+  "units": {metric: unit}}. stages: {stage: {"kind", "status", ["seconds"], ["train_log":
+  metrics.jsonl rows], ["trainable_params"], ["checkpoint_bytes" of the latest checkpoint]}};
   results: {model: {task: result}} as evaluate.run_tasks and evaluate.score_chats return them;
-  ablation_models: the models of `results` that are ablations (reported apart from the others).
-  """
+  ablation_models: the models of `results` that are ablations (reported apart from the others)."""
   stage_entries = {}
   for name, s in stages.items():
     entry = {k: s[k] for k in ("kind", "status", "seconds", *STAGE_COSTS) if k in s}
@@ -274,8 +266,7 @@ def plot(report: Mapping[str, Any], out_dir: str,
     rows = math.ceil(len(curves) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
     for ax, (title, curve) in zip(axes.flat, curves.items()):
-      steps, losses = zip(*curve)
-      ax.plot(steps, losses)
+      ax.plot(*zip(*curve))
       ax.set_title(title)
       ax.set_xlabel("step")
       ax.set_ylabel("training loss (nats per token)")

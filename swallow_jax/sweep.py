@@ -13,10 +13,7 @@ yields one dict per run:
 
 A config with `stages` is a recipe (`python -m swallow_jax.recipe`), any other a training run
 (`python -m swallow_jax.train`). Runs go one after another on this machine; to fan them out over a
-cluster, hand each printed command to a launcher in launch/.
-
-Config files are the `configs` package and import one another as modules
-(`from configs import common`); `load_config` loads the one a --config=FILE names.
+cluster, hand each printed command to a launcher in launch/. Configs: docs/recipe.md.
 """
 
 from collections.abc import Iterator, Mapping
@@ -63,13 +60,11 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   out = ml_collections.ConfigDict(defaults)
   for item in filter(None, (arg or "").split(",")):
     key, sep, value = item.partition("=")
-    if not sep and isinstance(defaults.get(key), bool):
-      sep, value = "=", "true"  # 'micro' means micro=true
-    if not sep or key not in defaults:
+    default = defaults.get(key)
+    if key not in defaults or not (sep or isinstance(default, bool)):  # 'micro': micro=true
       raise ValueError(f"config argument {item!r}: expected one of {sorted(defaults)} as key=value")
-    default = defaults[key]
     if isinstance(default, bool):
-      value = value.lower() in ("1", "true", "yes")
+      value = not sep or value.lower() in ("1", "true", "yes")
     elif default is not None:
       value = type(default)(value)
     out[key] = value
@@ -124,12 +119,10 @@ def expand(spec: str, workdir_root: str, only: list[str] = ()) -> Iterator[tuple
 def main(argv: list[str]) -> None:
   del argv
   f = flags.FLAGS
-  planned = list(expand(f.config, f.workdir_root, f.only))
-  for name, cmd in planned:
+  for name, cmd in list(expand(f.config, f.workdir_root, f.only)):  # every error before any run
     print(f"# {name}\n{shlex.join(cmd)}", flush=True)
-    if not f.dry_run:
-      if rc := subprocess.call(cmd):
-        raise cli.Failure(f"run {name} failed with exit code {rc}")
+    if not f.dry_run and (rc := subprocess.call(cmd)):
+      raise cli.Failure(f"run {name} failed with exit code {rc}")
 
 
 if __name__ == "__main__":

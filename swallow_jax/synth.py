@@ -41,16 +41,13 @@ FILTERS = ("empty", "truncated", "length", "language", "repetition")
 
 
 def _in(c: str, ranges) -> bool:
-  o = ord(c)
-  return any(lo <= o <= hi for lo, hi in ranges)
+  return any(lo <= ord(c) <= hi for lo, hi in ranges)
 
 
 def japanese_ratio(text: str) -> float:
   """Share of letters that are kana or CJK ideographs (0 when the text has no letters)."""
   letters = [c for c in text if c.isalpha()]
-  if not letters:
-    return 0.0
-  return sum(_in(c, KANA_RANGES) or _in(c, CJK_RANGES) for c in letters) / len(letters)
+  return sum(_in(c, KANA_RANGES) or _in(c, CJK_RANGES) for c in letters) / max(1, len(letters))
 
 
 def is_japanese(text: str, min_ratio: float = 0.5) -> bool:
@@ -62,10 +59,7 @@ def repeated_ngram_ratio(text: str, n: int = 10) -> float:
   """Share of character n-grams (whitespace collapsed) that occur more than once in the text."""
   text = " ".join(text.split())
   grams = [text[i:i + n] for i in range(len(text) - n + 1)]
-  if not grams:
-    return 0.0
-  counts = Counter(grams)
-  return sum(c for c in counts.values() if c > 1) / len(grams)
+  return sum(c for c in Counter(grams).values() if c > 1) / max(1, len(grams))
 
 
 def first_failing_filter(text: str, stopped: bool, *, min_chars: int = 1, max_chars: int = 8192,
@@ -96,10 +90,8 @@ def filter_responses(responses: Sequence[tuple[str, bool]], *, min_ja_ratio: flo
       "kept": reasons.count(None),
       "removed": {f: reasons.count(f) for f in FILTERS},
       # Share over all non-empty responses, before any filter: the model's own language behaviour.
-      "japanese_share": (sum(is_japanese(t, min_ja_ratio) for t in nonempty) / len(nonempty)
-                         if nonempty else 0.0),
-      "mean_japanese_ratio": (sum(map(japanese_ratio, nonempty)) / len(nonempty)
-                              if nonempty else 0.0),
+      "japanese_share": sum(is_japanese(t, min_ja_ratio) for t in nonempty) / max(1, len(nonempty)),
+      "mean_japanese_ratio": sum(map(japanese_ratio, nonempty)) / max(1, len(nonempty)),
   }
   return [r is None for r in reasons], stats
 

@@ -3,13 +3,11 @@ r"""Task arithmetic per tensor and over parameter trees: target + sum_i w_i * (p
 fp32 arithmetic, result cast to the target's dtype (or `dtype`). Works on NumPy arrays and, under
 `jax.jit` or on sharded arrays, on JAX arrays (elementwise ops: XLA keeps the target's sharding).
 Tensors with token rows (VOCAB_AXES: embeddings, LM heads, in our layout or HF names) may keep
-protected rows as in the target, and may differ in vocabulary size when allowed.
-
-    merged = apply_chat_vector(target, base, instruct, scale=0.5, exclude=(r'.*norm.*',),
-                               protect_token_ids=LLAMA3_CHAT_TOKEN_IDS)
+protected rows as in the target, and may differ in vocabulary size when allowed. Usage:
+docs/chat_vector.md.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 import re
 import sys
 from typing import Any
@@ -18,7 +16,6 @@ from flax import traverse_util
 import ml_dtypes
 import numpy as np
 
-# Llama 3 chat-template specials: <|start_header_id|>, <|end_header_id|>, <|eot_id|>.
 LLAMA3_CHAT_TOKENS = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
 LLAMA3_CHAT_TOKEN_IDS = (128006, 128007, 128009)  # their ids in Llama 3's vocabulary
 
@@ -40,9 +37,7 @@ class ChatVectorError(ValueError):
 def _xp(*arrays: Any) -> Any:
   """jax.numpy when any input is a JAX array or tracer, else NumPy (JAX is never imported here)."""
   jax = sys.modules.get("jax")
-  if jax is not None and any(isinstance(a, jax.Array) for a in arrays):
-    return jax.numpy
-  return np
+  return jax.numpy if jax is not None and any(isinstance(a, jax.Array) for a in arrays) else np
 
 
 def is_float(dtype: Any) -> bool:
@@ -53,9 +48,9 @@ def is_float(dtype: Any) -> bool:
 def diff(plus: Any, minus: Any) -> Any:
   """plus - minus in fp32, cropped to the common shape (shapes already checked)."""
   xp = _xp(plus, minus)
-  shape = tuple(min(a, b) for a, b in zip(plus.shape, minus.shape))
-  if shape != tuple(plus.shape) or shape != tuple(minus.shape):
-    plus, minus = (p[tuple(slice(0, n) for n in shape)] for p in (plus, minus))
+  if plus.shape != minus.shape:
+    crop = tuple(slice(0, min(a, b)) for a, b in zip(plus.shape, minus.shape))
+    plus, minus = plus[crop], minus[crop]
   out = xp.asarray(plus).astype(np.float32)
   if xp is np:  # in place: one pass less over memory, same rounding
     out -= minus.astype(np.float32)
@@ -65,41 +60,26 @@ def diff(plus: Any, minus: Any) -> Any:
 
 def apply(target: Any, diffs: Sequence[Any], weights: Sequence[Any], keep: Any,
           axis: int | None, dtype: Any) -> Any:
-  """target + sum_i w_i * diffs_i in fp32, rows where `keep` is set left as in target.
-
-  diffs may be shorter than target along the vocabulary `axis` (then zero-padded) or longer
-  (cropped); `keep` is a bool vector along that axis (or None).
-  """
+  """target + sum_i w_i * diffs_i in fp32; rows where `keep` (a bool vector along the vocabulary
+  `axis`, or None) is set stay as in target. diffs shorter along `axis` are zero-padded, longer
+  ones cropped."""
   xp = _xp(target, *diffs)
   t32 = xp.asarray(target).astype(np.float32)
   delta = None
   for d, w in zip(diffs, weights):
     if axis is not None and d.shape[axis] > t32.shape[axis]:
       d = d[(slice(None),) * axis + (slice(0, t32.shape[axis]),)]
-    if isinstance(w, (int, float, np.number)):
-      w = np.float32(w)  # fp32 arithmetic even for a float64 weight
-    term = w * d
+    # A Python or NumPy weight as fp32: fp32 arithmetic even for a float64 weight.
+    term = (np.float32(w) if isinstance(w, (int, float, np.number)) else w) * d
     delta = term if delta is None else delta + term
-  if axis is not None and delta.shape[axis] < t32.shape[axis]:
-    pad = [(0, 0)] * delta.ndim
-    pad[axis] = (0, t32.shape[axis] - delta.shape[axis])
-    delta = xp.pad(delta, pad)
+  if delta.shape != t32.shape:  # fewer token rows than the target
+    delta = xp.pad(delta, [(0, n - m) for n, m in zip(t32.shape, delta.shape)])
   if xp is np:  # in place, as above
     delta += t32
-    out = delta
-  else:
-    out = t32 + delta
+  out = delta if xp is np else t32 + delta
   if keep is not None:
     out = xp.where(keep.reshape([-1 if i == axis else 1 for i in range(out.ndim)]), t32, out)
   return out.astype(dtype)
-
-
-def vocab_axis(name: str, vocab_axes: Sequence[tuple[str, int]] = VOCAB_AXES) -> int | None:
-  """The token axis of tensor `name` (embedding / LM head), or None."""
-  for pattern, axis in vocab_axes:
-    if re.search(pattern, name):
-      return axis
-  return None
 
 
 def plan_rows(name: str, target: tuple[int, ...], others: dict[str, tuple[int, ...]],
@@ -110,7 +90,7 @@ def plan_rows(name: str, target: tuple[int, ...], others: dict[str, tuple[int, .
   (token axis, overlapping rows, bool mask of the target's rows kept as they are: protected ids,
   rows past the overlap); axis and overlap are None without token rows, the mask None when
   nothing is kept."""
-  axis = vocab_axis(name, vocab_axes)
+  axis = next((a for pattern, a in vocab_axes if re.search(pattern, name)), None)
   for role, shape in others.items():
     if tuple(shape) == tuple(target):
       continue
@@ -140,10 +120,8 @@ def plan_rows(name: str, target: tuple[int, ...], others: dict[str, tuple[int, .
 def merge_tensor(name: str, target: Any, terms: Sequence[tuple[Any, Any, Any]], *,
                  protect_token_ids: Sequence[int] = (), allow_vocab_mismatch: bool = False,
                  vocab_axes: Sequence[tuple[str, int]] = VOCAB_AXES, dtype: Any = None) -> Any:
-  """target + sum_i w_i * (plus_i - minus_i) for one tensor; terms are (plus, minus|None, w).
-
-  minus None means plus already is a vector. Non-float tensors are returned unchanged.
-  """
+  """target + sum_i w_i * (plus_i - minus_i) for one tensor; terms are (plus, minus|None, w),
+  minus None when plus already is a vector. Non-float tensors are returned unchanged."""
   dtype = target.dtype if dtype is None else dtype
   if not is_float(target.dtype):
     return target
@@ -160,13 +138,15 @@ def merge_tensor(name: str, target: Any, terms: Sequence[tuple[Any, Any, Any]], 
   return apply(target, diffs, [w for _, _, w in terms], keep, axis, dtype)
 
 
-def _flat(tree: Tree, role: str, target: dict[str, Any] | None) -> dict[str, Any]:
+def _flat(tree: Tree, role: str, target: dict, excluded: Callable[[str], bool]) -> dict[str, Any]:
   flat = traverse_util.flatten_dict(tree, sep="/")
-  if target is not None:
-    extra = sorted(set(flat) - set(target))
-    if extra:
-      raise ChatVectorError(f"{extra[0]}: in the {role} tree but not in the target "
-                            f"({len(extra)} such tensors)")
+  extra = sorted(set(flat) - set(target))
+  if extra:
+    raise ChatVectorError(f"{extra[0]}: in the {role} tree but not in the target "
+                          f"({len(extra)} such tensors)")
+  missing = [name for name in target if name not in flat and not excluded(name)]
+  if missing:
+    raise ChatVectorError(f"{missing[0]}: missing from the {role} tree")
   return flat
 
 
@@ -184,22 +164,17 @@ def task_arithmetic(target: Tree, vectors: Sequence[Tree], weights: Sequence[Any
   minus = [None] * len(vectors) if minus is None else minus
   roles = [("instruct", "base") if m is not None and len(vectors) == 1 else
            (f"vector {i}", f"base {i}") for i, m in enumerate(minus)]
-  flat_t = _flat(target, "target", None)
-  flat_m = [None if m is None else _flat(m, r[1], flat_t) for m, r in zip(minus, roles)]
-  flat_v = [_flat(v, r[0], flat_t) for v, r in zip(vectors, roles)]
-
-  def lookup(flat: dict[str, Any], role: str, name: str) -> Any:
-    if name not in flat:
-      raise ChatVectorError(f"{name}: missing from the {role} tree")
-    return flat[name]
-
+  flat_t = traverse_util.flatten_dict(target, sep="/")
+  excluded = lambda name: any(re.search(p, name) for p in exclude)
+  flat_m = [None if m is None else _flat(m, r[1], flat_t, excluded) for m, r in zip(minus, roles)]
+  flat_v = [_flat(v, r[0], flat_t, excluded) for v, r in zip(vectors, roles)]
   out = {}
   for name, t in flat_t.items():
-    if any(re.search(p, name) for p in exclude):
+    if excluded(name):
       out[name] = t
       continue
-    terms = [(lookup(v, r[0], name), None if m is None else lookup(m, r[1], name), w)
-             for v, m, w, r in zip(flat_v, flat_m, weights, roles)]
+    terms = [(v[name], None if m is None else m[name], w)
+             for v, m, w in zip(flat_v, flat_m, weights)]
     out[name] = merge_tensor(name, t, terms, protect_token_ids=protect_token_ids,
                              allow_vocab_mismatch=allow_vocab_mismatch, vocab_axes=vocab_axes)
   return traverse_util.unflatten_dict(out, sep="/")
@@ -210,9 +185,7 @@ def apply_chat_vector(target_params: Tree, base_params: Tree, instruct_params: T
                       protect_token_ids: Sequence[int] = (), allow_vocab_mismatch: bool = False,
                       vocab_axes: Sequence[tuple[str, int]] = VOCAB_AXES) -> Tree:
   """target + scale * (instruct - base): the recipe's chat-vector stage on in-memory params.
-
-  Jittable; under jit the output keeps the target's sharding.
-  """
+  Jittable; under jit the output keeps the target's sharding."""
   return task_arithmetic(target_params, [instruct_params], [scale], minus=[base_params],
                          exclude=exclude, protect_token_ids=protect_token_ids,
                          allow_vocab_mismatch=allow_vocab_mismatch, vocab_axes=vocab_axes)

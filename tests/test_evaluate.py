@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from swallow_jax import decode
 from swallow_jax import model as model_lib
 from swallow_jax.evaluate import loglik
 from helpers import direct_logprobs
@@ -52,8 +53,8 @@ def test_perplexity_metrics_hand_values():
 
 
 def test_bucket_length():
-  assert [loglik.bucket_length(n) for n in (1, 16, 17, 100)] == [16, 16, 32, 128]
-  assert loglik.bucket_length(90, cap=96) == 96
+  assert [decode.bucket_length(n) for n in (1, 16, 17, 100)] == [16, 16, 32, 128]
+  assert decode.bucket_length(90, cap=96) == 96
 
 
 class _Tok:

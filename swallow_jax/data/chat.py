@@ -1,14 +1,9 @@
 """Chat templates as token ids with an SFT loss mask, rendered as transformers renders them.
 
-``encode_chat`` renders the tokenizer's own ``chat_template`` (Meta's Llama 3 Instruct template
-for a Llama 3 file without one) in a sandbox set up like transformers', and tokenizes the text
-as a tokenizer does (special-token strings are those tokens), so the ids equal
-``apply_chat_template(..., tokenize=True)``. The loss mask of a template with ``{% generation %}``
-blocks is transformers' assistant mask (every token whose offsets overlap a block; needs
-``encode_offsets``). Any other template is rendered prefix by prefix to find each assistant
-reply: the mask is 1 on its content and end-of-turn token (``<|eot_id|>``, ``<|im_end|>``, or
-EOS), 0 elsewhere; the text is cut where the tokenizer itself cuts at the reply's start (before
-or after its leading newlines). See docs/data.md.
+``encode_chat`` renders the tokenizer's own ``chat_template`` (Llama 3 Instruct's for a Llama 3
+file without one) in a transformers-like sandbox; its ids equal ``apply_chat_template(...,
+tokenize=True)``. The loss mask is transformers' assistant mask for ``{% generation %}``
+templates, else 1 on each assistant reply and its end-of-turn token. See docs/data.md.
 """
 
 from __future__ import annotations
@@ -73,8 +68,7 @@ def validate_messages(messages: Any, *, require_assistant: bool = True) -> list[
     raise EmptyConversationError("empty conversation")
   out = []
   for i, m in enumerate(messages):
-    if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(
-        m.get("content"), str):
+    if not (isinstance(m, Mapping) and all(isinstance(m.get(k), str) for k in ("role", "content"))):
       raise MalformedMessageError(f"message {i} needs string 'role' and 'content'")
     if m["role"] not in ROLES:
       raise UnknownRoleError(f"message {i}: unknown role {m['role']!r} (want one of {ROLES})")
@@ -202,10 +196,8 @@ def _parts(specials: Mapping[str, int], text: str) -> Iterator[tuple[int, str, i
 
 def _tokenize(tokenizer: Tokenizer, specials: Mapping[str, int], text: str) -> list[int]:
   """Ids of rendered text: special-token strings are those tokens, the rest is encoded."""
-  ids = []
-  for _, part, special in _parts(specials, text):
-    ids.extend(tokenizer.encode(part) if special is None else [special])
-  return ids
+  return [i for _, part, special in _parts(specials, text)
+          for i in (tokenizer.encode(part) if special is None else [special])]
 
 
 def _tokenize_offsets(tokenizer: Tokenizer, specials: Mapping[str, int], text: str
@@ -254,10 +246,8 @@ def encode_chat(tokenizer: Tokenizer, messages: Sequence[Mapping[str, str]],
                 ) -> tuple[list[int], list[int]]:
   """(ids, loss_mask) of the tokenizer's chat template rendering of `messages`.
 
-  A conversation must have an assistant turn unless `add_generation_prompt` (a prompt
-  for generation). `system_prompt` (e.g. SWALLOW_SYSTEM_PROMPT) is prepended when the
-  conversation has no system turn. The mask comes from the template's generation blocks
-  when it has them, else from prefix rendering (module docstring).
+  A conversation must have an assistant turn unless `add_generation_prompt`. `system_prompt`
+  (e.g. SWALLOW_SYSTEM_PROMPT) is prepended when the conversation has no system turn.
   """
   messages = validate_messages(messages, require_assistant=not add_generation_prompt)
   if system_prompt and messages[0]["role"] != "system":
@@ -265,12 +255,11 @@ def encode_chat(tokenizer: Tokenizer, messages: Sequence[Mapping[str, str]],
   specials, template = _template(tokenizer)
   tokens = _token_strings(tokenizer, specials)
   render = functools.partial(_render, template, tokens)
-  if _GENERATION_TAG.search(template):
-    spans = []
-    text = render(messages, add_generation_prompt, spans)
+  spans = [] if _GENERATION_TAG.search(template) else None
+  text = render(messages, add_generation_prompt, spans)
+  if spans is not None:
     ids, offsets = _tokenize_offsets(tokenizer, specials, text)
     return ids, _overlap_mask(offsets, spans)
-  text = render(messages, add_generation_prompt)
   ends = [t for t in (*EOT_NAMES, tokens["eos_token"]) if t and t in specials]
   ids, mask, pos = [], [], 0
   for k, m in enumerate(messages):

@@ -7,9 +7,8 @@ Grammar (clauses joined by ``and``; values are bare words or quoted strings)::
     subset not in [web_samples_v1, web_samples_v2]
     format in ["textbook", "wikihow"] and audience != children
 
-Values are compared as strings: a string field as is, any other JSON value as its
-JSON text (``true``, ``3``, ``null``). A missing field never equals anything, so
-``==``/``in`` reject it and ``!=``/``not in`` keep it.
+Values compare as strings (any non-string JSON value as its JSON text: ``true``, ``3``, ``null``);
+a missing field equals nothing, so ``==``/``in`` reject it and ``!=``/``not in`` keep it.
 """
 
 from __future__ import annotations
@@ -20,17 +19,14 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-_CLAUSE = re.compile(
-    r"^\s*(?P<field>[A-Za-z_][\w.\-]*)\s*"
-    r"(?P<op>==|!=|\bnot\s+in\b|\bin\b)\s*(?P<value>.+?)\s*$"
-)
+_CLAUSE = re.compile(r"^\s*(?P<field>[A-Za-z_][\w.\-]*)\s*"
+                     r"(?P<op>==|!=|\bnot\s+in\b|\bin\b)\s*(?P<value>.+?)\s*$")
 _WORD = r"""("(?:[^"\\]|\\.)*"|'[^']*'|[^,\[\]\s"']+)"""
 
 
 @dataclasses.dataclass(frozen=True)
 class Clause:
   """One `field op values` test of a filter."""
-
   field: str
   op: str  # '==', '!=', 'in', 'not in'
   values: tuple[str, ...]
@@ -43,7 +39,6 @@ class Clause:
 @dataclasses.dataclass(frozen=True)
 class Filter:
   """A parsed filter: callable on a metadata dict; picklable."""
-
   clauses: tuple[Clause, ...]
   text: str
 
@@ -64,9 +59,7 @@ def as_text(value: Any) -> str:
 def _unquote(word: str) -> str:
   if word.startswith('"'):
     return json.loads(word)
-  if word.startswith("'"):
-    return word[1:-1]
-  return word
+  return word[1:-1] if word.startswith("'") else word
 
 
 def _parse_values(op: str, text: str, expr: str) -> tuple[str, ...]:
@@ -88,8 +81,7 @@ def parse_filter(expr: str | None) -> Filter | None:
     return None
   clauses = []
   for part in re.split(r"\s+and\s+", expr.strip()):
-    m = _CLAUSE.match(part)
-    if not m:
+    if not (m := _CLAUSE.match(part)):
       raise ValueError(
           f"filter {expr!r}: cannot parse {part!r}; expected 'field == v', "
           "'field != v', 'field in [a, b]' or 'field not in [a, b]'")

@@ -1,9 +1,8 @@
 """Published continual-pretraining mixtures as data: lists of source dicts.
 
 Each function takes the root directory under which every source was preprocessed
-(``ROOT/<name>``, see the README) and returns ``[dict(name, path, weight, filter)]``
-for ``config.data.sources``. Weights are relative shares of tokens (the published
-percentages add up to 100.1%; Grain normalises them).
+(``ROOT/<name>``) and returns ``[dict(name, path, weight, filter)]`` for ``config.data.sources``.
+Weights are relative shares of tokens (the published ones add up to 100.1%; Grain normalises).
 """
 
 from __future__ import annotations
@@ -37,30 +36,18 @@ def llama3_swallow_8b(root: str) -> list[dict[str, Any]]:
 
 
 def llama31_swallow_8b(root: str) -> list[dict[str, Any]]:
-  """Llama 3.1 Swallow 8B continual pretraining mixture -- WEIGHTS UNCONFIRMED.
-
-  The model cards name the corpora (Swallow Corpus v2, Wikipedia ja/en, Laboro ParaCorpus,
-  DCLM, Cosmopedia, code and math) but no per-source percentages: these carry over the Llama 3
-  Swallow 8B shares by role, DCLM in RefinedWeb's place and The Stack v2 in AlgebraicStack's.
-  """
-  out = llama3_swallow_8b(root)
-  for s in out:
-    s["name"] = _LLAMA31_RENAMES.get(s["name"], s["name"])
-    s["path"] = os.path.join(root, s["name"])
-  return out
+  """Llama 3.1 Swallow 8B continual pretraining mixture -- WEIGHTS UNCONFIRMED: the model cards
+  name the corpora but no percentages, so these carry over Llama 3 Swallow 8B's shares by role
+  (`_LLAMA31_RENAMES`)."""
+  renamed = [(_LLAMA31_RENAMES.get(n, n), w, f) for n, w, f in _LLAMA3_SWALLOW_8B]
+  return [dict(name=n, path=os.path.join(root, n), weight=w, filter=f) for n, w, f in renamed]
 
 
 def drop_source(sources: list[Mapping[str, Any]], name: str) -> list[dict[str, Any]]:
-  """The mixture without source `name`, the other weights rescaled to the same total.
-
-  Every remaining source keeps its share relative to the others, so the run sees the same
-  number of tokens and the removed source's tokens go to the rest in proportion (mostly to the
-  largest, the Japanese web corpus in Swallow's mixture).
-  """
-  kept = [dict(s) for s in sources if s["name"] != name]
+  """The mixture without source `name`, the other weights rescaled to the same total: the
+  removed source's tokens go to the rest in proportion to their weights."""
+  kept = [s for s in sources if s["name"] != name]
   if len(kept) == len(sources):
     raise ValueError(f"no source named {name!r} in {[s['name'] for s in sources]}")
   total, rest = sum(s["weight"] for s in sources), sum(s["weight"] for s in kept)
-  for s in kept:
-    s["weight"] = s["weight"] * total / rest
-  return kept
+  return [{**s, "weight": s["weight"] * total / rest} for s in kept]

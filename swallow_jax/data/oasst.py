@@ -42,8 +42,7 @@ def read_trees(paths: Sequence[str]) -> Iterator[dict[str, Any]]:
         flat[obj["message_tree_id"]].append(obj)
       else:
         raise ValueError(f"{path}:{line}: neither a message tree nor a message")
-  for tree_id, messages in flat.items():
-    yield _assemble(tree_id, messages)
+  yield from (_assemble(tree_id, messages) for tree_id, messages in flat.items())
 
 
 def _assemble(tree_id: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
@@ -85,18 +84,13 @@ def top1_threads(tree: Mapping[str, Any], counts: dict[str, int]) -> Iterator[li
   seen = set()
   root = tree["prompt"]
   for path in _paths(root, ((root, 1),)):
-    if problem := thread_problem(path):
-      counts[problem] += 1
-      continue
     messages = [m for m, _ in path]
     while messages and messages[-1].get("role") != "assistant":
       messages.pop()
-    if not messages:
-      counts["no_assistant"] += 1
-      continue
     key = tuple(m["message_id"] for m in messages)
-    if key in seen:
-      counts["duplicate"] += 1
+    if problem := thread_problem(path) or ("no_assistant" if not messages else
+                                           "duplicate" if key in seen else None):
+      counts[problem] += 1
       continue
     seen.add(key)
     yield [{"role": ROLES[m["role"]], "content": m["text"]} for m in messages]

@@ -1,13 +1,10 @@
 """Grain input pipelines: a weighted mixture of preprocessed sources, packed to seq_len.
 
-Per source: its records -> this process's slice -> shuffle -> repeat -> filter -> decode.
-Pretraining packs each source on its own (no padding, nothing dropped), then mixes rows, so
-weights are shares of tokens; SFT mixes whole conversations and packs them first-fit (never
-split, zero-padded). Batches (host-local numpy): ``inputs``, ``targets``, ``positions``,
-``segment_ids`` (0 = padding) int32[b, T] and ``loss_weights`` float32[b, T] (0 where the
-target is another document's; SFT: times the chat mask). The iterator's ``source_tokens``
-({source name: non-padding input tokens so far on this process}) is part of its state.
-See docs/data.md.
+Pretraining packs each source on its own, then mixes rows (weights are shares of tokens); SFT
+mixes whole conversations and packs them first-fit (zero-padded). Batches (host-local numpy):
+``inputs``, ``targets``, ``positions``, ``segment_ids`` (0 = padding) int32[b, T], ``loss_weights``
+float32[b, T] (0 where the target is another document's; SFT: times the chat mask). The
+iterator's ``source_tokens`` (non-padding input tokens per source, this process) is in its state.
 """
 
 from __future__ import annotations
@@ -27,11 +24,8 @@ _READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=256)
 
 
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
-  """cfg[key] for dicts and ConfigDicts alike."""
-  try:
-    value = cfg[key]
-  except (KeyError, AttributeError):
-    return default
+  """cfg[key] of a dict or ConfigDict; `default` when missing or None."""
+  value = cfg.get(key)
   return default if value is None else value
 
 
@@ -69,8 +63,7 @@ def source_documents(source: Mapping[str, Any], *, index: int, kind: str, seq_le
   if manifest["format"] != fmt:
     raise ValueError(f"source {name!r} ({path}) holds {manifest['format']} records; "
                      f"data.kind={kind!r} needs {fmt} (preprocess --format={fmt})")
-  ds = grain.MapDataset.source(records.ShardSource(path, manifest))
-  ds = ds[process_index::process_count]
+  ds = grain.MapDataset.source(records.ShardSource(path, manifest))[process_index::process_count]
   if not len(ds):
     raise ValueError(f"source {name!r} has {manifest['documents']} documents, none for "
                      f"process {process_index} of {process_count}")
@@ -101,8 +94,7 @@ def make_batch_row(row: Mapping[str, np.ndarray], num_sources: int) -> dict[str,
   weights = same.astype(np.float32)
   if "loss_mask" in row:
     weights *= row["loss_mask"][1:]
-    src = row["source"][:-1]
-    counts = np.bincount(src[seg_in > 0] - 1, minlength=num_sources)
+    counts = np.bincount(row["source"][:-1][seg_in > 0] - 1, minlength=num_sources)
   else:
     counts = np.zeros(num_sources, np.int64)
     counts[int(row["source"])] = np.count_nonzero(seg_in)
@@ -142,11 +134,9 @@ class _SourceCountsIterator(grain.DatasetIterator):
 
 
 def _untangle_json(state: Any) -> Any:
-  """Gives back the tuples that a JSON round trip (a checkpoint file) turned into lists.
-
-  Grain 0.2.18's ConcatThenSplit compares `remainder_slices` with the tuple (-1, -1); a list never
-  equals it, so a state saved with no remainder would restore one and skip a document.
-  """
+  """Gives back the tuples that a JSON round trip (a checkpoint file) turned into lists: Grain
+  0.2.18's ConcatThenSplit compares `remainder_slices` with the tuple (-1, -1), which a list
+  never equals, so a state saved with no remainder would restore one and skip a document."""
   if isinstance(state, dict):
     return {k: ({f: tuple(v) for f, v in x.items()} if k == "remainder_slices"
                 else _untangle_json(x)) for k, x in state.items()}
@@ -160,10 +150,9 @@ def make_train_iterator(data_cfg: Any, *, seq_len: int, batch_size_per_process: 
                         ) -> _SourceCountsIterator:
   """A checkpointable iterator of host-local batches (see the module docstring).
 
-  `data_cfg`: ``sources`` (list of dict(name, path, weight, filter=None)), ``kind``
-  ('pretrain' | 'sft'), ``shuffle_seed`` (overrides `seed` when set), optional
-  ``packing_bins`` (SFT first-fit bins, default 64). Save and restore the iterator
-  with ``grain.checkpoint.CheckpointSave/CheckpointRestore`` (or get_state/set_state).
+  `data_cfg`: ``sources`` (list of dict(name, path, weight, filter=None)), ``kind`` ('pretrain'
+  | 'sft'), ``shuffle_seed`` (overrides `seed` when set), optional ``packing_bins`` (SFT
+  first-fit bins, default 64). Checkpoint it with ``grain.checkpoint.CheckpointSave/Restore``.
   """
   kind = _get(data_cfg, "kind", "pretrain")
   if kind not in KINDS:

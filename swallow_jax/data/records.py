@@ -1,8 +1,7 @@
 """The on-disk format of a preprocessed dataset: ArrayRecord shards + manifest.json.
 
-A dataset directory holds ``data-00000.array_record``, ``data-00001.array_record``, ...
-and ``manifest.json`` (counts, tokenizer identity, inputs with sha256; see
-`swallow_jax.preprocess`). Each ArrayRecord record is one document::
+A dataset directory holds ``data-00000.array_record``, ... and ``manifest.json`` (counts,
+tokenizer identity, inputs with sha256; `swallow_jax.preprocess`). Each record is one document::
 
     uint32 little-endian  H             length of the metadata header
     H bytes               header        compact UTF-8 JSON object of kept fields ("{}" -> H=0)
@@ -77,9 +76,7 @@ class ShardWriter:
     from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
     if records_per_shard < 1:
       raise ValueError(f"records_per_shard must be >= 1, got {records_per_shard}")
-    self._module = array_record_module
-    self._dir = directory
-    self._per_shard = records_per_shard
+    self._module, self._dir, self._per_shard = array_record_module, directory, records_per_shard
     self._writer = None
     self.shards: list[dict[str, Any]] = []  # {"file", "documents", "tokens"}
 
@@ -104,9 +101,7 @@ class ShardWriter:
 
 def write_manifest(directory: str, manifest: Mapping[str, Any]) -> None:
   """Writes ``DIR/manifest.json`` (atomically)."""
-  with fileio.atomic_file(os.path.join(directory, MANIFEST)) as f:
-    json.dump(manifest, f, indent=2, ensure_ascii=False, sort_keys=True)
-    f.write("\n")
+  fileio.write_json(os.path.join(directory, MANIFEST), manifest, sort_keys=True)
 
 
 def read_manifest(directory: str) -> dict[str, Any]:

@@ -1,7 +1,6 @@
 """Raw inputs for preprocessing: JSONL (plain or gzip) and Parquet, record by record.
 
-A JSONL payload is the raw line, so that parsing (and its errors) happens in the worker
-processes; whitespace-only lines are skipped silently.
+JSONL payloads are raw lines (parsed, errors and all, by the workers); blank lines are skipped.
 """
 
 from __future__ import annotations
@@ -28,8 +27,7 @@ class InvalidRecord(ValueError):
 
   def __init__(self, message: str, reason: str | None = None):
     super().__init__(message)
-    if reason is not None:
-      self.reason = reason
+    self.reason = reason or self.reason
 
 
 class TruncatedFile(ValueError):
@@ -66,8 +64,7 @@ def iter_records(path: str, columns: Sequence[str] | None = None
   if file_kind(path) == "parquet":
     import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
     pf = pq.ParquetFile(path)
-    names = set(pf.schema_arrow.names)
-    cols = None if columns is None else [c for c in columns if c in names]
+    cols = None if columns is None else [c for c in columns if c in pf.schema_arrow.names]
     batches = pf.iter_batches(batch_size=1024, columns=cols)
     yield from enumerate((item for batch in batches for item in batch.to_pylist()), 1)
     return

@@ -100,50 +100,41 @@ def _mc_example(world: World, fact, lang: str, rng: random.Random) -> dict[str, 
 
 
 def _tasks(world: World, seed: int, n: int, asked, held_out) -> dict[str, tuple[dict, list]]:
-  """task name -> (header, examples). Scored questions are about held-out facts only.
-
-  Prompt templates follow the corpus's own layouts (FAQ pages, math solutions, parallel pairs),
-  so a model is tested on formats its pretraining could have shown it.
-  """
+  """task name -> (header, examples); scored questions are about held-out facts only. Prompt
+  templates follow the corpus's own layouts (FAQ pages, math solutions, parallel pairs), so a
+  model is tested on formats its pretraining could have shown it."""
   out = {}
+
+  def task(name: str, kind: str, examples: list[dict[str, Any]], **header: Any) -> None:
+    out[name] = ({"task": name, "type": kind, "lang": lang, **header}, examples)
+
   for lang in ("ja", "en"):
     rng = random.Random(f"tasks-{seed}-{lang}")
     eval_facts = rng.sample(held_out, min(n, len(held_out)))
     demo_facts = rng.sample(asked, _FEWSHOT)
     qa_template = "質問: {question}\n回答:" if lang == "ja" else "Question: {question}\nAnswer:"
-    out[f"{lang}_qa"] = (
-        {"task": f"{lang}_qa", "type": "qa", "lang": lang, "num_fewshot": _FEWSHOT,
-         "template": qa_template, "target_delimiter": " ", "max_new_tokens": 16,
-         "fewshot": [_qa_example(world, f, lang) for f in demo_facts]},
-        [_qa_example(world, f, lang) for f in eval_facts])
-    out[f"{lang}_mc"] = (
-        {"task": f"{lang}_mc", "type": "multiple_choice", "lang": lang, "num_fewshot": 0,
-         "template": qa_template, "target_delimiter": " "},
-        [_mc_example(world, f, lang, rng) for f in eval_facts])
+    task(f"{lang}_qa", "qa", [_qa_example(world, f, lang) for f in eval_facts],
+         num_fewshot=_FEWSHOT, template=qa_template, target_delimiter=" ", max_new_tokens=16,
+         fewshot=[_qa_example(world, f, lang) for f in demo_facts])
+    task(f"{lang}_mc", "multiple_choice", [_mc_example(world, f, lang, rng) for f in eval_facts],
+         num_fewshot=0, template=qa_template, target_delimiter=" ")
     math_rng = random.Random(f"tasks-math-{seed}-{lang}")
-    problems = [text.math_problem(world, math_rng, lang) for _ in range(n + _FEWSHOT)]
-    as_example = lambda p: {"question": p[0], "answer": p[2], "solution": p[1]}
-    out[f"{lang}_math"] = (
-        {"task": f"{lang}_math", "type": "math", "lang": lang, "num_fewshot": _FEWSHOT,
-         "template": "問題: {question}\n解答:" if lang == "ja" else "Question: {question}\nSolution:",
-         "target_delimiter": " ", "max_new_tokens": 32, "stop": ["\n"],
-         "fewshot": [as_example(p) for p in problems[:_FEWSHOT]]},
-        [as_example(p) for p in problems[_FEWSHOT:]])
+    problems = [{"question": q, "answer": a, "solution": sol} for q, sol, a in
+                (text.math_problem(world, math_rng, lang) for _ in range(n + _FEWSHOT))]
+    task(f"{lang}_math", "math", problems[_FEWSHOT:], num_fewshot=_FEWSHOT,
+         template="問題: {question}\n解答:" if lang == "ja" else "Question: {question}\nSolution:",
+         target_delimiter=" ", max_new_tokens=32, stop=["\n"], fewshot=problems[:_FEWSHOT])
     # Translation INTO `lang`, in the parallel corpus's layout (source line, then target line).
     tr_rng = random.Random(f"tasks-translation-{seed}-{lang}")
-    pairs = [text.parallel_pair(world, tr_rng) for _ in range(n + _FEWSHOT)]
     src, tgt = (1, 0) if lang == "ja" else (0, 1)
-    as_pair = lambda p: {"source": p[src], "target": p[tgt]}
-    name = "en_ja_translation" if lang == "ja" else "ja_en_translation"
-    out[name] = (
-        {"task": name, "type": "translation", "lang": lang, "num_fewshot": _FEWSHOT,
-         "template": "{source}\n", "target_delimiter": "", "max_new_tokens": 48,
-         "fewshot": [as_pair(p) for p in pairs[:_FEWSHOT]]},
-        [as_pair(p) for p in pairs[_FEWSHOT:]])
+    pairs = [{"source": p[src], "target": p[tgt]}
+             for p in (text.parallel_pair(world, tr_rng) for _ in range(n + _FEWSHOT))]
+    task("en_ja_translation" if lang == "ja" else "ja_en_translation", "translation",
+         pairs[_FEWSHOT:], num_fewshot=_FEWSHOT, template="{source}\n", target_delimiter="",
+         max_new_tokens=48, fewshot=pairs[:_FEWSHOT])
     ppl_rng = random.Random(f"tasks-ppl-{seed}-{lang}")
     docs = [(text.web_post if i % 2 else text.wiki_article)(world, ppl_rng, lang) for i in range(n)]
-    out[f"{lang}_ppl"] = ({"task": f"{lang}_ppl", "type": "perplexity", "lang": lang},
-                          [{"text": d, "lang": lang} for d in docs])
+    task(f"{lang}_ppl", "perplexity", [{"text": d, "lang": lang} for d in docs])
   return out
 
 
@@ -151,13 +142,11 @@ def _chat_eval(world: World, seed: int, n: int, held_out, lang: str) -> list[dic
   """Questions about held-out facts, answered in a full sentence; `answer` is the bare value a
   good reply contains. Scores chat-format ability (the chat vector's and SFT's job)."""
   rng = random.Random(f"chat-eval-{seed}-{lang}")
-  rows = []
-  for kind, idx in rng.sample(held_out, min(n, len(held_out))):
-    q, _ = text.question(world, kind, idx, lang)
-    a = text.statement(world, kind, idx, lang, rng.randrange(3))
-    rows.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
-                 "answer": text.answer_value(world, kind, idx, lang)})
-  return rows
+  return [{"messages": [{"role": "user", "content": text.question(world, k, i, lang)[0]},
+                        {"role": "assistant",
+                         "content": text.statement(world, k, i, lang, rng.randrange(3))}],
+           "answer": text.answer_value(world, k, i, lang)}
+          for k, i in rng.sample(held_out, min(n, len(held_out)))]
 
 
 def build_demo_data(out_dir: str, seed: int = 0, scale: float = 1.0) -> DemoPaths:

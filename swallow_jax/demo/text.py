@@ -144,12 +144,10 @@ def all_facts(world: World) -> list[tuple[str, int]]:
 
 
 def split_facts(world: World, seed: int) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
-  """(asked, held_out): half of each kind of fact is ever asked about in training text.
-
-  Prose states every fact; questions (FAQ pages, dialogues) only ask about the first half, and the
+  """(asked, held_out): half of each kind of fact is ever asked about in training text. Prose
+  states every fact; questions (FAQ pages, dialogues) only ask about the first half, and the
   evaluation asks about the second, so answering it needs knowledge learnt from prose, not a
-  memorised question.
-  """
+  memorised question."""
   rng = random.Random(f"split-{seed}")
   asked, held_out = [], []
   for kind in STATEMENTS:
@@ -201,8 +199,7 @@ def web_post(world: World, rng: random.Random, lang: Lang) -> str:
   """A blog or news post: a visit to one town, a few of its facts and people, some chatter."""
   t = rng.randrange(len(world.towns))
   facts = [(k, t) for k in rng.sample(TOWN_KINDS, rng.randint(1, 3))]
-  for p in world.residents(t)[:2]:
-    facts.append((rng.choice(PERSON_KINDS), world.people.index(p)))
+  facts += [(rng.choice(PERSON_KINDS), world.people.index(p)) for p in world.residents(t)[:2]]
   if rng.random() < 0.5:
     facts.append(("river_length", world.towns[t].river))
   sentences = _say(world, facts, lang, rng)
@@ -252,10 +249,8 @@ def math_problem(world: World, rng: random.Random, lang: Lang) -> tuple[str, str
 
 def math_text(world: World, rng: random.Random, lang: Lang) -> str:
   """A math problem with its worked solution, as a corpus document."""
-  problem, solution, _ = math_problem(world, rng, lang)
-  if lang == "ja":
-    return f"問題: {problem}\n解答: {solution}"
-  return f"Question: {problem}\nSolution: {solution}"
+  layout = "問題: {}\n解答: {}" if lang == "ja" else "Question: {}\nSolution: {}"
+  return layout.format(*math_problem(world, rng, lang)[:2])
 
 
 _GREETINGS = (

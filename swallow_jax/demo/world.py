@@ -96,11 +96,9 @@ def make_world(seed: int = 0, num_towns: int = 12, num_people: int = 24,
   if num_towns + num_people > len(compounds):
     raise ValueError(f"at most {len(compounds)} towns and families together")
   rng.shuffle(compounds)
-  town_names = compounds[:num_towns]
   family_names = compounds[num_towns:num_towns + num_people]
-  river_parts = rng.sample(_FIRST, num_rivers)
   rivers = tuple(River(Name(k + "川", f"{r} River"), rng.randrange(20, 400))
-                 for k, r in river_parts)
+                 for k, r in rng.sample(_FIRST, num_rivers))
   # Every river gets at least one town, so every river fact has a town to talk about.
   river_of = list(range(num_rivers)) + [rng.randrange(num_rivers)
                                         for _ in range(num_towns - num_rivers)]
@@ -109,7 +107,7 @@ def make_world(seed: int = 0, num_towns: int = 12, num_people: int = 24,
       Town(name=Name(ja, en), region=Name(*rng.choice(REGIONS)),
            population=rng.randrange(20, 990) * 100, river=river_of[i],
            product=Name(*rng.choice(PRODUCTS)))
-      for i, (ja, en) in enumerate(town_names))
+      for i, (ja, en) in enumerate(compounds[:num_towns]))
   people = tuple(
       Person(name=Name(fj + gj, f"{ge} {fe}"), job=Name(*rng.choice(JOBS)),
              hometown=rng.randrange(num_towns), age=rng.randrange(20, 80))

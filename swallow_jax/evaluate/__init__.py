@@ -1,17 +1,12 @@
 """Evaluation harness: task files (tasks.py), scorers (scoring.py), log-likelihoods (loglik.py),
-plots (plots.py), chat sets scored under the chat template (chat.py), task files built from the
-public releases of the Swallow evaluation sets (prepare.py,
-`python -m swallow_jax.evaluate.prepare`).
-
-    from swallow_jax import evaluate
-    results = evaluate.run_tasks(config, params, tokenizer, ["ja_mc.jsonl", "niilc.jsonl"])
-    results["niilc"]["score"]        # main metric scaled to [0, 1] (None for perplexity)
-    # Models on disk, with results.json after each task, plots and TensorBoard scalars (the
-    # entry of the command line and of the recipe's eval stage):
-    evaluate.evaluate_models({"base": "hf/base", "cpt": "runs/cpt"}, task_files, None, "out/")
+plots (plots.py), chat sets scored under the chat template (chat.py), task files from the public
+Swallow evaluation sets (prepare.py). One model in memory: `run_tasks`; models on disk, with
+results.json after each task, plots and TensorBoard scalars: `evaluate_models` (the entry of the
+command line and of the recipe's eval stage).
 
 Each result: {"type", "lang", "num_examples", "num_fewshot", "metrics": {...}, "main_metric"
-(MAIN_METRIC below), "score", "truncated_prompts", "samples": first few prompts with predictions}.
+(MAIN_METRIC below), "score" (main metric in [0, 1]; None for perplexity), "truncated_prompts",
+"samples": first few prompts with predictions}.
 How each type is scored: docs/evaluation.md. The command line: `python -m swallow_jax.evaluate`.
 """
 
@@ -55,20 +50,17 @@ def fit_prompt(tokenizer, ids: Sequence[int], room: int, truncated: list[int]) -
 
 
 def _multiple_choice(config, params, tokenizer, task: Task, examples, opts) -> tuple[dict, list]:
-  requests, spans = [], []
+  requests = []
   for ex in examples:
     ctx = tokenizer.encode(task.prompt(ex), add_bos=True)
     conts = [tokenizer.encode(task.target_delimiter + c) for c in ex["choices"]]
-    room = opts["max_len"] - max(len(c) for c in conts)
-    ctx = fit_prompt(tokenizer, ctx, room, opts["truncated"])
-    start = len(requests)
+    ctx = fit_prompt(tokenizer, ctx, opts["max_len"] - max(map(len, conts)), opts["truncated"])
     requests += [(ctx, cont) for cont in conts]
-    spans.append((start, len(requests)))
-  lps = loglik.continuation_logprobs(config, params, requests, batch_size=opts["batch_size"],
-                                     max_len=opts["max_len"])
+  lps = iter(loglik.continuation_logprobs(config, params, requests, max_len=opts["max_len"],
+                                          batch_size=opts["batch_size"]))
   acc, acc_norm, samples = [], [], []
-  for ex, (a, b) in zip(examples, spans):
-    scores = lps[a:b]
+  for ex in examples:
+    scores = [next(lps) for _ in ex["choices"]]
     norm = [s / max(1, len(task.target_delimiter + c)) for s, c in zip(scores, ex["choices"])]
     pred = max(range(len(scores)), key=scores.__getitem__)
     acc.append(float(pred == ex["answer"]))
@@ -132,8 +124,7 @@ def run_task(config, params, tokenizer, task: Task, *, batch_size: int = 8, max_
           "truncated": []}
   examples = task.examples[:max_examples] if max_examples else task.examples
   metrics, samples = _RUNNERS[task.type](config, params, tokenizer, task, examples, opts)
-  truncated = len(opts["truncated"])
-  if truncated:
+  if truncated := len(opts["truncated"]):
     logging.warning("task %s: %d of %d prompts exceed max_len=%d and were cut to their last "
                     "tokens (BOS kept)", task.name, truncated, len(examples), opts["max_len"])
   main = MAIN_METRIC[task.type]
@@ -152,9 +143,8 @@ def run_tasks(config, params, tokenizer, tasks: Sequence[Task | str] | str, *,
               batch_size: int = 8, max_len: int = 2048,
               max_examples: int | None = None) -> dict[str, dict[str, Any]]:
   """Runs and scores tasks (Task objects or task-file paths); returns {task name: result}."""
-  if isinstance(tasks, str):
-    tasks = load_tasks(tasks)
-  tasks = [t if isinstance(t, Task) else load_task(t) for t in tasks]
+  tasks = (load_tasks(tasks) if isinstance(tasks, str)
+           else [t if isinstance(t, Task) else load_task(t) for t in tasks])
   return {t.name: run_task(config, params, tokenizer, t, batch_size=batch_size, max_len=max_len,
                            max_examples=max_examples) for t in tasks}
 
@@ -195,24 +185,19 @@ def evaluate_models(models: Mapping[str, str], tasks: Sequence[Task | str],
                     batch_size: int = 8, max_len: int = 2048, max_examples: int | None = None,
                     dtype: str = "float32", overwrite: bool = False,
                     resume: bool = False, progress: bool = True) -> dict[str, Any]:
-  """Scores every model on every task (and chat set) and writes output/results.json after EACH
-  task, then the plots and TensorBoard scalars; returns the results.json content
-  {"models": {name: {"path", "tasks": {task: result}}}}.
-
-  models: {name: path} of any form `model.io.resolve` accepts. tokenizer: one path for all, one
-  per model name, or None (each model's own tokenizer files). chats: {set name: rows} scored by
-  `score_chats`. resume: keep the finished (model, task) results already in output/results.json
-  of the same model path (an interrupted run continues at the task it stopped in).
-  """
-  tasks = [t if isinstance(t, Task) else load_task(t) for t in tasks]
+  """Scores every model on every task and chat set, writing output/results.json ({"models": {name:
+  {"path", "tasks": {task: result}}}}, also returned) after EACH task, then the plots and
+  TensorBoard scalars. models: {name: path} as `model.io.resolve` takes them; tokenizer: one path,
+  one per model name, or None (each model's own files); chats: {set name: rows} for `score_chats`;
+  resume: keep the finished (model, task) results in output/results.json of the same model path."""
+  tasks = {t.name: t for t in (x if isinstance(x, Task) else load_task(x) for x in tasks)}
   chats = dict(chats or {})
   prepare_output(output, list(models), overwrite=overwrite, resume=resume)
-  results = {"models": {}}
-  if resume and os.path.exists(os.path.join(output, RESULTS)):
-    results = fileio.read_json(os.path.join(output, RESULTS))
+  saved = os.path.join(output, RESULTS)
+  results = fileio.read_json(saved) if resume and os.path.exists(saved) else {"models": {}}
   results["models"] = {n: m for n, m in results["models"].items()
                        if n in models and m.get("path") == models[n]}
-  names = [t.name for t in tasks] + list(chats)
+  names = [*tasks, *chats]
   for name, path in models.items():
     entry = results["models"].setdefault(name, {"path": path, "tasks": {}})
     todo = [n for n in names if n not in entry["tasks"]]
@@ -226,19 +211,18 @@ def evaluate_models(models: Mapping[str, str], tasks: Sequence[Task | str],
           res = score_chats(config, params, tok, chats[task_name], batch_size=batch_size,
                             max_len=min(max_len, config.max_position_embeddings))
         else:
-          task = next(t for t in tasks if t.name == task_name)
-          res = run_task(config, params, tok, task, batch_size=batch_size, max_len=max_len,
-                         max_examples=max_examples)
+          res = run_task(config, params, tok, tasks[task_name], batch_size=batch_size,
+                         max_len=max_len, max_examples=max_examples)
         res["seconds"] = round(time.perf_counter() - t0, 2)
         entry["tasks"][task_name] = res
-        fileio.write_json(os.path.join(output, RESULTS), results)
+        fileio.write_json(saved, results)
         bar.set_postfix_str(f"{task_name} {res['seconds']:.1f}s", refresh=False)
         bar.update()
       bar.close()
       del params
     entry["tasks"] = {n: entry["tasks"][n] for n in names}
     _log_scalars(output, name, entry["tasks"])
-  fileio.write_json(os.path.join(output, RESULTS), results)
+  fileio.write_json(saved, results)
   from swallow_jax.evaluate import plots  # pylint: disable=g-import-not-at-top  (matplotlib)
   plots.plot_results({n: m["tasks"] for n, m in results["models"].items()}, output)
   return results

@@ -4,11 +4,8 @@ r"""Scores one or more models on task files and plots the comparison.
         --tokenizer=TOK --tasks=jcqa.jsonl,niilc.jsonl,mgsm.jsonl,wmt_en_ja.jsonl,ppl_ja.jsonl \
         --output=eval_out
 
---model: comma-separated model paths (HF dirs, Hub ids in the local cache, convert's Orbax dirs,
-training workdirs or checkpoints).
---tokenizer: one path for all models, one per model (comma-separated), or empty to read each
-model's own dir. Task file format: see `swallow_jax/evaluate/tasks.py` (a JSONL header line, then
-one example per line).
+Without --tokenizer each model's tokenizer is read from its own dir. Task file format:
+`swallow_jax/evaluate/tasks.py` (a JSONL header line, then one example per line).
 
 Writes to --output (a non-empty one only with --overwrite, which first removes the results,
 plots and TensorBoard runs this command would write):
@@ -54,9 +51,8 @@ def main(argv: Sequence[str]) -> None:
   names = FLAGS.names or [os.path.basename(os.path.normpath(m)) for m in models]
   if len(names) != len(models) or len(set(names)) != len(names):
     raise cli.UsageError(f"--names needs {len(models)} distinct labels, got {names}")
-  tokenizers = FLAGS.tokenizer or [None] * len(models)
-  if len(tokenizers) == 1:
-    tokenizers = tokenizers * len(models)
+  tokenizers = FLAGS.tokenizer or [None]
+  tokenizers = tokenizers * len(models) if len(tokenizers) == 1 else tokenizers
   if len(tokenizers) != len(models):
     raise cli.UsageError(f"--tokenizer takes 1 or {len(models)} paths, got {len(tokenizers)}")
 

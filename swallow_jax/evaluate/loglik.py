@@ -14,14 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from swallow_jax import model as model_lib
-
-MIN_BUCKET = 16
-
-
-def bucket_length(n: int, cap: int | None = None) -> int:
-  """Smallest power of two >= max(n, MIN_BUCKET), at most `cap` (when n fits under it)."""
-  b = max(MIN_BUCKET, 1 << max(0, n - 1).bit_length())
-  return min(b, cap) if cap and n <= cap else b
+from swallow_jax.decode import bucket_length
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -43,8 +36,7 @@ def token_logprobs(config, params, sequences: Sequence[Sequence[int]], *, batch_
   for start in range(0, len(order), batch_size):
     idx = order[start:start + batch_size]
     length = bucket_length(max(len(sequences[i]) for i in idx), max_len)
-    tokens = np.zeros((batch_size, length), np.int32)
-    segs = np.zeros((batch_size, length), np.int32)
+    tokens, segs = np.zeros((2, batch_size, length), np.int32)
     for row, i in enumerate(idx):
       tokens[row, :len(sequences[i])] = sequences[i]
       segs[row, :len(sequences[i])] = 1
@@ -57,10 +49,8 @@ def token_logprobs(config, params, sequences: Sequence[Sequence[int]], *, batch_
 
 def continuation_logprobs(config, params, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
                           *, batch_size: int = 8, max_len: int | None = None) -> list[float]:
-  """Summed log p(continuation | context) per (context_ids, continuation_ids) request.
-
-  The context keeps its last tokens when context + continuation exceed max_len.
-  """
+  """Summed log p(continuation | context) per (context_ids, continuation_ids) request; the
+  context keeps its last tokens when context + continuation exceed max_len."""
   max_len = max_len or config.max_position_embeddings
   seqs = []
   for ctx, cont in requests:
@@ -75,12 +65,9 @@ def continuation_logprobs(config, params, requests: Sequence[tuple[Sequence[int]
 
 def text_nll(config, params, sequences: Sequence[Sequence[int]], *, batch_size: int = 8,
              max_len: int | None = None) -> list[tuple[float, int]]:
-  """(total negative log-likelihood in nats, tokens predicted) per token sequence.
-
-  Each sequence should start with BOS; every later token is predicted exactly once. Sequences longer
-  than max_len are cut into windows of max_len tokens that overlap by one token (the last token of a
-  window is the first, unpredicted, token of the next), so context resets at window boundaries.
-  """
+  """(total negative log-likelihood in nats, tokens predicted) per token sequence, which should
+  start with BOS (every later token is predicted once). Sequences longer than max_len are cut into
+  max_len-token windows overlapping by one token, so context resets at window boundaries."""
   max_len = max_len or config.max_position_embeddings
   windows, owner = [], []
   for i, seq in enumerate(sequences):

@@ -16,8 +16,7 @@ import numpy as np
 
 Values = Mapping[str, Mapping[str, float]]
 PLOT_FILES = ("scores.png", "radar.png", "perplexity.png")
-# The unit of each task type's main metric, as plotted and in the recipe report's table
-# (translation in BLEU points, 0-100; the others are fractions).
+# Each task type's main-metric unit, as plotted and in the recipe report's table.
 UNITS = {"multiple_choice": "accuracy, 0-1", "qa": "character F1, 0-1", "math": "accuracy, 0-1",
          "translation": "BLEU, 0-100", "perplexity": "bits per byte (lower is better)",
          "chat": "answer accuracy, 0-1"}
@@ -129,16 +128,14 @@ def plot_results(results: Mapping[str, Mapping[str, Mapping[str, Any]]], out_dir
   main, units, score, ppl, ppl_units = {}, {}, {}, {}, {}
   for model, tasks in results.items():
     for task, r in tasks.items():
-      if r["type"] == "chat":
-        main.setdefault(model, {})[task] = r["metrics"]["answer_accuracy"]
-        ppl.setdefault(model, {})[f"{task} replies"] = r["metrics"]["assistant_perplexity"]
-        ppl_units[f"{task} replies"] = "token perplexity (lower is better)"
-      elif r["type"] == "perplexity":
+      if r["type"] == "perplexity":
         ppl.setdefault(model, {})[task] = r["metrics"]["bits_per_byte"]
         ppl_units[task] = UNITS["perplexity"]
         continue
-      else:
-        main.setdefault(model, {})[task] = r["metrics"][r["main_metric"]]
+      if r["type"] == "chat":  # no main_metric: its score is the answer accuracy
+        ppl.setdefault(model, {})[f"{task} replies"] = r["metrics"]["assistant_perplexity"]
+        ppl_units[f"{task} replies"] = "token perplexity (lower is better)"
+      main.setdefault(model, {})[task] = r["metrics"][r.get("main_metric", "answer_accuracy")]
       units[task] = UNITS[r["type"]]
       score.setdefault(model, {})[task] = r["score"]
   out = []

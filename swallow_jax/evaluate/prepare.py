@@ -6,10 +6,8 @@ r"""Task files (evaluate/tasks.py format) from the public releases of the Swallo
         --output=ROOT/tasks/jcommonsenseqa.jsonl
 
 Nothing is downloaded: fetch the files first (where from: /work/notes/eval_prepare.md and the
-table below). --input holds the examples to score; --fewshot_input, when given, the split the
-demonstrations come from (its first K examples, in file order). Without it the first K examples
-of --input become the demonstrations and are not scored (the task-file rule). K is --num_fewshot,
-by default the Swallow setting.
+table below). The demonstrations are the first K (--num_fewshot) examples, in file order, of
+--fewshot_input, or without it of --input (which are then not scored: the task-file rule).
 
 task            --input (and --fewshot_input) format                       type, K
 jcommonsenseqa  JGLUE JSONL (valid-v1.1.json; train-v1.1.json): q_id,      multiple_choice, 4
@@ -76,8 +74,9 @@ def _one(paths: Sequence[str], what: str) -> str:
   return _existing(paths[0])
 
 
-def _lines(path: str, skip_blank: bool = True):
-  """(line number, line without its newline or a BOM) for the lines of a UTF-8 text file."""
+def _lines(path: str, segments: bool = False):
+  """(line number, line without its newline or a BOM) for the non-blank lines of a UTF-8 text
+  file; with `segments` (one segment a line) a blank line is an error."""
   with open(path, "rb") as f:
     for n, raw in enumerate(f, 1):
       try:
@@ -86,8 +85,10 @@ def _lines(path: str, skip_blank: bool = True):
         raise InputError(f"{path}:{n}: not UTF-8 ({e.reason})") from None
       if n == 1:
         line = line.removeprefix("\ufeff")  # the byte-order mark some editors write
-      if line.strip() or not skip_blank:
+      if line.strip():
         yield n, line
+      elif segments:
+        raise InputError(f"{path}:{n}: empty segment")
 
 
 def _jsonl(path: str):
@@ -161,9 +162,6 @@ def read_jemhopqa(paths: Sequence[str]) -> list[Example]:
            "answer": _text(q, f"{path}: item {i}", "answer")} for i, q in enumerate(doc)]
 
 
-_NIILC_NO_ANSWER = "-"  # NIILC's mark for a question Wikipedia does not answer
-
-
 def read_niilc(paths: Sequence[str]) -> list[Example]:
   """Several answers are one gold string joined by ",", as llm-jp-eval's output (its instruction
   asks for the answers comma-joined). Questions marked unanswerable ("-") are left out."""
@@ -173,12 +171,8 @@ def read_niilc(paths: Sequence[str]) -> list[Example]:
     samples = doc.get("samples") if isinstance(doc, dict) else None
     if not isinstance(samples, list):
       raise InputError(f"{path}: expected llm-jp-eval JSON, an object with a 'samples' list")
-    out = []
-    for i, s in enumerate(samples):
-      question = _text(s, f"{path}: samples[{i}]", "input")
-      out.append({"question": question.removeprefix("質問：").strip(),
-                  "answer": _text(s, f"{path}: samples[{i}]", "output")})
-    return out
+    return [{"question": _text(s, f"{path}: samples[{i}]", "input").removeprefix("質問：").strip(),
+             "answer": _text(s, f"{path}: samples[{i}]", "output")} for i, s in enumerate(samples)]
   try:
     root = ET.parse(path).getroot()
   except ET.ParseError as e:
@@ -188,7 +182,7 @@ def read_niilc(paths: Sequence[str]) -> list[Example]:
     where = f"{path}: question {q.get('id') or i}"
     text = (q.findtext("text") or "").strip()
     answers = [(a.text or "").strip() for a in q.iter("answer")]
-    answers = [a for a in answers if a and a != _NIILC_NO_ANSWER]
+    answers = [a for a in answers if a and a != "-"]  # "-": Wikipedia does not answer it
     if not text:
       raise InputError(f"{where}: no <text>")
     if answers:
@@ -230,17 +224,9 @@ def read_mgsm(paths: Sequence[str]) -> list[Example]:
 def read_translation(paths: Sequence[str]) -> list[Example]:
   """SOURCE,REFERENCE plain-text files with one segment a line, or one source<TAB>reference TSV."""
   if len(paths) == 1:
-    path = _one(paths, "translation")
-    pairs = [fields for _, fields in _tsv_pairs(path, "source<TAB>reference")]
+    pairs = [fields for _, fields in _tsv_pairs(_existing(paths[0]), "source<TAB>reference")]
   elif len(paths) == 2:
-    sides = []
-    for path in map(_existing, paths):
-      lines = []
-      for n, line in _lines(path, skip_blank=False):
-        if not line.strip():
-          raise InputError(f"{path}:{n}: empty segment")
-        lines.append(line)
-      sides.append(lines)
+    sides = [[line for _, line in _lines(_existing(p), segments=True)] for p in paths]
     if len(sides[0]) != len(sides[1]):
       raise InputError(f"{paths[0]} has {len(sides[0])} lines but {paths[1]} has "
                        f"{len(sides[1])}; the source and reference must align line by line")
@@ -256,9 +242,6 @@ def read_text(paths: Sequence[str]) -> list[Example]:
   for path in map(_existing, paths):
     out += [{"text": _text(row, f"{path}:{n}", "text")} for n, row in _jsonl(path)]
   return out
-
-
-# Tasks: a reader and the task-file header.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,9 +318,6 @@ def write(path: str, header: dict[str, Any], examples: Sequence[Example]) -> Non
   """Checks the task as the harness will load it, then writes the file atomically."""
   make_task(header, examples, source=path)
   write_task(path, header, examples)
-
-
-# Command line.
 
 
 def main(argv: Sequence[str]) -> None:

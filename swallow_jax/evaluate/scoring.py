@@ -1,12 +1,9 @@
 """Scorers for generated answers: exact match, character F1, numeric match, BLEU.
 
-Normalisation (`normalize_answer`), used by exact match and character F1:
-  1. Unicode NFKC (full-width letters and digits become ASCII, half-width katakana full-width),
-  2. lower case,
-  3. drop every whitespace character and every punctuation character (Unicode categories P*:
-     ASCII punctuation, 、。「」・！？ ...).
-Japanese has no word spaces, so F1 is over characters (the JSQuAD / NIILC convention of the Swallow
-evaluation), as a multiset: F1 = 2PR / (P + R) with P = common / len(pred), R = common / len(gold).
+Exact match and character F1 compare `normalize_answer` forms: NFKC (full-width letters and
+digits become ASCII), lower case, no whitespace and no Unicode punctuation (P*: 、。「」・！？ ...).
+Japanese has no word spaces, so F1 is over character multisets (the JSQuAD / NIILC convention of
+the Swallow evaluation).
 """
 
 from collections import Counter
@@ -31,8 +28,7 @@ def normalize_answer(text: str) -> str:
 def exact_match(prediction: str, golds: str | Sequence[str]) -> float:
   """1.0 if the normalised prediction equals any normalised gold answer."""
   golds = [golds] if isinstance(golds, str) else golds
-  pred = normalize_answer(prediction)
-  return float(any(pred == normalize_answer(g) for g in golds))
+  return float(normalize_answer(prediction) in map(normalize_answer, golds))
 
 
 def char_f1(prediction: str, golds: str | Sequence[str]) -> float:
@@ -40,13 +36,11 @@ def char_f1(prediction: str, golds: str | Sequence[str]) -> float:
   golds = [golds] if isinstance(golds, str) else golds
   pred = normalize_answer(prediction)
   best = 0.0
-  for gold in golds:
-    gold = normalize_answer(gold)
+  for gold in map(normalize_answer, golds):
+    common = sum((Counter(pred) & Counter(gold)).values())
     if not pred or not gold:
       best = max(best, float(pred == gold))
-      continue
-    common = sum((Counter(pred) & Counter(gold)).values())
-    if common:
+    elif common:
       p, r = common / len(pred), common / len(gold)
       best = max(best, 2 * p * r / (p + r))
   return best
@@ -61,8 +55,7 @@ def extract_last_number(text: str) -> decimal.Decimal | None:
 def numeric_match(prediction: str, gold: str | int | float) -> float:
   """1.0 if the last number in the prediction equals the gold number (so 18 == 18.0 == 18.00)."""
   pred = extract_last_number(prediction)
-  gold_num = extract_last_number(str(gold))
-  return float(pred is not None and gold_num is not None and pred == gold_num)
+  return float(pred is not None and pred == extract_last_number(str(gold)))
 
 
 def bleu(hypotheses: Sequence[str], references: Sequence[str], *, tokenize: str) -> float:

@@ -106,8 +106,7 @@ def target_text(task: Task, example: dict[str, Any]) -> str:
   if task.type == "multiple_choice":
     return example["choices"][example["answer"]]
   if task.type == "qa":
-    a = example["answer"]
-    return a if isinstance(a, str) else a[0]
+    return example["answer"] if isinstance(example["answer"], str) else example["answer"][0]
   if task.type == "math":
     return str(example.get("solution", example["answer"]))
   if task.type == "translation":
@@ -137,10 +136,8 @@ def make_task(header: dict[str, Any], examples: Sequence[dict[str, Any]], source
       raise ValueError(f"{where}: example {i} answer {ex['answer']} is not a choice index")
   if ttype == "perplexity" and k:
     raise ValueError(f"{where}: perplexity tasks take no few-shot examples")
-  if "fewshot" in header:
-    demos = list(header["fewshot"])[:k]
-  else:
-    demos, examples = examples[:k], examples[k:]
+  demos, examples = ((list(header["fewshot"])[:k], examples) if "fewshot" in header
+                     else (examples[:k], examples[k:]))
   if len(demos) < k:
     raise ValueError(f"{where}: num_fewshot={k} but only {len(demos)} demonstrations")
   if not examples:

@@ -119,19 +119,12 @@ def _cudnn_ok(q: jax.Array) -> bool:
   return q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] <= 128 and q.shape[-1] % 8 == 0
 
 
-def _splash_block(t: int) -> int:
-  """Largest Splash block (512, 256 or 128) dividing T; T itself when T < 128."""
-  return next((b for b in (512, 256, 128) if t % b == 0), t)
-
-
 def resolve_backend(backend: str, q: jax.Array, with_cache: bool) -> str:
   """Turns 'auto' into a concrete backend for this platform and these shapes."""
   if backend != "auto":
     return backend
   platform = jax.default_backend()
-  if platform == "gpu":
-    if with_cache:  # reads the heads-first cache as it lies; the fused kernels want [B, S, KV, Dh]
-      return "xla"
+  if platform == "gpu" and not with_cache:  # xla reads the heads-first cache as it lies
     return "cudnn" if _cudnn_ok(q) else "dot_product"
   if platform == "tpu" and not with_cache and q.shape[1] % 128 == 0:
     return "splash"
@@ -145,7 +138,7 @@ def _splash_attention(q, k, v, segment_ids, interpret: bool = False):
   except ImportError as e:
     raise ValueError(f"attention='splash' needs jax's Pallas TPU ops, which failed to import: {e}")
   b, t, h, dh = q.shape
-  block = _splash_block(t)
+  block = next((b for b in (512, 256, 128) if t % b == 0), t)  # the largest dividing T, or T
   if (t >= 128 and t % 128) or k.shape[1] != t:
     raise ValueError(f"attention='splash' needs self-attention with T % 128 == 0, got T={t}, "
                      f"S={k.shape[1]}")
@@ -179,13 +172,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, q_positions: jax.Array,
               q_segment_ids: jax.Array, kv_positions: jax.Array, kv_segment_ids: jax.Array, *,
               backend: str = "xla", plain_causal: bool = False, with_cache: bool = False,
               splash_interpret: bool = False) -> jax.Array:
-  """Masked grouped-query attention -> [B, T, H, Dh] in q.dtype.
-
-  `plain_causal` promises positions == arange(T) and one segment per row (what `forward` uses
-  when the caller passes neither), letting fused kernels use `is_causal` instead of a mask.
-  `with_cache`: k/v are a KV cache, stored heads-first [B, KV, S, Dh] so that decoding reads it
-  without transposing the whole cache at every step.
-  """
+  """Masked grouped-query attention -> [B, T, H, Dh] in q.dtype. `plain_causal` promises
+  positions == arange(T) and one segment per row (what `forward` uses when the caller passes
+  neither), letting fused kernels use `is_causal` instead of a mask. `with_cache`: k/v are a KV
+  cache, heads-first [B, KV, S, Dh] so that decoding reads it without transposing it every step."""
   backend = resolve_backend(backend, q, with_cache)
   mask = lambda: make_mask(q_positions, q_segment_ids, kv_positions, kv_segment_ids)
   if backend == "xla":
@@ -204,9 +194,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, q_positions: jax.Array,
       raise ValueError("attention='cudnn' needs dtype bfloat16/float16 and head_dim <= 128, a "
                        f"multiple of 8; got {q.dtype} head_dim={q.shape[-1]}")
     impl = "cudnn" if backend == "cudnn" else None
-    if plain_causal:
-      return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
-    return jax.nn.dot_product_attention(q, k, v, mask=mask(), implementation=impl)
+    return jax.nn.dot_product_attention(q, k, v, mask=None if plain_causal else mask(),
+                                        is_causal=plain_causal, implementation=impl)
   if backend == "splash":
     if with_cache:
       raise ValueError("attention='splash' does not support a KV cache; use 'xla' for decoding")

@@ -53,9 +53,7 @@ class RopeScaling:
   @classmethod
   def from_hf(cls, d: dict[str, Any] | None) -> RopeScaling | None:
     """Reads HF's `rope_scaling` / `rope_parameters` dict; None or default type -> None."""
-    if not d:
-      return None
-    kind = d.get("rope_type", d.get("type", "default"))
+    kind = d.get("rope_type", d.get("type", "default")) if d else "default"
     if kind == "default":
       return None
     if kind != "llama3":
@@ -103,10 +101,8 @@ class LlamaConfig:
   attention: str = _one_of("auto", ATTENTION_BACKENDS)
 
   def __post_init__(self):
-    if isinstance(self.eos_token_id, int):
-      object.__setattr__(self, "eos_token_id", (self.eos_token_id,))
-    elif isinstance(self.eos_token_id, list):
-      object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+    if isinstance(eos := self.eos_token_id, (int, list)):
+      object.__setattr__(self, "eos_token_id", tuple(eos) if isinstance(eos, list) else (eos,))
     if isinstance(self.rope_scaling, dict):
       object.__setattr__(self, "rope_scaling", RopeScaling.from_hf(self.rope_scaling))
     _check_fields(self, "LlamaConfig")
@@ -142,7 +138,6 @@ class LlamaConfig:
     rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
     theta = d.get("rope_theta", rope.get("rope_theta", 10000.0))
     heads = d["num_attention_heads"]
-    eos = d.get("eos_token_id", 128001)
     kw = dict(
         vocab_size=d["vocab_size"], hidden_size=d["hidden_size"],
         intermediate_size=d["intermediate_size"], num_layers=d["num_hidden_layers"],
@@ -152,7 +147,7 @@ class LlamaConfig:
         max_position_embeddings=d.get("max_position_embeddings", 8192),
         tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
         bos_token_id=d.get("bos_token_id", 128000),
-        eos_token_id=tuple(eos) if isinstance(eos, (list, tuple)) else (eos,),
+        eos_token_id=d.get("eos_token_id", 128001),
         pad_token_id=d.get("pad_token_id"), unk_token_id=d.get("unk_token_id"))
     kw.update(overrides)
     return cls(**kw)
@@ -174,6 +169,5 @@ class LlamaConfig:
         "bos_token_id": self.bos_token_id, "eos_token_id": eos,
         **{k: getattr(self, k) for k in ("pad_token_id", "unk_token_id")
            if getattr(self, k) is not None},
-        "use_cache": True,
-        "torch_dtype": "bfloat16",
+        "use_cache": True, "torch_dtype": "bfloat16",
     }

@@ -33,6 +33,7 @@ _PER_LAYER = {
     **{f"mlp.{p}.weight": ("layers", "mlp", p, "kernel")
        for p in ("gate_proj", "up_proj", "down_proj")},
 }
+_HF_NAME = {p: n for n, p in {**_GLOBAL, **_PER_LAYER}.items()}  # global name or layer suffix
 IGNORED = re.compile(r".*rotary_emb\.inv_freq$")  # buffers some old exports carry
 # Every parameter path in HF file order (embed, layers, norm, lm_head).
 PARAM_ORDER = (_GLOBAL["model.embed_tokens.weight"], *_PER_LAYER.values(),
@@ -40,10 +41,8 @@ PARAM_ORDER = (_GLOBAL["model.embed_tokens.weight"], *_PER_LAYER.values(),
 
 
 def hf_to_param_name(name: str) -> tuple[Path, int | None]:
-  """'model.layers.3.self_attn.q_proj.weight' -> (('layers', 'attn', 'q_proj', 'kernel'), 3).
-
-  Global tensors give layer None. Raises KeyError naming the tensor if it is not a Llama weight.
-  """
+  """'model.layers.3.self_attn.q_proj.weight' -> (('layers', 'attn', 'q_proj', 'kernel'), 3);
+  global tensors give layer None. Raises KeyError naming the tensor if it is not a Llama weight."""
   if name in _GLOBAL:
     return _GLOBAL[name], None
   m = _LAYER_RE.fullmatch(name)
@@ -55,13 +54,10 @@ def hf_to_param_name(name: str) -> tuple[Path, int | None]:
 def param_to_hf_names(path: Path, num_layers: int) -> list[str]:
   """Param path -> HF tensor names: one per layer for stacked params, else a single name."""
   path = tuple(path)
-  for name, p in _GLOBAL.items():
-    if p == path:
-      return [name]
-  for suffix, p in _PER_LAYER.items():
-    if p == path:
-      return [f"model.layers.{i}.{suffix}" for i in range(num_layers)]
-  raise KeyError(f"{'/'.join(path)!r} is not a Llama parameter path")
+  if path not in _HF_NAME:
+    raise KeyError(f"{'/'.join(path)!r} is not a Llama parameter path")
+  name = _HF_NAME[path]
+  return [f"model.layers.{i}.{name}" for i in range(num_layers)] if path[0] == "layers" else [name]
 
 
 def is_transposed(path: Path) -> bool:

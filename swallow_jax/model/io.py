@@ -5,20 +5,13 @@ r"""One door for model weights: find, load and save a model whatever its layout.
     model_io.save_hf(path, config, params, dtype=jnp.bfloat16, tokenizer_dir=None)
     model_io.save_orbax(path, config, params)
 
-Path forms `resolve` accepts (kind in brackets; docs/model.md has the details):
-  * [hf]    an HF dir (config.json + safetensors), or a Hub id `org/name` in the local HF cache
-            (nothing is downloaded);
-  * [orbax] what `convert --to_orbax` writes: DIR/params (Orbax StandardSave) + DIR/hf_config.json;
-  * [train] a training run: WORKDIR or WORKDIR/checkpoints (latest step), WORKDIR/checkpoints/<N>
-            or its state/; only "params" is restored, the config is WORKDIR/config.json's. A LoRA
-            run holds no base weights: `load` reads its base (config.json's init_from,
-            `ModelRef.base`) and merges the adapter into it.
-The config always comes from the checkpoint itself, never from a preset.
-
-Safetensors are read with pread (`SafetensorsReader`: whole tensors or row ranges into fresh
-buffers, so memory stays near what is asked for, unlike a memory map whose touched pages stay
-resident) and written header-first (`SafetensorsWriter`: all shapes are known up front, so tensors
-can arrive a chunk at a time). Output dirs appear complete or not at all; files are mode 0644.
+Path forms (kind in brackets; docs/model.md has the details): [hf] an HF dir or a Hub id in the
+local HF cache (nothing is downloaded); [orbax] a `convert --to_orbax` dir; [train] WORKDIR,
+WORKDIR/checkpoints (latest step), a step dir or its state/ (only "params" is restored; the config
+is WORKDIR/config.json's). A LoRA run holds no base weights: `load` reads its base (config.json's
+init_from, `ModelRef.base`) and merges the adapter into it. The config always comes from the
+checkpoint itself, never from a preset. Safetensors are read with pread into fresh buffers (unlike
+a memory map, whose touched pages stay resident). Outputs are atomic, files mode 0644.
 """
 
 from __future__ import annotations
@@ -56,13 +49,10 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".
 _TOKENIZER_FILES = re.compile(
     r"^(tokenizer.*|special_tokens_map\.json|added_tokens\.json|chat_template\..*|.*\.tiktoken|"
     r".*\.model|vocab\.json|merges\.txt)$")
-_ST_DTYPES = {
-    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64),
-    "I32": np.dtype(np.int32), "I16": np.dtype(np.int16), "I8": np.dtype(np.int8),
-    "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
-    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn), "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
-}
+_ST_DTYPES = {k: np.dtype(v) for k, v in dict(
+    F64=np.float64, F32=np.float32, F16=np.float16, BF16=ml_dtypes.bfloat16, I64=np.int64,
+    I32=np.int32, I16=np.int16, I8=np.int8, U8=np.uint8, BOOL=np.bool_,
+    F8_E4M3=ml_dtypes.float8_e4m3fn, F8_E5M2=ml_dtypes.float8_e5m2).items()}
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
 
 
@@ -119,11 +109,6 @@ def _hub_snapshot(repo_id: str) -> str:
     return huggingface_hub.snapshot_download(repo_id, cache_dir=cache, local_files_only=True)
   except Exception:  # pylint: disable=broad-except  (LocalEntryNotFoundError and kin)
     raise missing from None
-
-
-def _has_safetensors(path: str) -> bool:
-  return any(n.endswith(".safetensors") for n in os.listdir(path)) or os.path.exists(
-      os.path.join(path, INDEX))
 
 
 def _read_json(path: str) -> Any:
@@ -196,7 +181,8 @@ def resolve(path: str | os.PathLike[str]) -> ModelRef:
   if not os.path.isdir(path):
     raise ModelPathError(f"{path}: not a directory (expected a model directory)")
   cfg = os.path.join(path, "config.json")
-  if _has_safetensors(path):
+  if any(n.endswith(".safetensors") for n in os.listdir(path)) or os.path.exists(
+      os.path.join(path, INDEX)):
     if not os.path.isfile(cfg):
       raise ModelPathError(f"{path}: safetensors without a config.json (expected an HF dir)")
     return ModelRef("hf", path, _hf_config(cfg), path)
@@ -293,36 +279,28 @@ class SafetensorsReader:
     self._fds = []
 
 
-def plan_shards(tensors: Sequence[tuple[str, TensorInfo]],
-                max_shard_bytes: int) -> list[list[tuple[str, TensorInfo]]]:
-  """Consecutive tensors grouped into shards of at most `max_shard_bytes` (one tensor at least)."""
-  shards: list[list[tuple[str, TensorInfo]]] = [[]]
-  size = 0
-  for name, info in tensors:
-    if shards[-1] and size + info.nbytes > max_shard_bytes:
-      shards.append([])
-      size = 0
-    shards[-1].append((name, info))
-    size += info.nbytes
-  return shards
-
-
 class SafetensorsWriter:
   """Writes safetensors header-first, so each tensor may arrive in row chunks, in plan order."""
 
   def __init__(self, directory: str, tensors: Sequence[tuple[str, TensorInfo]],
                max_shard_bytes: int):
     self.dir = directory
-    self._shards = plan_shards(tensors, max_shard_bytes)
+    self._shards: list[list[tuple[str, TensorInfo]]] = [[]]  # at most max_shard_bytes (or 1 tensor)
+    size = 0
+    for name, info in tensors:
+      if self._shards[-1] and size + info.nbytes > max_shard_bytes:
+        self._shards.append([])
+        size = 0
+      self._shards[-1].append((name, info))
+      size += info.nbytes
     n = len(self._shards)
     self._files = (["model.safetensors"] if n == 1 else
                    [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)])
     self._shard_of = {name: i for i, s in enumerate(self._shards) for name, _ in s}
     self._current: tuple[int, Any] = (-1, None)
     if n > 1:
-      total = sum(t.nbytes for s in self._shards for _, t in s)
       fileio.write_json(os.path.join(directory, INDEX), {
-          "metadata": {"total_size": total},
+          "metadata": {"total_size": sum(t.nbytes for s in self._shards for _, t in s)},
           "weight_map": {name: self._files[i] for name, i in self._shard_of.items()}})
 
   def write(self, name: str, chunk: np.ndarray) -> None:
@@ -356,14 +334,10 @@ def copy_side_files(src: str, dst: str, everything: bool = False) -> None:
   paths = [src] if os.path.isfile(src) else [os.path.join(src, n) for n in sorted(os.listdir(src))]
   for path in paths:
     name = os.path.basename(path)
-    if everything:
-      wanted = name != INDEX and not name.endswith(_WEIGHT_SUFFIXES)
-    else:
-      wanted = bool(_TOKENIZER_FILES.match(name))
-    if not wanted or not os.path.isfile(path):
-      continue
-    shutil.copyfile(path, os.path.join(dst, name))
-    os.chmod(os.path.join(dst, name), 0o644)
+    if os.path.isfile(path) and (name != INDEX and not name.endswith(_WEIGHT_SUFFIXES)
+                                 if everything else _TOKENIZER_FILES.match(name)):
+      shutil.copyfile(path, os.path.join(dst, name))
+      os.chmod(os.path.join(dst, name), 0o644)
 
 
 def _minimal_tokenizer_config(directory: str, config: LlamaConfig) -> dict[str, Any]:
@@ -478,12 +452,7 @@ def _load_orbax(ref: ModelRef, dtype: Any, shardings: Params | None) -> tuple[Ll
                           abstract, shardings)
   return config, _partial_restore(ref.path, abstract,
                                   ocp.checkpoint_utils.construct_restore_args(abstract),
-                                  "the parameters", _params_key(ref))
-
-
-def _params_key(ref: ModelRef) -> tuple[str, ...]:
-  """Where the params sit in the checkpoint: a training state holds them under "params"."""
-  return ("params",) if ref.kind == "train" else ()
+                                  "the parameters", ("params",) if ref.kind == "train" else ())
 
 
 def _partial_restore(path: str, item: Any, args: Any, what: str, key: Sequence[str] = ()) -> Any:
@@ -503,13 +472,10 @@ def _partial_restore(path: str, item: Any, args: Any, what: str, key: Sequence[s
 def load(path_or_ref: str | os.PathLike[str] | ModelRef, *, dtype: Any = None,
          shardings: Params | None = None, decode: bool = False,
          progress: bool = True) -> tuple[LlamaConfig, Params]:
-  """(config, params) of any path form `resolve` accepts.
-
-  dtype: None keeps the stored dtype (config.param_dtype says which). shardings: a pytree of
-  `jax.sharding.Sharding` matching the params; each device then reads only its own shard (HF:
-  the rows it owns, then its columns). decode=True returns the per-layer decoding layout
-  (`model.unstack_layers`), split one stacked array at a time.
-  """
+  """(config, params) of any path form `resolve` accepts. dtype: None keeps the stored dtype
+  (config.param_dtype says which). shardings: a pytree of `jax.sharding.Sharding` matching the
+  params; each device then reads only its own shard (HF: the rows it owns, then its columns).
+  decode=True returns the per-layer layout (`model.unstack_layers`), one stacked array at a time."""
   ref = _ref(path_or_ref)
   if ref.lora is not None:
     config, params = _load_lora_run(ref, dtype, shardings, progress)
@@ -590,12 +556,9 @@ def _hf_plan(config: LlamaConfig, dtype: np.dtype) -> list[tuple[str, TensorInfo
 def save_hf(path: str, config: LlamaConfig, params: Params, *, dtype: Any = jnp.bfloat16,
             tokenizer_dir: str | None = None, overwrite: bool = False,
             max_shard_bytes: int = 5 * 1024**3, progress: bool = True) -> None:
-  """Writes an HF LlamaForCausalLM dir: config.json (pad/unk ids kept), generation_config.json,
-  safetensors, and the tokenizer files of `tokenizer_dir` (dir or file).
-
-  Appears complete or not at all; an existing `path` is an error unless `overwrite`.
-  Single-process only (params are copied to this host one stacked parameter at a time).
-  """
+  """Writes an HF LlamaForCausalLM dir (config.json with pad/unk ids, generation_config.json,
+  safetensors, the tokenizer files of `tokenizer_dir`, a dir or file), complete or not at all; an
+  existing `path` is an error unless `overwrite`. Single-process (one stacked param at a time)."""
   dtype = np.dtype(jnp.dtype(dtype))
   plan = _hf_plan(config, dtype)
   with fileio.atomic_dir(path, overwrite=overwrite) as tmp:
@@ -621,15 +584,13 @@ def save_orbax(path: str, config: LlamaConfig, params: Params, *, overwrite: boo
 
 
 class OrbaxTensors:
-  """An orbax/train checkpoint's params seen as HF tensors (names, shapes, HF orientation).
-
-  Each stacked parameter is restored whole once (partial restore) and served layer by layer;
-  read tensors in `hf.param_paths` order so that each is restored only once.
-  """
+  """An orbax/train checkpoint's params seen as HF tensors (names, shapes, HF orientation). Each
+  stacked parameter is restored whole (partial restore) and served layer by layer: read tensors in
+  `hf.param_paths` order so that each is restored only once."""
 
   def __init__(self, ref: ModelRef):
     self._ref = ref
-    self._prefix = _params_key(ref)
+    self._prefix = ("params",) if ref.kind == "train" else ()  # a training state's params
     try:
       with ocp.PyTreeCheckpointer() as ckptr:
         meta = ckptr.metadata(ref.path)

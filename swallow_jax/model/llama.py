@@ -180,8 +180,7 @@ class Attention(nn.Module):
     k = checkpoint_name(apply_rope(k, mask.positions, inv_freq), "key_proj")
     v = checkpoint_name(v, "value_proj")
     q = _constrain(q, "batch", "length", "act_heads", None)
-    k = _constrain(k, "batch", "length", "act_kv_heads", None)
-    v = _constrain(v, "batch", "length", "act_kv_heads", None)
+    k, v = (_constrain(x, "batch", "length", "act_kv_heads", None) for x in (k, v))
     new_cache = None
     if cache is not None:  # write the T new entries into slots [index, index + T), heads first
       k, v = (jax.lax.dynamic_update_slice(c, x.transpose(0, 2, 1, 3).astype(c.dtype),
@@ -238,16 +237,6 @@ def _block_class(cfg: LlamaConfig, prevent_cse: bool) -> type[Block]:
   return nn.remat(Block, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=prevent_cse)
 
 
-def _layer_stack(cfg: LlamaConfig, lora: Any) -> nn.Module:
-  # prevent_cse is only needed outside a scan (the scan already stops CSE across layers).
-  stack = nn.scan(
-      _block_class(cfg, prevent_cse=not cfg.scan_layers), variable_axes={"params": 0, "lora": 0},
-      split_rngs={"params": True, "lora_dropout": True}, in_axes=(0, nn.broadcast),
-      length=cfg.num_layers, unroll=1 if cfg.scan_layers else cfg.num_layers,
-      metadata_params={nn.PARTITION_NAME: "layers"})
-  return stack(cfg, lora, name="layers")
-
-
 class Llama(nn.Module):
   """Llama 3 causal LM. Returns float32 logits [B, T, V]; with `cache`, (logits, new_cache).
 
@@ -284,10 +273,8 @@ class Llama(nn.Module):
       noise = noise * (neftune_alpha / jnp.sqrt(float(t * cfg.hidden_size)))
       x = x + (noise * (segment_ids != 0)[..., None]).astype(x.dtype)
     if cache is None:
-      layer_cache = None
       mask = Mask(positions, segment_ids, positions, segment_ids, plain_causal=plain_causal)
     else:
-      layer_cache = (cache["k"], cache["v"])
       kv_positions, kv_segment_ids = (
           jax.lax.dynamic_update_slice(cache[key], new.astype(jnp.int32), (0, cache_index))
           for key, new in (("positions", positions), ("segment_ids", segment_ids)))
@@ -300,8 +287,14 @@ class Llama(nn.Module):
             x, None if cache is None else (cache["k"][i], cache["v"][i]), mask)
         new_kv.append(kv)
       new_layer_cache = None if cache is None else tuple(map(tuple, zip(*new_kv)))
-    else:
-      x, new_layer_cache = _layer_stack(cfg, self.lora)(x, layer_cache, mask)
+    else:  # prevent_cse is only needed outside a scan (the scan already stops CSE across layers)
+      stack = nn.scan(_block_class(cfg, prevent_cse=not cfg.scan_layers),
+                      variable_axes={"params": 0, "lora": 0},
+                      split_rngs={"params": True, "lora_dropout": True}, in_axes=(0, nn.broadcast),
+                      length=cfg.num_layers, unroll=1 if cfg.scan_layers else cfg.num_layers,
+                      metadata_params={nn.PARTITION_NAME: "layers"})
+      x, new_layer_cache = stack(cfg, self.lora, name="layers")(
+          x, None if cache is None else (cache["k"], cache["v"]), mask)
     x = _constrain(RMSNorm(cfg, name="final_norm")(x), "batch", "length", "act_embed")
     if return_hidden:
       return x
@@ -309,9 +302,8 @@ class Llama(nn.Module):
     logits = _constrain(logits, "batch", "length", "act_vocab")
     if cache is None:
       return logits
-    new_cache = {"k": new_layer_cache[0], "v": new_layer_cache[1],
-                 "positions": mask.kv_positions, "segment_ids": mask.kv_segment_ids}
-    return logits, new_cache
+    return logits, {"k": new_layer_cache[0], "v": new_layer_cache[1],
+                    "positions": mask.kv_positions, "segment_ids": mask.kv_segment_ids}
 
 
 # Functional API --------------------------------------------------------------------------------
@@ -323,26 +315,22 @@ def _boxed_init(cfg: LlamaConfig, rng: jax.Array) -> Params:
 
 @functools.partial(jax.jit, static_argnums=0)
 def init_params(config: LlamaConfig, rng: jax.Array) -> Params:
-  """Random parameters (HF init: normal(0.02), norms 1) as a plain nested dict.
-
-  Wrap in `jax.jit(..., static_argnums=0, out_shardings=...)` to create them already sharded.
-  """
+  """Random parameters (HF init: normal(0.02), norms 1) as a plain nested dict; wrap in
+  `jax.jit(..., static_argnums=0, out_shardings=...)` to create them already sharded."""
   return nn.meta.unbox(_boxed_init(config, rng))
 
 
 def param_logical_axes(config: LlamaConfig) -> Params:
   """The params tree with a tuple of logical axis names per array (leaves are tuples of str)."""
   boxed = jax.eval_shape(functools.partial(_boxed_init, config), jax.random.key(0))
-  specs = nn.get_partition_spec(boxed)
-  is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)
-  return jax.tree.map(tuple, specs, is_leaf=is_spec)
+  return jax.tree.map(tuple, nn.get_partition_spec(boxed),
+                      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
 
 
 def head_kernel(config: LlamaConfig, params: Params) -> jax.Array:
   """The output projection as a [D, V] kernel: lm_head's, or the embedding transposed if tied."""
-  if config.tie_word_embeddings:
-    return params["embed"]["embedding"].T
-  return params["lm_head"]["kernel"]
+  tied = config.tie_word_embeddings
+  return params["embed"]["embedding"].T if tied else params["lm_head"]["kernel"]
 
 
 def is_per_layer(params: Params) -> bool:
@@ -356,13 +344,11 @@ def _split_leading(a: jax.Array) -> tuple[jax.Array, ...]:
 
 
 def unstack_layers(params: Params, consume: bool = False) -> Params:
-  """The params with the stacked "layers" subtree (leading axis L) split into "layers_0" ...
-  "layers_{L-1}" (copies; shardings of the other axes are kept). `forward`, `forward_with_cache`
-  and `swallow_jax.generate` take either layout; decoding from this one reads each weight where it
-  lies instead of copying it out of the stack at every step.
-
-  The copy briefly doubles the layer weights' memory; `consume=True` splits one stacked array at a
-  time and deletes it (the caller's `params` become unusable), so the peak is one array more."""
+  """The stacked "layers" (leading axis L) split into copies "layers_0" ... "layers_{L-1}", other
+  axes' shardings kept. `forward`, `forward_with_cache` and `sj.generate` take either layout;
+  decoding from this one reads each weight in place. The copy doubles the layer weights' memory;
+  `consume=True` splits and deletes one stacked array at a time (the caller's `params` become
+  unusable), so the peak is one array more."""
   leaves, treedef = jax.tree.flatten(params["layers"])
   split = []
   for leaf in leaves:
@@ -402,11 +388,9 @@ def init_cache(config: LlamaConfig, batch: int, max_len: int, dtype: Any = None,
   transpose), or with `per_layer` (for per-layer params) tuples of L [B, KV, S, Dh]."""
   dtype = jnp.dtype(dtype or config.dtype)
   shape = (batch, config.num_kv_heads, max_len, config.head_dim)
-  def zeros():  # k and v must be distinct buffers: forward_with_cache donates both
-    if per_layer:
-      return tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
-    return jnp.zeros((config.num_layers, *shape), dtype)
-
+  # k and v must be distinct buffers: forward_with_cache donates both.
+  zeros = lambda: (tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers)) if per_layer
+                   else jnp.zeros((config.num_layers, *shape), dtype))
   return {"k": zeros(), "v": zeros(), "positions": jnp.zeros((batch, max_len), jnp.int32),
           "segment_ids": jnp.zeros((batch, max_len), jnp.int32)}
 
@@ -416,12 +400,9 @@ def forward_with_cache(config: LlamaConfig, params: Params, tokens: jax.Array,
                        positions: jax.Array, segment_ids: jax.Array, cache: dict[str, Any],
                        index: jax.Array | int, lora: Params | None = None,
                        lora_cfg: Any = None) -> tuple[jax.Array, dict[str, Any]]:
-  """Writes the T new keys/values into cache slots [index, index+T) and attends over all slots.
-
-  Returns (float32 logits [B, T, V], new cache). The cache argument is donated; its layout
-  (`init_cache`'s `per_layer`) must match the params' (`is_per_layer`). `lora`/`lora_cfg`: an
-  adapter in the params' layout, as in `forward`.
-  """
+  """Writes the T new keys/values into cache slots [index, index+T) and attends over all slots;
+  returns (float32 logits [B, T, V], new cache). The cache is donated; its layout (`init_cache`'s
+  `per_layer`) must match the params'. `lora`/`lora_cfg`: an adapter, as in `forward`."""
   per_layer = is_per_layer(params)
   if isinstance(cache["k"], (tuple, list)) != per_layer:
     raise ValueError("KV cache layout does not match the params: use init_cache(..., per_layer="

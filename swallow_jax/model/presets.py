@@ -41,8 +41,7 @@ def get(name: str, **overrides: Any) -> LlamaConfig:
   """Returns the preset `name` with `overrides` applied (any LlamaConfig field)."""
   if name not in PRESETS:
     raise ValueError(f"unknown model preset {name!r}; known: {', '.join(sorted(PRESETS))}")
-  fields = {f.name for f in dataclasses.fields(LlamaConfig)}
-  unknown = set(overrides) - fields
+  unknown = set(overrides) - {f.name for f in dataclasses.fields(LlamaConfig)}
   if unknown:
     raise ValueError(f"unknown LlamaConfig field(s) {sorted(unknown)} for preset {name!r}")
   return LlamaConfig(**{**PRESETS[name], **overrides})

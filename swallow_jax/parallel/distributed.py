@@ -1,13 +1,8 @@
 """Multi-host start-up: `jax.distributed.initialize()` when this is one of several processes.
 
-Must run before anything touches a JAX backend. Launchers either set the environment that JAX
-auto-detects (Cloud TPU VMs, SLURM, Open MPI, Kubernetes) or pass the coordinator explicitly:
-
-    JAX_COORDINATOR_ADDRESS=host0:1234 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=0 python -m swallow_jax.train ...
-    python -m swallow_jax.train ... --coordinator_address=host0:1234 --num_processes=2 --process_id=0
-
-A process that dies stops the others after `heartbeat_timeout_seconds` (docs/multihost.md,
-"When a process dies").
+Must run before anything touches a JAX backend. Launchers set the environment that JAX
+auto-detects (Cloud TPU VMs, SLURM, Open MPI, Kubernetes) or JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES and JAX_PROCESS_ID, or pass the same as flags (docs/multihost.md).
 """
 
 import contextlib
@@ -49,12 +44,11 @@ def _on_cloud_tpu_vm() -> bool:
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, mode: str = "auto",
                heartbeat_timeout_seconds: int = HEARTBEAT_TIMEOUT_S) -> bool:
-  """Initializes multi-process JAX; returns True if this is (now) a distributed run.
+  """Initializes multi-process JAX (again: a no-op); returns True if this is a distributed run.
 
   mode: 'auto' initializes when a coordinator is given (argument or JAX_COORDINATOR_ADDRESS), a
-  multi-process launcher is detected (SLURM_NTASKS > 1, Open MPI, TPU_WORKER_HOSTNAMES) or this
-  is a Cloud TPU VM; 'on' always calls jax.distributed.initialize (JAX then auto-detects the
-  cluster); 'off' never does. Calling it again is a no-op.
+  multi-process launcher is detected (_MULTI_PROCESS_ENV) or this is a Cloud TPU VM; 'on' always
+  (JAX auto-detects the cluster); 'off' never.
   """
   if mode not in ("auto", "on", "off"):
     raise ValueError(f"distributed mode must be 'auto', 'on' or 'off', got {mode!r}")

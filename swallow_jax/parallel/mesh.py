@@ -2,11 +2,9 @@
 
     config.mesh = dict(data=1, fsdp=-1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
 
-Sizes are per slice (TPU) or per node (GPU); -1 takes the rest of the devices (a missing `fsdp`
-means -1, other missing sizes 1). The `dcn_*` sizes split the same axes across slices/nodes,
-which talk over the slower data-centre network: keep `tensor` inside a slice, put `data` (or
-`fsdp`) across them. The mesh is Auto-typed so that linen's logical constraints and
-`nn.logical_to_mesh_sharding` apply (jax.make_mesh defaults to Explicit).
+Sizes are per slice (TPU) or per node (GPU); -1 takes the rest (a missing `fsdp` means -1, other
+missing sizes 1). The `dcn_*` sizes split the axes across slices/nodes (slower network: keep
+`tensor` inside). The mesh is Auto-typed so that linen's logical constraints apply.
 """
 
 from collections.abc import Mapping, Sequence
@@ -44,8 +42,7 @@ def make_mesh(mesh_cfg: Mapping[str, int],
               devices: Sequence[Any] | None = None) -> jax.sharding.Mesh:
   """Builds the ('data', 'fsdp', 'tensor') mesh described by `mesh_cfg` over `devices` (all)."""
   devices = list(jax.devices() if devices is None else devices)
-  unknown = set(mesh_cfg) - set(AXES) - {f"dcn_{a}" for a in AXES}
-  if unknown:
+  if unknown := set(mesh_cfg) - set(AXES) - {f"dcn_{a}" for a in AXES}:
     raise ValueError(f"mesh: unknown keys {sorted(unknown)}; known: {AXES} and dcn_<axis>")
   dcn = tuple(int(mesh_cfg.get(f"dcn_{a}", 1)) for a in AXES)
   if any(s < 1 for s in dcn):

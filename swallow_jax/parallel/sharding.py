@@ -1,10 +1,6 @@
 """Logical axis rules (the one place that maps model axis names to mesh axes) and the shardings
-of parameters, optimizer state and batches derived from them.
-
-Parameters: FSDP shards the 'embed' dimension over `fsdp`; Megatron-style tensor parallelism
-shards heads / MLP / vocab over `tensor`; the `data` axis replicates parameters (pure data
-parallelism, e.g. across slices). Batches are split over `data` x `fsdp`; between layers the
-residual stream's length is split over `tensor` too (sequence parallelism).
+of parameters, optimizer state and batches derived from them (docs/training.md, "Sharding").
+Between layers the residual stream's length is split over `tensor` too (sequence parallelism).
 """
 
 from collections.abc import Iterator
@@ -104,11 +100,8 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 def check_sharded(shapes: Any, shardings: Any, mesh: jax.sharding.Mesh,
                   min_elements: int = 1 << 20) -> None:
-  """Raises if a parameter with >= `min_elements` is fully replicated over fsdp x tensor.
-
-  Catches rule or annotation mistakes that would silently keep a full copy of a large matrix on
-  every device (OOM at 8B+ scale). Skipped when fsdp x tensor is 1 (pure data parallelism).
-  """
+  """Raises if a parameter with >= `min_elements` is fully replicated over fsdp x tensor (a rule
+  or annotation mistake: OOM at 8B+ scale); skipped when fsdp x tensor is 1."""
   if mesh.shape["fsdp"] * mesh.shape["tensor"] == 1:
     return
   bad = []
@@ -125,19 +118,15 @@ def shard_fraction(shapes: Any, shardings: Any) -> float:
   """Bytes held per device / total parameter bytes (1.0 = fully replicated)."""
   total = per_device = 0
   for shape, sharding in zip(jax.tree.leaves(shapes), jax.tree.leaves(shardings)):
-    nbytes = shape.dtype.itemsize
-    total += math.prod(shape.shape) * nbytes
-    per_device += math.prod(sharding.shard_shape(shape.shape)) * nbytes
+    total += math.prod(shape.shape) * shape.dtype.itemsize
+    per_device += math.prod(sharding.shard_shape(shape.shape)) * shape.dtype.itemsize
   return per_device / max(total, 1)
 
 
 def local_batch_shards(sharding: jax.sharding.Sharding, global_batch: int,
                        shards: int) -> list[int]:
-  """Which of `shards` equal row blocks of a [global_batch, length] array this process holds.
-
-  A process supplies the rows of its addressable devices (jax.make_array_from_process_local_data
-  takes them in increasing order); each block must lie wholly on or off this process. Processes
-  that replicate rows (e.g. a tensor axis across hosts) get the same blocks.
+  """Which of `shards` equal row blocks of a [global_batch, length] array this process holds (the
+  rows of its addressable devices, in increasing order); each block must lie wholly on or off it.
   """
   if global_batch % shards:
     raise ValueError(f"global batch {global_batch} is not divisible into {shards} data shards")

@@ -1,10 +1,9 @@
 """One tokenizer protocol over three file formats, with the model's own special tokens.
 
-``load_tokenizer(path)`` takes a file or a directory and picks the backend: tiktoken BPE ranks
-(Meta's Llama 3 ``tokenizer.model``), a Hugging Face ``tokenizer.json``, or a sentencepiece
-``.model``. Special-token roles, add_bos, stop ids and the chat template come from the model's
-files beside it (`specials`). ``encode`` treats special-token strings in the text as plain
-text; ``decode`` renders special ids as their strings. See docs/tokenizers.md.
+``load_tokenizer(path)`` (a file or a directory) picks the backend: tiktoken BPE ranks (Meta's
+Llama 3 ``tokenizer.model``), a Hugging Face ``tokenizer.json`` or a sentencepiece ``.model``;
+special-token roles, add_bos, stop ids and the chat template come from the model's files beside
+it (`specials`). ``encode`` treats special-token strings as plain text. See docs/tokenizers.md.
 """
 
 from __future__ import annotations
@@ -36,14 +35,13 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
   with the special tokens and chat template of the model files beside it."""
   path = os.fspath(path)
   if os.path.isdir(path):
-    found = [os.path.join(path, n) for n in _DIR_CANDIDATES
-             if os.path.isfile(os.path.join(path, n))]
-    found += sorted(os.path.join(path, n) for n in os.listdir(path)
-                    if n.endswith((".model", ".tiktoken")) and n not in _DIR_CANDIDATES)
+    found = [n for n in _DIR_CANDIDATES if os.path.isfile(os.path.join(path, n))] or sorted(
+        n for n in os.listdir(path)
+        if n.endswith((".model", ".tiktoken")) and n not in _DIR_CANDIDATES)
     if not found:
       raise FileNotFoundError(f"{path}: directory has no tokenizer.model, tokenizer.json, "
                               "*.model or *.tiktoken file")
-    path = found[0]
+    path = os.path.join(path, found[0])
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: no such tokenizer file or directory")
   model = read_model_tokens(os.path.dirname(os.path.abspath(path)))
@@ -58,4 +56,3 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
   except ValueError:
     raise ValueError(f"{path}: neither a tiktoken BPE file, a tokenizer.json nor a "
                      "sentencepiece model") from None
-

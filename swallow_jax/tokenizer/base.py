@@ -35,8 +35,7 @@ class Tokenizer(Protocol):
   special_tokens: dict[str, int]
 
   def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
-    """Ids of the text (BOS first when add_bos and the tokenizer adds one); special-token
-    strings in it are plain text."""
+    """Ids (BOS first if add_bos and the tokenizer adds one); special-token strings are text."""
 
   def encode_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
     """``encode(text)`` and each token's (start, end) character span in `text`, as a fast
@@ -78,7 +77,8 @@ def _file_sha256(path: str, mtime_ns: int) -> str:
 
 
 class BaseTokenizer:
-  """Shared bookkeeping. A backend sets up its vocabulary, then calls `_init_specials`."""
+  """Shared bookkeeping. A backend sets up its vocabulary, then calls `_init_specials`; it
+  defines `_encode` (ids of text), `_entry_bytes` (of a non-special id) and `_lookup`."""
   backend = ""
 
   def _init_specials(self, path: str, special_tokens: Mapping[str, int],
@@ -103,12 +103,8 @@ class BaseTokenizer:
     self.eot_id = self._first(used or EOT_NAMES)
     # A bare file adds the BOS its names give; a model directory says so in add_bos_token,
     # else the file decides (as transformers: a tokenizer.json's post-processor).
-    if self.bos_id is None:
-      self.add_bos = False
-    elif model.add_bos is not None:
-      self.add_bos = model.add_bos
-    else:
-      self.add_bos = adds_bos(self.bos_id) if model.found else True
+    self.add_bos = self.bos_id is not None and (
+        model.add_bos if model.add_bos is not None else not model.found or adds_bos(self.bos_id))
     stops = model.stop_ids or (self.eos_id,)
     self.stop_ids = tuple(dict.fromkeys(i for i in (*stops, self.eot_id) if i is not None))
     self.chat_template = model.chat_template
@@ -127,18 +123,19 @@ class BaseTokenizer:
     """``[bos_id]`` when this tokenizer adds a BOS, else ``[]``."""
     return [self.bos_id] if self.add_bos else []
 
-  def _with_bos(self, ids: list[int], add_bos: bool) -> list[int]:
-    return [*self.bos_prefix(), *ids] if add_bos else ids
+  def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
+    """Ids (BOS first if add_bos and the tokenizer adds one); special-token strings are text."""
+    return [*self.bos_prefix(), *self._encode(text)] if add_bos else self._encode(text)
 
-  def _lookup(self, token: str) -> int | None:
-    raise NotImplementedError
+  def token_bytes(self, token_id: int) -> bytes | None:
+    """What the entry stands for in text (a special: its name; None: no text, e.g. <unk>)."""
+    if token_id in self._special_by_id:
+      return self._special_by_id[token_id].encode()
+    return self._entry_bytes(token_id)
 
   def token_to_id(self, token: str) -> int:
     """Id of a special token, or of the vocabulary entry whose text is exactly ``token``."""
-    if token in self.special_tokens:
-      return self.special_tokens[token]
-    found = self._lookup(token)
-    if found is None:
+    if (found := self.special_tokens.get(token)) is None and (found := self._lookup(token)) is None:
       raise KeyError(f"{token!r} is not a token of {self.path}")
     return found
 

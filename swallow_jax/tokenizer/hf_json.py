@@ -54,9 +54,8 @@ class HFTokenizer(BaseTokenizer):
     self._init_specials(path, {t.content: i for i, t in added.items() if t.special}, model,
                         adds_bos=lambda bos: added_ids[:1] == [bos])
 
-  def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
-    """Ids of the text; special-token strings are plain text."""
-    return self._with_bos(self.tok.encode(text, add_special_tokens=False).ids, add_bos)
+  def _encode(self, text: str) -> list[int]:
+    return self.tok.encode(text, add_special_tokens=False).ids
 
   def encode_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
     """Ids of the text and each token's character span (the library's own offsets)."""
@@ -67,10 +66,8 @@ class HFTokenizer(BaseTokenizer):
     """Text of the ids, specials as their names."""
     return self.tok.decode(list(ids), skip_special_tokens=False)
 
-  def token_bytes(self, token_id: int) -> bytes | None:
-    """Bytes of an entry (byte-level or sentencepiece-style vocab), a special's name."""
-    if token_id in self._special_by_id:
-      return self._special_by_id[token_id].encode()
+  def _entry_bytes(self, token_id: int) -> bytes | None:
+    """Bytes of a byte-level or sentencepiece-style vocab entry."""
     piece = self._by_id.get(token_id)
     if piece is None:
       return None
@@ -85,8 +82,5 @@ class HFTokenizer(BaseTokenizer):
 
   def _lookup(self, token: str) -> int | None:
     if self.byte_level:
-      b2u = byte_to_unicode()
-      return self._vocab.get("".join(b2u[b] for b in token.encode()))
+      return self._vocab.get("".join(byte_to_unicode()[b] for b in token.encode()))
     return self._vocab.get(token.replace(" ", "▁"))
-
-

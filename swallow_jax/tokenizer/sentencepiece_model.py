@@ -39,24 +39,21 @@ class SentencePieceTokenizer(BaseTokenizer):
     self.proto = read_sentencepiece_proto(path)
     Type = sp_pb2.ModelProto.SentencePiece  # pylint: disable=invalid-name
     specials = {}
-    run_proto = sp_pb2.ModelProto()
-    run_proto.CopyFrom(self.proto)
+    run_proto = sp_pb2.ModelProto.FromString(self.proto.SerializeToString())
     for i, p in enumerate(run_proto.pieces):
       # sentencepiece matches user-defined symbols inside text; control symbols it never does.
       if p.type == Type.USER_DEFINED and _SPECIAL_FORM.fullmatch(p.piece):
         p.type = Type.CONTROL
       if p.type == Type.CONTROL:
         specials[p.piece] = i
-    self.sp = spm.SentencePieceProcessor()
-    self.sp.LoadFromSerializedProto(run_proto.SerializeToString())
+    self.sp = spm.SentencePieceProcessor(model_proto=run_proto.SerializeToString())
     self.vocab_size = self.sp.get_piece_size()
     self._piece_ids = {p.piece: i for i, p in enumerate(self.proto.pieces)}
     # Llama 2's LlamaTokenizer (add_bos_token=True) starts every text with its BOS.
     self._init_specials(path, specials, model, adds_bos=lambda bos: True)
 
-  def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
-    """Ids of the text; special-token strings are plain text."""
-    return self._with_bos(self.sp.encode(text, out_type=int), add_bos)
+  def _encode(self, text: str) -> list[int]:
+    return self.sp.encode(text, out_type=int)
 
   def encode_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
     """Ids of the text and each token's character span (sentencepiece's byte alignment)."""
@@ -66,15 +63,12 @@ class SentencePieceTokenizer(BaseTokenizer):
   def decode(self, ids: Iterable[int]) -> str:
     """Text of the ids, specials as their names."""
     # sentencepiece drops control ids; render specials as text between decoded runs.
-    out = []
-    for special, run in itertools.groupby(ids, lambda i: i in self._special_by_id):
-      out += [self._special_by_id[i] for i in run] if special else [self.sp.decode(list(run))]
-    return "".join(out)
+    return "".join("".join(self._special_by_id[i] for i in run) if special
+                   else self.sp.decode(list(run))
+                   for special, run in itertools.groupby(ids, lambda i: i in self._special_by_id))
 
-  def token_bytes(self, token_id: int) -> bytes | None:
-    """Bytes of a piece (byte pieces as their byte), a special's name, None for <unk>."""
-    if token_id in self._special_by_id:
-      return self._special_by_id[token_id].encode()
+  def _entry_bytes(self, token_id: int) -> bytes | None:
+    """Bytes of a piece (byte pieces as their byte), None for <unk>."""
     if not 0 <= token_id < self.vocab_size or self.sp.is_unknown(token_id) or self.sp.is_unused(
         token_id):
       return None
@@ -85,4 +79,3 @@ class SentencePieceTokenizer(BaseTokenizer):
 
   def _lookup(self, token: str) -> int | None:
     return self._piece_ids.get(token.replace(" ", "▁"))
-

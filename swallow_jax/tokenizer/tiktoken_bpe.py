@@ -1,11 +1,7 @@
 """tiktoken BPE ranks (Meta's Llama 3 ``tokenizer.model``: ``base64-bytes rank`` lines).
 
-Run with Llama 3's pre-tokenization pattern and its 256 special tokens, as Meta's
-``llama/tokenizer.py`` does (``<|begin_of_text|>`` = 128000 ... ``<|eot_id|>`` = 128009).
-
-The ranks are parsed here rather than by ``tiktoken.load.load_tiktoken_bpe``: that caches every
-file it reads under /tmp keyed by its path (a rewritten file at the same path would load stale)
-and names no line in its errors.
+Parsed here, not by ``tiktoken.load.load_tiktoken_bpe``: that caches every file under /tmp keyed
+by its path (a rewritten file at the same path would load stale) and names no line in errors.
 """
 
 from __future__ import annotations
@@ -81,9 +77,8 @@ class TiktokenTokenizer(BaseTokenizer):
     # Meta's Llama 3 code, and HF's Llama 3 tokenizer, start every text with BOS.
     self._init_specials(path, specials, model, adds_bos=lambda bos: True)
 
-  def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
-    """Ids of the text; special-token strings are plain text."""
-    return self._with_bos(self.enc.encode_ordinary(text), add_bos)
+  def _encode(self, text: str) -> list[int]:
+    return self.enc.encode_ordinary(text)
 
   def encode_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
     """Ids of the text and each token's character span (its bytes' place in the text)."""
@@ -95,13 +90,8 @@ class TiktokenTokenizer(BaseTokenizer):
     """Text of the ids, specials as their names."""
     return self.enc.decode(list(ids))
 
-  def token_bytes(self, token_id: int) -> bytes | None:
-    """Bytes of a rank, a special's name, None for an unused id."""
-    if token_id in self._special_by_id:
-      return self._special_by_id[token_id].encode()
-    return self._bytes.get(token_id)
+  def _entry_bytes(self, token_id: int) -> bytes | None:
+    return self._bytes.get(token_id)  # None for an unused id
 
   def _lookup(self, token: str) -> int | None:
     return self.ranks.get(token.encode())
-
-

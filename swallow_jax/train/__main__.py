@@ -38,12 +38,8 @@ def main(argv: list[str]) -> None:
   f = flags.FLAGS
   parallel.initialize(f.coordinator_address, f.num_processes, f.process_id, mode=f.distributed,
                       heartbeat_timeout_seconds=_HEARTBEAT.value or parallel.HEARTBEAT_TIMEOUT_S)
-  from swallow_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from swallow_jax.train import lock, loop  # pylint: disable=g-import-not-at-top
-  try:
-    summary = loop.run(_CONFIG.value, f.workdir)
-  except (loop.NonFiniteLossError, lock.WorkdirInUseError, checkpoint.CheckpointSaveError) as e:
-    raise cli.Failure(str(e)) from e
+  from swallow_jax.train import loop  # pylint: disable=g-import-not-at-top
+  summary = loop.run(_CONFIG.value, f.workdir)  # its errors are cli.Failure: one line, exit 1
   logging.info("done: step %d, loss %s%s", summary["step"], summary["loss"],
                " (stopped by a signal, checkpoint saved)" if summary["preempted"] else "")
 

@@ -25,32 +25,28 @@ def num_shards(requested: int, process_count: int) -> int:
 
 
 class ShardedBatches(grain.DatasetIterator):
-  """Concatenates one batch of each of this process's data shards, in shard order."""
+  """Concatenates one batch of each of this process's data shards (`shards`: {k: iterator}), in
+  shard order."""
 
   def __init__(self, shards: Mapping[int, grain.DatasetIterator]):
-    self._shards = dict(sorted(shards.items()))
-    super().__init__(list(self._shards.values()))  # Grain's prefetch and close reach them all.
-
-  @property
-  def shard_source_tokens(self) -> dict[int, dict[str, int]]:
-    """{shard: {source: tokens read so far}}, from the pipeline's per-source counters."""
-    return {k: dict(getattr(it, "source_tokens", {}) or {}) for k, it in self._shards.items()}
+    self.shards = dict(sorted(shards.items()))
+    super().__init__(list(self.shards.values()))  # Grain's prefetch and close reach them all.
 
   def __next__(self) -> dict[str, np.ndarray]:
-    batches = [next(it) for it in self._shards.values()]
+    batches = [next(it) for it in self.shards.values()]
     return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
 
   def get_state(self) -> dict[str, Any]:
-    return {"shards": {str(k): it.get_state() for k, it in self._shards.items()}}
+    return {"shards": {str(k): it.get_state() for k, it in self.shards.items()}}
 
   def set_state(self, state: dict[str, Any]) -> None:
     saved = sorted(int(k) for k in state["shards"])
-    if saved != list(self._shards):
+    if saved != list(self.shards):
       raise checkpoint.IncompatibleCheckpointError(
           f"the checkpoint's data-iterator state of process {jax.process_index()} holds data "
-          f"shards {saved}, this process reads {list(self._shards)}: resume with the same "
+          f"shards {saved}, this process reads {list(self.shards)}: resume with the same "
           "number of processes and data.num_shards as the run that saved it")
-    for k, it in self._shards.items():
+    for k, it in self.shards.items():
       it.set_state(state["shards"][str(k)])
 
 
@@ -58,22 +54,18 @@ def make_iterator(data_cfg: Any, *, seq_len: int, global_batch: int, shards: int
                   local_shards: Sequence[int], seed: int) -> ShardedBatches:
   """One Grain pipeline per local shard (see swallow_jax.data.pipeline), each B/S rows a step."""
   from swallow_jax.data.pipeline import make_train_iterator  # pylint: disable=g-import-not-at-top
-  rows = global_batch // shards
   return ShardedBatches({
-      k: make_train_iterator(data_cfg, seq_len=seq_len, batch_size_per_process=rows,
-                             process_index=k, process_count=shards, seed=seed)
+      k: make_train_iterator(data_cfg, seq_len=seq_len, process_index=k, process_count=shards,
+                             batch_size_per_process=global_batch // shards, seed=seed)
       for k in local_shards})
 
 
 def source_tokens(data_iter: ShardedBatches, shards: int) -> dict[str, int]:
   """Tokens read so far per source over all shards of all processes (each shard counted once)."""
-  per_shard = data_iter.shard_source_tokens
-  names = sorted({n for counts in per_shard.values() for n in counts})
-  if not names:
-    return {}
+  names = sorted({n for it in data_iter.shards.values() for n in it.source_tokens})  # never empty
   table = np.zeros((shards, len(names)), np.int64)
-  for k, counts in per_shard.items():
-    table[k] = [counts.get(n, 0) for n in names]
+  for k, it in data_iter.shards.items():
+    table[k] = [it.source_tokens.get(n, 0) for n in names]
   if jax.process_count() > 1:  # Processes holding the same rows read the same shard: max, not sum.
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     # As int32 pairs: JAX arrays are 32-bit by default and counts pass 2^31 in real runs.

@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 
+from swallow_jax import cli
 from swallow_jax import fileio
 
 LOCK_NAME = ".lock"
@@ -21,7 +22,7 @@ HEARTBEAT_S = 30.0
 STALE_AFTER_S = 300.0
 
 
-class WorkdirInUseError(RuntimeError):
+class WorkdirInUseError(cli.Failure):
   """Another live run holds the workdir."""
 
 

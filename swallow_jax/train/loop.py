@@ -1,12 +1,11 @@
 """The training loop: `run(config, workdir)` (CPT and SFT), used by the CLI and the recipe runner.
 
 Start-up resumes from WORKDIR/checkpoints, else loads `init_from` (weights only), else initializes
-at random; with LoRA the frozen base always comes from `init_from`. Then it steps to
-config.train.num_steps, logging metrics and saving every N steps / M minutes / on SIGTERM or
-Ctrl-C. Resume safety, checkpoints and multi-host behaviour: docs/training.md, docs/multihost.md.
+at random; with LoRA the frozen base always comes from `init_from`. Then it steps, logs and saves:
+docs/training.md (resume safety, checkpoints), docs/multihost.md.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 import json
 import logging
 import math
@@ -21,7 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from swallow_jax import checkpoint, config_utils, evaluate, fileio, parallel, tokenizer
+from swallow_jax import checkpoint, cli, config_utils, evaluate, fileio, parallel, tokenizer
 from swallow_jax.model import io as model_io
 from swallow_jax.train import data as data_lib
 from swallow_jax.train import lock as lock_lib
@@ -37,7 +36,7 @@ LORA_STATE_KEYS = ("model.lora.rank", "model.lora.alpha", "model.lora.targets",
                    "model.lora.rslora", "model.lora.trainable", "init_from")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(cli.Failure):
   """The loss or gradient norm became NaN/inf; the run stopped without saving that state."""
 
 
@@ -45,13 +44,11 @@ class _Preemption:
   """SIGTERM (preemption, SLURM time limit) and SIGINT (Ctrl-C): the first sets a flag the loop
   checks (save at the end of the step, exit 0); a second one ends the process at once."""
 
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
   def __init__(self):
     self.signal_name = ""
     self._previous = {}
     if threading.current_thread() is threading.main_thread():
-      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+      self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
   @property
   def flag(self) -> bool:
@@ -73,19 +70,10 @@ class _Preemption:
       signal.signal(s, previous)
 
 
-def _global_batch(local: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding,
-                  global_batch: int) -> dict:
-  """The global batch from each process's rows (its data shards, in row order)."""
-  return {k: jax.make_array_from_process_local_data(
-              sharding, np.asarray(local[k]), (global_batch, *local[k].shape[1:]))
-          for k in step_lib.BATCH_KEYS}
-
-
 def _load_init(path: str, abstract_params: Any, what: str) -> Any:
   """Weights from `init_from` (any path swallow_jax.model.io resolves) onto the target shardings."""
-  shardings = jax.tree.map(lambda a: a.sharding, abstract_params)
-  dtype = jax.tree.leaves(abstract_params)[0].dtype
-  _, params = model_io.load(path, dtype=dtype, shardings=shardings,
+  _, params = model_io.load(path, dtype=jax.tree.leaves(abstract_params)[0].dtype,
+                            shardings=jax.tree.map(lambda a: a.sharding, abstract_params),
                             progress=jax.process_index() == 0)
   logging.info("%s from %s", what, path)
   return params
@@ -125,21 +113,19 @@ def _config_changes(workdir: str, resolved: dict[str, Any]) -> list[dict[str, An
 def _record_config(workdir: str, resolved: dict[str, Any], changes: list[dict[str, Any]],
                    step: int) -> None:
   """Logs `changes`, appends them as of `step` to config_history.jsonl, writes config.json."""
-  changes = [{"step": step, **c} for c in changes]
   for c in changes:
     logging.info("config change since the last start: %s: %r -> %r", c["key"], c["old"], c["new"])
   if changes:
     with open(os.path.join(workdir, "config_history.jsonl"), "a", encoding="utf-8") as f:
-      f.writelines(json.dumps(c) + "\n" for c in changes)
+      f.writelines(json.dumps({"step": step, **c}) + "\n" for c in changes)
   fileio.write_json(os.path.join(workdir, "config.json"), resolved)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains per `config`, writing into `workdir`; resumes if `workdir` holds a checkpoint.
 
-  Returns {'step', 'loss', 'preempted', 'params', 'model_config', 'workdir'} ('params': with
-  LoRA, the adapter merged into the base). Raises
-  NonFiniteLossError on NaN/inf, ValueError on bad configs or incompatible checkpoints,
+  Returns {'step', 'loss', 'preempted', 'params' (with LoRA: merged), 'model_config', 'workdir'}.
+  Raises NonFiniteLossError on NaN/inf, ValueError on bad configs or incompatible checkpoints,
   lock.WorkdirInUseError when another run holds `workdir`, checkpoint.CheckpointSaveError when
   an asynchronous save failed.
   """
@@ -171,6 +157,8 @@ class _Trainer:
     if self.seq_len > spec.model.max_position_embeddings:
       raise ValueError(f"data.seq_len={self.seq_len} exceeds the model's "
                        f"max_position_embeddings={spec.model.max_position_embeddings}")
+    if spec.eval.every_steps and not spec.tokenizer:
+      raise ValueError("config.eval.every_steps > 0 needs config.tokenizer")
     self.mesh = parallel.make_mesh(spec.mesh.as_dict())
     self.batch_sharding = parallel.batch_sharding(self.mesh)
 
@@ -196,19 +184,18 @@ class _Trainer:
     changes = _config_changes(workdir, self.resolved) if self.mngr.latest_step() is not None else []
     restored = checkpoint.restore_latest(self.mngr, step_lib.checkpointed(abstract),
                                          self.data_iter)
+    self.start = 0
     if restored is not None:
       self.start, self.state = restored
       if lora.rank:  # The checkpoint holds the adapter; the frozen base comes from init_from.
         self.state["params"] = _load_init(spec.init_from, abstract["params"], "LoRA base")
       logging.info("resumed from %s/checkpoints step %d", workdir, self.start)
     elif spec.init_from:
-      self.start = 0
       params = _load_init(spec.init_from, abstract["params"],
                           "LoRA base" if lora.rank else "initialized weights")
       self.state = jax.jit(lambda p: step_lib.state_from_params(p, tx, seed, lora),
                            out_shardings=shardings, donate_argnums=0)(params)
     else:
-      self.start = 0
       self.state = step_lib.jit_init(spec.model, tx, seed, shardings)()
 
     n_params = sum(math.prod(a.shape) for a in jax.tree.leaves(abstract["params"]))
@@ -236,25 +223,21 @@ class _Trainer:
         self.workdir, self.start, enabled=self.is_main, tensorboard=t.tensorboard,
         wandb_project=t.wandb_project, run_config=self.resolved)
     eval_every = spec.eval.every_steps
-    eval_writer = metrics_lib.MetricsWriter(self.workdir, self.start,
-                                            enabled=self.is_main and eval_every > 0,
-                                            filename="eval.jsonl", tensorboard=False)
-    evaluator = _evaluator(spec) if eval_every else None
+    eval_writer = metrics_lib.MetricsWriter(
+        self.workdir, self.start, self.is_main and eval_every > 0, "eval.jsonl", tensorboard=False)
+    tok = tokenizer.load_tokenizer(spec.tokenizer) if eval_every else None
     policy = checkpoint.SavePolicy(spec.checkpoint)
     preemption = _Preemption()
-    pending = None
-    done = self.start
+    pending, done = None, self.start
     try:
       with parallel.mesh_context(self.mesh):
-        for step in range(self.start, t.num_steps):
+        for done in range(self.start + 1, t.num_steps + 1):  # done: steps completed after it
           local = next(self.data_iter)
-          logged = (step + 1) % max(1, t.log_every) == 0 or step + 1 == t.num_steps
+          logged = done % max(1, t.log_every) == 0 or done == t.num_steps
           counts = data_lib.source_tokens(self.data_iter, self.shards) if logged else None
-          if step == self.start and self.is_main:
+          if done == self.start + 1 and self.is_main:
             logging.info("compiling the train step (first step)...")
-          self.state, device_metrics = self.step_fn(
-              self.state, _global_batch(local, self.batch_sharding, self.global_batch))
-          done = step + 1
+          self.state, device_metrics = self.step_fn(self.state, self._global_batch(local))
           if pending is not None:  # Previous step's metrics: fetched while this one runs.
             self._handle(*pending)
           pending = (done, device_metrics, counts)
@@ -269,27 +252,30 @@ class _Trainer:
             checkpoint.save(self.mngr, done, step_lib.checkpointed(self.state), self.data_iter)
             policy.saved()
           if eval_due:
-            results = evaluator(self._params())
+            results = evaluate.run_tasks(spec.model, self._params(), tok, list(spec.eval.tasks))
             eval_writer.write(done, results)
             self.writer.mirror(done, {"eval": {
                 task: {"score": r.get("score"), **r.get("metrics", {})}
                 for task, r in results.items()}})
           if stop:
             break
-        if pending is not None:
-          self._handle(*pending)
         self.mngr.wait_until_finished()
         checkpoint.check_save(self.mngr)
     finally:
       preemption.restore()
-      self.mngr.wait_until_finished()
-      self.mngr.close()
+      self.mngr.close()  # Waits for a pending save first.
       self.writer.close()
       eval_writer.close()
     if preemption.flag:
       logging.warning("stopped by %s at step %d; checkpoint saved", preemption.signal_name, done)
     return {"step": done, "loss": self.last_loss, "preempted": preemption.flag,
             "params": self._params(), "model_config": spec.model, "workdir": self.workdir}
+
+  def _global_batch(self, local: Mapping[str, np.ndarray]) -> dict:
+    """The global batch from this process's rows (its data shards, in row order)."""
+    return {k: jax.make_array_from_process_local_data(
+                self.batch_sharding, np.asarray(local[k]), (self.global_batch, *local[k].shape[1:]))
+            for k in step_lib.BATCH_KEYS}
 
   def _params(self) -> Any:
     """The model trained so far (with LoRA: the adapter merged into the base, a new copy)."""
@@ -313,25 +299,14 @@ class _Trainer:
     now = time.perf_counter()
     tps = ((done - self.clock_step) * self.global_batch * self.seq_len
            / max(now - self.clock_time, 1e-9))
-    if self.first is None:  # ETA from steady-state steps (the first one compiles).
-      self.first, eta = (done, now), None
-    else:
-      first_step, first_time = self.first
-      eta = (now - first_time) / max(done - first_step, 1) * (num_steps - done)
+    self.first = self.first or (done, now)  # ETA from steady-state steps (the first compiles).
+    eta = ((now - self.first[1]) / (done - self.first[0]) * (num_steps - done)
+           if done > self.first[0] else None)
     self.clock_step, self.clock_time = done, now
     record = {k: m.pop(k) for k in ("loss", "lr", "grad_norm")}
     record.update(tokens_per_sec=tps,
-                  mfu=metrics_lib.mfu(tps, self.flops_token, self.mesh.size, self.peak), **m)
-    if source_tokens:
-      record["source_tokens"] = source_tokens
+                  mfu=metrics_lib.mfu(tps, self.flops_token, self.mesh.size, self.peak), **m,
+                  source_tokens=source_tokens)
     self.writer.write(done, record)
     if self.is_main:
       logging.info(metrics_lib.progress_line(done, num_steps, record, eta))
-
-
-def _evaluator(spec: config_utils.TrainSpec) -> Callable[[Any], dict[str, Any]]:
-  """params -> swallow_jax.evaluate.run_tasks results on config.eval.tasks."""
-  if not spec.tokenizer:
-    raise ValueError("config.eval.every_steps > 0 needs config.tokenizer")
-  tok = tokenizer.load_tokenizer(spec.tokenizer)
-  return lambda params: evaluate.run_tasks(spec.model, params, tok, list(spec.eval.tasks))

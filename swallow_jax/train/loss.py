@@ -25,9 +25,8 @@ def weighted_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.A
   # One-hot contraction rather than a gather: fuses, and partitions cleanly over a sharded vocab.
   target_logit = jnp.sum(logits * jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype),
                          axis=-1)
-  ce = jnp.sum(weights * (lse - target_logit))
   z = jnp.sum(weights * (z_loss * jnp.square(lse))) if z_loss else jnp.zeros((), jnp.float32)
-  return ce, z
+  return jnp.sum(weights * (lse - target_logit)), z
 
 
 def chunked_cross_entropy(hidden: jax.Array, kernel: jax.Array, targets: jax.Array,
@@ -36,33 +35,25 @@ def chunked_cross_entropy(hidden: jax.Array, kernel: jax.Array, targets: jax.Arr
   """`weighted_cross_entropy(hidden @ kernel, ...)` without materializing the logits.
 
   hidden [B, T, D] (compute dtype), kernel [D, V] (parameter dtype; cast per chunk so its gradient
-  accumulates over chunks in the parameter dtype), targets/weights [B, T]. Scans over chunks of
-  `chunk_size` positions of every row (B x chunk_size tokens; the batch axis keeps its sharding);
-  each chunk's float32 logits live only inside a `jax.checkpoint`, so the backward pass recomputes
-  them instead of storing them: O(B * chunk_size * V) instead of O(B * T * V) temporaries.
+  accumulates in it), targets/weights [B, T]. Scans over chunks of `chunk_size` positions of every
+  row whose fp32 logits the backward pass recomputes (`jax.checkpoint`) instead of storing them:
+  O(B * chunk_size * V) instead of O(B * T * V) temporaries (docs/training.md).
   """
   b, t = hidden.shape[:2]
   chunk_size = min(chunk_size, t)
   n = -(-t // chunk_size)
-  pad = n * chunk_size - t
-  if pad:  # Zero-weight padding positions: they add 0 to both sums and get zero gradients.
-    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-    targets = jnp.pad(targets, ((0, 0), (0, pad)))
-    weights = jnp.pad(weights, ((0, 0), (0, pad)))
 
-  def chunks(x):  # [B, n*c, ...] -> [n, B, c, ...]
+  def chunks(x):  # [B, T, ...] -> [n, B, c, ...]
+    # Zero-weight padding positions: they add 0 to both sums and get zero gradients.
+    x = jnp.pad(x, ((0, 0), (0, n * chunk_size - t)) + ((0, 0),) * (x.ndim - 2))
     return jnp.moveaxis(x.reshape(b, n, chunk_size, *x.shape[2:]), 1, 0)
 
   @functools.partial(jax.checkpoint, prevent_cse=False)  # In a scan, CSE cannot undo the remat.
-  def chunk_loss(h, y, w):
+  def body(carry, xs):
+    h, y, w = xs
     logits = token_matmul(h, kernel.astype(h.dtype), preferred_element_type=jnp.float32)
     logits = nn.with_logical_constraint(logits, ("batch", "length", "act_vocab"))
-    return weighted_cross_entropy(logits, y, w, z_loss)
-
-  def body(carry, xs):
-    ce, z = chunk_loss(*xs)
-    return (carry[0] + ce, carry[1] + z), None
+    return jax.tree.map(jnp.add, carry, weighted_cross_entropy(logits, y, w, z_loss)), None
 
   zero = jnp.zeros((), jnp.float32)
-  (ce, z), _ = jax.lax.scan(body, (zero, zero), (chunks(hidden), chunks(targets), chunks(weights)))
-  return ce, z
+  return jax.lax.scan(body, (zero, zero), (chunks(hidden), chunks(targets), chunks(weights)))[0]

@@ -1,7 +1,6 @@
 """Throughput and MFU, and the writers for metrics.jsonl, TensorBoard and the progress line.
 
-FLOPs per token are counted like MaxText (`calculate_tflops_training_per_device`), for full
-training and for LoRA steps; the formulas and the peak-FLOPs table: docs/training.md, "MFU".
+FLOPs per token as MaxText counts them, for full training and LoRA steps (docs/training.md, "MFU");
 MFU is null on CPU or an accelerator not in PEAK_FLOPS.
 """
 
@@ -20,26 +19,16 @@ from swallow_jax.model import lora as lora_lib
 
 # (substring of jax.Device.device_kind, peak dense bf16 FLOP/s per device), most specific first.
 PEAK_FLOPS: tuple[tuple[str, float], ...] = (
-    ("H100 PCIe", 756e12),
-    ("H100", 989e12),
-    ("H200", 989e12),
-    ("H800", 989e12),
-    ("B200", 2250e12),
-    ("A100", 312e12),
-    ("TPU v6", 918e12),       # v6e ('TPU v6 lite')
-    ("TPU v5 lite", 197e12),  # v5e
-    ("TPU v5e", 197e12),
-    ("TPU v5", 459e12),       # v5p ('TPU v5' / 'TPU v5p')
-    ("TPU v4", 275e12),
+    ("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("H800", 989e12),
+    ("B200", 2250e12), ("A100", 312e12),
+    ("TPU v6", 918e12), ("TPU v5 lite", 197e12), ("TPU v5e", 197e12),  # v6e: 'TPU v6 lite'
+    ("TPU v5", 459e12), ("TPU v4", 275e12),  # v5p: 'TPU v5' / 'TPU v5p'
 )
 
 
 def peak_flops_per_device(device_kind: str) -> float | None:
   """Peak dense bf16 FLOP/s for a device kind, or None (CPU, unknown accelerators)."""
-  for key, flops in PEAK_FLOPS:
-    if key.lower() in device_kind.lower():
-      return flops
-  return None
+  return next((flops for key, flops in PEAK_FLOPS if key.lower() in device_kind.lower()), None)
 
 
 def flops_per_token(model_cfg: Any, seq_len: int, lora_cfg: Any = None) -> float:
@@ -67,20 +56,16 @@ def mfu(tokens_per_sec: float, flops_token: float, num_devices: int,
 
 
 class MetricsWriter:
-  """Appends one JSON line per logged step to `filename`; mirrors scalars to TensorBoard
-  (WORKDIR/tensorboard/, when `tensorboard`) and Weights & Biases (when `wandb_project`).
-
-  On resume the file is first cut back to the restored step, so it always describes exactly the
-  steps that the saved state went through. Only process 0 writes (`enabled`).
-  """
+  """Appends one JSON line per logged step to `filename` (first cut back to `start_step`, as on
+  resume); mirrors scalars to TensorBoard (WORKDIR/tensorboard/, when `tensorboard`) and Weights &
+  Biases (when `wandb_project`). Only process 0 writes (`enabled`)."""
 
   def __init__(self, workdir: str, start_step: int, enabled: bool = True,
                filename: str = "metrics.jsonl", *, tensorboard: bool = True,
                wandb_project: str = "", run_config: Mapping[str, Any] | None = None):
     self.enabled = enabled
     self.path = os.path.join(workdir, filename)
-    self._tb = None
-    self._wandb = None
+    self._tb = self._wandb = None
     if not enabled:
       return
     truncate_jsonl(self.path, start_step)
@@ -100,15 +85,12 @@ class MetricsWriter:
     """One record for `step`: a JSON line, and the finite scalars to TensorBoard / W&B."""
     if not self.enabled:
       return
-    record = {"step": int(step), **{k: _jsonable(v) for k, v in values.items()}}
-    self._file.write(json.dumps(record) + "\n")
+    self._file.write(json.dumps({"step": int(step), **_jsonable(values)}) + "\n")
     self._file.flush()
     self.mirror(step, values)
 
   def mirror(self, step: int, values: Mapping[str, Any]) -> None:
     """The finite scalars of `values` (nested keys joined by "/") to TensorBoard / W&B only."""
-    if not self.enabled:
-      return
     flat = traverse_util.flatten_dict(_jsonable(values), sep="/")
     scalars = {k: v for k, v in flat.items() if isinstance(v, (int, float)) and math.isfinite(v)}
     if self._tb is not None:
@@ -131,16 +113,13 @@ def truncate_jsonl(path: str, last_step: int) -> None:
   """Drops lines whose 'step' is beyond `last_step` (and a torn last line from a kill)."""
   if not os.path.exists(path):
     return
-  keep = []
-  with open(path, encoding="utf-8") as f:
+  with open(path, encoding="utf-8") as f, fileio.atomic_file(path) as out:
     for line in f:
       try:
         if json.loads(line)["step"] <= last_step:
-          keep.append(line if line.endswith("\n") else line + "\n")
+          out.write(line if line.endswith("\n") else line + "\n")
       except (ValueError, KeyError, TypeError):
         continue
-  with fileio.atomic_file(path) as f:
-    f.writelines(keep)
 
 
 def _jsonable(v: Any) -> Any:
@@ -172,6 +151,5 @@ def _si(x: float) -> str:
 
 
 def _duration(s: float) -> str:
-  s = int(s)
-  h, rem = divmod(s, 3600)
+  h, rem = divmod(int(s), 3600)
   return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"

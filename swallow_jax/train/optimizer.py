@@ -1,7 +1,6 @@
 """AdamW with global-norm clipping, no decay on norm scales, warmup + cosine to a minimum LR.
 
-Swallow (Megatron-LM): AdamW b1 0.9, b2 0.95, eps 1e-8, weight decay 0.1, gradient clipping 1.0,
-linear warmup then cosine decay to peak_lr * min_lr_ratio.
+Swallow (Megatron-LM): AdamW b1 0.9, b2 0.95, eps 1e-8, weight decay 0.1, gradient clipping 1.0.
 """
 
 from collections.abc import Mapping
@@ -18,8 +17,7 @@ NO_DECAY_LEAVES = ("scale", "bias")
 def schedule(opt_cfg: OptimizerSpec | Mapping[str, Any]) -> optax.Schedule:
   """lr(step): 0 -> peak_lr linearly over warmup_steps, then cosine to peak_lr * min_lr_ratio.
 
-  `decay_steps` is the schedule's total length including warmup (optax convention); the LR stays
-  at the minimum after it.
+  `decay_steps` is the total length including warmup (optax); the LR stays at the minimum after.
   """
   opt = as_section(OptimizerSpec, opt_cfg, "optimizer")
   return optax.warmup_cosine_decay_schedule(
@@ -29,9 +27,8 @@ def schedule(opt_cfg: OptimizerSpec | Mapping[str, Any]) -> optax.Schedule:
 
 def decay_mask(params: Any) -> Any:
   """True where weight decay applies: every kernel and embedding, not norm scales or biases."""
-  def keep(path, _):
-    return getattr(path[-1], "key", None) not in NO_DECAY_LEAVES
-  return jax.tree_util.tree_map_with_path(keep, params)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], "key", None) not in NO_DECAY_LEAVES, params)
 
 
 def make_optimizer(opt_cfg: OptimizerSpec | Mapping[str, Any]
@@ -39,9 +36,6 @@ def make_optimizer(opt_cfg: OptimizerSpec | Mapping[str, Any]
   """Returns (transformation, lr schedule). Clipping happens before the Adam moments."""
   opt = as_section(OptimizerSpec, opt_cfg, "optimizer")
   lr = schedule(opt)
-  parts = []
-  if opt.clip_norm:
-    parts.append(optax.clip_by_global_norm(opt.clip_norm))
-  parts.append(optax.adamw(lr, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
-                           mask=decay_mask))
-  return optax.chain(*parts), lr
+  clip = [optax.clip_by_global_norm(opt.clip_norm)] if opt.clip_norm else []
+  return optax.chain(*clip, optax.adamw(lr, b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                                        weight_decay=opt.weight_decay, mask=decay_mask)), lr

@@ -2,9 +2,7 @@
 token-chunked loss, document masking on or off, LoRA).
 
 The state is a plain dict that Orbax saves as-is and restores onto any mesh: {'step', 'params',
-'opt_state', 'rng'}; with LoRA also 'lora' (the fp32 adapter) and ['extra'] (the fp32
-LoraConfig.trainable params), the optimizer covering `trainable(state)` only and checkpoints
-`checkpointed(state)`, all but the frozen base (docs/training.md, "LoRA").
+'opt_state', 'rng'}, with LoRA also 'lora' and ['extra'] (docs/training.md, "LoRA").
 """
 
 from collections.abc import Callable, Mapping
@@ -49,9 +47,8 @@ def state_from_params(params: Any, tx: optax.GradientTransformation, seed: int,
                       lora_cfg: lora_lib.LoraConfig | None = None) -> State:
   """A fresh train state (step 0, new optimizer moments) around existing parameters.
 
-  With `lora_cfg.rank` > 0, `params` become the frozen base and a new fp32 adapter (key
-  PRNGKey(seed) folded with 2; B = 0, so step 0 is the base model) and fp32 copies of the
-  `lora_cfg.trainable` params are what trains."""
+  With `lora_cfg.rank` > 0, `params` become the frozen base; a new fp32 adapter (B = 0: step 0
+  is the base model) and fp32 copies of the `lora_cfg.trainable` params are what trains."""
   state = {"step": jnp.zeros((), jnp.int32), "params": params,
            "rng": jax.random.fold_in(jax.random.PRNGKey(seed), 1)}
   if _lora_on(lora_cfg):
@@ -95,18 +92,14 @@ def state_shardings(abstract_state: State, tx: optax.GradientTransformation, par
   if "lora" in abstract_state:
     if lora_shardings is None:
       raise ValueError("state_shardings: a LoRA state needs lora_shardings (see lora_shardings())")
-    train_sh = _trainable_shardings(param_shardings, lora_shardings,
-                                    tuple(abstract_state.get("extra", ())))
+    train_sh = _trainable_shardings(param_shardings, lora_shardings, abstract_state.get("extra"))
     out.update(train_sh)
   out["opt_state"] = parallel.opt_state_shardings(tx, abstract_state["opt_state"], train_sh, mesh)
   return out
 
 
 def _microbatches(batch: Batch, n: int) -> Batch:
-  """[B, ...] -> [n, B/n, ...] with microbatch i = rows i, i+n, ...: every device keeps its rows.
-
-  Entries that are None (a batch without positions/segment ids) stay None.
-  """
+  """[B, ...] -> [n, B/n, ...] with microbatch i = rows i, i+n, ...: every device keeps its rows."""
   def split(x):
     if x.shape[0] % n:
       raise ValueError(f"batch size {x.shape[0]} is not divisible by grad_accum_steps={n}")
@@ -123,20 +116,12 @@ def make_train_step(model_cfg: Any, tx: optax.GradientTransformation, lr: optax.
   """Returns the pure step `(state, batch) -> (state, metrics)`; jit it with `jit_train_step`.
 
   The objective is normalized by the loss weight of the whole global batch, so accumulating n
-  microbatches gives the same gradient as one big batch. Metrics (fp32 scalars): loss (mean
-  cross-entropy, without z-loss), z_loss, grad_norm (before clipping), param_norm (after the
-  update, of what trains: all params, or with LoRA the adapter and extra trainable tensors;
-  non-finite means the new state is unusable), lr (used by this update), loss_tokens (sum of
-  loss weights).
-
-  `loss_chunk_size` > 0: the loss from the final hidden states, that many positions at a time
-  (`chunked_cross_entropy`); 0 = full logits. `document_masking=False` ignores the batch's
-  positions and segment ids: plain causal attention over the whole packed row (both:
-  docs/training.md, "Loss and attention options").
-
-  `lora_cfg` with rank > 0 trains a LoRA state (`state_from_params(..., lora_cfg)`): gradients
-  w.r.t. `trainable(state)` only, LoRA dropout from the step's rng; `lora_shardings` (with
-  `param_shardings`) keep the accumulated adapter gradients sharded like the adapter.
+  microbatches gives the same gradient as one big batch. Metrics (fp32 scalars): those of
+  metrics.jsonl (docs/training.md, "Files in the workdir"); a non-finite param_norm means the new
+  state is unusable. `loss_chunk_size` (0 = full logits) and `document_masking`: docs/training.md,
+  "Loss and attention options". `lora_cfg` with rank > 0 trains a LoRA state (gradients of
+  `trainable(state)` only); `param_shardings` and `lora_shardings` keep the accumulated gradients
+  sharded like what trains (None: unconstrained).
   """
   if loss_chunk_size < 0:
     raise ValueError(f"loss_chunk_size must be >= 0 (0 = full logits), got {loss_chunk_size}")
@@ -144,20 +129,17 @@ def make_train_step(model_cfg: Any, tx: optax.GradientTransformation, lr: optax.
   model = Llama(model_cfg, lora=lora_cfg if use_lora else None)
 
   def loss_fn(train, frozen, mb, rng, total_weight):
+    rngs = {"neftune": rng} if neftune_alpha > 0 else {}
     if use_lora:  # The base enters as a constant: its gradient is never formed.
       params = {**jax.lax.stop_gradient(frozen), **train.get("extra", {})}
       variables = {"params": params, "lora": train["lora"]}
-      rngs = {"lora_dropout": jax.random.fold_in(rng, 1)} if lora_cfg.dropout > 0 else {}
+      if lora_cfg.dropout > 0:
+        rngs["lora_dropout"] = jax.random.fold_in(rng, 1)
     else:
-      params, variables, rngs = train, {"params": train}, {}
-    kwargs = {}
-    if neftune_alpha > 0:
-      kwargs = dict(neftune_alpha=neftune_alpha)
-      rngs["neftune"] = rng
-    positions, segment_ids = ((mb["positions"], mb["segment_ids"]) if document_masking
-                              else (None, None))
-    out = model.apply(variables, mb["inputs"], positions, segment_ids,
-                      return_hidden=loss_chunk_size > 0, rngs=rngs, **kwargs)
+      params, variables = train, {"params": train}
+    pos, seg = (mb["positions"], mb["segment_ids"]) if document_masking else (None, None)
+    out = model.apply(variables, mb["inputs"], pos, seg, max(neftune_alpha, 0.0),
+                      return_hidden=loss_chunk_size > 0, rngs=rngs)
     if loss_chunk_size > 0:
       ce, z = chunked_cross_entropy(out, head_kernel(model_cfg, params), mb["targets"],
                                     mb["loss_weights"], z_loss, loss_chunk_size)
@@ -167,15 +149,14 @@ def make_train_step(model_cfg: Any, tx: optax.GradientTransformation, lr: optax.
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  grad_shardings = param_shardings  # None: accumulated gradients left unconstrained.
+  grad_shardings = param_shardings
   if use_lora:
     grad_shardings = (None if param_shardings is None or lora_shardings is None else
                       _trainable_shardings(param_shardings, lora_shardings, lora_cfg.trainable))
 
   def constrain(grads):
-    if grad_shardings is None:
-      return grads
-    return jax.lax.with_sharding_constraint(grads, grad_shardings)
+    return grads if grad_shardings is None else jax.lax.with_sharding_constraint(
+        grads, grad_shardings)
 
   def train_step(state: State, batch: Batch) -> tuple[State, dict]:
     train, frozen = trainable(state), state["params"] if use_lora else None
@@ -190,19 +171,18 @@ def make_train_step(model_cfg: Any, tx: optax.GradientTransformation, lr: optax.
         mb, i = xs
         (_, (ce, z)), g = grad_fn(train, frozen, mb, jax.random.fold_in(rng, i), total_weight)
         return (constrain(jax.tree.map(jnp.add, acc, g)), ce_acc + ce, z_acc + z), None
-      zeros = constrain(jax.tree.map(jnp.zeros_like, train))
+      zero = jnp.zeros((), jnp.float32)
       (grads, ce, z), _ = jax.lax.scan(
-          body, (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)),
+          body, (constrain(jax.tree.map(jnp.zeros_like, train)), zero, zero),
           (_microbatches(batch, grad_accum_steps), jnp.arange(grad_accum_steps)))
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state["opt_state"], train)
     new_train = optax.apply_updates(train, updates)
     new_state = {**state, "step": state["step"] + 1, "opt_state": opt_state,
                  **(new_train if use_lora else {"params": new_train})}
-    metrics = {"loss": ce / total_weight, "z_loss": z / total_weight, "grad_norm": grad_norm,
-               "param_norm": optax.tree.norm(new_train),
-               "lr": jnp.asarray(lr(state["step"]), jnp.float32), "loss_tokens": total}
-    return new_state, metrics
+    return new_state, {"loss": ce / total_weight, "z_loss": z / total_weight,
+                       "grad_norm": grad_norm, "param_norm": optax.tree.norm(new_train),
+                       "lr": jnp.asarray(lr(state["step"]), jnp.float32), "loss_tokens": total}
 
   return train_step
 

@@ -1,23 +1,13 @@
 """Vocabulary statistics, the expansion study, embedding resize for expanded vocabularies, and
-the tokenizer files they make (sentencepiece training, tiktoken -> tokenizer.json).
-
-Command line: ``python -m swallow_jax.vocab {stats,table,expand} --help``.
-"""
+the tokenizer files they make. Command line: ``python -m swallow_jax.vocab COMMAND --help``."""
 
 import importlib
 from typing import Any
 
-_PUBLIC = {
-    "vocab_stats": "swallow_jax.vocab.stats",
-    "corpus_stats": "swallow_jax.vocab.stats",
-    "expand": "swallow_jax.vocab.expand",
-    "Expansion": "swallow_jax.vocab.expand",
-    "resize_embeddings": "swallow_jax.vocab.resize",
-    "grow_rows": "swallow_jax.vocab.resize",
-    "tiktoken_to_tokenizer_json": "swallow_jax.vocab.convert",
-    "bpe_merges": "swallow_jax.vocab.convert",
-    "train_sentencepiece": "swallow_jax.vocab.train",
-}
+_PUBLIC = {name: f"swallow_jax.vocab.{module}" for module, names in {
+    "stats": ("vocab_stats", "corpus_stats"), "expand": ("expand", "Expansion"),
+    "resize": ("resize_embeddings", "grow_rows"), "train": ("train_sentencepiece",),
+    "convert": ("tiktoken_to_tokenizer_json", "bpe_merges")}.items() for name in names}
 
 __all__ = sorted(_PUBLIC)
 

@@ -25,7 +25,6 @@ import os
 from absl import flags
 
 from swallow_jax import cli
-
 from swallow_jax import tokenizer as tokenizer_lib
 from swallow_jax.vocab import stats
 
@@ -78,11 +77,9 @@ def run(command: str) -> str:
   if command == "stats" and len(paths) != 1:
     raise ValueError("stats takes exactly one --tokenizer (use table for several)")
   corpus = stats.read_lines(_CORPUS.value) if _CORPUS.value else None
-  rows = []
-  for path in paths:
-    tok = tokenizer_lib.load_tokenizer(path)
-    rows.append({"tokenizer": path, **stats.vocab_stats(tok),
-                 **(stats.corpus_stats(tok, corpus) if corpus else {})})
+  loaded = ((path, tokenizer_lib.load_tokenizer(path)) for path in paths)  # one at a time
+  rows = [{"tokenizer": path, **stats.vocab_stats(tok),
+           **(stats.corpus_stats(tok, corpus) if corpus else {})} for path, tok in loaded]
   if command == "stats":
     row = rows[0]
     return json.dumps(row) if _JSON.value else "\n".join(f"{k}: {v}" for k, v in row.items())

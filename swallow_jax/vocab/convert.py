@@ -54,7 +54,5 @@ def tiktoken_to_tokenizer_json(tok: TiktokenTokenizer, path: str | os.PathLike) 
   for name, i in tok.special_tokens.items():
     by_content[name]["id"] = i
     config["model"]["vocab"][name] = i
-  path = os.fspath(path)
-  fileio.write_json(path, config, indent=None)
-  return path
-
+  fileio.write_json(os.fspath(path), config, indent=None)
+  return os.fspath(path)

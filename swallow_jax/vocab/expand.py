@@ -1,12 +1,8 @@
 """Vocabulary expansion study: add Japanese subwords to a tokenizer and measure the gain.
 
-Sentencepiece learns subwords on a Japanese corpus; those holding a Japanese character and
-missing from the base vocabulary are added (single characters first, then in learning order)
-until ``num_new`` are in. The expanded tokenizer keeps every old id and is written in the base's
-own format. On BPE bases a string is added only when the expanded-so-far tokenizer splits it
-into exactly two tokens (it gets the next rank / merge / lowest score), else it is counted as
-``skipped_unreachable``; unigram bases take the new model's scores. The held-out counts are
-measured with the written tokenizer. Details and limits: docs/tokenizers.md.
+Subwords sentencepiece learns on a Japanese corpus are added (characters first) until ``num_new``
+are in, old ids kept, in the base's format; on BPE bases only strings the expanded-so-far tokenizer
+splits into two tokens (else ``skipped_unreachable``). Details and limits: docs/tokenizers.md.
 """
 
 from __future__ import annotations
@@ -60,7 +56,7 @@ class _TiktokenExpander:
   def __init__(self, tok: tokenizer_lib.TiktokenTokenizer):
     self.tok = tok
     self.ranks = dict(tok.ranks)
-    self.next_id = tok.vocab_size
+    self.next_id = itertools.count(tok.vocab_size)
     self.chunks = regex.compile(tok.pattern)
 
   def has(self, text: str) -> bool:
@@ -71,11 +67,9 @@ class _TiktokenExpander:
       return False
     # Old ranks all come first, so start from the old tokenization and go on with all ranks.
     parts = [self.tok.token_bytes(i) for i in self.tok.encode(piece.text)]
-    parts = bpe_merge(parts, lambda a, b: self.ranks.get(a + b))
-    if len(parts) != 2:
+    if len(bpe_merge(parts, lambda a, b: self.ranks.get(a + b))) != 2:
       return False
-    self.ranks[piece.text.encode()] = self.next_id
-    self.next_id += 1
+    self.ranks[piece.text.encode()] = next(self.next_id)
     return True
 
   def write(self, output_dir: str) -> str:
@@ -85,8 +79,7 @@ class _TiktokenExpander:
 
 
 class _HFByteLevelExpander:
-  """New vocab entries and merges appended to a byte-level BPE tokenizer.json (ids after all
-  existing ones, added tokens included)."""
+  """New entries and merges appended to a byte-level BPE tokenizer.json (ids after all others)."""
 
   def __init__(self, tok: tokenizer_lib.HFTokenizer):
     model = tok.config["model"]
@@ -100,7 +93,7 @@ class _HFByteLevelExpander:
     self.merges_as_str = bool(self.model["merges"]) and isinstance(self.model["merges"][0], str)
     pairs = (m.split(" ", 1) if self.merges_as_str else m for m in self.model["merges"])
     self.merge_rank = {tuple(p): r for r, p in enumerate(pairs)}
-    self.next_id = tok.vocab_size
+    self.next_id = itertools.count(tok.vocab_size)
     self.b2u = tokenizer_lib.byte_to_unicode()
     # `tokenizers` numbers added tokens missing from the model vocab after the model's entries,
     # which would move Llama 3's specials behind the new tokens; listing them keeps their ids.
@@ -114,12 +107,10 @@ class _HFByteLevelExpander:
     return self._symbol(text) in self.model["vocab"]
 
   def add(self, piece: Piece) -> bool:
-    chunks = self.tok.tok.pre_tokenizer.pre_tokenize_str(piece.text)
-    if len(chunks) != 1:
+    if len(self.tok.tok.pre_tokenizer.pre_tokenize_str(piece.text)) != 1:
       return False
     parts = self.tok.tok.encode(piece.text, add_special_tokens=False).tokens
-    parts = bpe_merge(parts, lambda a, b: self.merge_rank.get((a, b)))
-    if len(parts) != 2:
+    if len(bpe_merge(parts, lambda a, b: self.merge_rank.get((a, b)))) != 2:
       return False
     # As tiktoken_to_tokenizer_json: every split into two tokens is a merge, as tiktoken would
     # merge any of them.
@@ -127,8 +118,7 @@ class _HFByteLevelExpander:
     for pair in convert.token_splits(symbol, vocab):
       self.merge_rank[pair] = len(self.merge_rank)
       self.model["merges"].append(" ".join(pair) if self.merges_as_str else list(pair))
-    vocab[symbol] = self.next_id
-    self.next_id += 1
+    vocab[symbol] = next(self.next_id)
     return True
 
   def write(self, output_dir: str) -> str:
@@ -142,33 +132,25 @@ class _SentencePieceExpander:
 
   def __init__(self, tok: tokenizer_lib.SentencePieceTokenizer):
     Type = sp_pb2.ModelProto.SentencePiece  # pylint: disable=invalid-name
-    self.proto = sp_pb2.ModelProto()
-    self.proto.CopyFrom(tok.proto)
+    self.proto = sp_pb2.ModelProto.FromString(tok.proto.SerializeToString())
     self.bpe = self.proto.trainer_spec.model_type == sp_pb2.TrainerSpec.BPE
     text_types = (Type.NORMAL, Type.USER_DEFINED)
     self.scores = {p.piece: p.score for p in self.proto.pieces if p.type in text_types}
     self.next_score = min(self.scores.values(), default=0.0) - 1.0
     self.all_pieces = {p.piece for p in self.proto.pieces}
 
-  @staticmethod
-  def _piece(text: str) -> str:
-    return text.replace(" ", "▁")
-
   def has(self, text: str) -> bool:
-    return self._piece(text) in self.all_pieces
+    return text.replace(" ", "▁") in self.all_pieces
 
   def add(self, piece: Piece) -> bool:
-    text = self._piece(piece.text)
+    text = piece.text.replace(" ", "▁")
     if self.bpe:
       # Characters are sentencepiece's starting symbols; longer pieces come from merges, by the
       # score of the concatenated piece, highest first.
-      if len(text) > 1:
-        if any(c not in self.scores for c in text):
-          return False
-        parts = bpe_merge(list(text), lambda a, b: -self.scores[a + b]
-                          if a + b in self.scores else None)
-        if len(parts) != 2:
-          return False
+      rank = lambda a, b: -self.scores[a + b] if a + b in self.scores else None
+      if len(text) > 1 and (any(c not in self.scores for c in text)
+                            or len(bpe_merge(list(text), rank)) != 2):
+        return False
       score, self.next_score = self.next_score, self.next_score - 1.0
     else:
       score = piece.score
@@ -201,9 +183,8 @@ def learn_pieces(corpus: str, vocab_size: int, workdir: str, model_type: str,
   """Japanese pieces sentencepiece learns on the corpus (characters first, then learning order)
   and the size of the model it could train (at most ``vocab_size``)."""
   fit = lambda size: train.train_sentencepiece(
-      corpus, size, os.path.join(workdir, "learned"), model_type=model_type,
-      byte_fallback=False, special_tokens=(), character_coverage=character_coverage,
-      shrink_to_fit=True)
+      corpus, size, os.path.join(workdir, "learned"), model_type=model_type, byte_fallback=False,
+      special_tokens=(), character_coverage=character_coverage, shrink_to_fit=True)
   try:
     path = fit(vocab_size)
   except RuntimeError as e:  # Our estimate of the characters it keeps was short.
@@ -261,9 +242,8 @@ def expand(tokenizer_path: str, corpus: str, heldout: str, num_new: int, output_
 
   `output_dir` gets the expanded tokenizer (the base's format and file name), the base's
   `ROLE_FILES` and ``expansion.json`` (this report plus the added strings in id order).
-  `model_type` (sentencepiece 'bpe' or 'unigram') defaults to the base's own type for
-  sentencepiece bases, else 'bpe'. A first model is sized for ``num_new`` plus the characters;
-  if too many of its pieces are already present, a bigger one is trained (up to `max_rounds`).
+  `model_type` (sentencepiece 'bpe' or 'unigram') defaults to a sentencepiece base's type, else
+  'bpe'. A bigger model is trained (up to `max_rounds`) while too few new pieces are found.
   """
   if num_new < 1:
     raise ValueError(f"num_new must be positive, got {num_new}")
@@ -302,14 +282,13 @@ def expand(tokenizer_path: str, corpus: str, heldout: str, num_new: int, output_
       os.chmod(dst, 0o644)
   path = expander.write(output_dir)
   new = tokenizer_lib.load_tokenizer(path)
-  before = stats.count_tokens(base, heldout_lines)
   after_ids = [i for line in heldout_lines for i in new.encode(line)]
   result = Expansion(
       tokenizer=base.path, output=path, num_new_requested=num_new, num_new=len(added),
       learned_pieces=len(pieces), skipped_present=present, skipped_unreachable=unreachable,
       vocab_size_before=base.vocab_size, vocab_size_after=new.vocab_size,
-      heldout_chars=sum(map(len, heldout_lines)), heldout_tokens_before=before,
-      heldout_tokens_after=len(after_ids),
+      heldout_chars=sum(map(len, heldout_lines)), heldout_tokens_after=len(after_ids),
+      heldout_tokens_before=stats.count_tokens(base, heldout_lines),
       new_tokens_used=len({i for i in after_ids if i >= base.vocab_size}), new_tokens=added)
   fileio.write_json(os.path.join(output_dir, "expansion.json"),
                     {**result.as_dict(), "new_tokens": added}, indent=1)

@@ -1,10 +1,8 @@
 """Grow a model's embedding and LM head for an expanded tokenizer.
 
-Each new row starts as the mean of the old rows of the tokens the old tokenizer splits the new
-token's text into (the LM head likewise, column-wise); rows with no token behind them (vocab
-padding) start as the mean of all old token rows. Rows of the old tokenizer's tokens are copied
-bit for bit; old padding rows past them are re-initialised, as new tokens take those ids. Each
-array keeps its sharding (a dimension the mesh no longer divides is replicated).
+A new row is the mean of the old rows of the old tokens its text splits into (vocab padding:
+of all old token rows); old tokens' rows are copied bit for bit, old padding rows past them
+re-initialised (new tokens take those ids). See docs/tokenizers.md.
 """
 
 from __future__ import annotations
@@ -31,11 +29,9 @@ from swallow_jax.vocab import convert
 def new_token_pieces(old_tokenizer: Tokenizer, new_tokenizer: Tokenizer,
                      new_size: int) -> list[list[int]]:
   """Old-tokenizer ids of the text of each id in [old vocab_size, new_size) ([] if no token)."""
-  pieces = []
-  for i in range(old_tokenizer.vocab_size, new_size):
-    data = new_tokenizer.token_bytes(i) if i < new_tokenizer.vocab_size else None
-    pieces.append(old_tokenizer.encode(data.decode("utf-8", "replace")) if data else [])
-  return pieces
+  texts = (new_tokenizer.token_bytes(i) if i < new_tokenizer.vocab_size else None
+           for i in range(old_tokenizer.vocab_size, new_size))
+  return [old_tokenizer.encode(data.decode("utf-8", "replace")) if data else [] for data in texts]
 
 
 @functools.partial(jax.jit, static_argnames=("keep", "num_new", "out_sharding"))
@@ -60,9 +56,8 @@ def grow_rows(table: jax.Array, pieces: Sequence[Sequence[int]], keep: int | Non
   keep = table.shape[0] if keep is None else keep
   if not 0 < keep <= table.shape[0]:
     raise ValueError(f"keep={keep} out of range for {table.shape[0]} rows")
-  for ids in pieces:
-    if any(not 0 <= i < keep for i in ids):
-      raise ValueError(f"piece ids {list(ids)} out of range for {keep} rows")
+  if bad := [list(ids) for ids in pieces if any(not 0 <= i < keep for i in ids)]:
+    raise ValueError(f"piece ids {bad[0]} out of range for {keep} rows")
   flat = np.array([i for ids in pieces for i in ids], np.int32)
   segment = np.array([k for k, ids in enumerate(pieces) for _ in ids], np.int32)
   empty = np.array([not ids for ids in pieces], bool)
@@ -79,9 +74,7 @@ def resize_embeddings(params: Mapping[str, Any], old_tokenizer: Tokenizer,
                       new_tokenizer: Tokenizer, *, vocab_size: int | None = None) -> dict:
   """Params with ``embed.embedding`` [V, D] and ``lm_head.kernel`` [D, V] (if untied) grown to
   ``vocab_size`` (default: the new tokenizer's) rows; a pure function, shrinking is an error.
-
-  The new tokenizer must keep the old tokenizer's ids (as ``vocab expand`` does).
-  """
+  The new tokenizer must keep the old tokenizer's ids (as ``vocab expand`` does)."""
   table = params["embed"]["embedding"]
   old_size, new_size = table.shape[0], vocab_size or new_tokenizer.vocab_size
   if new_size < old_size:
@@ -96,8 +89,7 @@ def resize_embeddings(params: Mapping[str, Any], old_tokenizer: Tokenizer,
     raise ValueError(f"lm_head has {params['lm_head']['kernel'].shape[1]} columns, "
                      f"embedding {old_size} rows")
   pieces = new_token_pieces(old_tokenizer, new_tokenizer, new_size)
-  out = dict(params)
-  out["embed"] = {**params["embed"], "embedding": grow_rows(table, pieces, keep)}
+  out = {**params, "embed": {**params["embed"], "embedding": grow_rows(table, pieces, keep)}}
   if "lm_head" in params:
     kernel = grow_rows(params["lm_head"]["kernel"].T, pieces, keep).T
     out["lm_head"] = {**params["lm_head"], "kernel": kernel}

@@ -51,8 +51,7 @@ def count_tokens(tok: Tokenizer, lines: Iterable[str]) -> int:
 
 def corpus_stats(tok: Tokenizer, lines: list[str]) -> dict[str, float]:
   """``chars`` (line ends excluded), ``tokens`` and ``chars_per_token`` over the lines."""
-  chars = sum(map(len, lines))
-  tokens = count_tokens(tok, lines)
+  chars, tokens = sum(map(len, lines)), count_tokens(tok, lines)
   return {"chars": chars, "tokens": tokens, "chars_per_token": chars / tokens}
 
 

@@ -23,12 +23,11 @@ def train_sentencepiece(inputs: str | os.PathLike | Sequence[str | os.PathLike] 
                         **trainer_options) -> str:
   """Trains a sentencepiece model on a text file, files or lines; returns ``{prefix}.model``.
 
-  ``vocab_size`` counts specials, ``<unk>`` and byte pieces; ``byte_fallback`` spells unknown
-  characters as UTF-8 bytes; ``special_tokens`` are user-defined symbols at ids 1.. that
-  ``load_tokenizer`` treats as specials; ``shrink_to_fit`` trains the largest model the text
-  supports instead of failing; ``trainer_options`` go to ``SentencePieceTrainer.train``. Text
-  is kept as is (identity normalisation, no dummy prefix), so ``decode(encode(t)) == t`` and
-  texts encoded apart concatenate cleanly, which chat templates rely on.
+  ``vocab_size`` counts specials, ``<unk>`` and byte pieces; ``special_tokens`` are user-defined
+  symbols at ids 1.. that ``load_tokenizer`` treats as specials; ``shrink_to_fit`` trains the
+  largest model the text supports instead of failing; ``trainer_options`` go to
+  ``SentencePieceTrainer.train``. Text is kept as is (identity normalisation, no dummy prefix),
+  so ``decode(encode(t)) == t`` and texts encoded apart concatenate (chat templates rely on it).
   """
   if model_type not in ("bpe", "unigram"):
     raise ValueError(f"model_type must be 'bpe' or 'unigram', not {model_type!r}")
