@@ -321,7 +321,7 @@ def run(config: Mapping[str, Any], workdir: str, only: Sequence[str] = (),
         continue
       if jax.process_count() > 1 and kind != "train":  # the only kind run on every process
         raise StageError(f"stage {name} ({kind}) runs on one process; start it without "
-                         "multi-host (e.g. --stages={name} on one host)")
+                         f"multi-host (e.g. --stages={name} on one host)")
       stage_cfg = resolve(_to_plain(config[name]), config, workdir)
       os.makedirs(stage_dir, exist_ok=True)
       logging.info("stage %s (%s): starting in %s", name, kind, stage_dir)
