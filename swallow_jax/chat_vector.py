@@ -18,7 +18,6 @@ import re
 from typing import Any
 
 from absl import flags
-import ml_dtypes
 import numpy as np
 from safetensors import SafetensorError
 
@@ -128,7 +127,7 @@ def merge_checkpoints(base: str | None, instruct: str | None, target: str, outpu
     raise ChatVectorError(f"{len(adapters)} adapters but {len(adapter_scales)} adapter scales")
   if dtype and dtype not in cli.DTYPES:
     raise ChatVectorError(f"--dtype={dtype}: expected float32, bfloat16 or float16")
-  out_dtype = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype) if dtype else None
+  out_dtype = np.dtype(dtype) if dtype else None  # "bfloat16": ml_dtypes, which model_io imports
   readers, refs = [], {}
   try:
     for role, path in (("target", target), ("base", base), ("instruct", instruct)):
@@ -147,8 +146,6 @@ def merge_checkpoints(base: str | None, instruct: str | None, target: str, outpu
     multi = len(scales) > 1
     with fileio.atomic_dir(output) as tmp:
       outs = [os.path.join(tmp, f"scale_{s:g}") if multi else tmp for s in scales]
-      for out in outs:
-        os.makedirs(out, exist_ok=True)
       writers = [model_io.SafetensorsWriter(out, plan, max_shard_bytes) for out in outs]
       _stream(t, b, i, plan, work, adapted, scales, writers, chunk_elems, progress)
       for out, writer in zip(outs, writers):
@@ -200,8 +197,7 @@ def protected_ids(spec: str, target: str) -> tuple[int, ...]:
   if not spec:
     return ()
   if spec in ("chat_template", "llama3_chat"):
-    tok_dir = model_io.resolve(target).tokenizer_dir
-    if not tok_dir:
+    if not (tok_dir := model_io.resolve(target).tokenizer_dir):
       raise ChatVectorError(f"--protect_tokens={spec}: no tokenizer files with --target={target}")
     tok = tokenizer_lib.load_tokenizer(tok_dir)
     if spec == "chat_template":

@@ -231,13 +231,11 @@ def _line_bar() -> type:
   return LineBar
 
 
-class _QuietLibraries(logging.Filter):
-  """Drops the INFO chatter of Orbax and JAX's backend setup, so a command's own lines stay
-  readable (`--verbose` keeps it)."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    noisy = "/orbax/" in record.pathname or record.pathname.endswith("xla_bridge.py")
-    return record.levelno >= logging.WARNING or not noisy
+def _quiet_libraries(record: logging.LogRecord) -> bool:
+  """A log filter that drops the INFO chatter of Orbax and JAX's backend setup, so a command's own
+  lines stay readable (`--verbose` keeps it)."""
+  noisy = "/orbax/" in record.pathname or record.pathname.endswith("xla_bridge.py")
+  return record.levelno >= logging.WARNING or not noisy
 
 
 def _one_line(error: BaseException) -> str:
@@ -339,7 +337,7 @@ def run(main: Callable[[list[str]], Any], *, prog: str,
     if not verbose:
       handler = absl_logging.get_absl_handler()
       handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-      handler.addFilter(_QuietLibraries())
+      handler.addFilter(_quiet_libraries)
     try:
       return main(args)
     except BrokenPipeError:

@@ -36,11 +36,9 @@ def convert(model: str, *, to_hf: str = "", to_orbax: str = "", to_peft: str = "
             dtype: str = "", tokenizer: str = "", overwrite: bool = False,
             max_shard_gb: float = 5.0, progress: bool = True) -> str:
   """Writes `model` to exactly one of `to_hf` / `to_orbax` / `to_peft`; returns the output dir.
-
   dtype: default float32 for Orbax, bfloat16 for HF (the PEFT adapter is always float32).
   tokenizer: files copied into an HF output (default: the model's own tokenizer dir, e.g. a
-  training run's config.tokenizer). `to_peft` needs a LoRA training run.
-  """
+  training run's config.tokenizer). `to_peft` needs a LoRA training run."""
   if sum(map(bool, (to_hf, to_orbax, to_peft))) != 1:
     raise ConvertError("give exactly one of --to_hf=DIR, --to_orbax=DIR or --to_peft=DIR")
   out = to_hf or to_orbax or to_peft

@@ -26,11 +26,8 @@ def _chat(config, params, tok, sample_kw) -> None:
   messages = [{"role": "system", "content": FLAGS.system}] if FLAGS.system else []
   print("Chat: type a message, an empty line or Ctrl-D to quit.", file=sys.stderr)
   for turn in itertools.count():
-    try:
-      print("user> ", end="", file=sys.stderr, flush=True)  # stdout carries only the replies
-      text = input().strip()
-    except EOFError:
-      break
+    print("user> ", end="", file=sys.stderr, flush=True)  # stdout carries only the replies
+    text = sys.stdin.readline().strip()  # "" at end of input
     if not text:
       break
     messages.append({"role": "user", "content": text})

@@ -53,10 +53,9 @@ def parse_mesh(spec: str) -> dict[str, int]:
 
 def num_devices_for(mesh_cfg: dict[str, int], devices: int) -> int:
   """The device count: `devices` if given, else the product of the (positive) mesh sizes."""
-  sizes = [int(v) for v in mesh_cfg.values()]
-  if -1 in sizes and not devices:
+  if -1 in mesh_cfg.values() and not devices:
     raise ValueError(f"mesh {mesh_cfg} has a -1 axis: pass --devices")
-  return devices or max(1, math.prod(sizes))
+  return devices or max(1, math.prod(mesh_cfg.values()))
 
 
 def abstract_train_step(model_cfg: Any, tx: Any, lr: Any, mesh: Any, global_batch: int,
@@ -132,8 +131,9 @@ def plan(config: Any, devices: int = 0, mesh_override: dict[str, int] | None = N
   attention = (mock.patch.object(llama_lib, "attention", flash_memory_model) if flash
                else contextlib.nullcontext())
   with parallel.mesh_context(mesh), attention:
-    step_fn, state, batch, _ = abstract_train_step(model_cfg, tx, lr, mesh, global_batch,
-                                                   seq_len, lora_cfg=spec.lora, **kwargs)
+    trace = lambda cfg: abstract_train_step(cfg, tx, lr, mesh, global_batch, seq_len,
+                                            lora_cfg=spec.lora, **kwargs)
+    step_fn, state, batch, _ = trace(model_cfg)
     t0 = time.perf_counter()
     lowered = step_fn.lower(state, batch)
     t1 = time.perf_counter()
@@ -141,15 +141,12 @@ def plan(config: Any, devices: int = 0, mesh_override: dict[str, int] | None = N
     lower_s, compile_s = t1 - t0, time.perf_counter() - t1
     hlo = None
     if hlo_flops:
-      step_u, state_u, batch_u, _ = abstract_train_step(
-          dataclasses.replace(model_cfg, scan_layers=False), tx, lr, mesh, global_batch, seq_len,
-          lora_cfg=spec.lora, **kwargs)
+      step_u, state_u, batch_u, _ = trace(dataclasses.replace(model_cfg, scan_layers=False))
       # The gradient-accumulation loop is still a loop: its body (one microbatch) counts once.
       hlo = _xla_flops(step_u.lower(state_u, batch_u).cost_analysis(), scale=accum)
 
   mem = compiled.memory_analysis()
-  per_device = {"params": _per_device_bytes(state["params"]),
-                "opt_state": _per_device_bytes(state["opt_state"])}
+  per_device = {k: _per_device_bytes(state[k]) for k in ("params", "opt_state")}
   if "lora" in state:
     per_device["trainable"] = _per_device_bytes(step_lib.trainable(state))
   if mem is not None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import itertools
 import logging
 import multiprocessing
 import os
@@ -64,10 +63,9 @@ def _encode(obj: dict[str, Any], spec: Spec, tok) -> tuple[list[int], list[int] 
     what = "no field" if value is None else f"non-string ({type(value).__name__}) field"
     raise sources.InvalidRecord(f"{what} {spec.field!r}", "missing_field")
   if spec.format == "chat":
-    messages = chat.validate_messages(value)
-    for m in messages:
+    for m in chat.validate_messages(value):
       sources.require_utf8(m["content"])
-    return chat.encode_chat(tok, messages, system_prompt=spec.system_prompt)
+    return chat.encode_chat(tok, value, system_prompt=spec.system_prompt)
   if not value.strip():
     raise sources.InvalidRecord(f"field {spec.field!r} is empty", "empty_text")
   eos = [] if tok.eos_id is None else [tok.eos_id]
@@ -100,7 +98,6 @@ def process_chunk(spec: Spec, path_value: str | None, items: Sequence[tuple[int,
 def _tasks(files: Sequence[str], spec: Spec, strict: bool) -> Iterator[tuple]:
   """(file_index, path_value, items, end) per chunk of records; `end` is None but in a file's
   last chunk (maybe empty): its truncation message or ''. Truncation is an error if `strict`."""
-  # The input fields a record needs: the text field, kept fields, filter fields.
   columns = sorted({spec.field, *spec.keep_fields, *(spec.filter.fields if spec.filter else ())})
   for index, path in enumerate(files):
     path_value = os.path.basename(os.path.dirname(os.path.abspath(path)))
@@ -119,8 +116,7 @@ def _tasks(files: Sequence[str], spec: Spec, strict: bool) -> Iterator[tuple]:
 
 
 def _results(files, spec, tokenizer_path, workers, tok, strict) -> Iterator[tuple]:
-  """(file_index, results, end) per `_tasks` task, in input order; at most 2 * workers tasks
-  in flight."""
+  """(file_index, results, end) per `_tasks` task, in input order; <= 2 * workers in flight."""
   tasks = _tasks(files, spec, strict)
   if workers <= 1:
     yield from ((i, process_chunk(spec, value, items, tok), end) for i, value, items, end in tasks)
@@ -128,13 +124,12 @@ def _results(files, spec, tokenizer_path, workers, tok, strict) -> Iterator[tupl
   ctx = multiprocessing.get_context("spawn")  # fork is unsafe with tokenizer threads
   with ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer_path,)) as pool:
     pending = collections.deque()
-    for task in itertools.chain(tasks, [None]):  # None: the end, drain what is in flight
-      if task is not None:
-        index, value, items, end = task
-        pending.append((index, pool.apply_async(process_chunk, (spec, value, items)), end))
-      while len(pending) > (0 if task is None else 2 * workers):
+    for index, value, items, end in tasks:
+      pending.append((index, pool.apply_async(process_chunk, (spec, value, items)), end))
+      if len(pending) > 2 * workers:
         index, results, end = pending.popleft()
         yield index, results.get(), end
+    yield from ((index, results.get(), end) for index, results, end in pending)
 
 
 def _check_overwrite(output: str, files: Sequence[str]) -> None:
@@ -164,22 +159,21 @@ def _write_shards(files, spec, tokenizer, tok, workers, strict, writer, reasons,
     for index, results, end in _results(files, spec, tokenizer, workers, tok, strict):
       counts = per_file[index]
       for result in results:
-        if result[0] == "bad":
-          _, line, reason, message = result
-          if strict:
-            raise PreprocessError(f"{files[index]}:{line}: {reason}: {message}")
-          counts["skipped"][reason] += 1
-        elif result[0] == "filtered":
-          counts["filtered"] += 1
-        else:
-          _, _, record, n, meta = result
-          writer.write(record, n)
-          tokens += n
-          # The file's counts and, per kept field, its value's counts.
-          for slot in [counts, *(fields.setdefault(k, {}).setdefault(
-              filters.as_text(v), {"documents": 0, "tokens": 0}) for k, v in meta.items())]:
-            slot["documents"] += 1
-            slot["tokens"] += n
+        match result:
+          case ("bad", line, reason, message):
+            if strict:
+              raise PreprocessError(f"{files[index]}:{line}: {reason}: {message}")
+            counts["skipped"][reason] += 1
+          case ("filtered", _):
+            counts["filtered"] += 1
+          case ("ok", _, record, n, meta):
+            writer.write(record, n)
+            tokens += n
+            # The file's counts and, per kept field, its value's counts.
+            for slot in [counts, *(fields.setdefault(k, {}).setdefault(
+                filters.as_text(v), {"documents": 0, "tokens": 0}) for k, v in meta.items())]:
+              slot["documents"] += 1
+              slot["tokens"] += n
       bar.update(len(results))
       bar.set_postfix(tokens=tokens, refresh=False)
       if end is None:  # more of this file to come

@@ -134,25 +134,20 @@ def check_references(config: Mapping[str, Any]) -> None:
                          f"can only use outputs of stages before it ({names[:i]})")
 
 
-def main_output(config: Mapping[str, Any], workdir: str, name: str) -> str:
-  """The path `stage(name)` stands for (see the module docstring)."""
-  stage_dir = os.path.join(os.path.abspath(workdir), name)
-  sub = {"tokenizer": "tokenizer.model", "chat_vector": "model",
-         "train": "hf" if config[name].get("export_hf", True) else ""}.get(config[name]["kind"])
-  return os.path.join(stage_dir, sub) if sub else stage_dir
-
-
 def resolve(value: Any, config: Mapping[str, Any], workdir: str) -> Any:
-  """`value` with every stage reference replaced by its path; StageError when the stage has
-  not completed or has no such output."""
+  """`value` with every stage reference replaced by its path (see the module docstring);
+  StageError when the stage has not completed or has no such output."""
   def one(s: str) -> str:
     if not s.startswith(STAGE_REF):
       return s
     name, path = _split_ref(s)
-    if not os.path.exists(os.path.join(workdir, name, DONE)):
+    stage_dir = os.path.join(os.path.abspath(workdir), name)
+    if not os.path.exists(os.path.join(stage_dir, DONE)):
       raise StageError(f"{s}: stage {name!r} has not completed")
-    out = (os.path.join(os.path.abspath(workdir), name, path) if path
-           else main_output(config, workdir, name))
+    kind = config[name]["kind"]
+    sub = path or {"tokenizer": "tokenizer.model", "chat_vector": "model",
+                   "train": "hf" if config[name].get("export_hf", True) else ""}.get(kind)
+    out = os.path.join(stage_dir, sub) if sub else stage_dir
     if not os.path.exists(out):
       raise StageError(f"{s}: stage {name!r} has no output {path!r} ({out} does not exist)")
     return out
@@ -261,20 +256,17 @@ def _chat_vector(cfg: dict, stage_dir: str) -> dict:
   return {"model": output, "scale": scale}
 
 
-def _task_files(tasks: str | Sequence[str]) -> list[str]:
-  """A list of task files, or every *.jsonl of a directory (sorted)."""
-  if isinstance(tasks, str) and os.path.isdir(tasks):
-    return [os.path.join(tasks, f) for f in sorted(os.listdir(tasks)) if f.endswith(".jsonl")]
-  return [tasks] if isinstance(tasks, str) else list(tasks)
-
-
 def _eval(cfg: dict, stage_dir: str) -> dict:
+  tasks = cfg["tasks"]  # a list of task files, one file, or a directory: its *.jsonl (sorted)
+  if isinstance(tasks, str):
+    tasks = ([os.path.join(tasks, f) for f in sorted(os.listdir(tasks)) if f.endswith(".jsonl")]
+             if os.path.isdir(tasks) else [tasks])
   max_examples = cfg.get("max_examples") or None
   chats = {name: evaluate.load_chats(path)[:max_examples]
            for name, path in (cfg.get("chat_tasks") or {}).items()}
   models = {**cfg.get("models", {}), **cfg.get("ablations", {})}
   results = evaluate.evaluate_models(
-      models, evaluate.load_tasks(_task_files(cfg["tasks"])), cfg.get("tokenizer") or None,
+      models, evaluate.load_tasks(tasks), cfg.get("tokenizer") or None,
       stage_dir, chats=chats, batch_size=int(cfg.get("batch_size", 8)),
       max_len=int(cfg.get("max_len", 2048)), max_examples=max_examples,
       dtype=cfg.get("dtype", "float32"), resume=True, progress=False)
@@ -378,18 +370,16 @@ def main(argv: Sequence[str]) -> None:
     if FLAGS.dry_run:
       for name, state in status(config, workdir).items():
         print(f"{name:24s} {config[name].kind:12s} {state}")
-      return
-    if FLAGS.report_only:
+    elif FLAGS.report_only:
       write_report(config, workdir)
-      return
-    parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                        mode=FLAGS.distributed)
-    run(config, workdir, only=FLAGS.stages)
+    else:
+      parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                          mode=FLAGS.distributed)
+      run(config, workdir, only=FLAGS.stages)
+      if not FLAGS.stages:
+        print(f"report: {os.path.join(workdir, 'report.md')}")
   except Unfinished as e:
     logging.warning("%s; run the recipe again to continue", e)
-    return
-  if not FLAGS.stages:
-    print(f"report: {os.path.join(workdir, 'report.md')}")
 
 
 if __name__ == "__main__":

@@ -148,20 +148,18 @@ def _fmt(v: float) -> str:
   return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
 
 
-_VERB = {"up": "rose", "down": "fell"}
-
-
 def sentence(f: Mapping[str, Any]) -> str:
   """One finding of `compare` in plain words."""
   metric, b, a = f["metric"], f["before"], f["after"]
+  verb = {"up": "rose", "down": "fell"}.get(f["direction"])
   if f["direction"] == "same":
     how = (f"did not move ({_fmt(b)} -> {_fmt(a)}"
            + (f", within the +/-{f['noise_band']:.2f} noise band)" if f["noise_band"] is not None
               else f", under {PPL_TOLERANCE:.0%} relative change)"))
   elif f["noise_band"] is None:
-    how = f"{_VERB[f['direction']]} {abs(a - b) / b:.0%} ({_fmt(b)} -> {_fmt(a)})"
+    how = f"{verb} {abs(a - b) / b:.0%} ({_fmt(b)} -> {_fmt(a)})"
   else:
-    how = (f"{_VERB[f['direction']]} from {_fmt(b)} to {_fmt(a)} "
+    how = (f"{verb} from {_fmt(b)} to {_fmt(a)} "
            f"(beyond the +/-{f['noise_band']:.2f} noise band)")
   if "expected" not in f:
     return f"`{metric}` {how}."
@@ -248,8 +246,7 @@ def markdown(report: Mapping[str, Any], plots: Sequence[str] = (), intro: str = 
   lines += ["", f"Stage time in total: {total:.0f} s (stages skipped as already done count with "
             "the time they took when they ran).", ""]
   if plots:
-    lines += ["## Plots", ""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
-    lines.append("")
+    lines += ["## Plots", "", *(f"![{p}]({p})" for p in map(os.path.basename, plots)), ""]
   return "\n".join(lines)
 
 

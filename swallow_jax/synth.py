@@ -129,10 +129,9 @@ def synthesize(config, params, tokenizer, prompts: Sequence[list[dict[str, str]]
       batch_size=batch_size, progress="synth" if progress else "")
   responses = [(tokenizer.decode(o.tokens).strip(), o.stopped) for o in outs]
   keep, stats = filter_responses(responses, **filter_kw)
-  stats = {"prompts": len(prompts), "num_samples": num_samples, **stats}
   examples = [{"messages": [*prompts[i], {"role": "assistant", "content": text}]}
               for (i, _), (text, _), k in zip(rows, responses, keep) if k]
-  return examples, stats
+  return examples, {"prompts": len(prompts), "num_samples": num_samples, **stats}
 
 
 FLAGS = flags.FLAGS

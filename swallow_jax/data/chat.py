@@ -262,9 +262,7 @@ def encode_chat(tokenizer: Tokenizer, messages: Sequence[Mapping[str, str]],
     return ids, _overlap_mask(offsets, spans)
   ends = [t for t in (*EOT_NAMES, tokens["eos_token"]) if t and t in specials]
   ids, mask, pos = [], [], 0
-  for k, m in enumerate(messages):
-    if m["role"] != "assistant":
-      continue
+  for k in (k for k, m in enumerate(messages) if m["role"] == "assistant"):
     start, upto = len(render(messages[:k], True)), render(messages[:k + 1], False)
     if not (text.startswith(upto) and start <= len(upto)):
       raise ChatError(f"message {k}: the chat template does not render the conversation prefix "

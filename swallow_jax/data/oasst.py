@@ -3,13 +3,9 @@ r"""OpenAssistant (OASST) export -> top-1 conversation threads as ``messages`` J
     python -m swallow_jax.data.oasst --input=2023-04-12_oasst_ready.trees.jsonl.gz \
         --output=oasst_top1_en.jsonl --lang=en [--json]
 
-Reads message-tree exports or flat message exports (JSONL or Parquet). Keeps trees that are
-``ready_for_export`` (with --lang, whose first prompt is in one of the languages), and of their
-root-to-leaf threads drops those with a deleted message, an assistant message of rank >= 1, or
-an unranked assistant message that has siblings. Trailing user turns are trimmed (a thread
-left with no assistant turn is dropped), duplicates written once. Each line is ``{"messages":
-[{"role", "content"}, ...], "message_tree_id", "lang"}`` (prompter -> user), ready for
-``python -m swallow_jax.preprocess --format=chat``.
+Reads tree or flat message exports (JSONL or Parquet) and writes the top-1 threads of the
+``ready_for_export`` trees (selection rules: docs/data.md) as ``{"messages", "message_tree_id",
+"lang"}`` lines, ready for ``python -m swallow_jax.preprocess --format=chat``.
 """
 
 from __future__ import annotations
@@ -42,18 +38,15 @@ def read_trees(paths: Sequence[str]) -> Iterator[dict[str, Any]]:
         flat[obj["message_tree_id"]].append(obj)
       else:
         raise ValueError(f"{path}:{line}: neither a message tree nor a message")
-  yield from (_assemble(tree_id, messages) for tree_id, messages in flat.items())
-
-
-def _assemble(tree_id: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
-  nodes = {m["message_id"]: {**m, "replies": []} for m in messages}
-  roots = []
-  for node in nodes.values():
-    parent = nodes.get(node.get("parent_id"))
-    (parent["replies"] if parent else roots).append(node)
-  if len(roots) != 1:
-    raise ValueError(f"tree {tree_id}: {len(roots)} root messages")
-  return {"message_tree_id": tree_id, "tree_state": roots[0].get("tree_state"), "prompt": roots[0]}
+  for tree_id, messages in flat.items():  # a flat export's messages, assembled into trees
+    nodes = {m["message_id"]: {**m, "replies": []} for m in messages}
+    roots = []
+    for node in nodes.values():
+      parent = nodes.get(node.get("parent_id"))
+      (parent["replies"] if parent else roots).append(node)
+    if len(roots) != 1:
+      raise ValueError(f"tree {tree_id}: {len(roots)} root messages")
+    yield {"message_tree_id": tree_id, "tree_state": roots[0].get("tree_state"), "prompt": roots[0]}
 
 
 def _paths(node: Mapping[str, Any], prefix: tuple = ()) -> Iterator[tuple]:

@@ -29,10 +29,6 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
   return default if value is None else value
 
 
-def _keep(flt: filters.Filter, record: bytes) -> bool:
-  return flt(records.read_meta(record))
-
-
 def _kept_documents(flt: filters.Filter, manifest: Mapping[str, Any]) -> int | None:
   """Documents a one-field filter keeps, from the manifest's value counts (else None)."""
   if len(flt.fields) != 1:
@@ -78,7 +74,7 @@ def source_documents(source: Mapping[str, Any], *, index: int, kind: str, seq_le
                        f"stored in {path} (preprocess with --keep-fields)")
     if _kept_documents(flt, manifest) == 0:
       raise ValueError(f"source {name!r}: filter {flt.text!r} keeps no document of {path}")
-    ds = ds.filter(functools.partial(_keep, flt))
+    ds = ds.filter(lambda record: flt(records.read_meta(record)))
   return ds.map(functools.partial(_decode, fmt, index, seq_len))
 
 

@@ -68,16 +68,14 @@ def _math(world: World, rng: random.Random) -> dict[str, Any]:
 
 
 def _records(name: str, world: World, rng: random.Random, n: int, asked) -> list[dict[str, Any]]:
+  lang, _, kind = name.rpartition("_")  # "ja_web" -> ("ja", "web"); "math" -> ("", "math")
   make = {
-      "ja_web": lambda: _web(world, rng, "ja", asked),
-      "en_web": lambda: _web(world, rng, "en", asked),
-      "ja_wiki": lambda: {"text": text.wiki_article(world, rng, "ja"), "lang": "ja"},
-      "en_wiki": lambda: {"text": text.wiki_article(world, rng, "en"), "lang": "en"},
+      "web": lambda: _web(world, rng, lang, asked),
+      "wiki": lambda: {"text": text.wiki_article(world, rng, lang), "lang": lang},
+      "dialogues": lambda: {"messages": text.dialogue(world, rng, lang, asked)},
       "parallel": lambda: _parallel(world, rng),
       "math": lambda: _math(world, rng),
-      "en_dialogues": lambda: {"messages": text.dialogue(world, rng, "en", asked)},
-      "ja_dialogues": lambda: {"messages": text.dialogue(world, rng, "ja", asked)},
-  }[name]
+  }[kind]
   return [make() for _ in range(n)]
 
 

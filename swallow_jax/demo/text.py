@@ -14,6 +14,7 @@ from swallow_jax.data.chat import SWALLOW_SYSTEM_PROMPT
 from swallow_jax.demo.world import World
 
 Lang = str  # 'ja' | 'en'
+_SPACE = {"ja": "", "en": " "}  # between sentences
 
 # kind -> paraphrases as (Japanese, English) format strings.
 STATEMENTS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -159,15 +160,10 @@ def split_facts(world: World, seed: int) -> tuple[list[tuple[str, int]], list[tu
 
 
 def faq_page(world: World, rng: random.Random, lang: Lang, asked: list[tuple[str, int]]) -> str:
-  """A web FAQ page: a few questions from `asked`, each with its short answer, in the
-  evaluation's QA prompt format."""
+  """A web FAQ page: questions from `asked` with their short answers, in the QA task's format."""
   pairs = [question(world, k, i, lang) for k, i in rng.sample(asked, rng.randint(2, 5))]
   layout = "質問: {}\n回答: {}" if lang == "ja" else "Question: {}\nAnswer: {}"
   return "\n\n".join(layout.format(q, a) for q, a in pairs)
-
-
-def _join(sentences: list[str], lang: Lang) -> str:
-  return ("" if lang == "ja" else " ").join(sentences)
 
 
 def _say(world: World, facts: list[tuple[str, int]], lang: Lang, rng: random.Random) -> list[str]:
@@ -192,7 +188,7 @@ def wiki_article(world: World, rng: random.Random, lang: Lang) -> str:
     title = fields(world, "river_length", i, lang)["R"]
   head, rest = facts[0], facts[1:]
   rng.shuffle(rest)
-  return title + "\n" + _join(_say(world, [head] + rest, lang, rng), lang)
+  return title + "\n" + _SPACE[lang].join(_say(world, [head] + rest, lang, rng))
 
 
 def web_post(world: World, rng: random.Random, lang: Lang) -> str:
@@ -206,7 +202,7 @@ def web_post(world: World, rng: random.Random, lang: Lang) -> str:
   sentences += [pair[lang == "en"] for pair in rng.sample(_FILLER, rng.randint(1, 3))]
   rng.shuffle(sentences)
   opener = rng.choice(_OPENERS)[lang == "en"].format(**fields(world, "town_region", t, lang))
-  return _join([opener] + sentences, lang)
+  return _SPACE[lang].join([opener] + sentences)
 
 
 def parallel_pair(world: World, rng: random.Random) -> tuple[str, str]:

@@ -36,7 +36,6 @@ the item) at fault. An existing non-empty --output is refused unless --overwrite
 """
 
 from collections.abc import Callable, Sequence
-import dataclasses
 import os
 from typing import Any
 import xml.etree.ElementTree as ET
@@ -80,11 +79,9 @@ def _lines(path: str, segments: bool = False):
   with open(path, "rb") as f:
     for n, raw in enumerate(f, 1):
       try:
-        line = raw.decode("utf-8").rstrip("\r\n")
+        line = raw.decode("utf-8-sig" if n == 1 else "utf-8").rstrip("\r\n")
       except UnicodeDecodeError as e:
         raise InputError(f"{path}:{n}: not UTF-8 ({e.reason})") from None
-      if n == 1:
-        line = line.removeprefix("\ufeff")  # the byte-order mark some editors write
       if line.strip():
         yield n, line
       elif segments:
@@ -238,54 +235,43 @@ def read_translation(paths: Sequence[str]) -> list[Example]:
 
 def read_text(paths: Sequence[str]) -> list[Example]:
   """Perplexity examples: the `text` field of every row of the JSONL inputs."""
-  out = []
-  for path in map(_existing, paths):
-    out += [{"text": _text(row, f"{path}:{n}", "text")} for n, row in _jsonl(path)]
-  return out
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskSpec:
-  """How to build one task file: its reader, header and few-shot count."""
-
-  read: Callable[[Sequence[str]], list[Example]]
-  header: dict[str, Any]
-  num_fewshot: int = SWALLOW_NUM_FEWSHOT
+  return [{"text": _text(row, f"{path}:{n}", "text")}
+          for path in map(_existing, paths) for n, row in _jsonl(path)]
 
 
 _QA_JA = "質問：{question}\n回答："
-TASKS: dict[str, TaskSpec] = {
+TASKS: dict[str, tuple[Callable[[Sequence[str]], list[Example]], dict[str, Any]]] = {
     # max_new_tokens of the llm-jp-eval tasks: llm-jp-eval's output_length for the task.
-    "jcommonsenseqa": TaskSpec(read_jcommonsenseqa, dict(
+    "jcommonsenseqa": (read_jcommonsenseqa, dict(
         type="multiple_choice", lang="ja",
         instruction="質問と回答の選択肢を入力として受け取り、選択肢から回答を選択してください。\n\n",
         template="質問：{question}\n選択肢：{choices_text}\n回答：")),
-    "jsquad": TaskSpec(read_jsquad, dict(
+    "jsquad": (read_jsquad, dict(
         type="qa", lang="ja", max_new_tokens=25,
         instruction="質問に対する回答を文章から一言で抽出してください。回答は名詞で答えてください。"
                     " それ以外には何も含めないことを厳守してください。\n\n",
         template="文章：{context}\n" + _QA_JA)),
-    "jemhopqa": TaskSpec(read_jemhopqa, dict(
+    "jemhopqa": (read_jemhopqa, dict(
         type="qa", lang="ja", max_new_tokens=15,
         instruction="質問を入力とし、回答を出力してください。回答の他には何も含めないことを厳守してください。\n\n",
         template=_QA_JA)),
-    "niilc": TaskSpec(read_niilc, dict(
+    "niilc": (read_niilc, dict(
         type="qa", lang="ja", max_new_tokens=180,
         instruction="質問に対する答えを出力してください。答えが複数の場合、コンマ（,）で繋げてください。\n\n",
         template=_QA_JA)),
     # The JP LM Evaluation Harness "mgsm" prompt: one line of worked answer, cut at "\n".
-    "mgsm_ja": TaskSpec(read_mgsm, dict(
+    "mgsm_ja": (read_mgsm, dict(
         type="math", lang="ja", template="問題：{question}\nステップごとの答え：", stop=["\n"],
         max_new_tokens=256)),
     # lm-evaluation-harness's WMT prompt ("<lang> phrase:"), target after a space, cut at "\n".
-    "wmt20_en_ja": TaskSpec(read_translation, dict(
+    "wmt20_en_ja": (read_translation, dict(
         type="translation", lang="ja", template="English phrase: {source}\nJapanese phrase:",
         target_delimiter=" ", stop=["\n"], max_new_tokens=256)),
-    "wmt20_ja_en": TaskSpec(read_translation, dict(
+    "wmt20_ja_en": (read_translation, dict(
         type="translation", lang="en", template="Japanese phrase: {source}\nEnglish phrase:",
         target_delimiter=" ", stop=["\n"], max_new_tokens=256)),
-    "ja_ppl": TaskSpec(read_text, dict(type="perplexity", lang="ja"), num_fewshot=0),
-    "en_ppl": TaskSpec(read_text, dict(type="perplexity", lang="en"), num_fewshot=0),
+    "ja_ppl": (read_text, dict(type="perplexity", lang="ja")),
+    "en_ppl": (read_text, dict(type="perplexity", lang="en")),
 }
 
 
@@ -294,16 +280,17 @@ def prepare(task: str, inputs: Sequence[str], fewshot_inputs: Sequence[str] = ()
   """(header, examples) of a task file; see the module docstring for the inputs."""
   if task not in TASKS:
     raise ValueError(f"unknown task {task!r}; known: {sorted(TASKS)}")
-  spec = TASKS[task]
-  k = spec.num_fewshot if num_fewshot is None else num_fewshot
+  read, defaults = TASKS[task]
+  perplexity = defaults["type"] == "perplexity"
+  k = (0 if perplexity else SWALLOW_NUM_FEWSHOT) if num_fewshot is None else num_fewshot
   if k < 0:
     raise ValueError(f"num_fewshot must be >= 0, got {k}")
-  header = {"task": task, **spec.header, "num_fewshot": k}
-  if header["type"] == "perplexity" and (k or fewshot_inputs):
+  if perplexity and (k or fewshot_inputs):
     raise ValueError(f"{task} is a perplexity task: it takes no demonstrations")
-  examples = spec.read(inputs)
+  header = {"task": task, **defaults, "num_fewshot": k}
+  examples = read(inputs)
   if fewshot_inputs:
-    demos = spec.read(fewshot_inputs)
+    demos = read(fewshot_inputs)
     if len(demos) < k:
       raise ValueError(f"{','.join(fewshot_inputs)}: {len(demos)} demonstration(s) for "
                        f"num_fewshot={k}")

@@ -58,8 +58,7 @@ def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Arra
 def _attend(qh: jax.Array, kh: jax.Array, vh: jax.Array, mask: jax.Array) -> jax.Array:
   """Heads-first attention: qh [B, KV, G, T, Dh], kh/vh [B, KV, S, Dh], boolean mask
   broadcastable to [B, KV, G, T, S] -> [B, KV, G, T, Dh]. A KV head's G query heads are stacked
-  along the query axis, so both einsums are batched [G*T, Dh] x [Dh, S] GEMMs over (B, KV)
-  (timing: docs/performance.md, "CPU kernels")."""
+  along the query axis, so both einsums are batched [G*T, Dh] x [Dh, S] GEMMs over (B, KV)."""
   b, kv, g, t, dh = qh.shape
   s = kh.shape[2]
   logits = jnp.einsum("bkqd,bksd->bkqs", qh.reshape(b, kv, g * t, dh), kh,
@@ -100,9 +99,8 @@ def causal_xla_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
   compute (n+1)/2n of the scores (timing: docs/performance.md, "CPU kernels")."""
   qh = _group_queries(q, k.shape[2])
   kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-  t = q.shape[1]
-  n = causal_blocks(t)
-  size = t // n
+  n = causal_blocks(q.shape[1])
+  size = q.shape[1] // n
   diagonal = np.tril(np.ones((size, size), bool))
   outs = []
   for i in range(n):

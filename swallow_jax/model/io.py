@@ -1,10 +1,5 @@
 r"""One door for model weights: find, load and save a model whatever its layout.
 
-    ref = model_io.resolve(path)          # ModelRef(kind, path, config, tokenizer_dir, step)
-    config, params = model_io.load(path_or_ref, dtype=None, shardings=None, decode=False)
-    model_io.save_hf(path, config, params, dtype=jnp.bfloat16, tokenizer_dir=None)
-    model_io.save_orbax(path, config, params)
-
 Path forms (kind in brackets; docs/model.md has the details): [hf] an HF dir or a Hub id in the
 local HF cache (nothing is downloaded); [orbax] a `convert --to_orbax` dir; [train] WORKDIR,
 WORKDIR/checkpoints (latest step), a step dir or its state/ (only "params" is restored; the config
@@ -160,8 +155,7 @@ def _train_ref(step_dir: str) -> ModelRef:
       lora = lora_lib.LoraConfig.from_dict(resolved["model"]["lora"])
     except (TypeError, ValueError) as e:
       raise ModelPathError(f"{cfg_file}: bad model.lora section ({e})") from None
-    base = resolved.get("init_from") or ""
-    if not base:
+    if not (base := resolved.get("init_from")):
       raise ModelPathError(f"{cfg_file}: a LoRA run without init_from (its base model)")
   return ModelRef("train", os.path.join(step_dir, "state"), config,
                   tokenizer if tokenizer and os.path.exists(tokenizer) else None,
@@ -181,8 +175,7 @@ def resolve(path: str | os.PathLike[str]) -> ModelRef:
   if not os.path.isdir(path):
     raise ModelPathError(f"{path}: not a directory (expected a model directory)")
   cfg = os.path.join(path, "config.json")
-  if any(n.endswith(".safetensors") for n in os.listdir(path)) or os.path.exists(
-      os.path.join(path, INDEX)):
+  if any(n.endswith(".safetensors") or n == INDEX for n in os.listdir(path)):
     if not os.path.isfile(cfg):
       raise ModelPathError(f"{path}: safetensors without a config.json (expected an HF dir)")
     return ModelRef("hf", path, _hf_config(cfg), path)
@@ -191,8 +184,7 @@ def resolve(path: str | os.PathLike[str]) -> ModelRef:
     config = _hf_config(meta, param_dtype=_read_json(meta).get("torch_dtype") or "float32")
     tok = path if any(_TOKENIZER_FILES.match(n) for n in os.listdir(path)) else None
     return ModelRef("orbax", os.path.join(path, ORBAX_PARAMS), config, tok)
-  step_dir = _step_dir(path)
-  if step_dir:
+  if step_dir := _step_dir(path):
     return _train_ref(step_dir)
   if os.path.isfile(cfg):
     raise ModelPathError(f"{path}: config.json but no *.safetensors (expected an HF model dir "
@@ -285,6 +277,7 @@ class SafetensorsWriter:
   def __init__(self, directory: str, tensors: Sequence[tuple[str, TensorInfo]],
                max_shard_bytes: int):
     self.dir = directory
+    os.makedirs(directory, exist_ok=True)
     self._shards: list[list[tuple[str, TensorInfo]]] = [[]]  # at most max_shard_bytes (or 1 tensor)
     size = 0
     for name, info in tensors:
@@ -483,9 +476,7 @@ def load(path_or_ref: str | os.PathLike[str] | ModelRef, *, dtype: Any = None,
     config, params = _load_hf(ref, dtype, shardings, progress)
   else:
     config, params = _load_orbax(ref, dtype, shardings)
-  if decode:
-    params = unstack_layers(params, consume=True)
-  return config, params
+  return config, unstack_layers(params, consume=True) if decode else params
 
 
 def load_adapter(path_or_ref: str | os.PathLike[str] | ModelRef
@@ -529,12 +520,11 @@ def _load_lora_run(ref: ModelRef, dtype: Any, shardings: Params | None,
 def hf_tensors(config: LlamaConfig, params: Params,
                dtype: Any = jnp.bfloat16) -> Iterator[tuple[str, np.ndarray]]:
   """(HF name, tensor in `dtype`) one at a time in HF order; stacked or per-layer params."""
-  per_layer = is_per_layer(params)
   for p in hf.param_paths(config):
     names = hf.param_to_hf_names(p, config.num_layers)
     if p[0] != "layers":
       xs = [_get(params, p)]
-    elif per_layer:
+    elif is_per_layer(params):
       xs = (_get(params[f"layers_{i}"], p[1:]) for i in range(len(names)))
     else:  # one host copy of the stack, served a layer at a time
       xs = np.asarray(jax.device_get(_get(params, p))).astype(dtype)
@@ -677,12 +667,11 @@ def open_tensors(path_or_ref: str | os.PathLike[str] | ModelRef
 
 def hf_order(names: Iterable[str]) -> list[str]:
   """Tensor names in param order (each stacked parameter's layers together), others last."""
-  order = {p: k for k, p in enumerate(hf.PARAM_ORDER)}
 
   def key(name: str) -> tuple[int, int, str]:
     try:
       p, layer = hf.hf_to_param_name(name)
     except KeyError:
-      return (len(order), 0, name)
-    return (order[p], layer or 0, name)
+      return (len(hf.PARAM_ORDER), 0, name)
+    return (hf.PARAM_ORDER.index(p), layer or 0, name)
   return sorted(names, key=key)

@@ -39,10 +39,6 @@ REMAT_POLICIES = {
 }
 
 
-def _constrain(x: jax.Array, *names: str | None) -> jax.Array:
-  return nn.with_logical_constraint(x, names)
-
-
 def _residual(x_BxTxD: jax.Array) -> jax.Array:
   """Constrains the residual stream between layers. Its length is split over the mesh axes
   'act_length' maps to (`tensor`: Megatron-style sequence parallelism) when they divide T, so
@@ -53,7 +49,7 @@ def _residual(x_BxTxD: jax.Array) -> jax.Array:
   if not mesh.empty and x_BxTxD.shape[1] % axes_size(
       nn.logical_to_mesh_axes(("act_length",))[0], mesh) == 0:
     length = "act_length"
-  return _constrain(x_BxTxD, "batch", length, "act_embed")
+  return nn.with_logical_constraint(x_BxTxD, ("batch", length, "act_embed"))
 
 
 def token_matmul(x: jax.Array, kernel: jax.Array, contract: int = 0,
@@ -179,8 +175,9 @@ class Attention(nn.Module):
     q = checkpoint_name(apply_rope(q, mask.positions, inv_freq), "query_proj")
     k = checkpoint_name(apply_rope(k, mask.positions, inv_freq), "key_proj")
     v = checkpoint_name(v, "value_proj")
-    q = _constrain(q, "batch", "length", "act_heads", None)
-    k, v = (_constrain(x, "batch", "length", "act_kv_heads", None) for x in (k, v))
+    q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", None))
+    k, v = (nn.with_logical_constraint(x, ("batch", "length", "act_kv_heads", None))
+            for x in (k, v))
     new_cache = None
     if cache is not None:  # write the T new entries into slots [index, index + T), heads first
       k, v = (jax.lax.dynamic_update_slice(c, x.transpose(0, 2, 1, 3).astype(c.dtype),
@@ -207,7 +204,7 @@ class MLP(nn.Module):
     cfg = self.config
     gate = Dense(cfg.intermediate_size, ("embed", "mlp"), cfg, self.lora, name="gate_proj")(x)
     up = Dense(cfg.intermediate_size, ("embed", "mlp"), cfg, self.lora, name="up_proj")(x)
-    hidden = _constrain(nn.silu(gate) * up, "batch", "length", "act_mlp")
+    hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "act_mlp"))
     return Dense(cfg.hidden_size, ("mlp", "embed"), cfg, self.lora, name="down_proj")(hidden)
 
 
@@ -223,7 +220,7 @@ class Block(nn.Module):
     # Sublayer inputs and outputs (and so their cotangents) are whole-length here, where XLA
     # gathers within each tensor group: past the projections' token flattening it would have to
     # replicate over the whole mesh. Only the residual between them is sequence-split.
-    whole = lambda h: _constrain(h, "batch", "length", "act_embed")
+    whole = lambda h: nn.with_logical_constraint(h, ("batch", "length", "act_embed"))
     attn_out, new_cache = Attention(cfg, self.lora, name="attn")(
         whole(RMSNorm(cfg, name="attn_norm")(x)), mask, cache)
     x = _residual(x + whole(attn_out))
@@ -295,11 +292,12 @@ class Llama(nn.Module):
                       metadata_params={nn.PARTITION_NAME: "layers"})
       x, new_layer_cache = stack(cfg, self.lora, name="layers")(
           x, None if cache is None else (cache["k"], cache["v"]), mask)
-    x = _constrain(RMSNorm(cfg, name="final_norm")(x), "batch", "length", "act_embed")
+    x = nn.with_logical_constraint(RMSNorm(cfg, name="final_norm")(x),
+                                   ("batch", "length", "act_embed"))
     if return_hidden:
       return x
     logits = embed.attend(x) if cfg.tie_word_embeddings else LMHead(cfg, name="lm_head")(x)
-    logits = _constrain(logits, "batch", "length", "act_vocab")
+    logits = nn.with_logical_constraint(logits, ("batch", "length", "act_vocab"))
     if cache is None:
       return logits
     return logits, {"k": new_layer_cache[0], "v": new_layer_cache[1],
@@ -329,8 +327,8 @@ def param_logical_axes(config: LlamaConfig) -> Params:
 
 def head_kernel(config: LlamaConfig, params: Params) -> jax.Array:
   """The output projection as a [D, V] kernel: lm_head's, or the embedding transposed if tied."""
-  tied = config.tie_word_embeddings
-  return params["embed"]["embedding"].T if tied else params["lm_head"]["kernel"]
+  return (params["embed"]["embedding"].T if config.tie_word_embeddings
+          else params["lm_head"]["kernel"])
 
 
 def is_per_layer(params: Params) -> bool:
@@ -338,21 +336,15 @@ def is_per_layer(params: Params) -> bool:
   return "layers" not in params
 
 
-@jax.jit
-def _split_leading(a: jax.Array) -> tuple[jax.Array, ...]:
-  return tuple(a[i] for i in range(a.shape[0]))
-
-
 def unstack_layers(params: Params, consume: bool = False) -> Params:
-  """The stacked "layers" (leading axis L) split into copies "layers_0" ... "layers_{L-1}", other
-  axes' shardings kept. `forward`, `forward_with_cache` and `sj.generate` take either layout;
-  decoding from this one reads each weight in place. The copy doubles the layer weights' memory;
-  `consume=True` splits and deletes one stacked array at a time (the caller's `params` become
-  unusable), so the peak is one array more."""
+  """The stacked "layers" (leading axis L) split into copies "layers_0" ... "layers_{L-1}" (other
+  axes' shardings kept): decoding reads these in place; `forward*` take either layout. The copy
+  doubles the layer weights' memory; `consume=True` splits and deletes one stacked array at a time
+  (the caller's `params` become unusable), so the peak is one array more."""
   leaves, treedef = jax.tree.flatten(params["layers"])
   split = []
   for leaf in leaves:
-    split.append(_split_leading(leaf))
+    split.append(jnp.unstack(leaf))  # One jitted program per array: its shardings kept.
     if consume and isinstance(leaf, jax.Array):
       leaf.delete()
   out = {k: v for k, v in params.items() if k != "layers"}

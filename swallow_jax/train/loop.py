@@ -144,16 +144,15 @@ class _Trainer:
     self.is_main = jax.process_index() == 0
     self.last_loss: float | None = None
     self.clock_time, self.first = time.perf_counter(), None
-    d, t = spec.data, spec.train
-    self.seq_len, self.global_batch = d.seq_len, d.global_batch_size
-    self.shards = data_lib.num_shards(d.num_shards, jax.process_count())
+    self.seq_len, self.global_batch = spec.data.seq_len, spec.data.global_batch_size
+    self.shards = data_lib.num_shards(spec.data.num_shards, jax.process_count())
     if self.global_batch % self.shards:
       raise ValueError(f"data.global_batch_size={self.global_batch} must be divisible by "
                        f"data.num_shards={self.shards}")
-    if self.global_batch % (jax.process_count() * t.grad_accum_steps):
+    if self.global_batch % (jax.process_count() * spec.train.grad_accum_steps):
       raise ValueError(f"data.global_batch_size={self.global_batch} must be divisible by "
                        f"process_count x grad_accum_steps = {jax.process_count()} x "
-                       f"{t.grad_accum_steps}")
+                       f"{spec.train.grad_accum_steps}")
     if self.seq_len > spec.model.max_position_embeddings:
       raise ValueError(f"data.seq_len={self.seq_len} exceeds the model's "
                        f"max_position_embeddings={spec.model.max_position_embeddings}")
@@ -176,8 +175,7 @@ class _Trainer:
         shards=self.shards, local_shards=local_shards, seed=seed)
     self.step_fn, abstract, shardings = step_lib.sharded_train_step(
         spec.model, tx, lr, self.mesh, seed=seed, lora_cfg=lora, **spec.train.step_options())
-    param_sh = shardings["params"]
-    parallel.check_sharded(abstract["params"], param_sh, self.mesh)
+    parallel.check_sharded(abstract["params"], shardings["params"], self.mesh)
 
     self.mngr = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), spec.checkpoint)
     # Before the restore, which may set unreadable checkpoints aside: a mismatch writes nothing.
@@ -202,7 +200,7 @@ class _Trainer:
     logging.info("model %s: %.2fM parameters; mesh %s; %.1f%% of parameter bytes per device",
                  self.resolved["model"]["preset"] or f"from {spec.init_from}", n_params / 1e6,
                  parallel.describe(self.mesh),
-                 100 * parallel.shard_fraction(abstract["params"], param_sh))
+                 100 * parallel.shard_fraction(abstract["params"], shardings["params"]))
     if lora.rank:
       n_train = sum(math.prod(a.shape) for a in jax.tree.leaves(step_lib.trainable(abstract)))
       logging.info("LoRA rank %d on %s%s: %.2fM trainable parameters (%.2f%%), the base frozen",

@@ -6,7 +6,6 @@ The state is a plain dict that Orbax saves as-is and restores onto any mesh: {'s
 """
 
 from collections.abc import Callable, Mapping
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -88,13 +87,12 @@ def state_shardings(abstract_state: State, tx: optax.GradientTransformation, par
   """Shardings of every state entry; a LoRA state (with 'lora') needs `lora_shardings`."""
   rep = parallel.replicated(mesh)
   out = {"step": rep, "rng": rep, "params": param_shardings}
-  train_sh = param_shardings
   if "lora" in abstract_state:
     if lora_shardings is None:
       raise ValueError("state_shardings: a LoRA state needs lora_shardings (see lora_shardings())")
-    train_sh = _trainable_shardings(param_shardings, lora_shardings, abstract_state.get("extra"))
-    out.update(train_sh)
-  out["opt_state"] = parallel.opt_state_shardings(tx, abstract_state["opt_state"], train_sh, mesh)
+    out.update(_trainable_shardings(param_shardings, lora_shardings, abstract_state.get("extra")))
+  out["opt_state"] = parallel.opt_state_shardings(tx, abstract_state["opt_state"], trainable(out),
+                                                  mesh)
   return out
 
 
@@ -207,8 +205,7 @@ def jit_train_step(step_fn: Callable, shardings: State, mesh: jax.sharding.Mesh)
 def jit_init(model_cfg: Any, tx: optax.GradientTransformation, seed: int,
              shardings: State, lora_cfg: lora_lib.LoraConfig | None = None) -> Callable[[], State]:
   """Initialization compiled straight into the target shardings (no full copy on one device)."""
-  return jax.jit(functools.partial(init_state, model_cfg, tx, seed, lora_cfg),
-                 out_shardings=shardings)
+  return jax.jit(lambda: init_state(model_cfg, tx, seed, lora_cfg), out_shardings=shardings)
 
 
 def sharded_train_step(model_cfg: Any, tx: optax.GradientTransformation, lr: optax.Schedule,

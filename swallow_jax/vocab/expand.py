@@ -143,7 +143,7 @@ class _SentencePieceExpander:
     return text.replace(" ", "▁") in self.all_pieces
 
   def add(self, piece: Piece) -> bool:
-    text = piece.text.replace(" ", "▁")
+    text, score = piece.text.replace(" ", "▁"), piece.score
     if self.bpe:
       # Characters are sentencepiece's starting symbols; longer pieces come from merges, by the
       # score of the concatenated piece, highest first.
@@ -152,8 +152,6 @@ class _SentencePieceExpander:
                             or len(bpe_merge(list(text), rank)) != 2):
         return False
       score, self.next_score = self.next_score, self.next_score - 1.0
-    else:
-      score = piece.score
     self.proto.pieces.add(piece=text, score=score)
     self.scores[text] = score
     self.all_pieces.add(text)
@@ -249,9 +247,9 @@ def expand(tokenizer_path: str, corpus: str, heldout: str, num_new: int, output_
     raise ValueError(f"num_new must be positive, got {num_new}")
   base = tokenizer_lib.load_tokenizer(tokenizer_path)
   expander = _EXPANDERS[base.backend](base)
-  if model_type is None:
-    model_type = "bpe" if getattr(expander, "bpe", True) else "unigram"
-  if not getattr(expander, "bpe", True) and model_type != "unigram":
+  bpe = getattr(expander, "bpe", True)  # only a sentencepiece base can be unigram
+  model_type = model_type or ("bpe" if bpe else "unigram")
+  if not bpe and model_type != "unigram":
     raise ValueError(f"{base.path}: a unigram sentencepiece base needs model_type='unigram'")
   corpus_lines, heldout_lines = stats.read_lines(corpus), stats.read_lines(heldout)
   size = required_chars(corpus_lines, character_coverage) + 1 + num_new
