@@ -3,17 +3,27 @@
     python -m swallow_jax.plan --config=configs/X.py [--devices=N] [--mesh=data:1,fsdp:8,tensor:1]
         [--remat=full] [--hbm_gb=80] [--json]
 
-Compiles the config's real train step (the trainer's own functions) ahead of time on N fake CPU
-devices from abstract shapes only (no weights are allocated) and prints, per device: params and
-opt_state bytes (exact, from the shardings), `trainable` with LoRA (the fp32 adapter and
-`lora.trainable` tensors; params is then the frozen base, opt_state the adapter's), the compiler's
-temporaries and the peak (arguments + outputs - donated aliases + temporaries); and FLOPs per
-step: the analytical MaxText-style count beside XLA's cost analysis (compiled, where a scanned
-layer loop counts once, and with layers unrolled, which counts remat recomputation).
+Builds the real train step of the config (model, optimizer, z-loss, gradient accumulation,
+shardings: the trainer's own functions) from abstract shapes only (`jax.eval_shape`, no weights
+are allocated), sets up N fake CPU devices, and compiles it ahead of time
+(`jit(...).lower(...).compile()`) for the mesh. It prints, per device:
 
-The compiler is XLA:CPU, so memory is an estimate for XLA:GPU/TPU: rank meshes and remat policies
-with it and leave ~10% headroom. Attention is traced as `flash_memory_model` (no [B, H, T, T]
-scores, like cuDNN/Splash); --noflash shows XLA:CPU's own attention.
+  params / opt_state   bytes of the sharded parameters and optimizer state (exact, from the
+                       shardings)
+  trainable            with LoRA: the adapter (+ `lora.trainable` tensors), fp32; params is then
+                       the frozen base and opt_state covers the adapter only
+  temp                 the compiler's temporaries (activations, gradients, collectives' buffers)
+  peak                 arguments + outputs - donated aliases + temporaries
+
+and FLOPs per step: the analytical MaxText-style count (`swallow_jax.train.metrics`) beside XLA's
+own cost analysis (of the compiled program, where a scanned layer loop counts once, and of the
+same step lowered with layers unrolled, which counts remat recomputation).
+
+The compiler here is XLA:CPU, so memory is an estimate of what XLA:GPU/TPU will need (their
+fusion, collective and rematerialization passes differ); use it to rank meshes and remat
+policies and to see what clearly does or does not fit, and leave ~10% headroom. Attention is
+traced as `flash_memory_model` by default: XLA:CPU's own attention would hold [B, H, T, T] scores
+that the cuDNN and Splash kernels never materialize (--noflash shows that CPU-only figure).
 """
 
 from __future__ import annotations
