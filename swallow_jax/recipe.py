@@ -257,16 +257,12 @@ def _chat_vector(cfg: dict, stage_dir: str) -> dict:
 
 
 def _eval(cfg: dict, stage_dir: str) -> dict:
-  tasks = cfg["tasks"]  # a list of task files, one file, or a directory: its *.jsonl (sorted)
-  if isinstance(tasks, str):
-    tasks = ([os.path.join(tasks, f) for f in sorted(os.listdir(tasks)) if f.endswith(".jsonl")]
-             if os.path.isdir(tasks) else [tasks])
   max_examples = cfg.get("max_examples") or None
   chats = {name: evaluate.load_chats(path)[:max_examples]
            for name, path in (cfg.get("chat_tasks") or {}).items()}
   models = {**cfg.get("models", {}), **cfg.get("ablations", {})}
   results = evaluate.evaluate_models(
-      models, evaluate.load_tasks(tasks), cfg.get("tokenizer") or None,
+      models, evaluate.load_tasks(cfg["tasks"]), cfg.get("tokenizer") or None,
       stage_dir, chats=chats, batch_size=int(cfg.get("batch_size", 8)),
       max_len=int(cfg.get("max_len", 2048)), max_examples=max_examples,
       dtype=cfg.get("dtype", "float32"), resume=True, progress=False)

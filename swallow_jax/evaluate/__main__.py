@@ -32,7 +32,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("model", None, "Models, comma-separated; each: " + cli.MODEL_HELP)
 flags.DEFINE_list("names", None, "Labels for the models in results and plots (default: dir names).")
 flags.DEFINE_list("tokenizer", None, "Tokenizer path for all models, or one per model.")
-flags.DEFINE_list("tasks", None, "Comma-separated task files (JSONL, see evaluate/tasks.py).")
+flags.DEFINE_list("tasks", None, "Comma-separated task files (JSONL, see evaluate/tasks.py) or "
+                 "directories of them.")
 flags.DEFINE_string("output", None, "Output directory for results.json and the plots.")
 flags.DEFINE_bool("overwrite", False, "Replace the results and plots of a non-empty --output.")
 flags.DEFINE_bool("json", False, "Print the results JSON instead of the table.")

@@ -39,6 +39,8 @@ text) are converted from their public releases by `python -m swallow_jax.evaluat
 
 from collections.abc import Iterable, Sequence
 import dataclasses
+import glob
+import os
 from typing import Any
 
 from swallow_jax import fileio
@@ -163,10 +165,12 @@ def load_task(path: str) -> Task:
 
 
 def load_tasks(paths: str | Iterable[str]) -> list[Task]:
-  """Loads task files from a list of paths or one comma-separated string; names must be unique."""
+  """Loads task files from a list of paths or one comma-separated string, a directory standing
+  for its *.jsonl files (sorted); names must be unique."""
   if isinstance(paths, str):
     paths = [p for p in paths.split(",") if p]
-  tasks = [load_task(p) for p in paths]
+  tasks = [load_task(f) for p in paths for f in (
+      sorted(glob.glob(os.path.join(p, "*.jsonl"))) if os.path.isdir(p) else [p])]
   names = [t.name for t in tasks]
   if len(set(names)) != len(names):
     raise ValueError(f"duplicate task names: {names}")
